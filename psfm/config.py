@@ -1,0 +1,363 @@
+"""One typed, frozen, validated configuration tree.
+
+Experiments are TOML files (``jobs/configs/*.toml``) with one table per section::
+
+    [model]
+    kind = "rafm"
+    ranks = [1, 2, 4, 8]
+
+    [ftrl.factor]
+    alpha = 0.05
+
+Command lines override single values with ``--set section.key=value`` (the value is read as a
+TOML literal, so ``--set model.ranks=[1,2,4]`` and ``--set data.weight="w"`` both work; a bare
+word is taken as a string). Every section validates itself on construction and names the
+parameter, the rule and the value it got. The resolved tree (``to_dict``) is printed at start and
+written into the run directory and every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psfm.errors import ConfigError
+from psfm.optim.ftrl import FtrlParams
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "FtrlConfig",
+    "LevelConfig",
+    "PsConfig",
+    "TrainConfig",
+    "Config",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "to_dict",
+    "MODEL_KINDS",
+]
+
+MODEL_KINDS = ("lr", "fm", "difacto", "rafm")
+_DEFAULT_RANKS = {"lr": (), "fm": (8,), "difacto": (1, 2, 4, 8), "rafm": (1, 2, 4, 8)}
+
+
+def _fail(section: str, name: str, rule: str, value: Any) -> typing.NoReturn:
+    raise ConfigError(
+        f"The '{name}' parameter of {section} must be {rule}. Got {value!r} instead."
+    )
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(section, name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+def _check_positive(section: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (value >= 0 if allow_zero else value > 0):
+        _fail(section, name, "a number >= 0" if allow_zero else "a number > 0", value)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how rows become features.
+
+    ``layout = "columns"``: a label column, categorical columns (int or string; null = missing)
+    and numeric columns (null = missing). ``numeric_transform = "log_bucket"`` turns a numeric
+    value into a categorical bucket (``floor(log(x)^2)`` for x > 2, else x); ``"raw"`` keeps
+    one key per numeric column with the value as the feature value. ``categorical`` and
+    ``numeric`` left empty are inferred: floating columns are numeric, integer and string
+    columns categorical (the label, weight and ``ignore`` columns excepted).
+    ``layout = "hashed"``: a ``keys: list<uint64>`` column and optional ``values: list<float>``.
+    """
+
+    root: str = ""
+    layout: str = "columns"
+    label: str = "label"
+    weight: str = ""
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ("p_true",)
+    numeric_transform: str = "log_bucket"
+    train_days: str = ""
+    test_days: str = ""
+    batch_size: int = 4096
+    bad_rows: str = "fail"
+
+    def __post_init__(self) -> None:
+        _check_choice("DataConfig", "layout", self.layout, ("columns", "hashed"))
+        _check_choice(
+            "DataConfig", "numeric_transform", self.numeric_transform, ("log_bucket", "raw")
+        )
+        _check_choice("DataConfig", "bad_rows", self.bad_rows, ("fail", "skip"))
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            _fail("DataConfig", "batch_size", "an int >= 1", self.batch_size)
+        overlap = set(self.categorical) & set(self.numeric)
+        if overlap:
+            _fail("DataConfig", "categorical", "disjoint from 'numeric'", sorted(overlap))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model family of DESIGN §2: ``lr`` (m = 0), ``fm`` (m = 1), ``difacto`` (tied
+    prefixes of one vector per feature) and ``rafm`` (rank-aware, m >= 2 levels).
+
+    ``ranks`` empty means the kind's default: lr none, fm ``[8]``, difacto and rafm
+    ``[1, 2, 4, 8]``. ``dependent_lr_coef[p-1]`` is c_p, the weight of the distillation term of
+    level p (RaFM Algorithm 1); empty means 1.0 for every level.
+    """
+
+    kind: str = "rafm"
+    ranks: tuple[int, ...] = ()
+    loss: str = "logistic"
+    init_std: float = 0.1
+    dependent_lr_coef: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_choice("ModelConfig", "kind", self.kind, MODEL_KINDS)
+        _check_choice("ModelConfig", "loss", self.loss, ("logistic", "squared"))
+        _check_positive("ModelConfig", "init_std", self.init_std, allow_zero=True)
+        ranks = tuple(self.ranks) or _DEFAULT_RANKS[self.kind]
+        if any(not isinstance(r, int) or r < 1 for r in ranks) or list(ranks) != sorted(
+            set(ranks)
+        ):
+            _fail("ModelConfig", "ranks", "strictly increasing positive ints", list(ranks))
+        rule = {"lr": (0, 0), "fm": (1, 1), "difacto": (1, 64), "rafm": (1, 64)}[self.kind]
+        if not rule[0] <= len(ranks) <= rule[1]:
+            _fail(
+                "ModelConfig",
+                "ranks",
+                f"a list of {rule[0]}..{rule[1]} ranks for kind {self.kind!r}",
+                list(ranks),
+            )
+        object.__setattr__(self, "ranks", ranks)
+        coef = tuple(float(c) for c in self.dependent_lr_coef) or (1.0,) * max(len(ranks) - 1, 0)
+        if len(coef) != max(len(ranks) - 1, 0) or any(c < 0 for c in coef):
+            _fail(
+                "ModelConfig",
+                "dependent_lr_coef",
+                f"{max(len(ranks) - 1, 0)} non-negative floats (one per level below the top)",
+                list(self.dependent_lr_coef),
+            )
+        object.__setattr__(self, "dependent_lr_coef", coef)
+
+    @property
+    def levels(self) -> int:
+        """m, the number of factor levels."""
+        return len(self.ranks)
+
+    @property
+    def tied(self) -> bool:
+        """DiFacto-style: lower-rank factors are prefixes of one stored vector."""
+        return self.kind == "difacto"
+
+
+@dataclass(frozen=True)
+class FtrlConfig:
+    """FTRL-Proximal hyperparameters, separately for the linear part and for factors.
+
+    Defaults were chosen by a holdout search on generated data (see README, "Defaults").
+    """
+
+    linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.1, 1.0, 0.5, 1.0))
+    factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.05, 1.0, 0.1, 1.0))
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """How a feature's level k_i is chosen (DESIGN §4).
+
+    ``static``: a statistics pass over the training days counts n_i; then
+    ``k_i = argmin_k |log n_i - log(count_per_dim * D_k)|`` (RaFM Eq. 17), or, when
+    ``level_min_count = [t_1..t_m]`` is given, ``k_i = #{k : n_i >= t_k}``.
+    ``online``: counts grow as data arrives and a feature is promoted when it crosses the next
+    threshold (the given ``level_min_count`` or the Eq. 17 boundaries); counts are multiplied by
+    ``daily_decay`` at each day end. ``admit_min_count``: a key gets storage only once seen this
+    often. ``ttl_days``: keys unseen for this many days are evicted at day end (0 = never).
+    """
+
+    policy: str = "static"
+    count_per_dim: float = 1.0
+    level_min_count: tuple[float, ...] = ()
+    daily_decay: float = 1.0
+    admit_min_count: int = 1
+    ttl_days: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("LevelConfig", "policy", self.policy, ("static", "online"))
+        _check_positive("LevelConfig", "count_per_dim", self.count_per_dim)
+        t = tuple(float(x) for x in self.level_min_count)
+        if any(b < a for a, b in zip(t, t[1:])) or any(x < 0 for x in t):
+            _fail("LevelConfig", "level_min_count", "non-decreasing counts >= 0", list(t))
+        object.__setattr__(self, "level_min_count", t)
+        if not 0 < self.daily_decay <= 1:
+            _fail("LevelConfig", "daily_decay", "a float in (0, 1]", self.daily_decay)
+        if not isinstance(self.admit_min_count, int) or self.admit_min_count < 1:
+            _fail("LevelConfig", "admit_min_count", "an int >= 1", self.admit_min_count)
+        if not isinstance(self.ttl_days, int) or self.ttl_days < 0:
+            _fail("LevelConfig", "ttl_days", "an int >= 0", self.ttl_days)
+
+
+@dataclass(frozen=True)
+class PsConfig:
+    """Parameter servers: shard count (fixed per run) and consistency."""
+
+    shards: int = 2
+    mode: str = "sync"
+    max_in_flight: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, int) or self.shards < 1:
+            _fail("PsConfig", "shards", "an int >= 1", self.shards)
+        _check_choice("PsConfig", "mode", self.mode, ("sync", "async"))
+        if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            _fail("PsConfig", "max_in_flight", "an int >= 1", self.max_in_flight)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Workers, device, seed and where the run writes."""
+
+    workers: int = 1
+    device: str = "cpu"
+    seed: int = 0
+    run_dir: str = ""
+    torch_threads: int = 0
+    log_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workers, int) or self.workers < 1:
+            _fail("TrainConfig", "workers", "an int >= 1", self.workers)
+        _check_choice("TrainConfig", "device", self.device, ("cpu", "cuda", "auto"))
+        if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
+            _fail("TrainConfig", "torch_threads", "an int >= 0 (0 = torch default)",
+                  self.torch_threads)
+        _check_positive("TrainConfig", "log_every_s", self.log_every_s)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run: ``data``, ``model``, ``ftrl``, ``levels``, ``ps``, ``train``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ftrl: FtrlConfig = field(default_factory=FtrlConfig)
+    levels: LevelConfig = field(default_factory=LevelConfig)
+    ps: PsConfig = field(default_factory=PsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        t = self.levels.level_min_count
+        if t and len(t) != self.model.levels:
+            _fail(
+                "LevelConfig",
+                "level_min_count",
+                f"one threshold per level ({self.model.levels} for ranks "
+                f"{list(self.model.ranks)})",
+                list(t),
+            )
+
+
+# ----------------------------------------------------------------------------- dict <-> tree
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check and convert a TOML/JSON value to the annotated field type."""
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"The '{where}' section must be a table. Got {value!r} instead.")
+        return _build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"The '{where}' parameter must be a list. Got {value!r} instead.")
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    ):
+        raise ConfigError(
+            f"The '{where}' parameter must be of type {tp.__name__}. Got {value!r} instead."
+        )
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"Unknown parameter '{where + '.' if where else ''}{unknown[0]}'. "
+            f"Known parameters of {cls.__name__}: {', '.join(names)}."
+        )
+    kwargs = {
+        k: _coerce(hints[k], v, f"{where + '.' if where else ''}{k}") for k, v in values.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (TOML tables or JSON)."""
+    return _build(Config, values, "")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The resolved tree as nested dicts of plain values (lists for tuples)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (returns a new dict)."""
+    out = json.loads(json.dumps(values))
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(
+                f"An override must look like 'section.key=value'. Got {item!r} instead."
+            )
+        keys = path.strip().split(".")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override {item!r}: '{k}' is a value, not a section.")
+        node[keys[-1]] = _parse_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML (or JSON) config file, apply ``--set`` overrides, validate."""
+    values: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"Cannot read config file '{p}': {e.strerror}.") from e
+        try:
+            values = json.loads(raw) if p.suffix == ".json" else tomllib.loads(raw.decode())
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"Config file '{p}' is not valid TOML/JSON: {e}") from e
+    return config_from_dict(apply_overrides(values, overrides or []))

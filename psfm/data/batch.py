@@ -1,0 +1,280 @@
+"""Arrow rows -> a training batch of feature keys.
+
+A batch is a field-major key matrix with a mask, the feature values, the labels, and the batch's
+unique keys with the inverse index over its *occurrences* (the True cells of the mask, in row
+order). Column 0 is the bias key, present in every row. Worked example (2 rows, fields C1, I1)::
+
+    C1 = [7, null], I1 = [5.0, 1.0]   (I1 log-bucketed)
+    keys  = [[bias, k(C1,7), k(I1,b(5))],       mask = [[T, T, T],
+             [bias, -,       k(I1,b(1))]]               [T, F, T]]
+    occurrences (row-major over the mask): sample = [0, 0, 0, 1, 1]
+    uniq = sorted distinct keys; occ_uniq[i] = index of occurrence i's key in uniq;
+    counts[u] = occurrences of uniq[u] in the batch.
+
+The model reads only ``occ_sample``, ``occ_uniq``, ``occ_value`` and ``labels``; ``uniq`` and
+``counts`` are what is pulled and pushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from psfm.config import DataConfig
+from psfm.data.hashing import BIAS_KEY, field_keys, numeric_field_key
+from psfm.errors import DataError
+
+__all__ = ["FeatureSchema", "Batch", "resolve_schema", "build_batch", "log_bucket"]
+
+_LOG_OFFSET = np.int64(1 << 32)
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """The resolved columns of a ``columns``-layout dataset (or the ``hashed`` layout)."""
+
+    layout: str
+    label: str
+    weight: str
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    numeric_transform: str = "log_bucket"
+
+    @property
+    def columns(self) -> list[str]:
+        cols = [self.label] + ([self.weight] if self.weight else [])
+        if self.layout == "hashed":
+            return cols + ["keys", "values"]
+        return cols + list(self.categorical) + list(self.numeric)
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.categorical) + len(self.numeric)
+
+
+@dataclass
+class Batch:
+    """One minibatch; shapes: B rows, F = 1 + fields columns, N occurrences, U unique keys."""
+
+    keys: np.ndarray  # (B, F) uint64, column 0 = bias
+    mask: np.ndarray  # (B, F) bool
+    labels: np.ndarray  # (B,) float32
+    weights: np.ndarray | None  # (B,) float32 or None
+    occ_sample: np.ndarray  # (N,) int64
+    occ_value: np.ndarray  # (N,) float32
+    uniq: np.ndarray  # (U,) uint64, sorted
+    occ_uniq: np.ndarray  # (N,) int64 into uniq
+    counts: np.ndarray  # (U,) float32 occurrences per unique key
+    skipped: int = 0  # rows dropped under bad_rows = "skip"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _is_int(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_boolean(t)
+
+
+def _is_str(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or (pa.types.is_dictionary(t) and _is_str(t.value_type))
+    )
+
+
+def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSchema:
+    """Check a file's Arrow schema against the config and infer the feature columns."""
+    names = schema.names
+
+    def need(col: str, ok: bool, rule: str) -> None:
+        if col not in names:
+            raise DataError(
+                f"File '{file}': column '{col}' is missing (columns: {', '.join(names)})."
+            )
+        if not ok:
+            raise DataError(
+                f"File '{file}': column '{col}' has type {schema.field(col).type}; {rule}."
+            )
+
+    def typ(col: str) -> pa.DataType:
+        return schema.field(col).type if col in names else pa.null()
+
+    need(cfg.label, pa.types.is_integer(typ(cfg.label)) or pa.types.is_floating(
+        typ(cfg.label)) or pa.types.is_boolean(typ(cfg.label)), "the label must be numeric")
+    if cfg.weight:
+        need(cfg.weight, pa.types.is_floating(typ(cfg.weight)) or pa.types.is_integer(
+            typ(cfg.weight)), "an importance weight must be numeric")
+    if cfg.layout == "hashed":
+        t = typ("keys")
+        need("keys", pa.types.is_list(t) or pa.types.is_large_list(t), "keys must be list<uint64>")
+        if "values" in names:
+            need("values", pa.types.is_list(typ("values")) or pa.types.is_large_list(
+                typ("values")), "values must be list<float>")
+        return FeatureSchema("hashed", cfg.label, cfg.weight)
+    skip = {cfg.label, cfg.weight, *cfg.ignore}
+    cat, num = list(cfg.categorical), list(cfg.numeric)
+    if not cat and not num:
+        for f in schema:
+            if f.name in skip:
+                continue
+            if pa.types.is_floating(f.type):
+                num.append(f.name)
+            elif _is_int(f.type) or _is_str(f.type):
+                cat.append(f.name)
+    for c in cat:
+        need(c, _is_int(typ(c)) or _is_str(typ(c)), "a categorical column must be int or string")
+    for c in num:
+        need(c, pa.types.is_floating(typ(c)) or pa.types.is_integer(typ(c)),
+             "a numeric column must be int or float")
+    if not cat and not num:
+        raise DataError(f"File '{file}': no feature columns (columns: {', '.join(names)}).")
+    return FeatureSchema("columns", cfg.label, cfg.weight, tuple(cat), tuple(num),
+                         cfg.numeric_transform)
+
+
+def log_bucket(x: np.ndarray) -> np.ndarray:
+    """Criteo-style bucket of a numeric value: ``floor(x)`` for x <= 2, else
+    ``2^32 + floor(ln(x)^2)`` (offset so the two branches never collide)."""
+    x = np.asarray(x, dtype=np.float64)
+    big = x > 2
+    out = np.floor(np.where(big, np.square(np.log(np.where(big, x, 3.0))), x)).astype(np.int64)
+    return np.where(big, out + _LOG_OFFSET, out)
+
+
+class _Bad:
+    """Collects rows that break a rule; raises at the first under ``fail``."""
+
+    def __init__(self, n: int, policy: str, where: str) -> None:
+        self.rows = np.zeros(n, dtype=bool)
+        self.policy = policy
+        self.where = where
+
+    def check(self, bad: np.ndarray, col: str, values: np.ndarray, rule: str) -> None:
+        if not bad.any():
+            return
+        if self.policy == "fail":
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{self.where}, column '{col}': value {values[i]!r} at row {i} breaks the "
+                f"rule: {rule} ({int(bad.sum())} such rows in this batch; set "
+                f"data.bad_rows = \"skip\" to drop them)."
+            )
+        self.rows |= bad
+
+
+def _float_col(table: pa.Table, col: str) -> np.ndarray:
+    return table.column(col).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def build_batch(
+    table: pa.Table, schema: FeatureSchema, loss: str, bad_rows: str, where: str
+) -> Batch:
+    """Rows -> :class:`Batch`. ``where`` names the file and row group in error messages."""
+    n = table.num_rows
+    bad = _Bad(n, bad_rows, where)
+    labels = _float_col(table, schema.label)  # nulls -> nan
+    if loss == "logistic":
+        bad.check(~((labels == 0) | (labels == 1)), schema.label, labels,
+                  "labels must be 0 or 1")
+    else:
+        bad.check(~np.isfinite(labels), schema.label, labels, "labels must be finite")
+    weights = None
+    if schema.weight:
+        weights = _float_col(table, schema.weight)
+        bad.check(~(np.isfinite(weights) & (weights >= 0)), schema.weight, weights,
+                  "weights must be finite and >= 0")
+    if schema.layout == "hashed":
+        keys, mask, values = _hashed_matrix(table, bad)
+    else:
+        keys, mask, values = _column_matrix(table, schema, bad)
+    skipped = int(bad.rows.sum())
+    if skipped:
+        keep = ~bad.rows
+        keys, mask, values, labels = keys[keep], mask[keep], values[keep], labels[keep]
+        weights = weights[keep] if weights is not None else None
+    occ_sample, occ_field = np.nonzero(mask)
+    flat = keys[occ_sample, occ_field]
+    uniq, occ_uniq, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    return Batch(
+        keys=keys,
+        mask=mask,
+        labels=labels.astype(np.float32),
+        weights=None if weights is None else weights.astype(np.float32),
+        occ_sample=occ_sample.astype(np.int64),
+        occ_value=values[occ_sample, occ_field],
+        uniq=uniq,
+        occ_uniq=occ_uniq.astype(np.int64).reshape(-1),
+        counts=counts.astype(np.float32),
+        skipped=skipped,
+    )
+
+
+def _column_matrix(
+    table: pa.Table, schema: FeatureSchema, bad: _Bad
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = table.num_rows
+    f = 1 + schema.n_fields
+    # Field-major storage: column j of the (B, F) matrix is contiguous.
+    keys = np.empty((f, n), dtype=np.uint64).T
+    mask = np.empty((f, n), dtype=bool).T
+    values = np.ones((f, n), dtype=np.float32).T
+    keys[:, 0], mask[:, 0] = BIAS_KEY, True
+    j = 1
+    for col in schema.categorical:
+        arr = table.column(col)
+        mask[:, j] = ~arr.is_null().to_numpy(zero_copy_only=False)
+        keys[:, j] = field_keys(col, arr)
+        j += 1
+    for col in schema.numeric:
+        x = _float_col(table, col)
+        present = ~np.isnan(x) | ~table.column(col).is_null().to_numpy(zero_copy_only=False)
+        bad.check(present & ~np.isfinite(x), col, x, "numeric values must be finite")
+        ok = present & np.isfinite(x)
+        mask[:, j] = ok
+        if schema.numeric_transform == "raw":
+            keys[:, j] = numeric_field_key(col)
+            values[:, j] = np.where(ok, x, 0.0)
+        else:
+            keys[:, j] = field_keys(col, log_bucket(np.where(ok, x, 0.0)))
+        j += 1
+    return keys, mask, values
+
+
+def _hashed_matrix(table: pa.Table, bad: _Bad) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = table.num_rows
+    karr = table.column("keys").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(karr), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(karr).to_numpy(zero_copy_only=False).astype(np.uint64)
+    flat[flat == BIAS_KEY] = np.uint64(1)  # key 0 is the bias
+    if "values" in table.column_names:
+        varr = table.column("values").combine_chunks()
+        vflat = pc.list_flatten(varr).to_numpy(zero_copy_only=False).astype(np.float32)
+        vlen = pc.fill_null(pc.list_value_length(varr), 0).to_numpy().astype(np.int64)
+        bad.check(vlen != lengths, "values", vlen, "each row needs one value per key")
+        if vflat.size != flat.size:
+            vflat = np.ones(flat.size, np.float32)  # only reached under "skip"; rows dropped
+        row_of = np.repeat(np.arange(n), lengths)
+        nonfinite = np.zeros(n, dtype=bool)
+        np.logical_or.at(nonfinite, row_of, ~np.isfinite(vflat))
+        bad.check(nonfinite, "values", np.zeros(n), "feature values must be finite")
+    else:
+        vflat = np.ones(flat.size, np.float32)
+    width = 1 + (int(lengths.max()) if n else 0)
+    keys = np.zeros((n, width), dtype=np.uint64)
+    mask = np.zeros((n, width), dtype=bool)
+    values = np.ones((n, width), dtype=np.float32)
+    keys[:, 0], mask[:, 0] = BIAS_KEY, True
+    row = np.repeat(np.arange(n), lengths)
+    starts = np.cumsum(lengths) - lengths
+    col = 1 + np.arange(flat.size) - np.repeat(starts, lengths)
+    keys[row, col] = flat
+    mask[row, col] = True
+    values[row, col] = vflat
+    return keys, mask, values

@@ -1,0 +1,112 @@
+"""Stable 64-bit feature keys for (field, value) pairs, vectorized.
+
+A key must be the same in every process, run and machine, so Python's salted ``hash`` is never
+used. Integers are mixed with the SplitMix64 finalizer (Steele et al. 2014); strings (Arrow
+``string``/``large_string``, any length) get a polynomial hash over their UTF-8 bytes computed for
+all strings of an array at once with one cumulative sum (no per-string loop)::
+
+    h(s) = sum_j s[j] * P^j  (mod 2^64)
+         = (C[end] - C[start]) * P^-start,   C[t] = sum_{t' < t} data[t'] * P^t'
+
+(P odd, so it is invertible mod 2^64), then finalized with SplitMix64 together with the length.
+A key is ``mix(value_hash ^ field_salt)`` where ``field_salt = mix(hash(field name))``: the same
+value in two fields gives two keys. Key 0 is reserved for the bias (no real feature maps to it:
+``mix`` is a bijection and the rare hit is remapped).
+
+Worked example::
+
+    >>> field_keys("C1", np.array([7, 7, 3]))      # equal values, equal keys
+    array([k7, k7, k3], dtype=uint64)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["BIAS_KEY", "mix64", "field_salt", "hash_strings", "field_keys", "numeric_field_key"]
+
+BIAS_KEY = np.uint64(0)
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_P = np.uint64(0x100000001B3)  # FNV-64 prime: odd, so invertible mod 2^64
+_P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer: a bijection on uint64 with full avalanche (vectorized)."""
+    z = np.asarray(x, dtype=np.uint64) + _GOLDEN
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    out = np.full(n, base, dtype=np.uint64)
+    if n:
+        out[0] = 1
+    return np.cumprod(out, dtype=np.uint64)
+
+
+def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """uint64 hash of every string in an Arrow string array (nulls hash like ``""``)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
+        off_dtype = np.int64
+    else:
+        arr = arr.cast(pa.string()) if not pa.types.is_string(arr.type) else arr
+        off_dtype = np.int32
+    n = len(arr)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=off_dtype, count=n + 1 + arr.offset)[arr.offset :]
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(bufs[2], dtype=np.uint8, count=end)[start:end] if end > start else (
+        np.zeros(0, np.uint8)
+    )
+    rel = offsets.astype(np.int64) - start
+    # C[t] = sum_{t'<t} data[t'] * P^t'  (prefix sums with wraparound)
+    weighted = data.astype(np.uint64) * _powers(_P, data.size)
+    csum = np.zeros(data.size + 1, dtype=np.uint64)
+    np.cumsum(weighted, out=csum[1:])
+    h = (csum[rel[1:]] - csum[rel[:-1]]) * _powers(_P_INV, data.size + 1)[rel[:-1]]
+    lengths = (rel[1:] - rel[:-1]).astype(np.uint64)
+    return mix64(h ^ mix64(lengths))
+
+
+def field_salt(field: str) -> np.uint64:
+    """The per-field salt: a stable hash of the field name."""
+    return mix64(hash_strings(pa.array([field], pa.string())))[0]
+
+
+def _remap_bias(keys: np.ndarray) -> np.ndarray:
+    keys[keys == BIAS_KEY] = np.uint64(1)
+    return keys
+
+
+def field_keys(field: str, values: np.ndarray | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Keys of (field, value) for a whole column of integer or string values.
+
+    Nulls are not handled here (the batch builder masks them); their key is arbitrary.
+    """
+    salt = field_salt(field)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        t = values.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
+            return _remap_bias(mix64(hash_strings(values) ^ salt))
+        if pa.types.is_dictionary(t):
+            return field_keys(field, values.cast(t.value_type))
+        values = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+    v = np.asarray(values)
+    if v.dtype.kind not in "iub":
+        raise TypeError(f"field_keys needs integer or string values, got dtype {v.dtype}")
+    return _remap_bias(mix64(v.astype(np.int64).view(np.uint64) ^ salt))
+
+
+def numeric_field_key(field: str) -> np.uint64:
+    """The one key of a numeric field used with ``numeric_transform = "raw"``."""
+    return field_keys(field, pa.array(["\x00raw"]))[0]

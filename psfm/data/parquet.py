@@ -1,0 +1,216 @@
+"""Day-partitioned Parquet logs: days, work units and a resumable batch reader.
+
+Layout (Hive style)::
+
+    root/day=1/part-00000.parquet
+    root/day=1/part-00001.parquet
+    root/day=2/...
+
+Days sort numerically when every value is an integer, lexicographically otherwise. A work unit is
+(day, file, row-group range); the reader yields ``(table, cursor)`` pairs where the cursor names
+the next unread row (file, row group, offset), so a unit can be resumed mid-way. Paths go through
+``pyarrow.fs``, so ``s3://``, ``gs://`` and ``hdfs://`` roots work where pyarrow has them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from psfm.errors import DataError
+
+__all__ = [
+    "Cursor",
+    "WorkUnit",
+    "list_days",
+    "select_days",
+    "split_days",
+    "day_files",
+    "open_parquet",
+    "work_units",
+    "read_unit",
+]
+
+_DAY_RE = re.compile(r"^day=(.+)$")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The next unread row of a unit: ``file``'s row group ``row_group``, row ``offset``."""
+
+    file: str
+    row_group: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Rows ``[rg_start, rg_end)`` row groups of one file of one day."""
+
+    day: str
+    file: str
+    rg_start: int
+    rg_end: int
+    rows: int
+
+    @property
+    def uid(self) -> str:
+        return f"{self.day}:{self.file}:{self.rg_start}-{self.rg_end}"
+
+
+def _fs(root: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(root)
+    except (pa.ArrowInvalid, ValueError):
+        return pafs.LocalFileSystem(), posixpath.abspath(root) if "://" not in root else root
+
+
+def _day_sort_key(day: str) -> tuple[int, int | str]:
+    return (0, int(day)) if re.fullmatch(r"-?\d+", day) else (1, day)
+
+
+def list_days(root: str) -> list[str]:
+    """The ``day=`` partition values under ``root``, sorted."""
+    fs, path = _fs(root)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        raise DataError(f"Data root '{root}' is not a directory.")
+    days = []
+    for entry in fs.get_file_info(pafs.FileSelector(path)):
+        m = _DAY_RE.match(entry.base_name)
+        if m and entry.type == pafs.FileType.Directory:
+            days.append(m.group(1))
+    if not days:
+        raise DataError(f"Data root '{root}' has no 'day=...' partitions.")
+    if len({_day_sort_key(d)[0] for d in days}) > 1:
+        days = sorted(days)
+    return sorted(days, key=_day_sort_key)
+
+
+def select_days(days: Sequence[str], spec: str, what: str = "days") -> list[str]:
+    """Days named by ``spec``: a comma list and/or inclusive ranges ``a..b`` of partition values."""
+    chosen: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if ".." in part:
+            lo, hi = (s.strip() for s in part.split("..", 1))
+            for d in (lo, hi):
+                if d not in days:
+                    raise DataError(
+                        f"The {what} range '{part}' names day '{d}', which is not in the data "
+                        f"(days: {', '.join(days)})."
+                    )
+            i, j = days.index(lo), days.index(hi)
+            if j < i:
+                raise DataError(f"The {what} range '{part}' is empty: '{lo}' comes after '{hi}'.")
+            chosen.extend(days[i : j + 1])
+        elif part in days:
+            chosen.append(part)
+        else:
+            raise DataError(
+                f"The {what} list names day '{part}', which is not in the data "
+                f"(days: {', '.join(days)})."
+            )
+    return list(dict.fromkeys(chosen))
+
+
+def split_days(days: Sequence[str], train_spec: str, test_spec: str) -> tuple[list[str], list[str]]:
+    """Train and test days; defaults: train on every day but the last, test on the last."""
+    if not days:
+        raise DataError("No days to split.")
+    train = select_days(days, train_spec, "train_days") if train_spec else list(days[:-1])
+    test = select_days(days, test_spec, "test_days") if test_spec else [days[-1]]
+    if not train_spec and len(days) == 1:
+        raise DataError(
+            f"Only one day ('{days[0]}') in the data: name train_days and test_days explicitly."
+        )
+    return train, test
+
+
+def day_files(root: str, day: str) -> list[str]:
+    """The data files of one day (names starting with '.' or '_' are skipped), sorted."""
+    fs, path = _fs(root)
+    sel = pafs.FileSelector(posixpath.join(path, f"day={day}"), recursive=True)
+    try:
+        entries = fs.get_file_info(sel)
+    except FileNotFoundError as e:
+        raise DataError(f"Day '{day}' does not exist under '{root}'.") from e
+    files = sorted(
+        e.path
+        for e in entries
+        if e.type == pafs.FileType.File and not e.base_name.startswith((".", "_"))
+    )
+    if not files:
+        raise DataError(f"Day '{day}' under '{root}' is empty: no data files in 'day={day}/'.")
+    return files
+
+
+def open_parquet(file: str) -> pq.ParquetFile:
+    """Open one Parquet file; a file that is not Parquet gets a DataError naming it."""
+    fs, path = _fs(file)
+    try:
+        return pq.ParquetFile(fs.open_input_file(path))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"File '{file}' is not a readable Parquet file: {e}") from e
+
+
+def work_units(root: str, day: str, rows_per_unit: int = 1 << 20) -> list[WorkUnit]:
+    """Split a day into units of whole row groups, about ``rows_per_unit`` rows each."""
+    units = []
+    for f in day_files(root, day):
+        md = open_parquet(f).metadata
+        start, rows = 0, 0
+        for rg in range(md.num_row_groups):
+            rows += md.row_group(rg).num_rows
+            if rows >= rows_per_unit or rg == md.num_row_groups - 1:
+                units.append(WorkUnit(day, f, start, rg + 1, rows))
+                start, rows = rg + 1, 0
+    if not any(u.rows for u in units):
+        raise DataError(f"Day '{day}' under '{root}' has no rows.")
+    return units
+
+
+def read_unit(
+    unit: WorkUnit,
+    batch_size: int,
+    columns: Sequence[str] | None = None,
+    start: Cursor | None = None,
+) -> Iterator[tuple[pa.Table, Cursor, int]]:
+    """Yield ``(table, cursor, row_group)`` batches of ``batch_size`` rows over a unit.
+
+    Batches span row-group boundaries (leftovers carry over), so only the unit's last batch is
+    short. ``cursor`` names the next unread row; ``row_group`` is where the batch starts (for
+    error messages). ``start`` resumes from a cursor.
+    """
+    pf = open_parquet(unit.file)
+    rg0, off0 = (start.row_group, start.offset) if start else (unit.rg_start, 0)
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    pending_rg = rg0
+    for rg in range(rg0, unit.rg_end):
+        try:
+            table = pf.read_row_group(rg, columns=list(columns) if columns else None)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"File '{unit.file}', row group {rg}: cannot be read: {e}") from e
+        pos = off0 if rg == rg0 else 0
+        while pos < table.num_rows:
+            take = min(batch_size - pending_rows, table.num_rows - pos)
+            if not pending:
+                pending_rg = rg
+            pending.append(table.slice(pos, take))
+            pending_rows += take
+            pos += take
+            if pending_rows == batch_size:
+                out = pending[0] if len(pending) == 1 else pa.concat_tables(pending)
+                yield out, Cursor(unit.file, rg, pos), pending_rg
+                pending, pending_rows = [], 0
+    if pending_rows:
+        out = pending[0] if len(pending) == 1 else pa.concat_tables(pending)
+        yield out, Cursor(unit.file, unit.rg_end, 0), pending_rg
