@@ -230,7 +230,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     run_dir: str = ""
-    torch_threads: int = 0
+    torch_threads: int = 1
     log_every_s: float = 10.0
 
     def __post_init__(self) -> None:

@@ -1,0 +1,60 @@
+"""Feature levels from occurrence counts (DESIGN §4, RaFM Eq. 17) and deterministic factor init.
+
+RaFM Eq. 17 puts feature i at ``k_i = argmin_k |log n_i - log(c D_k)|``. On a log scale the
+boundary between ranks D_k and D_{k+1} is their geometric mean, so the rule is the threshold rule
+``k_i = #{k : n_i >= t_k}`` with ``t_1 = 1`` and ``t_{k+1} = c sqrt(D_k D_{k+1})``; an unseen
+feature (n = 0) has level 0. Explicit ``level_min_count`` replaces these thresholds. The same
+thresholds drive ``online`` promotion.
+
+Factor initialisation is a function of (seed, key, level, coordinate) only — a counter-based
+normal draw — so a key gets the same initial factors on any shard, in any order, in any process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from psfm.data.hashing import mix64
+
+__all__ = ["level_thresholds", "levels_from_counts", "init_factors"]
+
+
+def level_thresholds(
+    ranks: Sequence[int], count_per_dim: float = 1.0, level_min_count: Sequence[float] = ()
+) -> np.ndarray:
+    """``t_1..t_m`` (float64): a feature is in ``F_k`` when its count is ``>= t_k``."""
+    if level_min_count:
+        return np.asarray(level_min_count, dtype=np.float64)
+    d = np.asarray(ranks, dtype=np.float64)
+    if d.size == 0:
+        return np.zeros(0)
+    return np.concatenate([[1.0], count_per_dim * np.sqrt(d[:-1] * d[1:])])
+
+
+def levels_from_counts(counts: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``k_i = #{k : n_i >= t_k}`` as int8 (thresholds are non-decreasing)."""
+    c = np.asarray(counts, dtype=np.float64)
+    return np.searchsorted(thresholds, c, side="right").astype(np.int8)
+
+
+_TWO_PI = 2.0 * np.pi
+_INV24 = 1.0 / float(1 << 24)
+
+
+def init_factors(
+    keys: np.ndarray, salt_level: int, dim: int, std: float, seed: int, first_col: int = 0
+) -> np.ndarray:
+    """(len(keys), dim) float32 draws of N(0, std^2), a pure function of
+    (seed, key, salt_level, first_col + column)."""
+    if std == 0 or keys.size == 0:
+        return np.zeros((keys.size, dim), dtype=np.float32)
+    cols = np.arange(first_col, first_col + dim, dtype=np.uint64)
+    base = np.array([seed * 0x10001 + salt_level * 0x1000], dtype=np.uint64)
+    col_salt = mix64(mix64(base) ^ cols)  # (dim,)
+    h = mix64(np.asarray(keys, dtype=np.uint64)[:, None] ^ col_salt[None, :])  # (n, dim)
+    u1 = ((h >> np.uint64(40)).astype(np.float64) + 0.5) * _INV24
+    u2 = ((h & np.uint64(0xFFFFFF)).astype(np.float64) + 0.5) * _INV24
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)  # Box-Muller
+    return (z * std).astype(np.float32)

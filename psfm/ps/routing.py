@@ -1,0 +1,88 @@
+"""Split a batch's keys by shard and merge the shards' answers back (pure numpy, no Ray).
+
+The batch's unique keys are sorted; ``route`` gives, per shard, the indices of its keys (still
+sorted). A shard's pull answer lists table-p rows for *its* member keys in its key order; the
+merged table lists rows for every member key in batch order. Both directions are one fancy-index
+per level::
+
+    rows_p = cumsum(member_p(level)) - 1        # batch-wide row of each key at level p
+    merged_p[rows_p[idx_s][member_s]] = part_s  # pull
+    part_s = grad_p[rows_p[idx_s][member_s]]    # push
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from psfm.ps.shard import PullResult, shard_of
+
+__all__ = ["Route", "route", "merge_pulls", "split_push"]
+
+
+@dataclass
+class Route:
+    """Per shard: indices into the batch's unique keys."""
+
+    n_keys: int
+    index: list[np.ndarray]
+
+
+def route(keys: np.ndarray, n_shards: int) -> Route:
+    if n_shards == 1:
+        return Route(keys.size, [np.arange(keys.size)])
+    sid = shard_of(keys, n_shards)
+    order = np.argsort(sid, kind="stable")
+    bounds = np.searchsorted(sid[order], np.arange(n_shards + 1))
+    return Route(keys.size, [order[bounds[s] : bounds[s + 1]] for s in range(n_shards)])
+
+
+def _member(level: np.ndarray, p: int, tied: bool) -> np.ndarray:
+    return level == p if tied else level >= p
+
+
+def merge_pulls(r: Route, parts: Sequence[PullResult], tied: bool) -> PullResult:
+    """Shard answers -> one answer in batch key order."""
+    if len(parts) == 1:
+        return parts[0]
+    w = np.empty(r.n_keys, dtype=np.float32)
+    level = np.empty(r.n_keys, dtype=np.int8)
+    for idx, part in zip(r.index, parts):
+        w[idx] = part.w
+        level[idx] = part.level
+    tables = []
+    for p in range(1, len(parts[0].tables) + 1):
+        member = _member(level, p, tied)
+        rows = np.cumsum(member) - 1
+        dim = parts[0].tables[p - 1].shape[1]
+        out = np.empty((int(member.sum()), dim), dtype=np.float32)
+        for idx, part in zip(r.index, parts):
+            out[rows[idx[_member(part.level, p, tied)]]] = part.tables[p - 1]
+        tables.append(out)
+    return PullResult(w, level, tables)
+
+
+def split_push(
+    r: Route,
+    keys: np.ndarray,
+    counts: np.ndarray,
+    level: np.ndarray,
+    grad_w: np.ndarray,
+    grad_tables: Sequence[np.ndarray],
+    tied: bool,
+) -> list[tuple]:
+    """One push argument tuple ``(keys, counts, level, grad_w, grad_tables)`` per shard."""
+    if len(r.index) == 1:
+        return [(keys, counts, level, grad_w, list(grad_tables))]
+    rows = [np.cumsum(_member(level, p, tied)) - 1 for p in range(1, len(grad_tables) + 1)]
+    out = []
+    for idx in r.index:
+        lev = level[idx]
+        g = [
+            grad_tables[p - 1][rows[p - 1][idx[_member(lev, p, tied)]]]
+            for p in range(1, len(grad_tables) + 1)
+        ]
+        out.append((keys[idx], counts[idx], lev, grad_w[idx], g))
+    return out

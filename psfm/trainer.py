@@ -1,0 +1,230 @@
+"""The in-process trainer: days through a :class:`Worker` and N :class:`ParameterShard` objects
+in one process — the same classes the Ray actors wrap.
+
+Schedule (DESIGN §7): optional statistics pass over the training days (``static`` levels, or
+admission by count), then per training day: every work unit is trained with progressive
+validation, shards end the day (decay, eviction), a checkpoint is written; then a predict-only
+pass over the test days (no keys created, no updates) and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from psfm.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from psfm.config import Config, config_from_dict, to_dict
+from psfm.data.parquet import WorkUnit, list_days, split_days, work_units
+from psfm.errors import CheckpointError
+from psfm.metrics import MetricAccumulator, auc_exact
+from psfm.ps.client import LocalClient
+from psfm.ps.shard import ParameterShard
+from psfm.worker import Worker
+
+__all__ = ["train_local", "evaluate", "needs_stats_pass", "model_report", "EXACT_AUC_MAX_ROWS"]
+
+log = logging.getLogger(__name__)
+
+EXACT_AUC_MAX_ROWS = 20_000_000  # test sets up to this size also get the exact AUC
+
+
+def needs_stats_pass(cfg: Config) -> bool:
+    """Static RaFM/DiFacto levels need counts before training; so does static admission."""
+    return cfg.levels.policy == "static" and (
+        cfg.model.levels >= 2 or cfg.levels.admit_min_count > 1
+    )
+
+
+def make_shards(cfg: Config) -> list[ParameterShard]:
+    n = cfg.ps.shards
+    return [ParameterShard(cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n)
+            for i in range(n)]
+
+
+class _Progress:
+    """A progress line at a steady interval: rows, samples/s, logloss, AUC, ETA."""
+
+    def __init__(self, what: str, total_rows: int, every_s: float) -> None:
+        self.what, self.total, self.every = what, total_rows, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.rows = 0
+
+    def update(self, rows: int, acc: MetricAccumulator | None) -> None:
+        self.rows += rows
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = self.rows / max(now - self.t0, 1e-9)
+        eta = max(self.total - self.rows, 0) / max(rate, 1e-9)
+        msg = f"{self.what}: {self.rows:,}/{self.total:,} rows, {rate:,.0f} samples/s"
+        if acc is not None and acc.result()["rows"]:
+            r = acc.result()
+            msg += f", logloss {r['logloss']:.4f}, auc {r['auc']:.4f}"
+        log.info("%s, ETA %.0fs", msg, eta)
+
+
+def model_report(cfg: Config, client) -> dict[str, Any]:
+    s = client.stats()
+    return {
+        "kind": cfg.model.kind,
+        "ranks": list(cfg.model.ranks),
+        "keys": s.keys,
+        "nonzero_params": s.nonzero_params,
+        "nonzero_w": s.nonzero_w,
+        "nonzero_factors": s.nonzero_factors,
+        "factor_rows_per_level": s.factor_rows_per_level,
+        "ps_bytes": s.ps_bytes,
+        "raw_bytes": s.raw_bytes,
+    }
+
+
+def evaluate(cfg: Config, worker: Worker, client, root: str, days: list[str]) -> dict[str, Any]:
+    """Predict-only pass over ``days``: AUC (histogram, and exact when it fits), logloss,
+    normalized entropy, calibration, and the RaFM-low AUC (``sum w x + B_{1,1}``)."""
+    acc, acc_low = MetricAccumulator(), MetricAccumulator()
+    units = [u for d in days for u in work_units(root, d)]
+    total = sum(u.rows for u in units)
+    keep = total <= EXACT_AUC_MAX_ROWS
+    preds, rows, skipped = [], 0, 0
+    prog = _Progress("test", total, cfg.train.log_every_s)
+    for u in units:
+        res = worker.run_unit(u, client, train=False, acc=acc, acc_low=acc_low,
+                              keep_predictions=keep)
+        preds.extend(res.predictions)
+        rows += res.rows
+        skipped += res.skipped
+        prog.update(res.rows, None)
+    r, r_low = acc.result(), acc_low.result()
+    out = {"days": list(days), "rows": rows, "skipped_rows": skipped, "auc": r["auc"],
+           "auc_hist": r["auc"], "logloss": r["logloss"], "ne": r["ne"],
+           "calibration": r["calibration"], "ctr": r["ctr"], "auc_low": r_low["auc"]}
+    if keep and preds:
+        allp = np.concatenate(preds, axis=1)
+        out["auc"] = auc_exact(allp[2], allp[0])
+        out["auc_low"] = auc_exact(allp[2], allp[1])
+        if abs(out["auc"] - out["auc_hist"]) > 1e-4:
+            log.warning("histogram AUC %.6f and exact AUC %.6f differ by more than 1e-4",
+                        out["auc_hist"], out["auc"])
+    return out
+
+
+class RunDir:
+    """``run_dir/``: config.json, metrics.jsonl, checkpoints/, report.json."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, cfg: Config) -> None:
+        atomic_write_text(self.path / "config.json", json.dumps(to_dict(cfg), indent=1))
+
+    def metric(self, record: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "report.json", json.dumps(report, indent=1))
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    try:
+        return config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    except OSError as e:
+        raise CheckpointError(f"Run directory '{run_dir}' has no config.json: {e}") from e
+
+
+def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate in one process; returns the report (also written to the run dir)."""
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    root = cfg.data.root
+    days = list_days(root)
+    train_days, test_days = split_days(days, cfg.data.train_days, cfg.data.test_days)
+    run = RunDir(cfg.train.run_dir) if cfg.train.run_dir else None
+    client = LocalClient(make_shards(cfg))
+    worker = Worker(cfg)
+    per_day: list[dict[str, Any]] = []
+    start_day = 0
+    t_start = time.perf_counter()
+    if resume:
+        ckpt = latest_checkpoint(run.path) if run else None
+        if ckpt is None:
+            raise CheckpointError(f"--resume: no complete checkpoint in '{cfg.train.run_dir}'.")
+        states, manifest = load_checkpoint(ckpt)
+        client.restore(states)
+        start_day = int(manifest["day_index"]) + 1
+        per_day = list(manifest.get("per_day", []))
+        log.info("resumed from %s: %d of %d training days done", ckpt, start_day,
+                 len(train_days))
+    elif run:
+        (run.path / "metrics.jsonl").unlink(missing_ok=True)
+    if run:
+        run.write_config(cfg)
+    log.info("train days %s, test days %s", train_days, test_days)
+    if start_day == 0 and needs_stats_pass(cfg):
+        t0 = time.perf_counter()
+        rows = sum(worker.count_unit(u, client) for d in train_days for u in work_units(root, d))
+        info = client.finish_counts()
+        log.info("statistics pass: %d rows, %d keys (%d not admitted) in %.1fs", rows,
+                 info["keys"], info["not_admitted"], time.perf_counter() - t0)
+    for i in range(start_day, len(train_days)):
+        day = train_days[i]
+        per_day.append(_train_day(cfg, worker, client, root, day, i, run))
+        client.end_day(i + 1)
+        if run:
+            save_checkpoint(run.path / "checkpoints" / f"day={day}", client.snapshots(),
+                            {"day": day, "day_index": i, "per_day": per_day,
+                             "config": to_dict(cfg)})
+    train_seconds = sum(d["seconds"] for d in per_day)
+    train_rows = sum(d["rows"] for d in per_day)
+    test = evaluate(cfg, worker, client, root, test_days)
+    report = {
+        "test": test,
+        "model": model_report(cfg, client),
+        "train": {
+            "days": train_days,
+            "rows": train_rows,
+            "samples_per_s": train_rows / max(train_seconds, 1e-9),
+            "bytes_per_sample": (client.bytes_pulled + client.bytes_pushed)
+            / max(train_rows + test["rows"], 1),
+            "per_day": per_day,
+            "wall_seconds": time.perf_counter() - t_start,
+        },
+        "config": to_dict(cfg),
+    }
+    if run:
+        run.metric({"event": "test", **test})
+        run.write_report(report)
+    return report
+
+
+def _train_day(cfg, worker: Worker, client, root: str, day: str, index: int,
+               run: RunDir | None) -> dict[str, Any]:
+    units: list[WorkUnit] = work_units(root, day)
+    acc = MetricAccumulator()
+    prog = _Progress(f"day {day}", sum(u.rows for u in units), cfg.train.log_every_s)
+    rows = skipped = 0
+    t0 = time.perf_counter()
+    for u in units:
+        res = worker.run_unit(u, client, train=True, acc=acc)
+        rows += res.rows
+        skipped += res.skipped
+        prog.update(res.rows, acc)
+    seconds = time.perf_counter() - t0
+    r = acc.result()
+    rec = {"day": day, "rows": rows, "skipped_rows": skipped, "seconds": seconds,
+           "samples_per_s": rows / max(seconds, 1e-9), "progressive_auc": r["auc"],
+           "logloss": r["logloss"], "ne": r["ne"], "calibration": r["calibration"]}
+    log.info("day %s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",
+             day, rows, seconds, rec["samples_per_s"], r["logloss"], r["auc"])
+    if run:
+        run.metric({"event": "train_day", **rec})
+    return rec

@@ -1,0 +1,151 @@
+"""The worker logic: read a work unit, and per batch pull -> forward/backward -> push.
+
+A plain class over any client with ``pull``/``push`` (in-process shards or Ray actors). Every
+batch is scored with the weights it pulled *before* its gradient is pushed (progressive
+validation), so training-day logloss and AUC come for free.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from psfm.config import Config
+from psfm.data.batch import Batch, FeatureSchema, build_batch, resolve_schema
+from psfm.data.parquet import Cursor, WorkUnit, open_parquet, read_unit
+from psfm.metrics import MetricAccumulator
+from psfm.models.family import FamilyInputs, FamilySpec, forward_backward
+
+__all__ = ["Worker", "UnitResult", "resolve_device", "family_spec"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when torch sees a GPU; ``cuda`` without one is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from psfm.errors import ConfigError
+
+        raise ConfigError("train.device = 'cuda' but torch sees no CUDA device on this node.")
+    return torch.device(device)
+
+
+def family_spec(cfg: Config) -> FamilySpec:
+    m = cfg.model
+    return FamilySpec(tuple(m.ranks), m.tied, tuple(m.dependent_lr_coef), m.loss)
+
+
+@dataclass
+class UnitResult:
+    """What one work unit did."""
+
+    rows: int = 0
+    skipped: int = 0
+    loss: float = 0.0
+    seconds: float = 0.0
+    cursor: Cursor | None = None
+    predictions: list[np.ndarray] = field(default_factory=list)  # (probs, probs_low, labels)
+
+
+class Worker:
+    """Turns work units into pulls, gradients and pushes."""
+
+    def __init__(self, config: Config) -> None:
+        self.cfg = config
+        self.spec = family_spec(config)
+        self.device = resolve_device(config.train.device)
+        self._schemas: dict[str, FeatureSchema] = {}
+
+    def schema_of(self, file: str) -> FeatureSchema:
+        if file not in self._schemas:
+            self._schemas[file] = resolve_schema(
+                self.cfg.data, open_parquet(file).schema_arrow, file)
+        return self._schemas[file]
+
+    def batches(self, unit: WorkUnit, start: Cursor | None = None) -> Iterator[tuple[Batch,
+                                                                                     Cursor]]:
+        """Batches of a unit with the cursor after each."""
+        schema = self.schema_of(unit.file)
+        d = self.cfg.data
+        for table, cursor, rg in read_unit(unit, d.batch_size, schema.columns, start):
+            where = f"File '{unit.file}', row group {rg}"
+            yield build_batch(table, schema, self.cfg.model.loss, d.bad_rows, where), cursor
+
+    def _inputs(self, batch: Batch, pulled) -> FamilyInputs:
+        dev = self.device
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(dev, non_blocking=True)
+
+        return FamilyInputs(
+            occ_sample=t(batch.occ_sample),
+            occ_uniq=t(batch.occ_uniq),
+            occ_value=t(batch.occ_value),
+            labels=t(batch.labels),
+            weights=None if batch.weights is None else t(batch.weights),
+            w=t(pulled.w),
+            level=t(pulled.level.astype(np.int64)),
+            tables=[t(x) for x in pulled.tables],
+        )
+
+    def step(self, batch: Batch, client, train: bool) -> tuple[np.ndarray, np.ndarray, float]:
+        """One batch: returns (predictions, RaFM-low predictions, summed loss)."""
+        pulled = client.pull(batch.uniq, create=train)
+        out = forward_backward(self.spec, self._inputs(batch, pulled), compute_grad=train)
+        if train:
+            client.push(
+                batch.uniq,
+                batch.counts,
+                pulled.level,
+                out.grad_w.cpu().numpy(),
+                [g.cpu().numpy() for g in out.grad_tables],
+            )
+        if self.spec.loss == "logistic":
+            return (torch.sigmoid(out.logits).cpu().numpy(),
+                    torch.sigmoid(out.logits_low).cpu().numpy(), out.loss)
+        return out.logits.cpu().numpy(), out.logits_low.cpu().numpy(), out.loss
+
+    def run_unit(
+        self,
+        unit: WorkUnit,
+        client,
+        train: bool,
+        acc: MetricAccumulator | None = None,
+        acc_low: MetricAccumulator | None = None,
+        keep_predictions: bool = False,
+        start: Cursor | None = None,
+    ) -> UnitResult:
+        """Train on (or score) a unit; metrics go into ``acc`` / ``acc_low``."""
+        res = UnitResult()
+        t0 = time.perf_counter()
+        for batch, cursor in self.batches(unit, start):
+            res.skipped += batch.skipped
+            if batch.size == 0:
+                continue
+            probs, low, loss = self.step(batch, client, train)
+            res.rows += batch.size
+            res.loss += loss
+            res.cursor = cursor
+            if acc is not None:
+                acc.update(batch.labels, probs, batch.weights)
+            if acc_low is not None:
+                acc_low.update(batch.labels, low, batch.weights)
+            if keep_predictions:
+                res.predictions.append(np.stack([probs, low, batch.labels]))
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def count_unit(self, unit: WorkUnit, client) -> int:
+        """Statistics pass: push the unit's key occurrence counts to the shards."""
+        rows = 0
+        for batch, _ in self.batches(unit):
+            client.add_counts(batch.uniq, batch.counts)
+            rows += batch.size
+        return rows
