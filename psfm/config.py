@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from psfm.errors import ConfigError
 from psfm.optim.ftrl import FtrlParams

@@ -17,7 +17,7 @@ import torch
 
 from psfm.config import Config
 from psfm.data.batch import Batch, FeatureSchema, build_batch, resolve_schema
-from psfm.data.parquet import Cursor, WorkUnit, open_parquet, read_unit
+from psfm.data.parquet import Cursor, WorkUnit, open_parquet, read_unit, row_group_starts
 from psfm.metrics import MetricAccumulator
 from psfm.models.family import FamilyInputs, FamilySpec, forward_backward
 
@@ -74,9 +74,12 @@ class Worker:
         """Batches of a unit with the cursor after each."""
         schema = self.schema_of(unit.file)
         d = self.cfg.data
-        for table, cursor, rg in read_unit(unit, d.batch_size, schema.columns, start):
-            where = f"File '{unit.file}', row group {rg}"
-            yield build_batch(table, schema, self.cfg.model.loss, d.bad_rows, where), cursor
+        where = f"File '{unit.file}'"
+        starts = np.asarray(row_group_starts(open_parquet(unit.file)))
+        for table, cursor, first in read_unit(unit, d.batch_size, schema.columns, start):
+            batch = build_batch(table, schema, self.cfg.model.loss, d.bad_rows, where, first,
+                                starts)
+            yield batch, cursor
 
     def _inputs(self, batch: Batch, pulled) -> FamilyInputs:
         dev = self.device

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", action="store_true", help="use GenSpec.small()")
-    ap.add_argument("--compression", default="snappy", help="Parquet codec for generate()")
+    ap.add_argument("--compression", default="none", help="Parquet codec for generate()")
     ap.add_argument("--dir", default=None, help="parent of the temp output dir (default: TMPDIR)")
     args = ap.parse_args(argv)
     spec = GenSpec.small() if args.small else GenSpec()

@@ -17,7 +17,6 @@ The model reads only ``occ_sample``, ``occ_uniq``, ``occ_value`` and ``labels``;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,18 +150,27 @@ def log_bucket(x: np.ndarray) -> np.ndarray:
 class _Bad:
     """Collects rows that break a rule; raises at the first under ``fail``."""
 
-    def __init__(self, n: int, policy: str, where: str) -> None:
+    def __init__(
+        self, n: int, policy: str, where: str, first_row: int, rg_starts: np.ndarray | None
+    ) -> None:
         self.rows = np.zeros(n, dtype=bool)
         self.policy = policy
         self.where = where
+        self.first_row = first_row
+        self.rg_starts = rg_starts
 
     def check(self, bad: np.ndarray, col: str, values: np.ndarray, rule: str) -> None:
         if not bad.any():
             return
         if self.policy == "fail":
             i = int(np.flatnonzero(bad)[0])
+            v = values[i].item() if hasattr(values[i], "item") else values[i]
+            row = self.first_row + i
+            rg = ""
+            if self.rg_starts is not None:
+                rg = f" (row group {int(np.searchsorted(self.rg_starts, row, 'right')) - 1})"
             raise DataError(
-                f"{self.where}, column '{col}': value {values[i]!r} at row {i} breaks the "
+                f"{self.where}, row {row}{rg}, column '{col}': value {v!r} breaks the "
                 f"rule: {rule} ({int(bad.sum())} such rows in this batch; set "
                 f"data.bad_rows = \"skip\" to drop them)."
             )
@@ -174,11 +182,18 @@ def _float_col(table: pa.Table, col: str) -> np.ndarray:
 
 
 def build_batch(
-    table: pa.Table, schema: FeatureSchema, loss: str, bad_rows: str, where: str
+    table: pa.Table,
+    schema: FeatureSchema,
+    loss: str,
+    bad_rows: str,
+    where: str,
+    first_row: int = 0,
+    rg_starts: np.ndarray | None = None,
 ) -> Batch:
-    """Rows -> :class:`Batch`. ``where`` names the file and row group in error messages."""
+    """Rows -> :class:`Batch`. ``where`` names the file in error messages, ``first_row`` is
+    the file row of the table's first row and ``rg_starts`` the first row of every row group."""
     n = table.num_rows
-    bad = _Bad(n, bad_rows, where)
+    bad = _Bad(n, bad_rows, where, first_row, rg_starts)
     labels = _float_col(table, schema.label)  # nulls -> nan
     if loss == "logistic":
         bad.check(~((labels == 0) | (labels == 1)), schema.label, labels,

@@ -97,6 +97,7 @@ _PAIR_STD = 1.1
 _MAX_VOCAB = 100_000_000
 _MAX_DIM = 256
 _MAX_DAY = 1_000_000
+_CODECS = ("none", "snappy", "zstd", "lz4", "gzip", "brotli")
 _TAG_MODEL, _TAG_CALIB, _TAG_ROWS = 0x6D6F64, 0x63616C, 0x726F77
 
 _U64 = np.uint64
@@ -298,8 +299,8 @@ class FieldParams:
 
     ``linear``: (size + 1,) float32. ``factors``: (head + 1, D) float32, zero beyond each rank's
     dim. ``sqnorm``: (head + 1,) squared norms of ``factors``. ``dims``: (head,) int.
-    ``probs``: (size,) the exact probability of each rank. Categorical fields sample
-    ``rank = floor((1 - u * zipf_c) ** zipf_a) - 1``; numeric fields sample
+    ``probs``: (head,) the exact probability of each rank that has factors. Categorical fields
+    sample ``rank = floor((1 - u * zipf_c) ** zipf_a) - 1``; numeric fields sample
     ``x = floor(scale * ((1 - u) ** (-1 / alpha) - 1))`` and ``rank = rank_of_bucket[b(x)]``.
     """
 
@@ -317,7 +318,7 @@ class FieldParams:
     zipf_a: float = 0.0
     alpha: float = 1.0
     scale: float = 1.0
-    rank_of_bucket: np.ndarray | None = None
+    rank_of_bucket: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -374,7 +375,7 @@ def _build_field(
         size = vocab
         s = float(spec.zipf_s)
         c = -math.expm1((1.0 - s) * math.log(vocab + 1.0))  # 1 - (V + 1)^(1 - s)
-        probs = _zipf_probs(vocab, s, vocab)
+        probs = _zipf_probs(vocab, s, min(spec.tier_counts[0], vocab))
         extra = dict(zipf_c=c, zipf_a=1.0 / (1.0 - s))
     head = min(spec.tier_counts[0], size)
     dims = _dims(spec, head)
@@ -400,7 +401,7 @@ def _build_field(
         factors=factors.astype(np.float32),
         sqnorm=np.square(factors).sum(axis=1).astype(np.float32),
         dims=dims,
-        probs=probs,
+        probs=probs[:head],
         **extra,
     )
 
@@ -435,7 +436,7 @@ def _check_seed(seed: object, where: str) -> int:
     return int(seed)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _model(spec: GenSpec, seed: int) -> TrueModel:
     rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence([seed, _TAG_MODEL])))
     vocab = spec.vocab()
@@ -526,7 +527,6 @@ def _block(model: TrueModel, rng: np.random.Generator, n: int, day: int, values:
             t *= fp.scale
             np.minimum(t, float(_X_MAX), out=t)
             x = t.astype(np.int32)
-            assert fp.rank_of_bucket is not None
             rank = np.take(fp.rank_of_bucket, np.take(bucket_of_x, x))
         else:
             t = np.log(1.0 - u * fp.zipf_c)
@@ -719,6 +719,11 @@ class _DayWriter:
         return self.paths
 
 
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: an undefined AUC (one class only) is written as null."""
+    return x if math.isfinite(x) else None
+
+
 def generate(
     out_dir: str | os.PathLike[str],
     days: int = 8,
@@ -728,7 +733,7 @@ def generate(
     rows_per_file: int = 1_000_000,
     row_group_rows: int = 65_536,
     *,
-    compression: str = "snappy",
+    compression: str = "none",
 ) -> list[str]:
     """Write ``out_dir/day=D/part-NNNNN.parquet`` for D = 1..days and ``out_dir/_gen.json``.
 
@@ -736,9 +741,18 @@ def generate(
     written Parquet paths. ``_gen.json`` holds the spec, the seed, the bias and per day: rows,
     files, ``bayes_auc`` (AUC of p_true), ``linear_auc`` (AUC of the linear part of the true
     logit: the best a logistic regression can do) and the mean label and p_true.
+
+    Files are dictionary-encoded (the Zipf-distributed ids shrink to ~80 bytes/row) and, by
+    default, not compressed further: ``compression="snappy"`` saves ~13% more disk for ~5-10%
+    more time, and reads back ~1.5x slower.
     """
     where = "generate"
     spec = GenSpec() if spec is None else spec
+    if compression not in _CODECS:
+        raise ConfigError(
+            f"The 'compression' parameter of {where} must be one of {', '.join(_CODECS)}. "
+            f"Got {compression!r} instead."
+        )
     if not isinstance(spec, GenSpec):
         raise ConfigError(
             f"The 'spec' parameter of {where} must be a GenSpec or None. Got {spec!r} instead."
@@ -773,12 +787,13 @@ def generate(
         files = writer.close()
         paths += files
         y, p = np.concatenate(y_parts), np.concatenate(p_parts)
+        bayes, linear = rank_auc(p, y), rank_auc(np.concatenate(lin_parts), y)
         rec = {
             "day": day,
             "rows": rows_per_day,
             "files": [str(Path(f).relative_to(root)) for f in files],
-            "bayes_auc": rank_auc(p, y),
-            "linear_auc": rank_auc(np.concatenate(lin_parts), y),
+            "bayes_auc": _finite(bayes),
+            "linear_auc": _finite(linear),
             "mean_label": float(y.mean()),
             "mean_p_true": float(p.astype(np.float64).mean()),
         }
@@ -788,8 +803,8 @@ def generate(
             day,
             rows_per_day,
             len(files),
-            rec["bayes_auc"],
-            rec["linear_auc"],
+            bayes,
+            linear,
         )
     meta = {
         "format": "psfm-gen/1",

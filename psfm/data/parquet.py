@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from psfm.errors import DataError
 
 __all__ = [
+    "row_group_starts",
     "Cursor",
     "WorkUnit",
     "list_days",
@@ -161,6 +162,15 @@ def open_parquet(file: str) -> pq.ParquetFile:
         raise DataError(f"File '{file}' is not a readable Parquet file: {e}") from e
 
 
+def row_group_starts(pf: pq.ParquetFile) -> list[int]:
+    """The file row at which each row group starts (plus the row count at the end)."""
+    md = pf.metadata
+    starts = [0]
+    for i in range(md.num_row_groups):
+        starts.append(starts[-1] + md.row_group(i).num_rows)
+    return starts
+
+
 def work_units(root: str, day: str, rows_per_unit: int = 1 << 20) -> list[WorkUnit]:
     """Split a day into units of whole row groups, about ``rows_per_unit`` rows each."""
     units = []
@@ -183,17 +193,18 @@ def read_unit(
     columns: Sequence[str] | None = None,
     start: Cursor | None = None,
 ) -> Iterator[tuple[pa.Table, Cursor, int]]:
-    """Yield ``(table, cursor, row_group)`` batches of ``batch_size`` rows over a unit.
+    """Yield ``(table, cursor, first_row)`` batches of ``batch_size`` rows over a unit.
 
     Batches span row-group boundaries (leftovers carry over), so only the unit's last batch is
-    short. ``cursor`` names the next unread row; ``row_group`` is where the batch starts (for
-    error messages). ``start`` resumes from a cursor.
+    short. ``cursor`` names the next unread row; ``first_row`` is the file row of the batch's
+    first row (for error messages). ``start`` resumes from a cursor.
     """
     pf = open_parquet(unit.file)
+    rg_first = row_group_starts(pf)
     rg0, off0 = (start.row_group, start.offset) if start else (unit.rg_start, 0)
     pending: list[pa.Table] = []
     pending_rows = 0
-    pending_rg = rg0
+    pending_first = 0
     for rg in range(rg0, unit.rg_end):
         try:
             table = pf.read_row_group(rg, columns=list(columns) if columns else None)
@@ -203,14 +214,14 @@ def read_unit(
         while pos < table.num_rows:
             take = min(batch_size - pending_rows, table.num_rows - pos)
             if not pending:
-                pending_rg = rg
+                pending_first = rg_first[rg] + pos
             pending.append(table.slice(pos, take))
             pending_rows += take
             pos += take
             if pending_rows == batch_size:
                 out = pending[0] if len(pending) == 1 else pa.concat_tables(pending)
-                yield out, Cursor(unit.file, rg, pos), pending_rg
+                yield out, Cursor(unit.file, rg, pos), pending_first
                 pending, pending_rows = [], 0
     if pending_rows:
         out = pending[0] if len(pending) == 1 else pa.concat_tables(pending)
-        yield out, Cursor(unit.file, unit.rg_end, 0), pending_rg
+        yield out, Cursor(unit.file, unit.rg_end, 0), pending_first

@@ -319,6 +319,8 @@ def test_spec_validation_message_and_other_checks(tmp_path: Path) -> None:
         generate_day(SMALL, day=1, rows=10, seed=-1)
     with pytest.raises(ConfigError, match="'rows_per_file' parameter"):
         generate(tmp_path, days=1, rows_per_day=10, spec=SMALL, rows_per_file=0)
+    with pytest.raises(ConfigError, match="'compression' parameter"):
+        generate(tmp_path, days=1, rows_per_day=10, spec=SMALL, compression="rar")
     spec = GenSpec(vocab_sizes=[5] * 26, rank_dims=[1, 4], tier_counts=[3, 1])
     assert spec.vocab_sizes == (5,) * 26 and hash(spec) == hash(GenSpec.from_dict(spec.to_dict()))
     assert len(GenSpec().vocab()) == 26 and min(GenSpec().vocab()) == 10

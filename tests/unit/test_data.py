@@ -1,0 +1,202 @@
+"""Parquet days, the batch builder, hashing and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from psfm.config import DataConfig
+from psfm.data.batch import build_batch, log_bucket, resolve_schema
+from psfm.data.hashing import BIAS_KEY, field_keys, hash_strings
+from psfm.data.parquet import (
+    Cursor,
+    day_files,
+    list_days,
+    open_parquet,
+    read_unit,
+    select_days,
+    split_days,
+    work_units,
+)
+from psfm.errors import DataError
+
+
+def _table(n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return pa.table({
+        "label": pa.array(rng.integers(0, 2, n), pa.int8()),
+        "I1": pa.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 100, n)).tolist(),
+                       pa.float32()),
+        "C1": pa.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 5, n)).tolist(),
+                       pa.int64()),
+        "C2": pa.array([None if i % 4 == 0 else f"s{i % 3}" for i in range(n)], pa.string()),
+    })
+
+
+def _write_days(root: Path, days=(1, 2, 3), n=100, row_group=16):
+    for d in days:
+        (root / f"day={d}").mkdir(parents=True)
+        pq.write_table(_table(n, d), root / f"day={d}" / "part-0.parquet",
+                       row_group_size=row_group)
+
+
+def _schema(table, **kw):
+    return resolve_schema(DataConfig(**kw), table.schema, "f.parquet")
+
+
+# ------------------------------------------------------------------------------ hashing
+
+def test_keys_are_stable_across_processes():
+    code = ("import numpy as np, pyarrow as pa; from psfm.data.hashing import field_keys;"
+            "print(field_keys('C1', np.arange(5)).tolist(),"
+            "field_keys('C2', pa.array(['a', 'bb', '', 'é'])).tolist())")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout
+            for seed in (1, 2)]
+    assert outs[0] == outs[1]
+    here = f"{field_keys('C1', np.arange(5)).tolist()} " \
+           f"{field_keys('C2', pa.array(['a', 'bb', '', 'é'])).tolist()}\n"
+    assert outs[0] == here
+
+
+def test_pinned_key_values_do_not_change_between_versions():
+    # Checkpoints and exported models depend on these exact keys.
+    assert field_keys("C1", np.array([0, 7])).tolist() == PINNED_INT
+    assert field_keys("C2", pa.array(["abc"])).tolist() == PINNED_STR
+
+
+def test_string_hash_is_per_string_and_fields_are_salted():
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefgh"), size=rng.integers(0, 12))) for _ in range(5000)]
+    h = hash_strings(pa.array(words))
+    distinct = len(set(words))
+    assert len(set(h.tolist())) == distinct
+    single = [int(hash_strings(pa.array([w]))[0]) for w in words[:50]]
+    assert single == h[:50].tolist()
+    assert set(field_keys("A", pa.array(words[:100])).tolist()).isdisjoint(
+        field_keys("B", pa.array(words[:100])).tolist())
+    assert not np.any(field_keys("A", np.arange(100000)) == BIAS_KEY)
+
+
+# ------------------------------------------------------------------------------ days
+
+def test_days_sort_numerically_and_specs_select(tmp_path):
+    _write_days(tmp_path, days=(1, 2, 10, 9))
+    days = list_days(str(tmp_path))
+    assert days == ["1", "2", "9", "10"]
+    assert select_days(days, "2..10") == ["2", "9", "10"]
+    assert select_days(days, "1,10") == ["1", "10"]
+    assert split_days(days, "", "") == (["1", "2", "9"], ["10"])
+    with pytest.raises(DataError, match="day '3'"):
+        select_days(days, "1..3")
+
+
+def test_reader_batches_span_row_groups_and_resume_from_a_cursor(tmp_path):
+    _write_days(tmp_path, days=(1,), n=100, row_group=16)
+    (unit,) = work_units(str(tmp_path), "1")
+    assert unit.rows == 100 and unit.rg_end == 7
+    batches = list(read_unit(unit, 24))
+    assert [t.num_rows for t, _, _ in batches] == [24, 24, 24, 24, 4]
+    full = pa.concat_tables([t for t, _, _ in batches])
+    assert full.equals(pq.read_table(unit.file))
+    cursor = batches[1][1]
+    assert cursor == Cursor(unit.file, 2, 16)
+    rest = pa.concat_tables([t for t, _, _ in read_unit(unit, 24, start=cursor)])
+    assert rest.equals(full.slice(48))
+
+
+# ------------------------------------------------------------------------------ batches
+
+def test_batch_layout_matches_the_columns():
+    t = _table(50)
+    schema = _schema(t)
+    assert schema.categorical == ("C1", "C2") and schema.numeric == ("I1",)
+    b = build_batch(t, schema, "logistic", "fail", "f")
+    assert b.keys.shape == (50, 4) and b.keys.flags.f_contiguous  # field-major
+    assert np.all(b.keys[:, 0] == BIAS_KEY) and b.mask[:, 0].all()
+    assert np.array_equal(b.mask[:, 1], t["C1"].is_valid().to_numpy(zero_copy_only=False))
+    assert np.array_equal(b.mask[:, 3], t["I1"].is_valid().to_numpy(zero_copy_only=False))
+    assert np.array_equal(b.uniq[b.occ_uniq], b.keys[b.mask])
+    assert b.counts.sum() == b.mask.sum() and b.counts[b.uniq == BIAS_KEY][0] == 50
+    assert np.all(np.diff(b.occ_sample) >= 0)
+
+
+def test_log_bucket():
+    x = np.array([-3.0, 0.0, 1.0, 2.0, 3.0, 100.0])
+    got = log_bucket(x)
+    assert got[:4].tolist() == [-3, 0, 1, 2]
+    assert got[4] == (1 << 32) + 1 and got[5] == (1 << 32) + int(np.log(100) ** 2)
+
+
+def test_raw_numeric_and_hashed_layout():
+    t = _table(20)
+    b = build_batch(t, _schema(t, numeric_transform="raw"), "logistic", "fail", "f")
+    present = t["I1"].is_valid().to_numpy(zero_copy_only=False)
+    vals = b.occ_value.reshape(-1)
+    assert len(np.unique(b.keys[:, 3][present])) == 1
+    assert set(vals[vals != 1.0].tolist()) <= set(t["I1"].to_numpy(zero_copy_only=False).tolist())
+    h = pa.table({"label": pa.array([1, 0], pa.int8()),
+                  "keys": pa.array([[5, 6, 7], [6]], pa.list_(pa.uint64())),
+                  "values": pa.array([[1.0, 0.5, 2.0], [3.0]], pa.list_(pa.float32()))})
+    b = build_batch(h, _schema(h, layout="hashed"), "logistic", "fail", "f")
+    assert b.mask.sum(1).tolist() == [4, 2]
+    assert b.uniq.tolist() == [0, 5, 6, 7]
+    assert b.occ_value.tolist() == [1.0, 1.0, 0.5, 2.0, 1.0, 3.0]
+
+
+# ------------------------------------------------------------------------------ bad input
+
+def test_missing_label_column_names_file_and_column():
+    t = _table().drop(["label"])
+    with pytest.raises(DataError, match=r"File 'f.parquet': column 'label' is missing"):
+        _schema(t)
+
+
+def test_label_two_fails_with_row_and_value_or_is_skipped():
+    t = _table(10).set_column(0, "label", pa.array([0, 1, 2, 0, 1, 0, 0, 1, 7, 0], pa.int8()))
+    schema = _schema(t)
+    with pytest.raises(DataError, match=r"File 'f.parquet', row 102 \(row group 3\), column "
+                                        r"'label': value 2.0 breaks the rule: labels must be 0 "
+                                        r"or 1"):
+        build_batch(t, schema, "logistic", "fail", "File 'f.parquet'", first_row=100,
+                    rg_starts=np.array([0, 32, 64, 96, 128]))
+    b = build_batch(t, schema, "logistic", "skip", "f")
+    assert b.skipped == 2 and b.size == 8 and set(b.labels.tolist()) <= {0.0, 1.0}
+
+
+def test_nan_in_a_numeric_column_is_an_error_but_null_is_missing():
+    t = _table(6).set_column(1, "I1", pa.array([1.0, None, float("nan"), 4.0, 5.0, None],
+                                               pa.float32()))
+    with pytest.raises(DataError, match=r"row 2, column 'I1': value nan breaks .* must be finite"):
+        build_batch(t, _schema(t), "logistic", "fail", "f")
+    b = build_batch(t, _schema(t), "logistic", "skip", "f")
+    assert b.skipped == 1 and b.mask[:, 3].tolist() == [True, False, True, True, False]
+
+
+def test_mistyped_column_is_named():
+    t = _table().set_column(2, "C1", pa.array([0.5] * 10, pa.float64()))
+    with pytest.raises(DataError, match="column 'C1' has type double"):
+        _schema(t, categorical=("C1",), numeric=("I1",))
+
+
+def test_non_parquet_file_and_empty_day(tmp_path):
+    _write_days(tmp_path, days=(1, 2))
+    (tmp_path / "day=2" / "notes.txt").write_text("not parquet")
+    bad = [f for f in day_files(str(tmp_path), "2") if f.endswith(".txt")][0]
+    with pytest.raises(DataError, match=r"notes.txt' is not a readable Parquet file"):
+        open_parquet(bad)
+    with pytest.raises(DataError, match="notes.txt"):
+        work_units(str(tmp_path), "2")
+    (tmp_path / "day=3").mkdir()
+    with pytest.raises(DataError, match=r"Day '3' .* is empty"):
+        work_units(str(tmp_path), "3")
+
+
+PINNED_INT = [11953643596330563512, 6669410801953548370]
+PINNED_STR = [17172007377220283911]

@@ -1,0 +1,215 @@
+"""ParameterShard and the in-process client: pull/push semantics, levels, state round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from psfm.config import FtrlConfig, LevelConfig, ModelConfig
+from psfm.data.hashing import BIAS_KEY
+from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
+from psfm.ps.client import LocalClient
+from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts
+from psfm.ps.shard import ParameterShard
+
+FTRL = FtrlConfig(linear=FtrlParams(0.1, 1.0, 0.2, 1.0), factor=FtrlParams(0.05, 1.0, 0.01, 1.0))
+
+
+def _shards(kind="rafm", n=1, policy="online", ranks=(), **lv):
+    model = ModelConfig(kind=kind, ranks=ranks)
+    levels = LevelConfig(policy=policy, **lv)
+    return [ParameterShard(model, FTRL, levels, seed=3, shard_id=i, n_shards=n) for i in range(n)]
+
+
+def _keys(rng, n):
+    return np.unique(rng.integers(1, 2**63, size=n, dtype=np.int64).astype(np.uint64))
+
+
+def _random_push(rng, client, keys, pulled):
+    grads = [rng.normal(size=t.shape).astype(np.float32) for t in pulled.tables]
+    gw = rng.normal(size=keys.size).astype(np.float32)
+    counts = rng.integers(1, 4, size=keys.size).astype(np.float32)
+    client.push(keys, counts, pulled.level, gw, grads)
+
+
+def test_pull_without_create_leaves_unknown_keys_unknown():
+    (s,) = _shards("fm")
+    keys = np.array([5, 9, 11], dtype=np.uint64)
+    r = s.pull(keys, create=False)
+    assert np.all(r.w == 0) and np.all(r.level == 0) and r.tables[0].shape == (0, 8)
+    assert len(s) == 0
+
+
+def test_created_fm_keys_get_deterministic_factors_and_bias_has_none():
+    (s,) = _shards("fm")
+    keys = np.array([BIAS_KEY, 17, 23], dtype=np.uint64)
+    r = s.pull(keys, create=True)
+    assert r.level.tolist() == [0, 1, 1]
+    v0 = init_factors(keys[1:], 1, 8, 0.1, seed=3)
+    np.testing.assert_allclose(r.tables[0], ftrl_weight(ftrl_init_z(v0, FTRL.factor),
+                                                        np.zeros_like(v0), FTRL.factor))
+    big = init_factors(np.arange(1, 20001, dtype=np.uint64), 1, 8, 0.1, seed=3)
+    assert abs(big.std() - 0.1) < 0.002 and abs(big.mean()) < 0.002
+
+
+def test_push_applies_ftrl_and_the_bias_is_not_regularised():
+    (s,) = _shards("fm")
+    keys = np.array([BIAS_KEY, 17], dtype=np.uint64)
+    r = s.pull(keys, create=True)
+    g = np.array([0.05, 0.05], dtype=np.float32)  # small: inside l1 for the feature
+    gf = np.full((1, 8), 0.5, dtype=np.float32)
+    s.push(keys, np.ones(2, np.float32), r.level, g, [gf])
+    r2 = s.pull(keys)
+    z, n = ftrl_update(np.zeros(1, np.float32), np.zeros(1, np.float32), g[:1],
+                       FtrlParams(0.1, 1.0, 0.0, 0.0))
+    assert r2.w[0] == ftrl_weight(z, n, FtrlParams(0.1, 1.0, 0.0, 0.0))[0] != 0
+    assert r2.w[1] == 0  # |z| = 0.05 <= l1 = 0.2
+    v0 = init_factors(keys[1:], 1, 8, 0.1, seed=3)
+    zf, nf = ftrl_update(ftrl_init_z(v0, FTRL.factor), np.zeros_like(v0), gf, FTRL.factor)
+    np.testing.assert_array_equal(r2.tables[0], ftrl_weight(zf, nf, FTRL.factor))
+
+
+def test_eq17_thresholds_equal_the_argmin_rule():
+    ranks = (1, 2, 4, 8, 16)
+    for c in (1.0, 3.0, 50.0):
+        t = level_thresholds(ranks, c)
+        counts = np.unique(np.geomspace(1, 1e5, 3000).round())
+        argmin = 1 + np.argmin(np.abs(np.log(counts)[:, None] - np.log(c * np.array(ranks))),
+                               axis=1)
+        np.testing.assert_array_equal(levels_from_counts(counts, t), argmin)
+    assert levels_from_counts(np.array([0.0]), level_thresholds(ranks))[0] == 0
+
+
+def test_online_promotion_untied_keeps_lower_rows_and_adds_the_next():
+    (s,) = _shards("rafm", ranks=(1, 2, 4), level_min_count=(1, 3, 6))
+    k = np.array([42], dtype=np.uint64)
+    r = s.pull(k, create=True)
+    assert r.level[0] == 1
+    for _ in range(2):
+        s.push(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
+               [np.full((1, 1), 0.3, np.float32), np.zeros((0, 2), np.float32),
+                np.zeros((0, 4), np.float32)])
+    before = s.pull(k).tables[0].copy()
+    s.push(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
+           [np.zeros((1, 1), np.float32), np.zeros((0, 2), np.float32),
+            np.zeros((0, 4), np.float32)])
+    r3 = s.pull(k)
+    assert r3.level[0] == 2 and [t.shape[0] for t in r3.tables] == [1, 1, 0]
+    np.testing.assert_array_equal(r3.tables[0], before)  # the level-1 factor is kept
+
+
+def test_tied_promotion_moves_the_trained_prefix():
+    (s,) = _shards("difacto", ranks=(2, 4), level_min_count=(1, 5))
+    k = np.array([7], dtype=np.uint64)
+    r = s.pull(k, create=True)
+    s.push(k, np.full(1, 2, np.float32), r.level, np.zeros(1, np.float32),
+           [np.full((1, 2), 0.7, np.float32), np.zeros((0, 4), np.float32)])
+    trained = s.pull(k).tables[0].copy()
+    s.push(k, np.full(1, 3, np.float32), r.level, np.zeros(1, np.float32),
+           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)])
+    r2 = s.pull(k)
+    assert r2.level[0] == 2 and r2.tables[0].shape == (0, 2) and r2.tables[1].shape == (1, 4)
+    np.testing.assert_array_equal(r2.tables[1][:, :2], trained)
+    s.end_day(1)  # compaction drops the hole the move left
+    assert s.fac[0].n == 0 and s.stats().factor_rows_per_level == [0, 1]
+
+
+def test_static_levels_from_a_statistics_pass_and_admission():
+    (s,) = _shards("rafm", policy="static", ranks=(1, 2, 4), admit_min_count=2)
+    keys = np.array([BIAS_KEY, 1, 2, 3, 4], dtype=np.uint64)
+    s.add_counts(keys, np.array([100, 1, 2, 5, 2], np.float32))
+    s.add_counts(keys[3:], np.array([5, 30], np.float32))
+    info = s.finish_counts()
+    assert info == {"keys": 4, "not_admitted": 1}
+    r = s.pull(keys)
+    # counts 100 (bias: level 0), -, 2, 10, 32; thresholds 1, sqrt(2), sqrt(8)
+    assert r.level.tolist() == [0, 0, 2, 3, 3]
+    assert s.pull(keys, create=True).level.tolist() == [0, 0, 2, 3, 3]  # no re-admission
+    assert len(s) == 4
+
+
+def test_online_admission_by_count_sketch():
+    (s,) = _shards("fm", admit_min_count=3)
+    k = np.array([99], dtype=np.uint64)
+    for i in range(3):
+        r = s.pull(k, create=True)
+        assert len(s) == (1 if i == 3 else 0) or i == 3
+        s.push(k, np.ones(1, np.float32), r.level, np.ones(1, np.float32),
+               [np.zeros((r.tables[0].shape[0], 8), np.float32)])
+    assert len(s) == 1 and s.pull(k).level[0] == 1
+
+
+def test_ttl_eviction_drops_unseen_keys_and_their_rows():
+    (s,) = _shards("rafm", ranks=(2, 4), ttl_days=2)
+    a, b = np.array([1], np.uint64), np.array([2], np.uint64)
+    s.pull(a, create=True)
+    s.end_day(1)
+    s.pull(b, create=True)
+    s.push(b, np.ones(1, np.float32), np.ones(1, np.int8), np.zeros(1, np.float32),
+           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)])
+    assert s.end_day(2) == {"evicted": 0, "keys": 2}
+    assert s.end_day(3) == {"evicted": 1, "keys": 1}  # key 1 unseen on days 1 and 2
+    assert s.pull(a).level[0] == 0 and s.pull(b).level[0] == 1
+    assert s.stats().factor_rows_per_level == [1, 0]
+
+
+@pytest.mark.parametrize("kind,ranks", [("fm", ()), ("rafm", (1, 2, 4)), ("difacto", (2, 4))])
+def test_one_shard_and_four_shards_give_bitwise_identical_models(kind, ranks):
+    results = []
+    for n in (1, 4):
+        client = LocalClient(_shards(kind, n=n, ranks=ranks, level_min_count=() if kind == "fm"
+                                     else (1, 3, 8)[: len(ranks)]))
+        rng = np.random.default_rng(11)
+        universe = _keys(rng, 3000)
+        for _ in range(20):
+            keys = np.unique(rng.choice(universe, size=400))
+            pulled = client.pull(keys, create=True)
+            _random_push(rng, client, keys, pulled)
+        results.append(client.pull(universe))
+    one, four = results
+    assert np.array_equal(one.w, four.w) and np.array_equal(one.level, four.level)
+    for a, b in zip(one.tables, four.tables):
+        assert np.array_equal(a, b)
+    assert sum(t.size for t in one.tables) > 0
+
+
+def test_snapshot_restore_round_trip_is_bitwise():
+    rng = np.random.default_rng(5)
+    shards = _shards("rafm", n=2, ranks=(1, 2, 4), level_min_count=(1, 3, 8))
+    client = LocalClient(shards)
+    universe = _keys(rng, 2000)
+    for _ in range(10):
+        keys = np.unique(rng.choice(universe, size=300))
+        _random_push(rng, client, keys, client.pull(keys, create=True))
+    states = client.snapshots()
+    fresh = LocalClient(_shards("rafm", n=2, ranks=(1, 2, 4), level_min_count=(1, 3, 8)))
+    fresh.restore(states)
+    for a, b in zip(states, fresh.snapshots()):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k
+    # Both continue identically.
+    for c in (client, fresh):
+        r = np.random.default_rng(9)
+        keys = np.unique(r.choice(universe, size=300))
+        _random_push(r, c, keys, c.pull(keys, create=True))
+    x, y = client.pull(universe), fresh.pull(universe)
+    assert np.array_equal(x.w, y.w) and all(np.array_equal(a, b)
+                                            for a, b in zip(x.tables, y.tables))
+
+
+def test_restore_refuses_a_different_layout():
+    (s,) = _shards("fm")
+    other = _shards("fm", n=2)[1]
+    with pytest.raises(Exception, match="cannot restore shard"):
+        other.restore(s.snapshot())
+
+
+def test_stats_count_nonzeros_and_bytes():
+    (s,) = _shards("fm")
+    keys = np.arange(1, 1001, dtype=np.uint64)
+    s.pull(keys, create=True)
+    st = s.stats()
+    assert st.keys == 1000 and st.nonzero_w == 0 and st.factor_rows_per_level == [1000]
+    assert st.nonzero_factors == 8000 and st.nonzero_params == 8000
+    assert st.ps_bytes >= st.raw_bytes > 1000 * (8 + 8 + 8 * 8)

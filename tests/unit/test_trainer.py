@@ -1,0 +1,157 @@
+"""The in-process trainer on generated data: convergence, distribution invariance, run dir,
+resume, and bad data arriving mid-run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from psfm.checkpoint import load_checkpoint
+from psfm.config import load_config
+from psfm.data.gen import GenSpec, generate
+from psfm.errors import DataError
+from psfm.export import gather_model
+from psfm.ps.shard import ParameterShard
+
+CONV_SPEC = GenSpec(n_numeric=1, n_categorical=6, vocab_sizes=(20, 50, 100, 200, 300, 500),
+                    interaction_scale=1.5, tier_counts=(100, 40, 15, 5))
+
+
+@pytest.fixture(scope="module")
+def conv_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conv")
+    generate(root, days=6, rows_per_day=150_000, spec=CONV_SPEC, seed=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    generate(root, days=4, rows_per_day=20_000, spec=GenSpec.small(), seed=1,
+             row_group_rows=4096)
+    return root
+
+
+def _train(root, *sets, run_dir=None, resume=False):
+    from psfm.trainer import train_local
+
+    extra = [f"train.run_dir={json.dumps(str(run_dir))}"] if run_dir else []
+    cfg = load_config(None, [f"data.root={json.dumps(str(root))}", *sets, *extra])
+    return train_local(cfg, resume=resume)
+
+
+def _final_model(run_dir, kind, ranks, shards):
+    from psfm.trainer import load_run_config
+
+    cfg = load_run_config(run_dir)
+    ckpts = sorted((run_dir / "checkpoints").iterdir())
+    states, _ = load_checkpoint(ckpts[-1])
+    parts = []
+    for i, st in enumerate(states):
+        s = ParameterShard(cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, shards)
+        s.restore(st)
+        parts.append(s.weights())
+    return gather_model(parts)
+
+
+def test_fm_gets_within_0_01_of_the_bayes_auc_and_lr_is_worse(conv_data):
+    bayes = json.loads((conv_data / "_gen.json").read_text())["per_day"][-1]["bayes_auc"]
+    fm = _train(conv_data, 'model.kind="fm"', "data.batch_size=1024", "ftrl.factor.alpha=0.1",
+                "model.init_std=0.05")
+    lr = _train(conv_data, 'model.kind="lr"', "data.batch_size=1024")
+    assert fm["test"]["auc"] >= bayes - 0.01, (fm["test"]["auc"], bayes)
+    assert lr["test"]["auc"] < fm["test"]["auc"] - 0.05
+    assert fm["test"]["logloss"] < lr["test"]["logloss"]
+    # Progressive validation improves from the first day to the last.
+    per_day = fm["train"]["per_day"]
+    assert per_day[-1]["progressive_auc"] > per_day[0]["progressive_auc"]
+
+
+@pytest.mark.parametrize("kind", ["fm", "rafm", "difacto"])
+def test_one_and_four_shards_train_bitwise_identical_models(small_data, tmp_path, kind):
+    models = []
+    for shards in (1, 4):
+        run = tmp_path / f"run{shards}"
+        _train(small_data, f'model.kind="{kind}"', f"ps.shards={shards}", run_dir=run)
+        models.append(_final_model(run, kind, None, shards))
+    a, b = models
+    assert a.keys() == b.keys() and a["keys"].size > 1000
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_report_run_dir_and_checkpoints(small_data, tmp_path):
+    run = tmp_path / "run"
+    rep = _train(small_data, 'model.kind="rafm"', "model.ranks=[1,2,4]", run_dir=run)
+    assert set(rep) == {"test", "model", "train", "config"}
+    assert {"auc", "logloss", "ne", "calibration", "rows", "auc_low"} <= set(rep["test"])
+    assert {"kind", "ranks", "nonzero_params", "nonzero_w", "factor_rows_per_level",
+            "ps_bytes"} <= set(rep["model"])
+    assert {"days", "rows", "samples_per_s", "bytes_per_sample", "per_day"} <= set(rep["train"])
+    assert rep["train"]["days"] == ["1", "2", "3"] and rep["test"]["rows"] == 20_000
+    assert rep["model"]["nonzero_params"] == rep["model"]["nonzero_w"] + rep["model"][
+        "nonzero_factors"]
+    assert abs(rep["test"]["auc"] - rep["test"]["auc_hist"]) <= 1e-4
+    assert 0.5 < rep["test"]["auc_low"] <= 1.0
+    on_disk = json.loads((run / "report.json").read_text())
+    assert on_disk["test"]["auc"] == rep["test"]["auc"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["train_day"] * 3 + ["test"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "day=1", "day=2", "day=3"]
+    assert json.loads((run / "config.json").read_text())["model"]["ranks"] == [1, 2, 4]
+
+
+def test_eval_does_not_create_keys(small_data):
+    from psfm.ps.client import LocalClient
+    from psfm.trainer import evaluate, make_shards
+    from psfm.worker import Worker
+
+    cfg = load_config(None, [f"data.root={json.dumps(str(small_data))}", 'model.kind="fm"'])
+    client, worker = LocalClient(make_shards(cfg)), Worker(cfg)
+    from psfm.data.parquet import work_units
+
+    for u in work_units(str(small_data), "1"):
+        worker.run_unit(u, client, train=True)
+    before = client.stats().keys
+    out = evaluate(cfg, worker, client, str(small_data), ["4"])
+    assert client.stats().keys == before and out["rows"] == 20_000
+
+
+def test_resume_after_a_crash_gives_the_same_model(small_data, tmp_path):
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    sets = ('model.kind="rafm"', "model.ranks=[1,2,4]", "ps.shards=2")
+    _train(small_data, *sets, run_dir=full)
+    # A crash during day 3: its checkpoint and the report were never written.
+    shutil.copytree(full, crashed)
+    shutil.rmtree(crashed / "checkpoints" / "day=3")
+    (crashed / "report.json").unlink()
+    rep = _train(small_data, *sets, run_dir=crashed, resume=True)
+    assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2", "3"]
+    a, b = _final_model(full, "rafm", None, 2), _final_model(crashed, "rafm", None, 2)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert rep["test"]["auc"] == json.loads((full / "report.json").read_text())["test"]["auc"]
+
+
+def test_bad_label_mid_run_names_the_file_and_keeps_trained_days(small_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(small_data, root)
+    bad = root / "day=3" / "part-00000.parquet"
+    t = pq.read_table(bad)
+    labels = t["label"].to_numpy().copy()
+    labels[5000] = 2
+    pq.write_table(t.set_column(0, "label", pa.array(labels, t.schema.field("label").type)), bad)
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"part-00000.parquet', row 5000 \(row group 0\), "
+                                        r"column 'label': value 2"):
+        _train(root, 'model.kind="fm"', run_dir=run)
+    states, manifest = load_checkpoint(run / "checkpoints" / "day=2")
+    assert manifest["day"] == "2" and len(states) == 2
+    rep = _train(root, 'model.kind="fm"', 'data.bad_rows="skip"')
+    assert rep["train"]["per_day"][2]["skipped_rows"] == 1
