@@ -118,7 +118,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     data = work / "data"
     if not (data / "day=1").exists():
         print(f"generating {args.days} days x {args.rows_per_day:,} rows into {data} ...")
-        generate(data, days=args.days, rows_per_day=args.rows_per_day, seed=0, spec=GenSpec())
+        generate(data, days=args.days, rows_per_day=args.rows_per_day, seed=0,
+                 spec=GenSpec.small())
     gen = json.loads((data / "_gen.json").read_text())
     cfg = load_config(None, [f"data.root={json.dumps(str(data))}", 'model.kind="rafm"',
                              f"train.run_dir={json.dumps(str(work / 'run'))}",
@@ -141,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="generate a small log, train RaFM, print the report")
     p.add_argument("--dir", default="psfm-quickstart", help="where data and run go")
     p.add_argument("--days", type=int, default=4)
-    p.add_argument("--rows-per-day", type=int, default=100_000)
+    p.add_argument("--rows-per-day", type=int, default=200_000)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=_cmd_quickstart)
 
