@@ -4,102 +4,138 @@ Layout::
 
     RUN_DIR/checkpoints/day=3/shard-00000.npz
     RUN_DIR/checkpoints/day=3/shard-00001.npz
-    RUN_DIR/checkpoints/day=3/MANIFEST.json   <- written last, by temp file + atomic rename
+    RUN_DIR/checkpoints/day=3/MANIFEST.json   <- written last, via a temp file and a rename
 
-A checkpoint without its manifest, or whose files do not match the manifest's sizes and SHA-256
-sums, is never loaded. Arrays are read with ``allow_pickle=False``: a checkpoint file cannot run
-code.
+Each shard writes its own file (:func:`write_shard_state`, called inside the shard's process)
+and returns its size and SHA-256; the driver then writes the manifest. A checkpoint without its
+manifest, or whose files do not match the manifest's sizes and SHA-256 sums, is never loaded.
+Arrays are read with ``allow_pickle=False``: a checkpoint file cannot run code. Paths go through
+``pyarrow.fs``, so run directories may be ``s3://``/``gs://``/``hdfs://`` URIs (the rename is
+atomic on local and HDFS file systems; on object stores the manifest is simply written last).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-from pathlib import Path
+import posixpath
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from psfm.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "atomic_write_text"]
+__all__ = [
+    "resolve",
+    "write_bytes",
+    "read_bytes",
+    "write_shard_state",
+    "write_manifest",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "MANIFEST",
+]
 
 MANIFEST = "MANIFEST.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """File system and path for a local path or a ``pyarrow.fs`` URI."""
+    path = str(path)
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), posixpath.abspath(path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def write_bytes(path: str, data: bytes, atomic: bool = True) -> None:
+    """Write ``data`` to ``path`` (parent folders created), via a temp file and a rename."""
+    fs, p = resolve(path)
+    fs.create_dir(posixpath.dirname(p), recursive=True)
+    tmp = posixpath.join(posixpath.dirname(p), f".{posixpath.basename(p)}.tmp") if atomic else p
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    if atomic:
+        fs.move(tmp, p)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = resolve(path)
+    try:
+        with fs.open_input_stream(p) as f:
+            return f.read()
+    except (FileNotFoundError, OSError, pa.ArrowInvalid) as e:
+        raise CheckpointError(f"Cannot read '{path}': {e}") from e
+
+
+def write_shard_state(path: str, state: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Save one shard's arrays as ``.npz``; returns ``{"bytes", "sha256"}`` for the manifest."""
+    buf = io.BytesIO()
+    np.savez(buf, **state)
+    data = buf.getvalue()
+    write_bytes(path, data)
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_manifest(ckpt_dir: str, files: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The last write of a checkpoint: names every shard file with its size and checksum."""
+    manifest = {"format": 1, "shards": len(files), "files": files, **meta}
+    write_bytes(posixpath.join(str(ckpt_dir), MANIFEST),
+                json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 def save_checkpoint(
-    ckpt_dir: Path, shard_states: list[dict[str, np.ndarray]], meta: dict[str, Any]
-) -> Path:
-    """Write every shard's state, then the manifest; returns the checkpoint directory."""
-    ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for i, state in enumerate(shard_states):
-        name = f"shard-{i:05d}.npz"
-        tmp = ckpt_dir / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **state)
-        os.replace(tmp, ckpt_dir / name)
-        files[name] = {"bytes": (ckpt_dir / name).stat().st_size,
-                       "sha256": _sha256(ckpt_dir / name)}
-    manifest = {"format": 1, "shards": len(shard_states), "files": files, **meta}
-    atomic_write_text(ckpt_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-    return ckpt_dir
+    ckpt_dir: str, shard_states: list[dict[str, np.ndarray]], meta: dict[str, Any]
+) -> str:
+    """Write every shard's state from this process, then the manifest."""
+    files = {
+        f"shard-{i:05d}.npz": write_shard_state(
+            posixpath.join(str(ckpt_dir), f"shard-{i:05d}.npz"), s)
+        for i, s in enumerate(shard_states)
+    }
+    write_manifest(ckpt_dir, files, meta)
+    return str(ckpt_dir)
 
 
-def load_checkpoint(ckpt_dir: Path) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
-    """Verify and load a checkpoint written by :func:`save_checkpoint`."""
-    ckpt_dir = Path(ckpt_dir)
-    mpath = ckpt_dir / MANIFEST
+def load_checkpoint(ckpt_dir: str) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """Verify and load a checkpoint (every shard's arrays, in shard order, and the manifest)."""
+    ckpt_dir = str(ckpt_dir)
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        manifest = json.loads(read_bytes(posixpath.join(ckpt_dir, MANIFEST)))
+    except (CheckpointError, json.JSONDecodeError) as e:
         raise CheckpointError(f"Checkpoint '{ckpt_dir}' has no readable manifest: {e}") from e
     states = []
     for name, info in sorted(manifest["files"].items()):
-        path = ckpt_dir / name
-        if not path.exists() or path.stat().st_size != info["bytes"] or _sha256(
-            path) != info["sha256"]:
+        data = read_bytes(posixpath.join(ckpt_dir, name))
+        if len(data) != info["bytes"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise CheckpointError(
-                f"Checkpoint file '{path}' does not match its manifest (size or SHA-256)."
+                f"Checkpoint file '{posixpath.join(ckpt_dir, name)}' does not match its "
+                "manifest (size or SHA-256)."
             )
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             states.append({k: z[k] for k in z.files})
     return states, manifest
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The most recent complete checkpoint (by its manifest's ``day_index``), if any."""
-    root = Path(run_dir) / "checkpoints"
-    best, best_i = None, -1
-    if not root.exists():
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The most recent complete checkpoint (highest ``day_index`` with a manifest), if any."""
+    fs, root = resolve(posixpath.join(str(run_dir), "checkpoints"))
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
         return None
-    for d in root.iterdir():
-        m = d / MANIFEST
-        if m.exists():
-            try:
-                i = int(json.loads(m.read_text()).get("day_index", -1))
-            except (json.JSONDecodeError, ValueError):
-                continue
-            if i > best_i:
-                best, best_i = d, i
+    best, best_i = None, -1
+    for e in entries:
+        if e.type != pafs.FileType.Directory:
+            continue
+        d = posixpath.join(str(run_dir), "checkpoints", e.base_name)
+        try:
+            i = int(json.loads(read_bytes(posixpath.join(d, MANIFEST))).get("day_index", -1))
+        except (CheckpointError, json.JSONDecodeError, ValueError):
+            continue
+        if i > best_i:
+            best, best_i = d, i
     return best

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from psfm.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from psfm.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_bytes,
+    save_checkpoint,
+    write_bytes,
+)
 from psfm.config import Config, config_from_dict, to_dict
 from psfm.data.parquet import WorkUnit, list_days, split_days, work_units
 from psfm.errors import CheckpointError
@@ -116,28 +122,40 @@ def evaluate(cfg: Config, worker: Worker, client, root: str, days: list[str]) ->
 
 
 class RunDir:
-    """``run_dir/``: config.json, metrics.jsonl, checkpoints/, report.json."""
+    """``run_dir/``: config.json, metrics.jsonl, checkpoints/, report.json (local or a
+    ``pyarrow.fs`` URI)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self._metrics: list[str] = []
+
+    def file(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
 
     def write_config(self, cfg: Config) -> None:
-        atomic_write_text(self.path / "config.json", json.dumps(to_dict(cfg), indent=1))
+        write_bytes(self.file("config.json"), json.dumps(to_dict(cfg), indent=1).encode())
+
+    def keep_metrics(self) -> None:
+        """On resume: continue the existing metrics.jsonl."""
+        try:
+            self._metrics = read_bytes(self.file("metrics.jsonl")).decode().splitlines()
+        except CheckpointError:
+            self._metrics = []
 
     def metric(self, record: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._metrics.append(json.dumps(record))
+        write_bytes(self.file("metrics.jsonl"), ("\n".join(self._metrics) + "\n").encode())
 
     def write_report(self, report: dict[str, Any]) -> None:
-        atomic_write_text(self.path / "report.json", json.dumps(report, indent=1))
+        write_bytes(self.file("report.json"), json.dumps(report, indent=1).encode())
+
+    def checkpoint_dir(self, day: str) -> str:
+        return self.file("checkpoints", f"day={day}")
 
 
-def load_run_config(run_dir: str | Path) -> Config:
-    try:
-        return config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
-    except OSError as e:
-        raise CheckpointError(f"Run directory '{run_dir}' has no config.json: {e}") from e
+def load_run_config(run_dir: str) -> Config:
+    raw = read_bytes(posixpath.join(str(run_dir), "config.json"))
+    return config_from_dict(json.loads(raw))
 
 
 def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -161,10 +179,9 @@ def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
         client.restore(states)
         start_day = int(manifest["day_index"]) + 1
         per_day = list(manifest.get("per_day", []))
+        run.keep_metrics()
         log.info("resumed from %s: %d of %d training days done", ckpt, start_day,
                  len(train_days))
-    elif run:
-        (run.path / "metrics.jsonl").unlink(missing_ok=True)
     if run:
         run.write_config(cfg)
     log.info("train days %s, test days %s", train_days, test_days)
@@ -179,7 +196,7 @@ def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
         per_day.append(_train_day(cfg, worker, client, root, day, i, run))
         client.end_day(i + 1)
         if run:
-            save_checkpoint(run.path / "checkpoints" / f"day={day}", client.snapshots(),
+            save_checkpoint(run.checkpoint_dir(day), client.snapshots(),
                             {"day": day, "day_index": i, "per_day": per_day,
                              "config": to_dict(cfg)})
     train_seconds = sum(d["seconds"] for d in per_day)

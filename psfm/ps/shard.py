@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from psfm.checkpoint import write_shard_state
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
 from psfm.data.hashing import BIAS_KEY
 from psfm.errors import CheckpointError
@@ -129,6 +130,7 @@ class ParameterShard:
         self.fac = [_Rows(d) for d in self.ranks]
         self.day = 0
         self.sketch: CountMinSketch | None = None
+        self._buffer: list[tuple] = []
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -300,6 +302,53 @@ class ParameterShard:
             if not present.all() and self.levels.admit_min_count > 1:
                 self._admit(keys[~present], counts[~present])
             self._promote(s)
+
+    def push_buffered(
+        self,
+        worker: int,
+        keys: np.ndarray,
+        counts: np.ndarray,
+        level: np.ndarray,
+        grad_w: np.ndarray,
+        grad_tables: list[np.ndarray],
+    ) -> None:
+        """Sync mode: hold one worker's gradients of the current step until
+        :meth:`apply_buffered`."""
+        self._buffer.append((worker, keys, counts, level, grad_w, grad_tables))
+
+    def apply_buffered(self) -> None:
+        """Sync mode: sum the step's gradients per key in worker order; one FTRL update."""
+        buf = sorted(self._buffer, key=lambda b: b[0])
+        self._buffer = []
+        if len(buf) <= 1:
+            if buf:
+                self.push(*buf[0][1:])
+            return
+        keys = np.concatenate([b[1] for b in buf])
+        uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        counts = np.zeros(uniq.size, np.float32)
+        np.add.at(counts, inv, np.concatenate([b[2] for b in buf]))
+        levels = np.concatenate([b[3] for b in buf])
+        level = levels[first]
+        grad_w = np.zeros(uniq.size, np.float32)
+        np.add.at(grad_w, inv, np.concatenate([b[4] for b in buf]))
+        grads = []
+        offsets = np.cumsum([0] + [b[1].size for b in buf])
+        for p in range(1, self.m + 1):
+            rows = np.cumsum(self._table_members(level, p)) - 1
+            idx = np.concatenate([
+                rows[inv[offsets[i] : offsets[i + 1]][self._table_members(b[3], p)]]
+                for i, b in enumerate(buf)])
+            g = np.zeros((int(self._table_members(level, p).sum()), self.ranks[p - 1]),
+                         np.float32)
+            np.add.at(g, idx, np.concatenate([b[5][p - 1] for b in buf]))
+            grads.append(g)
+        self.push(uniq, counts, level, grad_w, grads)
+
+    def save_state(self, path: str) -> dict[str, int | str]:
+        """Write this shard's checkpoint file; returns its size and SHA-256."""
+        return write_shard_state(path, self.snapshot())
 
     def _update_linear(self, s: np.ndarray, g: np.ndarray) -> None:
         bias = self.table.keys[s] == BIAS_KEY
