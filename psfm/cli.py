@@ -31,6 +31,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=int, help="parameter shards (ps.shards)")
     p.add_argument("--workers", type=int, help="workers (train.workers)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: "
+                   "RAY_ADDRESS, else a local Ray started by psfm")
+    p.add_argument("--in-process", action="store_true",
+                   help="no Ray: shards and one worker in this process")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -79,8 +83,19 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_training(cfg: Config, resume: bool, address: str | None, in_process: bool) -> dict:
+    """Train with Ray (the default) or in this process."""
+    if in_process:
+        from psfm.trainer import train_local
+
+        return train_local(cfg, resume=resume)
+    from psfm.dist.driver import train_ray
+
+    return train_ray(cfg, resume=resume, address=address)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from psfm.trainer import load_run_config, train_local
+    from psfm.trainer import load_run_config
 
     if args.resume:
         if not args.run_dir:
@@ -92,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data.root:
         raise PsfmError("No data: give --data DIR or data.root in the config.")
     log.info("config: %s", json.dumps(to_dict(cfg)))
-    report = train_local(cfg, resume=args.resume)
+    report = run_training(cfg, args.resume, args.address, args.in_process)
     print(summary(report))
     return 0
 
@@ -112,7 +127,6 @@ def _cmd_gen(args: argparse.Namespace) -> int:
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from psfm.data.gen import GenSpec, generate
-    from psfm.trainer import train_local
 
     work = Path(args.dir)
     data = work / "data"
@@ -123,10 +137,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     gen = json.loads((data / "_gen.json").read_text())
     cfg = load_config(None, [f"data.root={json.dumps(str(data))}", 'model.kind="rafm"',
                              f"train.run_dir={json.dumps(str(work / 'run'))}",
-                             *args.set])
-    print(f"training RaFM ranks {list(cfg.model.ranks)} on days 1..{args.days - 1}, "
+                             "ps.shards=2", "train.workers=2", *args.set])
+    where = "in this process" if args.in_process else "a local Ray (2 shards, 2 workers)"
+    print(f"training RaFM ranks {list(cfg.model.ranks)} on days 1..{args.days - 1} on {where}, "
           f"testing on day {args.days} ...")
-    report = train_local(cfg)
+    report = run_training(cfg, False, args.address, args.in_process)
     print(summary(report))
     bayes = gen["per_day"][-1]["bayes_auc"]
     print(f"(Bayes-optimal test AUC of the generator's true model: {bayes:.4f}; "
@@ -144,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=4)
     p.add_argument("--rows-per-day", type=int, default=200_000)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--address", help="Ray cluster to join instead of a local Ray")
+    p.add_argument("--in-process", action="store_true", help="no Ray")
     p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser("gen", help="write a synthetic multi-day CTR log with a known true model")

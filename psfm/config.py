@@ -38,6 +38,7 @@ __all__ = [
     "LevelConfig",
     "PsConfig",
     "TrainConfig",
+    "RayConfig",
     "Config",
     "load_config",
     "apply_overrides",
@@ -212,7 +213,7 @@ class PsConfig:
     """Parameter servers: shard count (fixed per run) and consistency."""
 
     shards: int = 2
-    mode: str = "sync"
+    mode: str = "async"
     max_in_flight: int = 2
 
     def __post_init__(self) -> None:
@@ -245,8 +246,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Actor sizing on a Ray cluster (logical CPUs per shard and per worker)."""
+
+    shard_cpus: float = 1.0
+    worker_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive("RayConfig", "shard_cpus", self.shard_cpus, allow_zero=True)
+        _check_positive("RayConfig", "worker_cpus", self.worker_cpus, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class Config:
-    """The whole run: ``data``, ``model``, ``ftrl``, ``levels``, ``ps``, ``train``."""
+    """The whole run: ``data``, ``model``, ``ftrl``, ``levels``, ``ps``, ``train``, ``ray``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -254,6 +267,7 @@ class Config:
     levels: LevelConfig = field(default_factory=LevelConfig)
     ps: PsConfig = field(default_factory=PsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         t = self.levels.level_min_count

@@ -22,6 +22,7 @@ from psfm.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_bytes,
+    resolve,
     save_checkpoint,
     write_bytes,
 )
@@ -107,11 +108,18 @@ def evaluate(cfg: Config, worker: Worker, client, root: str, days: list[str]) ->
         rows += res.rows
         skipped += res.skipped
         prog.update(res.rows, None)
+    return test_metrics(days, rows, skipped, acc, acc_low, preds if keep else None)
+
+
+def test_metrics(days: list[str], rows: int, skipped: int, acc: MetricAccumulator,
+                 acc_low: MetricAccumulator, preds: list[np.ndarray] | None) -> dict[str, Any]:
+    """The report's ``test`` section; exact AUCs when the predictions were kept (they must
+    agree with the histogram AUC to 1e-4)."""
     r, r_low = acc.result(), acc_low.result()
     out = {"days": list(days), "rows": rows, "skipped_rows": skipped, "auc": r["auc"],
            "auc_hist": r["auc"], "logloss": r["logloss"], "ne": r["ne"],
            "calibration": r["calibration"], "ctr": r["ctr"], "auc_low": r_low["auc"]}
-    if keep and preds:
+    if preds:
         allp = np.concatenate(preds, axis=1)
         out["auc"] = auc_exact(allp[2], allp[0])
         out["auc_low"] = auc_exact(allp[2], allp[1])
@@ -119,6 +127,40 @@ def evaluate(cfg: Config, worker: Worker, client, root: str, days: list[str]) ->
             log.warning("histogram AUC %.6f and exact AUC %.6f differ by more than 1e-4",
                         out["auc_hist"], out["auc"])
     return out
+
+
+def day_record(day: str, rows: int, skipped: int, seconds: float, acc: MetricAccumulator,
+               nbytes: int) -> dict[str, Any]:
+    """One ``train.per_day`` entry (also a metrics.jsonl line)."""
+    r = acc.result()
+    rec = {"day": day, "rows": rows, "skipped_rows": skipped, "seconds": seconds,
+           "samples_per_s": rows / max(seconds, 1e-9), "progressive_auc": r["auc"],
+           "logloss": r["logloss"], "ne": r["ne"], "calibration": r["calibration"],
+           "bytes": nbytes}
+    log.info("day %s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",
+             day, rows, seconds, rec["samples_per_s"], r["logloss"], r["auc"])
+    return rec
+
+
+def build_report(cfg: Config, test: dict[str, Any], model: dict[str, Any],
+                 train_days: list[str], per_day: list[dict[str, Any]],
+                 wall_seconds: float) -> dict[str, Any]:
+    """The ``report.json`` layout of DESIGN §10."""
+    rows = sum(d["rows"] for d in per_day)
+    seconds = sum(d["seconds"] for d in per_day)
+    return {
+        "test": test,
+        "model": model,
+        "train": {
+            "days": list(train_days),
+            "rows": rows,
+            "samples_per_s": rows / max(seconds, 1e-9),
+            "bytes_per_sample": sum(d.get("bytes", 0) for d in per_day) / max(rows, 1),
+            "per_day": per_day,
+            "wall_seconds": wall_seconds,
+        },
+        "config": to_dict(cfg),
+    }
 
 
 class RunDir:
@@ -152,6 +194,11 @@ class RunDir:
     def checkpoint_dir(self, day: str) -> str:
         return self.file("checkpoints", f"day={day}")
 
+    def clear_checkpoints(self) -> None:
+        """A fresh (not resumed) run must never resume from an older run's checkpoints."""
+        fs, p = resolve(self.file("checkpoints"))
+        fs.delete_dir_contents(p, missing_dir_ok=True)
+
 
 def load_run_config(run_dir: str) -> Config:
     raw = read_bytes(posixpath.join(str(run_dir), "config.json"))
@@ -183,6 +230,8 @@ def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
         log.info("resumed from %s: %d of %d training days done", ckpt, start_day,
                  len(train_days))
     if run:
+        if not resume:
+            run.clear_checkpoints()
         run.write_config(cfg)
     log.info("train days %s, test days %s", train_days, test_days)
     if start_day == 0 and needs_stats_pass(cfg):
@@ -199,23 +248,9 @@ def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
             save_checkpoint(run.checkpoint_dir(day), client.snapshots(),
                             {"day": day, "day_index": i, "per_day": per_day,
                              "config": to_dict(cfg)})
-    train_seconds = sum(d["seconds"] for d in per_day)
-    train_rows = sum(d["rows"] for d in per_day)
     test = evaluate(cfg, worker, client, root, test_days)
-    report = {
-        "test": test,
-        "model": model_report(cfg, client),
-        "train": {
-            "days": train_days,
-            "rows": train_rows,
-            "samples_per_s": train_rows / max(train_seconds, 1e-9),
-            "bytes_per_sample": (client.bytes_pulled + client.bytes_pushed)
-            / max(train_rows + test["rows"], 1),
-            "per_day": per_day,
-            "wall_seconds": time.perf_counter() - t_start,
-        },
-        "config": to_dict(cfg),
-    }
+    report = build_report(cfg, test, model_report(cfg, client), train_days, per_day,
+                          time.perf_counter() - t_start)
     if run:
         run.metric({"event": "test", **test})
         run.write_report(report)
@@ -228,19 +263,15 @@ def _train_day(cfg, worker: Worker, client, root: str, day: str, index: int,
     acc = MetricAccumulator()
     prog = _Progress(f"day {day}", sum(u.rows for u in units), cfg.train.log_every_s)
     rows = skipped = 0
+    b0 = client.bytes_pulled + client.bytes_pushed
     t0 = time.perf_counter()
     for u in units:
         res = worker.run_unit(u, client, train=True, acc=acc)
         rows += res.rows
         skipped += res.skipped
         prog.update(res.rows, acc)
-    seconds = time.perf_counter() - t0
-    r = acc.result()
-    rec = {"day": day, "rows": rows, "skipped_rows": skipped, "seconds": seconds,
-           "samples_per_s": rows / max(seconds, 1e-9), "progressive_auc": r["auc"],
-           "logloss": r["logloss"], "ne": r["ne"], "calibration": r["calibration"]}
-    log.info("day %s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",
-             day, rows, seconds, rec["samples_per_s"], r["logloss"], r["auc"])
+    rec = day_record(day, rows, skipped, time.perf_counter() - t0, acc,
+                     client.bytes_pulled + client.bytes_pushed - b0)
     if run:
         run.metric({"event": "train_day", **rec})
     return rec

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -69,14 +70,21 @@ class Worker:
                 self.cfg.data, open_parquet(file).schema_arrow, file)
         return self._schemas[file]
 
-    def batches(self, unit: WorkUnit, start: Cursor | None = None) -> Iterator[tuple[Batch,
-                                                                                     Cursor]]:
-        """Batches of a unit with the cursor after each."""
+    def batches(
+        self, unit: WorkUnit, start: Cursor | None = None, part: int = 0, parts: int = 1
+    ) -> Iterator[tuple[Batch, Cursor]]:
+        """Batches of a unit with the cursor after each. With ``parts > 1`` (synchronous
+        data-parallel steps) this worker takes rows ``[part*B/parts, (part+1)*B/parts)`` of
+        every global batch of ``B = data.batch_size`` rows."""
         schema = self.schema_of(unit.file)
         d = self.cfg.data
         where = f"File '{unit.file}'"
         starts = np.asarray(row_group_starts(open_parquet(unit.file)))
         for table, cursor, first in read_unit(unit, d.batch_size, schema.columns, start):
+            if parts > 1:
+                lo = table.num_rows * part // parts
+                hi = table.num_rows * (part + 1) // parts
+                table, first = table.slice(lo, hi - lo), first + lo
             batch = build_batch(table, schema, self.cfg.model.loss, d.bad_rows, where, first,
                                 starts)
             yield batch, cursor
@@ -98,10 +106,11 @@ class Worker:
             tables=[t(x) for x in pulled.tables],
         )
 
-    def step(self, batch: Batch, client, train: bool) -> tuple[np.ndarray, np.ndarray, float]:
-        """One batch: returns (predictions, RaFM-low predictions, summed loss)."""
-        pulled = client.pull(batch.uniq, create=train)
-        out = forward_backward(self.spec, self._inputs(batch, pulled), compute_grad=train)
+    def _inputs_and_run(self, batch: Batch, pulled, client, train: bool):
+        with warnings.catch_warnings():  # pulled arrays may be read-only (Ray object store)
+            warnings.simplefilter("ignore", UserWarning)
+            x = self._inputs(batch, pulled)
+        out = forward_backward(self.spec, x, compute_grad=train)
         if train:
             client.push(
                 batch.uniq,
@@ -115,6 +124,31 @@ class Worker:
                     torch.sigmoid(out.logits_low).cpu().numpy(), out.loss)
         return out.logits.cpu().numpy(), out.logits_low.cpu().numpy(), out.loss
 
+    def step(self, batch: Batch, client, train: bool) -> tuple[np.ndarray, np.ndarray, float]:
+        """One batch: pull, score, and (training) push. Returns (predictions, RaFM-low
+        predictions, summed loss); the predictions use the weights pulled *before* the
+        update (progressive validation)."""
+        if batch.size == 0:
+            z = np.zeros(0, np.float32)
+            return z, z, 0.0
+        return self._inputs_and_run(batch, client.pull(batch.uniq, create=train), client, train)
+
+    def _record(self, res: UnitResult, batch: Batch, cursor: Cursor, out, acc, acc_low,
+                keep: bool) -> None:
+        probs, low, loss = out
+        res.skipped += batch.skipped
+        res.rows += batch.size
+        res.loss += loss
+        res.cursor = cursor
+        if batch.size == 0:
+            return
+        if acc is not None:
+            acc.update(batch.labels, probs, batch.weights)
+        if acc_low is not None:
+            acc_low.update(batch.labels, low, batch.weights)
+        if keep:
+            res.predictions.append(np.stack([probs, low, batch.labels]))
+
     def run_unit(
         self,
         unit: WorkUnit,
@@ -124,26 +158,42 @@ class Worker:
         acc_low: MetricAccumulator | None = None,
         keep_predictions: bool = False,
         start: Cursor | None = None,
+        prefetch: bool = False,
     ) -> UnitResult:
-        """Train on (or score) a unit; metrics go into ``acc`` / ``acc_low``."""
+        """Train on (or score) a unit; metrics go into ``acc`` / ``acc_low``.
+
+        ``prefetch`` (clients with ``pull_async``): the pull of batch t+1 is in flight while
+        batch t computes, so weights are at most one batch (plus in-flight pushes) stale."""
         res = UnitResult()
         t0 = time.perf_counter()
-        for batch, cursor in self.batches(unit, start):
-            res.skipped += batch.skipped
-            if batch.size == 0:
-                continue
-            probs, low, loss = self.step(batch, client, train)
-            res.rows += batch.size
-            res.loss += loss
-            res.cursor = cursor
-            if acc is not None:
-                acc.update(batch.labels, probs, batch.weights)
-            if acc_low is not None:
-                acc_low.update(batch.labels, low, batch.weights)
-            if keep_predictions:
-                res.predictions.append(np.stack([probs, low, batch.labels]))
+        batches = self.batches(unit, start)
+        if prefetch and hasattr(client, "pull_async"):
+            pending = None
+            for batch, cursor in batches:
+                handle = client.pull_async(batch.uniq, create=train) if batch.size else None
+                if pending is not None:
+                    self._finish_pending(pending, client, train, res, acc, acc_low,
+                                         keep_predictions)
+                pending = (batch, cursor, handle)
+            if pending is not None:
+                self._finish_pending(pending, client, train, res, acc, acc_low,
+                                     keep_predictions)
+        else:
+            for batch, cursor in batches:
+                out = self.step(batch, client, train)
+                self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
+        if hasattr(client, "flush"):
+            client.flush()
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _finish_pending(self, pending, client, train, res, acc, acc_low, keep) -> None:
+        batch, cursor, handle = pending
+        if handle is None:
+            out = self.step(batch, client, train)
+        else:
+            out = self._inputs_and_run(batch, client.wait_pull(handle), client, train)
+        self._record(res, batch, cursor, out, acc, acc_low, keep)
 
     def count_unit(self, unit: WorkUnit, client) -> int:
         """Statistics pass: push the unit's key occurrence counts to the shards."""
