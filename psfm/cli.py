@@ -149,6 +149,68 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from psfm.export import export_model
+
+    info = export_model(args.run_dir, args.out)
+    print(f"exported {info['keys']:,} keys with non-zero parameters (dropped "
+          f"{info['dropped_zero_keys']:,} all-zero keys) of day {info['day']} to {info['file']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from psfm.data.parquet import list_days, select_days
+    from psfm.export import Predictor
+    from psfm.metrics import MetricAccumulator
+
+    pred = Predictor(args.model)
+    days = select_days(list_days(args.data), args.days) if args.days else None
+    acc = MetricAccumulator()
+    writer = None
+    n = 0
+    for day, file, rows, probs, labels in pred.iter_scores(args.data, days):
+        t = pa.table({"day": pa.array([day] * rows.size), "file": pa.array([file] * rows.size),
+                      "row": pa.array(rows), "prediction": pa.array(probs.astype(np.float64)),
+                      "label": pa.array(labels)})
+        writer = writer or pq.ParquetWriter(args.out, t.schema)
+        writer.write_table(t)
+        if pred.loss == "logistic":
+            acc.update(labels, probs)
+        n += rows.size
+    if writer:
+        writer.close()
+    r = acc.result()
+    print(f"scored {n:,} rows into {args.out}" + (
+        f": AUC {r['auc']:.4f}, logloss {r['logloss']:.4f}" if pred.loss == "logistic" else ""))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from psfm.checkpoint import latest_checkpoint, load_checkpoint
+    from psfm.data.parquet import list_days, select_days
+    from psfm.ps.client import LocalClient
+    from psfm.trainer import evaluate, load_run_config, make_shards
+    from psfm.worker import Worker
+
+    cfg = load_run_config(args.run_dir)
+    root = args.data or cfg.data.root
+    all_days = list_days(root)
+    days = select_days(all_days, args.days) if args.days else [all_days[-1]]
+    ckpt = latest_checkpoint(args.run_dir)
+    if ckpt is None:
+        raise PsfmError(f"Run directory '{args.run_dir}' has no complete checkpoint.")
+    states, manifest = load_checkpoint(ckpt)
+    client = LocalClient(make_shards(cfg))
+    client.restore(states)
+    out = evaluate(cfg, Worker(cfg), client, root, days)
+    print(json.dumps({"checkpoint_day": manifest.get("day"), **out}, indent=1))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="psfm", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -174,6 +236,24 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train on the train days, evaluate the test days")
     _train_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score days with a run's latest checkpoint")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--data", help="data root (default: the run's)")
+    p.add_argument("--days", help="day SPEC (default: the last day)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="write the serving model (non-zero parameters, Parquet)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="score Parquet logs with an exported model (no Ray)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--days", help="day SPEC (default: every day)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_predict)
     return ap
 
 

@@ -79,6 +79,8 @@ class DataConfig:
     ``numeric`` left empty are inferred: floating columns are numeric, integer and string
     columns categorical (the label, weight and ``ignore`` columns excepted).
     ``layout = "hashed"``: a ``keys: list<uint64>`` column and optional ``values: list<float>``.
+    ``batch_size`` is the global batch of one step: with W workers each reads
+    ``batch_size / W`` rows per step. ``rows_per_unit``: size of the work units handed out.
     """
 
     root: str = ""
@@ -93,6 +95,7 @@ class DataConfig:
     test_days: str = ""
     batch_size: int = 4096
     bad_rows: str = "fail"
+    rows_per_unit: int = 1 << 18
 
     def __post_init__(self) -> None:
         _check_choice("DataConfig", "layout", self.layout, ("columns", "hashed"))
@@ -102,6 +105,8 @@ class DataConfig:
         _check_choice("DataConfig", "bad_rows", self.bad_rows, ("fail", "skip"))
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             _fail("DataConfig", "batch_size", "an int >= 1", self.batch_size)
+        if not isinstance(self.rows_per_unit, int) or self.rows_per_unit < 1:
+            _fail("DataConfig", "rows_per_unit", "an int >= 1", self.rows_per_unit)
         overlap = set(self.categorical) & set(self.numeric)
         if overlap:
             _fail("DataConfig", "categorical", "disjoint from 'numeric'", sorted(overlap))
@@ -210,11 +215,17 @@ class LevelConfig:
 
 @dataclass(frozen=True)
 class PsConfig:
-    """Parameter servers: shard count (fixed per run) and consistency."""
+    """Parameter servers: shard count (fixed per run) and consistency.
+
+    ``mode = "async"``: workers pull and push freely with at most ``max_in_flight`` pushes
+    outstanding each; ``"sync"``: barrier steps, reproducible. ``pipeline`` (async only):
+    ``"overlap"`` reads batch t+1 while pull t is in flight and pulls t+1 after pushing t;
+    ``"prefetch"`` pulls t+1 before computing t (staler by one batch); ``"none"``."""
 
     shards: int = 2
     mode: str = "async"
     max_in_flight: int = 2
+    pipeline: str = "overlap"
 
     def __post_init__(self) -> None:
         if not isinstance(self.shards, int) or self.shards < 1:
@@ -222,6 +233,7 @@ class PsConfig:
         _check_choice("PsConfig", "mode", self.mode, ("sync", "async"))
         if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             _fail("PsConfig", "max_in_flight", "an int >= 1", self.max_in_flight)
+        _check_choice("PsConfig", "pipeline", self.pipeline, ("none", "overlap", "prefetch"))
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,9 @@ class UnitResult:
 class Worker:
     """Turns work units into pulls, gradients and pushes."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, batch_rows: int | None = None) -> None:
         self.cfg = config
+        self.batch_rows = batch_rows or config.data.batch_size
         self.spec = family_spec(config)
         self.device = resolve_device(config.train.device)
         self._schemas: dict[str, FeatureSchema] = {}
@@ -80,7 +81,7 @@ class Worker:
         d = self.cfg.data
         where = f"File '{unit.file}'"
         starts = np.asarray(row_group_starts(open_parquet(unit.file)))
-        for table, cursor, first in read_unit(unit, d.batch_size, schema.columns, start):
+        for table, cursor, first in read_unit(unit, self.batch_rows, schema.columns, start):
             if parts > 1:
                 lo = table.num_rows * part // parts
                 hi = table.num_rows * (part + 1) // parts
@@ -158,42 +159,43 @@ class Worker:
         acc_low: MetricAccumulator | None = None,
         keep_predictions: bool = False,
         start: Cursor | None = None,
-        prefetch: bool = False,
+        pipeline: str = "none",
     ) -> UnitResult:
         """Train on (or score) a unit; metrics go into ``acc`` / ``acc_low``.
 
-        ``prefetch`` (clients with ``pull_async``): the pull of batch t+1 is in flight while
-        batch t computes, so weights are at most one batch (plus in-flight pushes) stale."""
+        ``pipeline`` (clients with ``pull_async``): ``"overlap"`` reads and builds batch t+1
+        while the pull of batch t is in flight, and pulls t+1 right after pushing t (a
+        worker always sees its own updates); ``"prefetch"`` also sends the pull of t+1 before
+        computing t (one batch staler, more overlap); ``"none"`` is strictly sequential."""
         res = UnitResult()
         t0 = time.perf_counter()
         batches = self.batches(unit, start)
-        if prefetch and hasattr(client, "pull_async"):
-            pending = None
-            for batch, cursor in batches:
-                handle = client.pull_async(batch.uniq, create=train) if batch.size else None
-                if pending is not None:
-                    self._finish_pending(pending, client, train, res, acc, acc_low,
-                                         keep_predictions)
-                pending = (batch, cursor, handle)
-            if pending is not None:
-                self._finish_pending(pending, client, train, res, acc, acc_low,
-                                     keep_predictions)
-        else:
+        if pipeline == "none" or not hasattr(client, "pull_async"):
             for batch, cursor in batches:
                 out = self.step(batch, client, train)
                 self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
+        else:
+            def pull(item):
+                return client.pull_async(item[0].uniq, create=train) if item[0].size else None
+
+            cur = next(batches, None)
+            handle = pull(cur) if cur is not None else None
+            while cur is not None:
+                nxt = next(batches, None)  # read and hash while the pull is in flight
+                nxt_handle = pull(nxt) if nxt is not None and pipeline == "prefetch" else None
+                batch, cursor = cur
+                if handle is None:
+                    out = self.step(batch, client, train)
+                else:
+                    out = self._inputs_and_run(batch, client.wait_pull(handle), client, train)
+                self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
+                if nxt is not None and pipeline != "prefetch":
+                    nxt_handle = pull(nxt)
+                cur, handle = nxt, nxt_handle
         if hasattr(client, "flush"):
             client.flush()
         res.seconds = time.perf_counter() - t0
         return res
-
-    def _finish_pending(self, pending, client, train, res, acc, acc_low, keep) -> None:
-        batch, cursor, handle = pending
-        if handle is None:
-            out = self.step(batch, client, train)
-        else:
-            out = self._inputs_and_run(batch, client.wait_pull(handle), client, train)
-        self._record(res, batch, cursor, out, acc, acc_low, keep)
 
     def count_unit(self, unit: WorkUnit, client) -> int:
         """Statistics pass: push the unit's key occurrence counts to the shards."""

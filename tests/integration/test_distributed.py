@@ -1,0 +1,138 @@
+"""Training on a real local Ray: distribution invariance, consistency modes, crash and resume,
+export/predict, and evaluation that creates no keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from psfm.config import load_config
+from psfm.data.gen import GenSpec, generate
+from psfm.export import Predictor, export_model, restore_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("logs")
+    generate(root, days=5, rows_per_day=25_000, spec=GenSpec.small(), seed=3,
+             row_group_rows=8192)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_big(tmp_path_factory):
+    root = tmp_path_factory.mktemp("logs_big")
+    generate(root, days=4, rows_per_day=100_000, spec=GenSpec.small(), seed=5,
+             row_group_rows=8192)
+    return root
+
+
+def _cfg(root, run_dir, *sets):
+    return load_config(None, [f"data.root={json.dumps(str(root))}",
+                              f"train.run_dir={json.dumps(str(run_dir))}",
+                              'model.kind="rafm"', "model.ranks=[1,2,4]", *sets])
+
+
+def _train(root, run_dir, *sets, resume=False):
+    from psfm.dist.driver import train_ray
+
+    return train_ray(_cfg(root, run_dir, *sets), resume=resume)
+
+
+def test_one_and_three_shards_sync_one_worker_are_bitwise_identical(ray_local, data, tmp_path):
+    for n in (1, 3):
+        _train(data, tmp_path / f"s{n}", "ps.mode=\"sync\"", "train.workers=1", f"ps.shards={n}")
+    a, b = restore_model(str(tmp_path / "s1"))[1], restore_model(str(tmp_path / "s3"))[1]
+    assert a["keys"].size > 1000
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_two_sync_workers_equal_one_up_to_summation_order(ray_local, data, tmp_path):
+    reps = {}
+    for k in (1, 2):
+        reps[k] = _train(data, tmp_path / f"w{k}", "ps.mode=\"sync\"", f"train.workers={k}",
+                         "ps.shards=2")
+    a, b = restore_model(str(tmp_path / "w1"))[1], restore_model(str(tmp_path / "w2"))[1]
+    assert np.array_equal(a["keys"], b["keys"]) and np.array_equal(a["level"], b["level"])
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a if k.startswith(("w", "v")))
+    assert diff <= 1e-5, diff
+    assert reps[1]["train"]["rows"] == reps[2]["train"]["rows"] == 100_000
+
+
+def test_async_auc_is_within_0_005_of_sync(ray_local, data_big, tmp_path):
+    units = "data.rows_per_unit=16384"  # many units a day: both workers take some
+    sync = _train(data_big, tmp_path / "sync", "ps.mode=\"sync\"", "train.workers=2", units)
+    asyn = _train(data_big, tmp_path / "async", "ps.mode=\"async\"", "train.workers=2",
+                  "ps.max_in_flight=2", units)
+    assert abs(sync["test"]["auc"] - asyn["test"]["auc"]) <= 0.005
+    assert asyn["test"]["auc"] > 0.79
+
+
+def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tmp_path):
+    from psfm.data.parquet import work_units
+    from psfm.ps.client import LocalClient
+    from psfm.checkpoint import latest_checkpoint, load_checkpoint
+    from psfm.trainer import make_shards
+    from psfm.worker import Worker
+
+    run = tmp_path / "run"
+    rep = _train(data, run, "ps.shards=2", "train.workers=2")
+    ckpt_keys = restore_model(str(run))[1]["keys"].size
+    assert rep["model"]["keys"] == ckpt_keys  # the test pass ran after the checkpoint
+    model = tmp_path / "model.parquet"
+    info = export_model(str(run), str(model))
+    assert info["keys"] <= ckpt_keys
+    # The trained model's own test-day predictions (restored shards, torch forward) ...
+    cfg = _cfg(data, run)
+    client = LocalClient(make_shards(cfg))
+    client.restore(load_checkpoint(latest_checkpoint(str(run)))[0])
+    worker = Worker(cfg)
+    mine = np.concatenate([
+        np.concatenate(worker.run_unit(u, client, train=False, keep_predictions=True)
+                       .predictions, axis=1)[0]
+        for u in work_units(str(data), "5")])
+    # ... and the exported model's, with numpy alone.
+    theirs = np.concatenate([p for _, _, _, p, _ in Predictor(str(model)).iter_scores(
+        str(data), ["5"])])
+    assert mine.shape == theirs.shape == (25_000,)
+    assert np.max(np.abs(mine - theirs)) <= 1e-6
+    from psfm.metrics import auc_exact
+
+    labels = np.concatenate([y for *_, y in Predictor(str(model)).iter_scores(str(data), ["5"])])
+    assert abs(auc_exact(labels, theirs) - rep["test"]["auc"]) <= 1e-4
+
+
+def test_driver_crash_after_day_2_then_resume_gives_the_uninterrupted_model(
+        ray_local, data, tmp_path):
+    sets = ["ps.mode=\"sync\"", "train.workers=1", "ps.shards=2"]
+    _train(data, tmp_path / "full", *sets)
+    run = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "psfm.cli", "train", "--data", str(data), "--run-dir", str(run),
+           "--model", "rafm", "--ranks", "1,2,4", *[a for s in sets for a in ("--set", s)],
+           "--set", "train.log_every_s=1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    manifest = run / "checkpoints" / "day=2" / "MANIFEST.json"
+    try:
+        deadline = time.time() + 120
+        while not manifest.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert manifest.exists(), "the run never finished day 2"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    assert not (run / "report.json").exists()
+    rep = _train(data, run, *sets, resume=True)
+    assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2", "3", "4"]
+    a, b = restore_model(str(tmp_path / "full"))[1], restore_model(str(run))[1]
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
