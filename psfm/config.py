@@ -125,7 +125,7 @@ class ModelConfig:
     kind: str = "rafm"
     ranks: tuple[int, ...] = ()
     loss: str = "logistic"
-    init_std: float = 0.1
+    init_std: float = 0.05
     dependent_lr_coef: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -174,8 +174,8 @@ class FtrlConfig:
     Defaults were chosen by a holdout search on generated data (see README, "Defaults").
     """
 
-    linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.1, 1.0, 0.5, 1.0))
-    factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.05, 1.0, 0.1, 1.0))
+    linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.05, 1.0, 1.0, 1.0))
+    factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.03, 1.0, 0.1, 1.0))
 
 
 @dataclass(frozen=True)
