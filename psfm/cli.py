@@ -137,7 +137,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     gen = json.loads((data / "_gen.json").read_text())
     cfg = load_config(None, [f"data.root={json.dumps(str(data))}", 'model.kind="rafm"',
                              f"train.run_dir={json.dumps(str(work / 'run'))}",
-                             "ps.shards=2", "train.workers=2", *args.set])
+                             "ps.shards=2", "train.workers=2",
+                             # a compact, dense log: the holdout search's best factor rate
+                             "ftrl.factor.alpha=0.1", *args.set])
     where = "in this process" if args.in_process else "a local Ray (2 shards, 2 workers)"
     print(f"training RaFM ranks {list(cfg.model.ranks)} on days 1..{args.days - 1} on {where}, "
           f"testing on day {args.days} ...")

@@ -214,3 +214,39 @@ def test_stats_count_nonzeros_and_bytes():
     assert st.keys == 1000 and st.nonzero_w == 0 and st.factor_rows_per_level == [1000]
     assert st.nonzero_factors == 8000 and st.nonzero_params == 8000
     assert st.ps_bytes >= st.raw_bytes > 1000 * (8 + 8 + 8 * 8)
+
+
+def test_buffered_step_sums_workers_in_order_and_matches_one_push():
+    rng = np.random.default_rng(21)
+    one, two = (_shards("rafm", ranks=(1, 2), level_min_count=(1, 3))[0] for _ in range(2))
+    keys = np.unique(rng.integers(1, 2**62, size=300, dtype=np.int64).astype(np.uint64))
+    for s in (one, two):
+        s.pull(keys, create=True)
+    lev = one.pull(keys).level
+    gw = rng.normal(size=keys.size).astype(np.float32)
+    g = [rng.normal(size=(int((lev >= p).sum()), d)).astype(np.float32)
+         for p, d in ((1, 1), (2, 2))]
+    counts = np.ones(keys.size, np.float32)
+    one.push(keys, counts, lev, gw, g)
+    # Two workers whose key sets overlap: worker 0 has the first 200 keys, worker 1 the rest
+    # plus 50 of worker 0's, with the gradient of the shared keys split between them.
+    a, b = np.arange(200), np.arange(150, keys.size)
+    share = np.zeros(keys.size, np.float32)
+    share[150:200] = 0.25
+
+    def part(idx, frac):
+        rows = [np.cumsum(lev >= p) - 1 for p in (1, 2)]
+        sub = [g[p - 1][rows[p - 1][idx][lev[idx] >= p]] * frac[idx][lev[idx] >= p][:, None]
+               for p in (1, 2)]
+        return keys[idx], counts[idx] * frac[idx], lev[idx], gw[idx] * frac[idx], sub
+
+    f0 = np.where(share > 0, share, 1.0).astype(np.float32)
+    f1 = np.where(share > 0, 1 - share, 1.0).astype(np.float32)
+    two.push_buffered(1, *part(b, f1))
+    two.push_buffered(0, *part(a, f0))
+    two.apply_buffered()
+    x, y = one.pull(keys), two.pull(keys)
+    np.testing.assert_allclose(x.w, y.w, rtol=1e-5, atol=1e-6)
+    for t, u in zip(x.tables, y.tables):
+        np.testing.assert_allclose(t, u, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.count[:len(one)], two.count[:len(two)])
