@@ -99,6 +99,17 @@ ray_env() {
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 "$@"
 }
 
+# Ray temp dirs of the nodes: DIR/ray/nI. Unix socket paths (ROOT/nI/session_<date>_<pid>/sockets/
+# plasma_store) must stay under 107 bytes, so for a long DIR the nodes get ROOT =
+# /tmp/psfm-ray-<cksum of DIR>, a symlink to DIR/ray (removed again by stop).
+default_ray_tmp_root() {
+    if [ ${#DIR} -le 36 ]; then
+        echo "$DIR/ray"
+    else
+        echo "/tmp/psfm-ray-$(printf %s "$DIR" | cksum | cut -d' ' -f1)"
+    fi
+}
+
 load_state() {
     [ -f "$STATE" ] || return 1
     # shellcheck disable=SC1090
@@ -179,11 +190,12 @@ PY
 
 do_stop() {
     local sids pids root=${RAY_TMP_ROOT:-}
+    [ -n "$root" ] || root=$(default_ray_tmp_root)
     if [ ! -d "$PID_DIR" ] && [ ! -f "$STATE" ]; then
         log "no cluster in $DIR (nothing to stop)"
+        [ "$PURGE" = 0 ] || purge "$root"
         return 0
     fi
-    [ -n "$root" ] || root=$DIR/ray
     sids=$(node_sids)
     # 1. SIGTERM each `ray start --block` (worker nodes first, the head last): its handler stops
     #    the node's processes gracefully.
@@ -213,12 +225,15 @@ do_stop() {
     done
     rm -rf "$PID_DIR"
     rm -f "$STATE" "$TOKEN_FILE"
-    if [ "$PURGE" = 1 ]; then
-        rm -rf "$LOG_DIR" "$DIR/ray"
-        [ "$root" = "$DIR/ray" ] || rm -rf "$root"
-        rmdir "$DIR" 2>/dev/null || true
-    fi
+    if [ -L "$root" ]; then rm -f "$root"; fi
+    [ "$PURGE" = 0 ] || purge "$root"
     log "stopped the cluster in $DIR"
+}
+
+purge() { # remove the logs and Ray temp dirs (only what start creates), then DIR if empty
+    [ -d "$DIR" ] || return 0
+    rm -rf "$LOG_DIR" "$DIR/ray" "$1"
+    rmdir "$DIR" 2>/dev/null || true
 }
 
 tail_logs() {
@@ -271,13 +286,13 @@ do_start() {
     "$PYTHON" -c 'import ray' 2>/dev/null || die "$PYTHON cannot import ray (set PYTHON=...)"
     command -v setsid >/dev/null || die "setsid (util-linux) is required"
 
-    # Unix socket paths (RAY_TMP_ROOT/nI/session_<date>_<pid>/sockets/plasma_store) must stay
-    # under 107 bytes: keep long DIRs' Ray temp dirs in a short path under /tmp.
-    RAY_TMP_ROOT=$DIR/ray
-    if [ ${#RAY_TMP_ROOT} -gt 40 ]; then
-        RAY_TMP_ROOT=/tmp/psfm-ray-$(printf %s "$DIR" | cksum | cut -d' ' -f1)
+    RAY_TMP_ROOT=$(default_ray_tmp_root)
+    mkdir -p "$PID_DIR" "$LOG_DIR" "$DIR/ray"
+    if [ "$RAY_TMP_ROOT" != "$DIR/ray" ] && { [ -L "$RAY_TMP_ROOT" ] || [ ! -e "$RAY_TMP_ROOT" ]; }
+    then
+        ln -sfn "$DIR/ray" "$RAY_TMP_ROOT"
     fi
-    mkdir -p "$PID_DIR" "$LOG_DIR" "$RAY_TMP_ROOT"
+    mkdir -p "$RAY_TMP_ROOT"
 
     # Fresh token, mode 600 from the start.
     (umask 077 && "$PYTHON" -c 'import secrets; print(secrets.token_hex(32), end="")' \

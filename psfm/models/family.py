@@ -46,6 +46,7 @@ class FamilySpec:
     tied: bool = False  # DiFacto-style prefixes of one vector
     dependent_lr_coef: tuple[float, ...] = ()  # c_1..c_{m-1}
     loss: str = "logistic"  # or "squared"
+    grad_float64: bool = False  # return the per-key gradient sums unrounded (sync workers)
 
     @property
     def levels(self) -> int:
@@ -115,7 +116,7 @@ def _fold_tied_grads(
     tables: Sequence[torch.Tensor],
 ) -> list[torch.Tensor]:
     """Add the gradient of every prefix view into the stored vector it came from."""
-    out = [torch.zeros_like(t) for t in tables]
+    out = [torch.zeros(t.shape, dtype=grad_views[0].dtype, device=t.device) for t in tables]
     for p, d in enumerate(spec.ranks, start=1):
         rows = _rows(level >= p)
         for k in range(p, spec.levels + 1):
@@ -175,8 +176,13 @@ def forward_backward(
     if not compute_grad:
         return FamilyOutput(logits, logits_low, None, None, loss)
 
-    grad_w = torch.zeros_like(x.w)
-    grad_w.index_add_(0, x.occ_uniq, g[x.occ_sample] * x.occ_value)
+    # Per-key sums over the batch accumulate in float64 and are rounded once, so a key's
+    # gradient hardly depends on how rows are split between workers (sync mode).
+    acc = torch.float64
+    grad_w = torch.zeros(x.w.shape, dtype=acc, device=dev)
+    grad_w.index_add_(0, x.occ_uniq, (g[x.occ_sample] * x.occ_value).to(acc))
+    out_dt = acc if spec.grad_float64 else x.w.dtype
+    grad_w = grad_w.to(out_dt)
     link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
     grad_views = []
     for p in range(1, spec.levels + 1):
@@ -193,10 +199,10 @@ def forward_backward(
             coef = spec.dependent_lr_coef[p - 1] * g_p[s] * dep.to(dt)
             gocc = gocc + coef[:, None] * (sa - vx)
         gocc = gocc * xv[:, None]
-        gv = torch.zeros_like(views[p - 1])
-        gv.index_add_(0, rows, gocc)
+        gv = torch.zeros(views[p - 1].shape, dtype=acc, device=dev)
+        gv.index_add_(0, rows, gocc.to(acc))
         grad_views.append(gv)
-    grad_tables = (
-        _fold_tied_grads(spec, x.level, grad_views, x.tables) if spec.tied else grad_views
-    )
+    if spec.tied:
+        grad_views = _fold_tied_grads(spec, x.level, grad_views, x.tables)
+    grad_tables = [gv.to(out_dt) for gv in grad_views]
     return FamilyOutput(logits, logits_low, grad_w, grad_tables, loss)

@@ -327,12 +327,14 @@ class ParameterShard:
         keys = np.concatenate([b[1] for b in buf])
         uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
-        counts = np.zeros(uniq.size, np.float32)
+        counts = np.zeros(uniq.size, np.float64)  # float64 sums, rounded once
         np.add.at(counts, inv, np.concatenate([b[2] for b in buf]))
+        counts = counts.astype(np.float32)
         levels = np.concatenate([b[3] for b in buf])
         level = levels[first]
-        grad_w = np.zeros(uniq.size, np.float32)
+        grad_w = np.zeros(uniq.size, np.float64)
         np.add.at(grad_w, inv, np.concatenate([b[4] for b in buf]))
+        grad_w = grad_w.astype(np.float32)
         grads = []
         offsets = np.cumsum([0] + [b[1].size for b in buf])
         for p in range(1, self.m + 1):
@@ -341,9 +343,9 @@ class ParameterShard:
                 rows[inv[offsets[i] : offsets[i + 1]][self._table_members(b[3], p)]]
                 for i, b in enumerate(buf)])
             g = np.zeros((int(self._table_members(level, p).sum()), self.ranks[p - 1]),
-                         np.float32)
+                         np.float64)
             np.add.at(g, idx, np.concatenate([b[5][p - 1] for b in buf]))
-            grads.append(g)
+            grads.append(g.astype(np.float32))
         self.push(uniq, counts, level, grad_w, grads)
 
     def save_state(self, path: str) -> dict[str, int | str]:

@@ -77,9 +77,9 @@ def test_async_auc_is_within_0_005_of_sync(ray_local, data_big, tmp_path):
 
 
 def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tmp_path):
+    from psfm.checkpoint import latest_checkpoint, load_checkpoint
     from psfm.data.parquet import work_units
     from psfm.ps.client import LocalClient
-    from psfm.checkpoint import latest_checkpoint, load_checkpoint
     from psfm.trainer import make_shards
     from psfm.worker import Worker
 
