@@ -1,0 +1,127 @@
+"""The Ray actors: ``ShardActor = ray.remote(ParameterShard)`` and a worker actor over
+:class:`WorkerRunner`, a plain class that owns a :class:`Worker` and a :class:`RayClient`.
+
+Shards are placed with ``scheduling_strategy="SPREAD"`` (and a custom resource when the cluster
+defines one), workers ask for a GPU when their device is CUDA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.util import metrics as ray_metrics
+
+from psfm.config import config_from_dict
+from psfm.data.parquet import WorkUnit
+from psfm.dist.client import RayClient
+from psfm.metrics import MetricAccumulator
+from psfm.ps.shard import ParameterShard
+from psfm.worker import Worker
+
+__all__ = ["ShardActor", "WorkerActor", "WorkerRunner"]
+
+log = logging.getLogger(__name__)
+
+ShardActor = ray.remote(ParameterShard)
+
+
+class WorkerRunner:
+    """One worker process: reads its units, pulls, computes, pushes."""
+
+    def __init__(self, config: dict[str, Any], shards: list, worker_id: int,
+                 n_workers: int) -> None:
+        self.cfg = config_from_dict(config)
+        if self.cfg.train.torch_threads:
+            torch.set_num_threads(self.cfg.train.torch_threads)
+        self.worker_id, self.n_workers = worker_id, n_workers
+        self.sync_steps = self.cfg.ps.mode == "sync" and n_workers > 1
+        # data.batch_size is the global batch of a step: in sync mode every worker takes its
+        # slice of it; in async mode every worker reads batch_size / workers rows per step, so
+        # rows per update match the synchronous run.
+        batch = self.cfg.data.batch_size
+        self.worker = Worker(self.cfg, batch if self.sync_steps else max(1, batch // n_workers))
+        if self.sync_steps:
+            # Send float64 partial sums: the shards add them and round once, so a step's
+            # gradient equals the one-worker gradient up to that single rounding.
+            self.worker.spec = dataclasses.replace(self.worker.spec, grad_float64=True)
+        self.client = RayClient(shards, self.cfg.model.tied, self.cfg.ps.max_in_flight,
+                                buffered_worker=worker_id if self.sync_steps else None)
+        tags = {"worker": str(worker_id)}
+        self._m_rows = ray_metrics.Counter("psfm_rows_total", "rows processed by workers",
+                                           tag_keys=("worker", "phase"))
+        self._m_bytes = ray_metrics.Counter("psfm_bytes_total",
+                                            "bytes pulled and pushed by workers",
+                                            tag_keys=("worker", "direction"))
+        self._tags = tags
+        self._sync: dict[str, Any] | None = None
+
+    def _publish(self, rows: int, phase: str, pulled0: int, pushed0: int) -> None:
+        """Counters for the Ray dashboard / Prometheus (Ray counters take only values > 0)."""
+        for metric, value, tags in (
+            (self._m_rows, rows, {"phase": phase}),
+            (self._m_bytes, self.client.bytes_pulled - pulled0, {"direction": "pull"}),
+            (self._m_bytes, self.client.bytes_pushed - pushed0, {"direction": "push"}),
+        ):
+            if value > 0:
+                metric.inc(value, {**self._tags, **tags})
+
+    def count_unit(self, unit: WorkUnit) -> int:
+        rows = self.worker.count_unit(unit, self.client)
+        self.client.flush()
+        return rows
+
+    def run_unit(self, unit: WorkUnit, train: bool, keep_predictions: bool = False) -> dict:
+        acc, acc_low = MetricAccumulator(), MetricAccumulator()
+        p0, q0 = self.client.bytes_pulled, self.client.bytes_pushed
+        res = self.worker.run_unit(unit, self.client, train, acc, acc_low, keep_predictions,
+                                   pipeline=self.cfg.ps.pipeline if self.cfg.ps.mode == "async" else "none")
+        self._publish(res.rows, "train" if train else "eval", p0, q0)
+        return {
+            "unit": unit.uid, "rows": res.rows, "skipped": res.skipped, "loss": res.loss,
+            "seconds": res.seconds, "acc": acc.state(), "acc_low": acc_low.state(),
+            "bytes_pulled": self.client.bytes_pulled - p0,
+            "bytes_pushed": self.client.bytes_pushed - q0,
+            "predictions": (np.concatenate(res.predictions, axis=1) if res.predictions
+                            else None),
+        }
+
+    # Synchronous data-parallel steps (driver-orchestrated barrier) -----------------------
+    def begin_sync(self, unit: WorkUnit) -> None:
+        self._sync = {
+            "it": self.worker.batches(unit, part=self.worker_id, parts=self.n_workers),
+            "acc": MetricAccumulator(), "rows": 0, "skipped": 0, "loss": 0.0,
+            "p0": self.client.bytes_pulled, "q0": self.client.bytes_pushed,
+        }
+
+    def sync_step(self) -> bool:
+        """Process this worker's slice of the next global batch; False when the unit ended."""
+        st = self._sync
+        nxt = next(st["it"], None)
+        if nxt is None:
+            return False
+        batch, _ = nxt
+        probs, _, loss = self.worker.step(batch, self.client, train=True)
+        st["rows"] += batch.size
+        st["skipped"] += batch.skipped
+        st["loss"] += loss
+        if batch.size:
+            st["acc"].update(batch.labels, probs, batch.weights)
+        return True
+
+    def end_sync(self) -> dict:
+        st, self._sync = self._sync, None
+        self._publish(st["rows"], "train", st["p0"], st["q0"])
+        return {"rows": st["rows"], "skipped": st["skipped"], "loss": st["loss"],
+                "acc": st["acc"].state(), "bytes_pulled": self.client.bytes_pulled - st["p0"],
+                "bytes_pushed": self.client.bytes_pushed - st["q0"]}
+
+    def ping(self) -> int:
+        return self.worker_id
+
+
+WorkerActor = ray.remote(WorkerRunner)
