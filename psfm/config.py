@@ -238,7 +238,8 @@ class PsConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Workers, device, seed and where the run writes."""
+    """Workers, device, seed and where the run writes. ``eval_next_day``: after each
+    training day, score the next day (predict-only) and record its AUC and logloss."""
 
     workers: int = 1
     device: str = "cpu"
@@ -246,6 +247,7 @@ class TrainConfig:
     run_dir: str = ""
     torch_threads: int = 1
     log_every_s: float = 10.0
+    eval_next_day: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 1:

@@ -142,6 +142,17 @@ def day_record(day: str, rows: int, skipped: int, seconds: float, acc: MetricAcc
     return rec
 
 
+def next_day(days: list[str], day: str) -> str | None:
+    """The day after ``day`` in the data, if any."""
+    i = days.index(day)
+    return days[i + 1] if i + 1 < len(days) else None
+
+
+def next_day_record(day: str, test: dict[str, Any]) -> dict[str, Any]:
+    log.info("next day %s: auc %.4f, logloss %.4f", day, test["auc"], test["logloss"])
+    return {"day": day, "auc": test["auc"], "logloss": test["logloss"], "rows": test["rows"]}
+
+
 def build_report(cfg: Config, test: dict[str, Any], model: dict[str, Any],
                  train_days: list[str], per_day: list[dict[str, Any]],
                  wall_seconds: float) -> dict[str, Any]:
@@ -242,8 +253,12 @@ def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
                  info["keys"], info["not_admitted"], time.perf_counter() - t0)
     for i in range(start_day, len(train_days)):
         day = train_days[i]
-        per_day.append(_train_day(cfg, worker, client, root, day, i, run))
+        rec = _train_day(cfg, worker, client, root, day, i, run)
         client.end_day(i + 1)
+        nxt = next_day(days, day)
+        if cfg.train.eval_next_day and nxt is not None:
+            rec["next_day"] = next_day_record(nxt, evaluate(cfg, worker, client, root, [nxt]))
+        per_day.append(rec)
         if run:
             save_checkpoint(run.checkpoint_dir(day), client.snapshots(),
                             {"day": day, "day_index": i, "per_day": per_day,

@@ -41,6 +41,8 @@ from psfm.trainer import (
     day_record,
     model_report,
     needs_stats_pass,
+    next_day,
+    next_day_record,
     test_metrics,
 )
 
@@ -216,8 +218,8 @@ def train_ray(cfg: Config, resume: bool = False, address: str | None = None) -> 
     """Train and evaluate on Ray; returns the report (also written to the run dir)."""
     t_start = time.perf_counter()
     root = cfg.data.root
-    train_days, test_days = split_days(list_days(root), cfg.data.train_days,
-                                       cfg.data.test_days)
+    all_days = list_days(root)
+    train_days, test_days = split_days(all_days, cfg.data.train_days, cfg.data.test_days)
     run = RunDir(cfg.train.run_dir) if cfg.train.run_dir else None
     if resume and (run is None or latest_checkpoint(run.path) is None):
         raise CheckpointError(f"--resume: no complete checkpoint in '{cfg.train.run_dir}'.")
@@ -253,8 +255,11 @@ def train_ray(cfg: Config, resume: bool = False, address: str | None = None) -> 
                 cluster = RayCluster(cfg)
                 i, per_day = _restore_or_start(cluster, cfg, run, train_days, root)
                 continue
-            per_day.append(rec)
             cluster.on_shards("end_day", i + 1)
+            nxt = next_day(all_days, day)
+            if cfg.train.eval_next_day and nxt is not None:
+                rec["next_day"] = next_day_record(nxt, _evaluate(cluster, cfg, root, [nxt]))
+            per_day.append(rec)
             if run:
                 run.metric({"event": "train_day", **rec})
                 cluster.checkpoint(run.checkpoint_dir(day),

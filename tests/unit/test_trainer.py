@@ -155,3 +155,12 @@ def test_bad_label_mid_run_names_the_file_and_keeps_trained_days(small_data, tmp
     assert manifest["day"] == "2" and len(states) == 2
     rep = _train(root, 'model.kind="fm"', 'data.bad_rows="skip"')
     assert rep["train"]["per_day"][2]["skipped_rows"] == 1
+
+
+def test_next_day_evaluation_scores_each_following_day(small_data):
+    rep = _train(small_data, 'model.kind="fm"', "train.eval_next_day=true")
+    nxt = [d["next_day"] for d in rep["train"]["per_day"]]
+    assert [n["day"] for n in nxt] == ["2", "3", "4"]
+    assert all(n["rows"] == 20_000 and 0.5 < n["auc"] < 1 for n in nxt)
+    # The last training day's next day is the test day, scored with the same final model.
+    assert abs(nxt[-1]["auc"] - rep["test"]["auc"]) < 1e-12
