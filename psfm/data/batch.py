@@ -27,7 +27,14 @@ from psfm.config import DataConfig
 from psfm.data.hashing import BIAS_KEY, field_keys, numeric_field_key
 from psfm.errors import DataError
 
-__all__ = ["FeatureSchema", "Batch", "resolve_schema", "build_batch", "log_bucket"]
+__all__ = [
+    "FeatureSchema",
+    "Batch",
+    "resolve_schema",
+    "build_batch",
+    "log_bucket",
+    "unique_inverse_counts",
+]
 
 _LOG_OFFSET = np.int64(1 << 32)
 
@@ -138,6 +145,23 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
                          cfg.numeric_transform)
 
 
+def unique_inverse_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(x, return_inverse=True, return_counts=True)`` for a 1-D key array, by one
+    stable argsort (numpy 2's ``np.unique`` of uint64 is several times slower here)."""
+    if x.size == 0:
+        return x.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    first = np.empty(xs.size, dtype=bool)
+    first[0] = True
+    np.not_equal(xs[1:], xs[:-1], out=first[1:])
+    inverse = np.empty(x.size, dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.append(starts, xs.size))
+    return xs[starts], inverse, counts
+
+
 def log_bucket(x: np.ndarray) -> np.ndarray:
     """Criteo-style bucket of a numeric value: ``floor(x)`` for x <= 2, else
     ``2^32 + floor(ln(x)^2)`` (offset so the two branches never collide)."""
@@ -216,7 +240,7 @@ def build_batch(
         weights = weights[keep] if weights is not None else None
     occ_sample, occ_field = np.nonzero(mask)
     flat = keys[occ_sample, occ_field]
-    uniq, occ_uniq, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    uniq, occ_uniq, counts = unique_inverse_counts(flat)
     return Batch(
         keys=keys,
         mask=mask,

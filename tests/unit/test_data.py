@@ -200,3 +200,16 @@ def test_non_parquet_file_and_empty_day(tmp_path):
 
 PINNED_INT = [11953643596330563512, 6669410801953548370]
 PINNED_STR = [17172007377220283911]
+
+
+def test_unique_inverse_counts_equals_numpy():
+    from psfm.data.batch import unique_inverse_counts
+
+    rng = np.random.default_rng(4)
+    for x in (rng.integers(0, 50, 1000).astype(np.uint64),
+              rng.integers(0, 2**63, 5000, dtype=np.int64).astype(np.uint64),
+              np.zeros(0, np.uint64), np.array([7], np.uint64)):
+        want = np.unique(x, return_inverse=True, return_counts=True)
+        got = unique_inverse_counts(x)
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b.reshape(-1))
