@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -84,14 +85,19 @@ class RayCluster:
         if cfg.train.device == "cuda" or (cfg.train.device == "auto" and res.get("GPU", 0) > 0):
             worker_opts["num_gpus"] = 1
         n, k = cfg.ps.shards, cfg.train.workers
+        # Named (psfm-RUN-shard-i / -worker-w) so operators and tests can find them.
+        self.run_id = uuid.uuid4().hex[:8]
         self.shards = [
-            ShardActor.options(**shard_opts).remote(cfg.model, cfg.ftrl, cfg.levels,
-                                                    cfg.train.seed, i, n)
+            ShardActor.options(name=f"psfm-{self.run_id}-shard-{i}", **shard_opts).remote(
+                cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n)
             for i in range(n)
         ]
         conf = to_dict(cfg)
-        self.workers = [WorkerActor.options(**worker_opts).remote(conf, self.shards, w, k)
-                        for w in range(k)]
+        self.workers = [
+            WorkerActor.options(name=f"psfm-{self.run_id}-worker-{w}", **worker_opts).remote(
+                conf, self.shards, w, k)
+            for w in range(k)
+        ]
         ray.get([w.ping.remote() for w in self.workers])
 
     def kill(self) -> None:

@@ -136,3 +136,41 @@ def test_driver_crash_after_day_2_then_resume_gives_the_uninterrupted_model(
     a, b = restore_model(str(tmp_path / "full"))[1], restore_model(str(run))[1]
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data, tmp_path,
+                                                                 caplog):
+    import logging
+    import threading
+
+    import ray
+
+    sets = ["ps.mode=\"sync\"", "train.workers=1", "ps.shards=2"]
+    _train(data, tmp_path / "full", *sets)
+    run = tmp_path / "killed"
+    result: dict = {}
+
+    def target():
+        try:
+            result["report"] = _train(data, run, *sets)
+        except Exception as e:  # noqa: BLE001 - surfaced by the assertion below
+            result["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    manifest = run / "checkpoints" / "day=1" / "MANIFEST.json"
+    deadline = time.time() + 120
+    while not manifest.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    caplog.set_level(logging.WARNING, logger="psfm.dist.driver")
+    names = [n for n in ray.util.list_named_actors() if n.endswith("-shard-0")]
+    assert names, "no shard actor found"
+    ray.kill(ray.get_actor(names[-1]), no_restart=True)  # during day 2
+    t.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    assert "an actor died" in caplog.text and "replaying the day" in caplog.text
+    rep = result["report"]
+    assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2", "3", "4"]
+    a, b = restore_model(str(tmp_path / "full"))[1], restore_model(str(run))[1]
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
