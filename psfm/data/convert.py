@@ -93,7 +93,6 @@ AVAZU_INT_COLUMNS: tuple[str, ...] = (
 LIBFM_FIELD = "libfm"  # the field name whose salt hashes a libFM feature index
 
 _INT_RE = r"^-?[0-9]{1,18}$"  # what pc.cast(string -> int64) accepts, without overflow
-_UINT_RE = r"^[0-9]{1,18}$"
 _FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _UNIT_SEP = "\x1f"  # libfm lines are read as one CSV column with this (absent) delimiter
 _DAY_FILE_RE = re.compile(r"^day_(\d+)(\..*)?$")
@@ -826,54 +825,86 @@ def convert_avazu(
 # ----------------------------------------------------------------------------- libfm
 
 
+def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets relative to the first string) of a ``string`` array, zero-copy."""
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1 + arr.offset)
+    offsets = offsets[arr.offset:].astype(np.int64)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=end)[start:] if end else (
+        np.zeros(0, np.uint8))
+    return data, offsets - start
+
+
+def _colon_checks(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per line: (bad, colons). With the colon positions ``P`` of a line, the line's layout
+    ``label idx:val idx:val ...`` holds iff every colon has a non-blank, non-colon byte on
+    both sides, there is a blank between the line start or the previous colon and each colon
+    (so the label has none and no token has two), and the line splits (on blanks and colons)
+    into ``1 + 2 * colons`` tokens -- checked by the caller."""
+    n = len(text)
+    d, off = _string_buffers(text)
+    colon = d == 58
+    blank = (d == 32) | ((d >= 9) & (d <= 13))
+    p = np.flatnonzero(colon)
+    line = np.searchsorted(off, p, side="right") - 1
+    sep = colon | blank
+    inside = (p > off[line]) & (p + 1 < off[line + 1])
+    ok = inside & ~sep[np.maximum(p - 1, 0)] & ~sep[np.minimum(p + 1, max(d.size - 1, 0))]
+    w = np.concatenate([[0], np.cumsum(blank, dtype=np.int64)])
+    prev = np.concatenate([[0], p[:-1]])
+    same = np.concatenate([[False], line[1:] == line[:-1]])
+    prev = np.where(same, prev, off[line])
+    ok &= w[p] > w[prev]
+    bad = np.zeros(n, dtype=bool)
+    bad[line[~ok]] = True
+    return bad, np.bincount(line, minlength=n)
+
+
 def _libfm_transform(day: str) -> Transform:
-    rule_feat = "a feature is idx:value, idx an integer >= 0 and value a finite number"
+    rule_line = "a line is 'label idx:value idx:value ...' (blank-separated, one ':' per feature)"
+    rule_num = "idx must be an integer >= 0 and value a finite number"
 
     def transform(batch: pa.RecordBatch, errs: _RowErrors,
                   lines: Callable[[], np.ndarray]) -> tuple[pa.Table, Any]:
         n = batch.num_rows
         text = pc.ascii_trim_whitespace(batch.column(0))
-        toks = pc.ascii_split_whitespace(text)
-        ntok = pc.list_value_length(toks).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat = pc.list_flatten(toks)
-        starts = np.cumsum(ntok) - ntok  # first token of each row = the label
-        # label
-        lab_tok = flat.take(pa.array(starts))
-        y, bad_y = _floats(lab_tok)
-        bad_y |= ~np.isin(y, (-1.0, 0.0, 1.0))
-        empty = _mask(pc.equal(lab_tok, ""))
-        errs.add(empty, "label", lab_tok, "a line is 'label idx:value ...' (empty line)")
-        errs.add(bad_y & ~empty, "label", lab_tok, "labels must be -1, 0 or 1")
-        label = pa.array((y == 1).astype(np.int8))
-        # features
-        nfeat = ntok - 1
-        is_feat = np.ones(len(flat), dtype=bool)
-        is_feat[starts] = False
-        ftok = flat.filter(pa.array(is_feat))
-        row_of = np.repeat(np.arange(n), nfeat)
-        parts = pc.split_pattern(ftok, ":", max_splits=1)
-        plen = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
-        pflat = pc.list_flatten(parts)
-        pstart = np.cumsum(plen) - plen
-        two = plen == 2
-        idx_s = pflat.take(pa.array(pstart))
-        val_s = pflat.take(pa.array(np.where(two, pstart + 1, pstart)))
-        idx_ok = _mask(pc.match_substring_regex(idx_s, _UINT_RE))
-        val, bad_v = _floats(val_s)
-        bad_tok = ~two | ~idx_ok | bad_v
+        tokens = pc.ascii_split_whitespace(pc.replace_substring(text, ":", " "))
+        ntok = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pc.list_flatten(tokens)
+        x, bad_x = _floats(flat)  # every token is a number: label, idx, value, idx, ...
+        first = np.cumsum(ntok) - ntok
+        row = np.repeat(np.arange(n), ntok)
+        k = np.arange(len(flat)) - first[row]  # position in the line (0 = label)
+        # empty lines, labels, layout
+        empty = np.diff(_string_buffers(text)[1]) == 0
+        errs.add(empty, "label", text, "lines must not be empty (empty line)")
+        y = x[first]
+        errs.add(~np.isin(y, (-1.0, 0.0, 1.0)), "label", flat.take(pa.array(first)),
+                 "labels must be -1, 0 or 1")
+        bad_colon, colons = _colon_checks(text)
+        errs.add(bad_colon | (ntok != 1 + 2 * colons), "features", text, rule_line)
+        # numbers: idx integer >= 0, value finite
+        is_idx = k % 2 == 1
+        bad_tok = (k > 0) & (bad_x | (is_idx & ((x < 0) | (x != np.floor(x)) | (x >= 2.0**53))))
         if bad_tok.any():
-            first = int(np.flatnonzero(bad_tok)[0])
-            r = int(row_of[first])
-            bad_rows = np.zeros(n, dtype=bool)
-            bad_rows[row_of[bad_tok]] = True
-            pos = first - int((np.cumsum(nfeat) - nfeat)[r]) + 1
-            errs.note(r, f"feature {pos}", ftok[first].as_py(), rule_feat, bad_rows)
-        idx = pc.cast(pc.if_else(pa.array(idx_ok), idx_s, "0"), pa.int64()).to_numpy(
-            zero_copy_only=False)
+            t = int(np.flatnonzero(bad_tok)[0])
+            r = int(row[t])
+            mask = np.zeros(n, dtype=bool)
+            mask[row[bad_tok]] = True
+            j = (int(k[t]) + 1) // 2
+            pair = flat[first[r] + 2 * j - 1 : first[r] + 2 * j + 1].to_pylist()
+            errs.note(r, f"feature {j}", ":".join(str(v) for v in pair), rule_num, mask)
+        nfeat = np.where(errs.bad, 0, (ntok - 1) // 2)  # bad rows are dropped (or raise)
+        keep_tok = (k > 0) & ~errs.bad[row]
+        idx = x[keep_tok & is_idx].astype(np.int64)
+        val = x[keep_tok & ~is_idx].astype(np.float32)
+        if idx.size != val.size:  # only in rows already marked bad; never kept
+            raise AssertionError("libfm: idx/value counts differ in good rows")
         offsets = pa.array(np.concatenate([[0], np.cumsum(nfeat)]).astype(np.int32))
         keys = pa.ListArray.from_arrays(offsets, pa.array(field_keys(LIBFM_FIELD, idx)))
-        values = pa.ListArray.from_arrays(
-            offsets, pa.array(np.where(bad_v, 0.0, val).astype(np.float32)))
+        values = pa.ListArray.from_arrays(offsets, pa.array(val))
+        label = pa.array((y == 1).astype(np.int8))
         return pa.table({"label": label, "keys": keys, "values": values}), day
 
     return transform

@@ -37,7 +37,9 @@ def data_big(tmp_path_factory):
 def _cfg(root, run_dir, *sets):
     return load_config(None, [f"data.root={json.dumps(str(root))}",
                               f"train.run_dir={json.dumps(str(run_dir))}",
-                              'model.kind="rafm"', "model.ranks=[1,2,4]", *sets])
+                              'model.kind="rafm"', "model.ranks=[1,2,4]",
+                              "ftrl.factor.alpha=0.1",  # the compact log's best rate
+                              *sets])
 
 
 def _train(root, run_dir, *sets, resume=False):
@@ -73,7 +75,7 @@ def test_async_auc_is_within_0_005_of_sync(ray_local, data_big, tmp_path):
     asyn = _train(data_big, tmp_path / "async", "ps.mode=\"async\"", "train.workers=2",
                   "ps.max_in_flight=2", units)
     assert abs(sync["test"]["auc"] - asyn["test"]["auc"]) <= 0.005
-    assert asyn["test"]["auc"] > 0.79
+    assert asyn["test"]["auc"] > 0.80
 
 
 def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tmp_path):
