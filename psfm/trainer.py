@@ -211,6 +211,21 @@ class RunDir:
         fs.delete_dir_contents(p, missing_dir_ok=True)
 
 
+def check_resume_config(cfg: Config, saved: dict[str, Any], where: str) -> None:
+    """A resumed run must train the model its checkpoint holds: same model, FTRL, levels,
+    shard count and seed."""
+    now = to_dict(cfg)
+    for section in ("model", "ftrl", "levels"):
+        if now[section] != saved.get(section):
+            raise CheckpointError(f"--resume: the '{section}' section differs from the one "
+                                  f"the checkpoint '{where}' was trained with.")
+    for section, key in (("ps", "shards"), ("train", "seed")):
+        if now[section][key] != saved.get(section, {}).get(key):
+            raise CheckpointError(f"--resume: {section}.{key} = {now[section][key]!r} but the "
+                                  f"checkpoint '{where}' has "
+                                  f"{saved.get(section, {}).get(key)!r}.")
+
+
 def load_run_config(run_dir: str) -> Config:
     raw = read_bytes(posixpath.join(str(run_dir), "config.json"))
     return config_from_dict(json.loads(raw))
@@ -234,6 +249,7 @@ def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
         if ckpt is None:
             raise CheckpointError(f"--resume: no complete checkpoint in '{cfg.train.run_dir}'.")
         states, manifest = load_checkpoint(ckpt)
+        check_resume_config(cfg, manifest.get("config", {}), ckpt)
         client.restore(states)
         start_day = int(manifest["day_index"]) + 1
         per_day = list(manifest.get("per_day", []))

@@ -208,10 +208,6 @@ class _TextStream:
         return "skip"
 
     @property
-    def invalid_lines(self) -> int:
-        return len(self._invalid)
-
-    @property
     def physical_lines(self) -> int:
         """Lines consumed so far: header, good rows and malformed lines."""
         return self.header_lines + self.rows + len(self._invalid)
@@ -836,29 +832,49 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets - start
 
 
-def _colon_checks(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per line: (bad, colons). With the colon positions ``P`` of a line, the line's layout
-    ``label idx:val idx:val ...`` holds iff every colon has a non-blank, non-colon byte on
-    both sides, there is a blank between the line start or the previous colon and each colon
-    (so the label has none and no token has two), and the line splits (on blanks and colons)
-    into ``1 + 2 * colons`` tokens -- checked by the caller."""
+def _layout_checks(text: pa.Array, ntok: np.ndarray) -> np.ndarray:
+    """Lines that are not ``label idx:val idx:val ...``; ``ntok`` = tokens per line when split
+    on blanks and colons. Vectorized over the bytes of the block: the separator runs (maximal
+    runs of blanks and colons; none spans two lines) of a line must be, in order, blank-run,
+    ``:``, blank-run, ``:``, ... -- an even number, starting with blanks, with every colon
+    alone between two token bytes. A line has ``ntok - 1`` runs, which places the first run of
+    every line without a per-byte line index."""
     n = len(text)
     d, off = _string_buffers(text)
-    colon = d == 58
-    blank = (d == 32) | ((d >= 9) & (d <= 13))
-    p = np.flatnonzero(colon)
-    line = np.searchsorted(off, p, side="right") - 1
-    sep = colon | blank
-    inside = (p > off[line]) & (p + 1 < off[line + 1])
-    ok = inside & ~sep[np.maximum(p - 1, 0)] & ~sep[np.minimum(p + 1, max(d.size - 1, 0))]
-    w = np.concatenate([[0], np.cumsum(blank, dtype=np.int64)])
-    prev = np.concatenate([[0], p[:-1]])
-    same = np.concatenate([[False], line[1:] == line[:-1]])
-    prev = np.where(same, prev, off[line])
-    ok &= w[p] > w[prev]
     bad = np.zeros(n, dtype=bool)
-    bad[line[~ok]] = True
-    return bad, np.bincount(line, minlength=n)
+    if d.size == 0:
+        return bad
+    colon = d == 58
+    sep = colon | (d == 32) | ((d >= 9) & (d <= 13))
+    after_sep = np.empty_like(sep)  # the previous byte of the same line is a separator
+    after_sep[0] = False
+    after_sep[1:] = sep[:-1]
+    before_sep = np.empty_like(sep)  # the next byte of the same line is a separator
+    before_sep[-1] = False
+    before_sep[:-1] = sep[1:]
+    starts, ends = off[:-1][np.diff(off) > 0], off[1:][np.diff(off) > 0] - 1
+    after_sep[starts] = False
+    before_sep[ends] = False
+    runs = np.flatnonzero(sep & ~after_sep)  # first byte of every separator run
+    nruns = ntok - 1
+    first_run = np.cumsum(nruns) - nruns
+    if runs.size != int(nruns.sum()):  # cannot happen: splitting counts the same runs
+        raise AssertionError("libfm: separator runs and tokens disagree")
+    lone = colon & ~after_sep & ~before_sep
+    lone[starts] = False  # a colon at the edge of a line has an empty side
+    lone[ends] = False
+    is_colon = colon[runs]
+    ok = np.where(is_colon, lone[runs], True)
+    expect_colon = np.zeros(runs.size, dtype=bool)
+    expect_colon[1:] = ~is_colon[:-1]  # runs alternate ...
+    line_first = first_run[nruns > 0]
+    expect_colon[line_first] = False  # ... starting with blanks in every line
+    ok &= is_colon == expect_colon
+    bad[nruns % 2 == 1] = True
+    if not ok.all():
+        bad_runs = np.flatnonzero(~ok)
+        bad[np.searchsorted(first_run, bad_runs, side="right") - 1] = True
+    return bad
 
 
 def _libfm_transform(day: str) -> Transform:
@@ -874,36 +890,39 @@ def _libfm_transform(day: str) -> Transform:
         flat = pc.list_flatten(tokens)
         x, bad_x = _floats(flat)  # every token is a number: label, idx, value, idx, ...
         first = np.cumsum(ntok) - ntok
-        row = np.repeat(np.arange(n), ntok)
-        k = np.arange(len(flat)) - first[row]  # position in the line (0 = label)
-        # empty lines, labels, layout
-        empty = np.diff(_string_buffers(text)[1]) == 0
-        errs.add(empty, "label", text, "lines must not be empty (empty line)")
+        # empty lines, labels, layout (per line)
+        errs.add(np.diff(_string_buffers(text)[1]) == 0, "label", text,
+                 "lines must not be empty (empty line)")
         y = x[first]
-        errs.add(~np.isin(y, (-1.0, 0.0, 1.0)), "label", flat.take(pa.array(first)),
+        errs.add(~((y == 1) | (y == 0) | (y == -1)), "label", flat.take(pa.array(first)),
                  "labels must be -1, 0 or 1")
-        bad_colon, colons = _colon_checks(text)
-        errs.add(bad_colon | (ntok != 1 + 2 * colons), "features", text, rule_line)
-        # numbers: idx integer >= 0, value finite
-        is_idx = k % 2 == 1
-        bad_tok = (k > 0) & (bad_x | (is_idx & ((x < 0) | (x != np.floor(x)) | (x >= 2.0**53))))
-        if bad_tok.any():
-            t = int(np.flatnonzero(bad_tok)[0])
-            r = int(row[t])
+        errs.add(_layout_checks(text, ntok), "features", text, rule_line)
+        # feature tokens of the well-formed lines alternate idx, value over the whole block
+        keep = np.ones(x.size, dtype=bool)
+        keep[first] = False
+        if errs.bad.any():
+            keep &= ~np.repeat(errs.bad, ntok)
+        npair = np.where(errs.bad, 0, (ntok - 1) // 2)
+        fx, fbad = x[keep], bad_x[keep]
+        idx, val = fx[0::2], fx[1::2]
+        pair_bad = fbad[0::2] | fbad[1::2] | (idx < 0) | (idx != np.floor(idx)) | (
+            idx >= 2.0**53)
+        if pair_bad.any():
+            pair_row = np.repeat(np.arange(n), npair)
+            t = int(np.flatnonzero(pair_bad)[0])
+            r = int(pair_row[t])
             mask = np.zeros(n, dtype=bool)
-            mask[row[bad_tok]] = True
-            j = (int(k[t]) + 1) // 2
-            pair = flat[first[r] + 2 * j - 1 : first[r] + 2 * j + 1].to_pylist()
+            mask[pair_row[pair_bad]] = True
+            j = t - int(np.cumsum(npair)[r] - npair[r]) + 1  # feature j of line r
+            pair = flat[int(first[r]) + 2 * j - 1 : int(first[r]) + 2 * j + 1].to_pylist()
             errs.note(r, f"feature {j}", ":".join(str(v) for v in pair), rule_num, mask)
-        nfeat = np.where(errs.bad, 0, (ntok - 1) // 2)  # bad rows are dropped (or raise)
-        keep_tok = (k > 0) & ~errs.bad[row]
-        idx = x[keep_tok & is_idx].astype(np.int64)
-        val = x[keep_tok & ~is_idx].astype(np.float32)
-        if idx.size != val.size:  # only in rows already marked bad; never kept
-            raise AssertionError("libfm: idx/value counts differ in good rows")
-        offsets = pa.array(np.concatenate([[0], np.cumsum(nfeat)]).astype(np.int32))
-        keys = pa.ListArray.from_arrays(offsets, pa.array(field_keys(LIBFM_FIELD, idx)))
-        values = pa.ListArray.from_arrays(offsets, pa.array(val))
+            good = ~mask[pair_row]
+            idx, val = idx[good], val[good]
+            npair = np.where(mask, 0, npair)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(npair)]).astype(np.int32))
+        keys = pa.ListArray.from_arrays(offsets, pa.array(field_keys(LIBFM_FIELD,
+                                                                     idx.astype(np.int64))))
+        values = pa.ListArray.from_arrays(offsets, pa.array(val.astype(np.float32)))
         label = pa.array((y == 1).astype(np.int8))
         return pa.table({"label": label, "keys": keys, "values": values}), day
 

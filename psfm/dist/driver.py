@@ -39,6 +39,7 @@ from psfm.trainer import (
     RunDir,
     _Progress,
     build_report,
+    check_resume_config,
     day_record,
     model_report,
     needs_stats_pass,
@@ -198,6 +199,7 @@ def _restore_or_start(cluster: RayCluster, cfg: Config, run: RunDir | None,
     ckpt = latest_checkpoint(run.path) if run else None
     if ckpt is not None:
         states, manifest = load_checkpoint(ckpt)
+        check_resume_config(cfg, manifest.get("config", {}), ckpt)
         if len(states) != cfg.ps.shards:
             raise CheckpointError(f"Checkpoint '{ckpt}' has {len(states)} shards; the run has "
                                   f"ps.shards = {cfg.ps.shards}.")

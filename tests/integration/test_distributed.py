@@ -119,7 +119,7 @@ def test_driver_crash_after_day_2_then_resume_gives_the_uninterrupted_model(
     run = tmp_path / "crashed"
     cmd = [sys.executable, "-m", "psfm.cli", "train", "--data", str(data), "--run-dir", str(run),
            "--model", "rafm", "--ranks", "1,2,4", *[a for s in sets for a in ("--set", s)],
-           "--set", "train.log_every_s=1"]
+           "--set", "train.log_every_s=1", "--set", "ftrl.factor.alpha=0.1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

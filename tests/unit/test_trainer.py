@@ -164,3 +164,14 @@ def test_next_day_evaluation_scores_each_following_day(small_data):
     assert all(n["rows"] == 20_000 and 0.5 < n["auc"] < 1 for n in nxt)
     # The last training day's next day is the test day, scored with the same final model.
     assert abs(nxt[-1]["auc"] - rep["test"]["auc"]) < 1e-12
+
+
+def test_resume_refuses_a_different_model(small_data, tmp_path):
+    from psfm.errors import CheckpointError
+
+    run = tmp_path / "run"
+    _train(small_data, 'model.kind="fm"', 'data.train_days="1"', run_dir=run)
+    with pytest.raises(CheckpointError, match="'model' section differs"):
+        _train(small_data, 'model.kind="rafm"', run_dir=run, resume=True)
+    with pytest.raises(CheckpointError, match="ps.shards = 3 but the checkpoint"):
+        _train(small_data, 'model.kind="fm"', "ps.shards=3", run_dir=run, resume=True)
