@@ -210,7 +210,7 @@ class Predictor:
                 starts = np.asarray(row_group_starts(pf))
                 for t, _, first in read_unit(u, batch_size, schema.columns):
                     b = build_batch(t, schema, self.loss, self.data.bad_rows,
-                                    f"File '{u.file}'", first, starts)
+                                    f"File '{u.file}'", first, starts, use_torch=False)
                     if b.skipped:
                         raise DataError(f"File '{u.file}': {b.skipped} bad rows; predict "
                                         "needs every row scored.")

@@ -145,11 +145,29 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
                          cfg.numeric_transform)
 
 
-def unique_inverse_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(x, return_inverse=True, return_counts=True)`` for a 1-D key array, by one
-    stable argsort (numpy 2's ``np.unique`` of uint64 is several times slower here)."""
+_TOP = np.uint64(1 << 63)
+
+
+def unique_inverse_counts(
+    x: np.ndarray, use_torch: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(x, return_inverse=True, return_counts=True)`` for a 1-D uint64 key array.
+
+    With torch available (``use_torch``) its CPU sort does it about 3x faster than numpy
+    (flipping the top bit makes signed int64 order equal uint64 order); otherwise one stable
+    argsort (numpy 2's ``np.unique`` of uint64 is slower still)."""
     if x.size == 0:
         return x.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if use_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            signed = torch.from_numpy((x ^ _TOP).view(np.int64))
+            u, inv, cnt = torch.unique(signed, sorted=True, return_inverse=True,
+                                       return_counts=True)
+            return u.numpy().view(np.uint64) ^ _TOP, inv.numpy(), cnt.numpy()
     order = np.argsort(x, kind="stable")
     xs = x[order]
     first = np.empty(xs.size, dtype=bool)
@@ -213,9 +231,11 @@ def build_batch(
     where: str,
     first_row: int = 0,
     rg_starts: np.ndarray | None = None,
+    use_torch: bool = True,
 ) -> Batch:
     """Rows -> :class:`Batch`. ``where`` names the file in error messages, ``first_row`` is
-    the file row of the table's first row and ``rg_starts`` the first row of every row group."""
+    the file row of the table's first row and ``rg_starts`` the first row of every row group.
+    ``use_torch=False`` keeps the builder numpy-only (the serving Predictor)."""
     n = table.num_rows
     bad = _Bad(n, bad_rows, where, first_row, rg_starts)
     labels = _float_col(table, schema.label)  # nulls -> nan
@@ -240,7 +260,7 @@ def build_batch(
         weights = weights[keep] if weights is not None else None
     occ_sample, occ_field = np.nonzero(mask)
     flat = keys[occ_sample, occ_field]
-    uniq, occ_uniq, counts = unique_inverse_counts(flat)
+    uniq, occ_uniq, counts = unique_inverse_counts(flat, use_torch)
     return Batch(
         keys=keys,
         mask=mask,

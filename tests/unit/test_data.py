@@ -210,6 +210,7 @@ def test_unique_inverse_counts_equals_numpy():
               rng.integers(0, 2**63, 5000, dtype=np.int64).astype(np.uint64),
               np.zeros(0, np.uint64), np.array([7], np.uint64)):
         want = np.unique(x, return_inverse=True, return_counts=True)
-        got = unique_inverse_counts(x)
-        for a, b in zip(got, want):
-            assert np.array_equal(a, b.reshape(-1))
+        for use_torch in (True, False):
+            got = unique_inverse_counts(x, use_torch)
+            for a, b in zip(got, want):
+                assert np.array_equal(a, b.reshape(-1)) and a.dtype.kind == b.dtype.kind
