@@ -40,7 +40,8 @@ def resolve_device(device: str) -> torch.device:
 
 def family_spec(cfg: Config) -> FamilySpec:
     m = cfg.model
-    return FamilySpec(tuple(m.ranks), m.tied, tuple(m.dependent_lr_coef), m.loss)
+    return FamilySpec(tuple(m.ranks), m.tied, tuple(m.dependent_lr_coef), m.loss,
+                      exact_sums=cfg.ps.mode == "sync")
 
 
 @dataclass

@@ -46,7 +46,8 @@ class FamilySpec:
     tied: bool = False  # DiFacto-style prefixes of one vector
     dependent_lr_coef: tuple[float, ...] = ()  # c_1..c_{m-1}
     loss: str = "logistic"  # or "squared"
-    grad_float64: bool = False  # return the per-key gradient sums unrounded (sync workers)
+    exact_sums: bool = False  # per-key gradient sums in float64, rounded once (sync mode)
+    grad_float64: bool = False  # return those sums unrounded (sync steps of several workers)
 
     @property
     def levels(self) -> int:
@@ -141,19 +142,30 @@ def forward_backward(
         rows = _rows(x.level >= p)[x.occ_uniq[sel]]  # (N_p,) rows of V_p
         xv = x.occ_value[sel]
         vx = views[p - 1][rows] * xv[:, None]  # (N_p, D_p)
-        dep = occ_level[sel] > p  # (N_p,) dependent at level p
-        seg = x.occ_sample[sel] * 2 + dep.to(torch.int64)
-        t = torch.zeros(n_rows * 2, vx.shape[1], device=dev, dtype=dt)
-        t.index_add_(0, seg, vx)
-        t = t.view(n_rows, 2, -1)  # [:, 0] free sum, [:, 1] dependent sum
-        q = torch.zeros(n_rows * 2, device=dev, dtype=dt)
-        q.index_add_(0, seg, (vx * vx).sum(1))
-        q = q.view(n_rows, 2)
-        s_dep = t[:, 1]  # S_p^(p+1)
-        s_all = t[:, 0] + s_dep  # S_p^(p)
-        a_diag.append(0.5 * ((s_all * s_all).sum(1) - q.sum(1)))
-        a_next.append(0.5 * ((s_dep * s_dep).sum(1) - q[:, 1]))
-        cache.append((sel, rows, xv, vx, dep, s_all, s_dep))
+        s_occ = x.occ_sample[sel]
+        if p == spec.levels:  # the top level has no dependent features: one sum per row
+            dep = None
+            s_all = torch.zeros(n_rows, vx.shape[1], device=dev, dtype=dt)
+            s_all.index_add_(0, s_occ, vx)
+            q_all = torch.zeros(n_rows, device=dev, dtype=dt)
+            q_all.index_add_(0, s_occ, (vx * vx).sum(1))
+            s_dep = None
+            a_diag.append(0.5 * ((s_all * s_all).sum(1) - q_all))
+            a_next.append(torch.zeros_like(q_all))
+        else:
+            dep = occ_level[sel] > p  # (N_p,) dependent at level p
+            seg = s_occ * 2 + dep.to(torch.int64)
+            t = torch.zeros(n_rows * 2, vx.shape[1], device=dev, dtype=dt)
+            t.index_add_(0, seg, vx)
+            t = t.view(n_rows, 2, -1)  # [:, 0] free sum, [:, 1] dependent sum
+            q = torch.zeros(n_rows * 2, device=dev, dtype=dt)
+            q.index_add_(0, seg, (vx * vx).sum(1))
+            q = q.view(n_rows, 2)
+            s_dep = t[:, 1]  # S_p^(p+1)
+            s_all = t[:, 0] + s_dep  # S_p^(p)
+            a_diag.append(0.5 * ((s_all * s_all).sum(1) - q.sum(1)))
+            a_next.append(0.5 * ((s_dep * s_dep).sum(1) - q[:, 1]))
+        cache.append((sel, s_occ, rows, xv, vx, dep, s_all, s_dep))
     if spec.levels:
         c = torch.cumsum(torch.stack(a_diag) - torch.stack(a_next), 0)  # (m, B)
         b_1p = c + torch.stack(a_next)  # B_{1,p}, p = 1..m
@@ -176,9 +188,9 @@ def forward_backward(
     if not compute_grad:
         return FamilyOutput(logits, logits_low, None, None, loss)
 
-    # Per-key sums over the batch accumulate in float64 and are rounded once, so a key's
-    # gradient hardly depends on how rows are split between workers (sync mode).
-    acc = torch.float64
+    # Per-key sums over the batch: in float64, rounded once, when exact sums are asked for
+    # (sync mode: a key's gradient then hardly depends on how rows are split over workers).
+    acc = torch.float64 if spec.exact_sums or spec.grad_float64 else dt
     grad_w = torch.zeros(x.w.shape, dtype=acc, device=dev)
     grad_w.index_add_(0, x.occ_uniq, (g[x.occ_sample] * x.occ_value).to(acc))
     out_dt = acc if spec.grad_float64 else x.w.dtype
@@ -186,19 +198,20 @@ def forward_backward(
     link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
     grad_views = []
     for p in range(1, spec.levels + 1):
-        sel, rows, xv, vx, dep, s_all, s_dep = cache[p - 1]
-        s = x.occ_sample[sel]
+        sel, s, rows, xv, vx, dep, s_all, s_dep = cache[p - 1]
+        gx = g[s] * xv  # (N_p,)
         sa = s_all[s]  # (N_p, D_p)
-        other = torch.where(dep[:, None], s_dep[s], vx)
-        gocc = g[s][:, None] * (sa - other)
-        if p < spec.levels and not spec.tied and spec.dependent_lr_coef[p - 1] != 0:
-            # Distillation: y_p learns toward the constant y_{p+1} (RaFM Algorithm 1).
-            g_p = link(lin + b_1p[p - 1]) - link(lin + b_1p[p]).detach()
-            if x.weights is not None:
-                g_p = g_p * x.weights
-            coef = spec.dependent_lr_coef[p - 1] * g_p[s] * dep.to(dt)
-            gocc = gocc + coef[:, None] * (sa - vx)
-        gocc = gocc * xv[:, None]
+        if dep is None:
+            gocc = gx[:, None] * (sa - vx)
+        else:
+            gocc = gx[:, None] * (sa - torch.where(dep[:, None], s_dep[s], vx))
+            if not spec.tied and spec.dependent_lr_coef[p - 1] != 0:
+                # Distillation: y_p learns toward the constant y_{p+1} (RaFM Algorithm 1).
+                g_p = link(lin + b_1p[p - 1]) - link(lin + b_1p[p]).detach()
+                if x.weights is not None:
+                    g_p = g_p * x.weights
+                coef = spec.dependent_lr_coef[p - 1] * g_p[s] * xv * dep.to(dt)
+                gocc = gocc + coef[:, None] * (sa - vx)
         gv = torch.zeros(views[p - 1].shape, dtype=acc, device=dev)
         gv.index_add_(0, rows, gocc.to(acc))
         grad_views.append(gv)
