@@ -1,4 +1,4 @@
-"""The ``psfm`` command line (DESIGN §10)."""
+"""psfm: train LR, FM, DiFacto and Rank-Aware FM with FTRL on a Ray parameter server."""
 
 from __future__ import annotations
 
@@ -249,6 +249,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export)
+
+    from psfm.data import convert as _convert
+    from psfm.data import stats as _stats
+
+    _convert.add_cli(sub)  # psfm convert criteo|avazu|libfm INPUT... --out DIR
+    _stats.add_cli(sub)  # psfm stats --data DIR [--days SPEC] [--plot FILE]
 
     p = sub.add_parser("predict", help="score Parquet logs with an exported model (no Ray)")
     p.add_argument("--model", required=True)

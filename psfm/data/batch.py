@@ -117,7 +117,10 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
     if cfg.weight:
         need(cfg.weight, pa.types.is_floating(typ(cfg.weight)) or pa.types.is_integer(
             typ(cfg.weight)), "an importance weight must be numeric")
-    if cfg.layout == "hashed":
+    hashed = cfg.layout == "hashed" or (
+        not cfg.categorical and not cfg.numeric and "keys" in names
+        and (pa.types.is_list(typ("keys")) or pa.types.is_large_list(typ("keys"))))
+    if hashed:  # named, or inferred from a list-typed 'keys' column (psfm convert libfm)
         t = typ("keys")
         need("keys", pa.types.is_list(t) or pa.types.is_large_list(t), "keys must be list<uint64>")
         if "values" in names:

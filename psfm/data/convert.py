@@ -525,7 +525,7 @@ def _run_stream(stream: _TextStream, sink: _Sink, transform: Transform) -> _Resu
             _, col, value, rule = errs.first
             raise DataError(
                 f"File '{stream.path}', line {row_line}, column '{col}': value {value!r} breaks "
-                f"the rule: {rule} ({int(errs.bad.sum())} such lines in this block; {_HINT}).")
+                f"the rule: {rule} ({int(errs.bad.sum())} bad lines in this block; {_HINT}).")
         skipped["wrong number of fields"] += k
         skipped.update(errs.by_rule)
         if errs.bad.any():
