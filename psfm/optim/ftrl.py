@@ -54,14 +54,21 @@ class FtrlParams:
                 )
 
 
+def _weight(z: np.ndarray, sqrt_n: np.ndarray, p: FtrlParams) -> np.ndarray:
+    t = z.dtype.type
+    w = np.abs(z)
+    w -= t(p.l1)
+    np.maximum(w, 0, out=w)  # |z| <= l1  ->  exactly 0
+    denom = sqrt_n + t(p.beta)
+    denom *= t(1.0 / p.alpha)
+    denom += t(p.l2)
+    w /= denom
+    return np.copysign(w, -z, out=w)  # w = -sgn(z) (|z| - l1)_+ / denom
+
+
 def ftrl_weight(z: np.ndarray, n: np.ndarray, p: FtrlParams) -> np.ndarray:
     """The FTRL-Proximal weight for state ``(z, n)``; exactly 0 where ``|z| <= l1``."""
-    dtype = z.dtype
-    shrunk = np.abs(z) - dtype.type(p.l1)
-    denom = (dtype.type(p.beta) + np.sqrt(n)) / dtype.type(p.alpha) + dtype.type(p.l2)
-    w = -np.sign(z) * shrunk / denom
-    w[shrunk <= 0] = 0
-    return w
+    return _weight(z, np.sqrt(n), p)
 
 
 def ftrl_update(
@@ -72,10 +79,16 @@ def ftrl_update(
     All arrays share one shape; the update is elementwise, so the result for a coordinate
     does not depend on which other coordinates are updated with it.
     """
-    w = ftrl_weight(z, n, p)
-    n_new = n + g * g
-    sigma = (np.sqrt(n_new) - np.sqrt(n)) / z.dtype.type(p.alpha)
-    z_new = z + g - sigma * w
+    sqrt_n = np.sqrt(n)
+    w = _weight(z, sqrt_n, p)
+    n_new = g * g
+    n_new += n
+    sigma = np.sqrt(n_new)
+    sigma -= sqrt_n
+    sigma *= z.dtype.type(1.0 / p.alpha)
+    sigma *= w  # sigma * w
+    z_new = z + g
+    z_new -= sigma
     return z_new, n_new
 
 

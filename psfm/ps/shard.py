@@ -68,24 +68,31 @@ class ShardStats:
 
 
 class _Rows:
-    """A growable (capacity, D) pair of FTRL state arrays for one factor level."""
+    """A growable FTRL state table of one factor level: ``s[row] = (z, n)``, shape
+    (capacity, 2, D) float32. z and n of a row sit side by side, so a pull is one random
+    gather and a push one gather and one scatter per row (the shard's cost is memory latency)."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.n = 0
-        self.z = np.zeros((16, dim), dtype=np.float32)
-        self.nn = np.zeros((16, dim), dtype=np.float32)
+        self.s = np.zeros((16, 2, dim), dtype=np.float32)
+
+    @property
+    def z(self) -> np.ndarray:
+        return self.s[:, 0]
+
+    @property
+    def nn(self) -> np.ndarray:
+        return self.s[:, 1]
 
     def add(self, z0: np.ndarray) -> np.ndarray:
         """Append rows with initial ``z`` (``n = 0``); returns their row indices."""
         k = z0.shape[0]
-        if self.n + k > self.z.shape[0]:
-            cap = max(self.n + k, 2 * self.z.shape[0])
-            self.z = _grow(self.z, cap)
-            self.nn = _grow(self.nn, cap)
+        if self.n + k > self.s.shape[0]:
+            self.s = _grow(self.s, max(self.n + k, 2 * self.s.shape[0]))
         rows = np.arange(self.n, self.n + k, dtype=np.int64)
-        self.z[rows] = z0
-        self.nn[rows] = 0
+        self.s[rows, 0] = z0
+        self.s[rows, 1] = 0
         self.n += k
         return rows
 
@@ -270,8 +277,8 @@ class ParameterShard:
         for p in range(1, self.m + 1):
             member = self._table_members(lev, p)
             r = self.row[p - 1][slots[member]]
-            tables.append(ftrl_weight(self.fac[p - 1].z[r], self.fac[p - 1].nn[r],
-                                      self.ftrl.factor))
+            st = self.fac[p - 1].s[r]  # (rows, 2, D): one gather
+            tables.append(ftrl_weight(st[:, 0], st[:, 1], self.ftrl.factor))
         out = PullResult(self._weights(slots, present), lev, tables)
         self.bytes_out += out.nbytes
         self.bytes_in += keys.nbytes
@@ -374,7 +381,9 @@ class ParameterShard:
             if not self.tied:
                 r = self.row[p - 1][sl]
                 f = self.fac[p - 1]
-                f.z[r], f.nn[r] = ftrl_update(f.z[r], f.nn[r], g, self.ftrl.factor)
+                st = f.s[r]
+                st[:, 0], st[:, 1] = ftrl_update(st[:, 0], st[:, 1], g, self.ftrl.factor)
+                f.s[r] = st
                 continue
             d = self.ranks[p - 1]
             cur = self.level[sl].astype(np.int64)  # promoted since the pull: apply to prefix
@@ -432,8 +441,7 @@ class ParameterShard:
                 continue
             order = np.argsort(r[has], kind="stable")
             keep_rows = r[has][order]
-            f.z[: keep_rows.size] = f.z[keep_rows]
-            f.nn[: keep_rows.size] = f.nn[keep_rows]
+            f.s[: keep_rows.size] = f.s[keep_rows]
             new_index = np.empty(keep_rows.size, dtype=np.int64)
             new_index[order] = np.arange(keep_rows.size)
             r[has] = new_index
@@ -501,8 +509,7 @@ class ParameterShard:
                 nz_f += int(np.count_nonzero(ftrl_weight(f.z[lo:hi], f.nn[lo:hi],
                                                          self.ftrl.factor)))
         ps_bytes = self.table.nbytes + sum(getattr(self, k).nbytes for k in self._PER_KEY)
-        ps_bytes += sum(r.nbytes for r in self.row) + sum(f.z.nbytes + f.nn.nbytes
-                                                           for f in self.fac)
+        ps_bytes += sum(r.nbytes for r in self.row) + sum(f.s.nbytes for f in self.fac)
         ps_bytes += self.sketch.nbytes if self.sketch is not None else 0
         per_key = 8 + sum(np.dtype(getattr(self, k).dtype).itemsize for k in self._PER_KEY)
         raw = n * (per_key + 8 * self.m) + sum(f.n * f.dim * 8 for f in self.fac)
