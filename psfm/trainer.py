@@ -54,7 +54,7 @@ def make_shards(cfg: Config) -> list[ParameterShard]:
             for i in range(n)]
 
 
-class _Progress:
+class Progress:
     """A progress line at a steady interval: rows, samples/s, logloss, AUC, ETA."""
 
     def __init__(self, what: str, total_rows: int, every_s: float) -> None:
@@ -100,7 +100,7 @@ def evaluate(cfg: Config, worker: Worker, client, root: str, days: list[str]) ->
     total = sum(u.rows for u in units)
     keep = total <= EXACT_AUC_MAX_ROWS
     preds, rows, skipped = [], 0, 0
-    prog = _Progress("test", total, cfg.train.log_every_s)
+    prog = Progress("test", total, cfg.train.log_every_s)
     for u in units:
         res = worker.run_unit(u, client, train=False, acc=acc, acc_low=acc_low,
                               keep_predictions=keep)
@@ -292,7 +292,7 @@ def _train_day(cfg, worker: Worker, client, root: str, day: str, index: int,
                run: RunDir | None) -> dict[str, Any]:
     units: list[WorkUnit] = work_units(root, day)
     acc = MetricAccumulator()
-    prog = _Progress(f"day {day}", sum(u.rows for u in units), cfg.train.log_every_s)
+    prog = Progress(f"day {day}", sum(u.rows for u in units), cfg.train.log_every_s)
     rows = skipped = 0
     b0 = client.bytes_pulled + client.bytes_pushed
     t0 = time.perf_counter()

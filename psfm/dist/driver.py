@@ -37,7 +37,7 @@ from psfm.ps.client import merge_stats
 from psfm.trainer import (
     EXACT_AUC_MAX_ROWS,
     RunDir,
-    _Progress,
+    Progress,
     build_report,
     check_resume_config,
     day_record,
@@ -149,7 +149,7 @@ class RayCluster:
 def _train_day(cluster: RayCluster, cfg: Config, root: str, day: str) -> dict[str, Any]:
     units = work_units(root, day, cfg.data.rows_per_unit)
     acc = MetricAccumulator()
-    prog = _Progress(f"day {day}", sum(u.rows for u in units), cfg.train.log_every_s)
+    prog = Progress(f"day {day}", sum(u.rows for u in units), cfg.train.log_every_s)
     tot = {"rows": 0, "skipped": 0, "bytes": 0}
 
     def take(r: dict) -> None:
@@ -177,7 +177,7 @@ def _evaluate(cluster: RayCluster, cfg: Config, root: str, days: list[str]) -> d
     acc, acc_low = MetricAccumulator(), MetricAccumulator()
     preds: list[np.ndarray] = []
     tot = {"rows": 0, "skipped": 0}
-    prog = _Progress("test", total, cfg.train.log_every_s)
+    prog = Progress("test", total, cfg.train.log_every_s)
 
     def take(r: dict) -> None:
         tot["rows"] += r["rows"]
