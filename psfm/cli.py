@@ -255,6 +255,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _convert.add_cli(sub)  # psfm convert criteo|avazu|libfm INPUT... --out DIR
     _stats.add_cli(sub)  # psfm stats --data DIR [--days SPEC] [--plot FILE]
+    from psfm import bench as _bench
+
+    _bench.add_cli(sub)  # psfm bench [--quick]
 
     p = sub.add_parser("predict", help="score Parquet logs with an exported model (no Ray)")
     p.add_argument("--model", required=True)

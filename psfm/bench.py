@@ -1,0 +1,685 @@
+"""``psfm bench``: the benchmark suite behind ``BENCHMARKS.md`` (the markdown is written here).
+
+On a generated Criteo-like log (``GenSpec()``: 13 numeric + 26 categorical fields, Zipf values)
+it measures, for LR, FM(8) and RaFM({1,2,4,8}):
+
+1. per-sample stage costs on pre-built batches and one in-process shard (static levels set by
+   the statistics pass): Parquet read -> keys, unique/inverse, routing to 2 shards, pull,
+   forward/backward (torch CPU, 1 thread), push, and the pickle (protocol 5) round trip of the
+   pull answer and the push arguments as a proxy for crossing actors;
+2. end-to-end training samples/s of one day: in-process, and on local Ray (1+1, 2+2);
+3. bytes pulled/pushed per sample against the active-factor minimum;
+4. parameter-server bytes per stored key against the raw state and alphaFM's 8(3+3k);
+5. the training step at batch sizes 1k..64k, and pull/push as the shard grows to 1M..50M keys;
+6. a memory-bandwidth ceiling (random gather + scatter-add of FM(8)'s per-batch shape);
+7. the issue's targets, PASS/FAIL; 8. forward/backward on CUDA when torch sees a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import pickle
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from psfm.config import Config, load_config
+from psfm.data.batch import unique_inverse_counts
+from psfm.data.gen import GenSpec, generate, generate_day
+from psfm.data.parquet import work_units
+from psfm.models.family import FamilyInputs, forward_backward
+from psfm.ps.client import LocalClient
+from psfm.ps.routing import merge_pulls, route, split_push
+from psfm.ps.shard import PullResult
+from psfm.trainer import make_shards, needs_stats_pass, train_local
+from psfm.worker import Worker
+
+__all__ = [
+    "MODELS", "Sizes", "sizes", "machine_info", "make_data", "read_batches", "stage_costs",
+    "end_to_end", "ps_memory", "batch_scaling", "table_scaling", "bandwidth_ceiling",
+    "gpu_forward_backward", "targets", "run_bench", "render_markdown", "add_cli", "main",
+]
+
+MODELS: dict[str, list[str]] = {
+    "LR": ['model.kind="lr"', "model.ranks=[]"],
+    "FM(8)": ['model.kind="fm"', "model.ranks=[8]"],
+    "RaFM({1,2,4,8})": ['model.kind="rafm"', "model.ranks=[1,2,4,8]"],
+}
+FM, RAFM = "FM(8)", "RaFM({1,2,4,8})"
+STAGES = ["read -> keys", "unique/inverse", "routing (2 shards)", "pull", "forward/backward",
+          "push", "pickle pull answer", "pickle push args"]
+_U64_MAX = int(np.iinfo(np.uint64).max)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section measures."""
+
+    rows: int  # training day (end-to-end)
+    test_rows: int  # the small test day train_local / train_ray score
+    stage_rows: int  # rows of pre-built batches for the stage costs
+    reps: int  # repetitions of each stage timing (median)
+    scale_rows: int  # rows per batch-size / table-size point
+    scale_reps: int
+    batch_sizes: tuple[int, ...]
+    table_sizes: tuple[int, ...]
+
+
+def sizes(quick: bool, rows: int | None = None) -> Sizes:
+    """The full run (2M rows, 5 repetitions, up to 50M keys) or ``--quick``."""
+    if quick:
+        r = rows or 300_000
+        return Sizes(r, 32_768, min(r, 262_144), 3, min(r, 131_072), 2,
+                     (1024, 4096, 16384, 65536), (1_000_000,))
+    r = rows or 2_000_000
+    return Sizes(r, 65_536, min(r, 524_288), 5, min(r, 262_144), 3,
+                 (1024, 4096, 16384, 65536), (1_000_000, 10_000_000, 50_000_000))
+
+
+_T0 = time.perf_counter()
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _timed(fn: Callable[[], Any], reps: int) -> tuple[float, list[float], Any]:
+    """Median seconds of ``reps`` calls, every run's seconds, and the last result."""
+    runs, out = [], None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs), runs, out
+
+
+def _config(root: str, model: str, *extra: str) -> Config:
+    return load_config(None, [f"data.root={json.dumps(root)}", 'data.train_days="1"',
+                              'data.test_days="2"', "ps.shards=1", *MODELS[model], *extra])
+
+
+def _mem_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    """Resident bytes of this process (0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, versions and the load average (at the start of the run)."""
+    import ray
+
+    cpu = platform.processor()
+    try:
+        cpu = next((ln.split(":", 1)[1].strip()
+                    for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu) or cpu
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "processor": cpu, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "pyarrow": pa.__version__, "ray": ray.__version__,
+            "memory_gb": _mem_available() / 1e9, "load_start": list(os.getloadavg()),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def make_data(root: str, sz: Sizes, seed: int = 1) -> None:
+    """Day 1: ``sz.rows`` training rows; day 2: a small test day (same true model)."""
+    generate(root, days=1, rows_per_day=sz.rows, seed=seed, spec=GenSpec())
+    os.makedirs(f"{root}/day=2", exist_ok=True)
+    pq.write_table(generate_day(GenSpec(), 2, sz.test_rows, seed),
+                   f"{root}/day=2/part-00000.parquet", row_group_size=65_536,
+                   compression="none")
+
+
+def read_batches(root: str, cfg: Config, max_rows: int, batch_rows: int | None = None) -> list:
+    """The first ``max_rows`` rows of day 1 as batches (read_unit + build_batch)."""
+    worker, out, n = Worker(cfg, batch_rows), [], 0
+    for u in work_units(root, "1", cfg.data.rows_per_unit):
+        for b, _ in worker.batches(u):
+            out.append(b)
+            n += b.size
+            if n >= max_rows:
+                return out
+    return out
+
+
+def _prepared_client(cfg: Config, batches: list) -> LocalClient:
+    """One in-process shard with the statistics pass done when the levels need it."""
+    client = LocalClient(make_shards(cfg))
+    if needs_stats_pass(cfg):
+        for b in batches:
+            client.add_counts(b.uniq, b.counts)
+        client.finish_counts()
+    return client
+
+
+# ---------------------------------------------------------------- 1 + 3: stages and bytes
+def stage_costs(root: str, sz: Sizes) -> dict[str, Any]:
+    """Each stage timed alone on the same pre-built batches; bytes against the minimum."""
+    cfg0 = _config(root, FM)
+    t_read, runs_read, batches = _timed(lambda: read_batches(root, cfg0, sz.stage_rows), sz.reps)
+    rows = sum(b.size for b in batches)
+    flats = [b.keys[b.mask] for b in batches]
+    t_uniq, runs_uniq, _ = _timed(lambda: [unique_inverse_counts(f) for f in flats], sz.reps)
+    per = 1e6 / rows
+    shared = {"read -> keys": (t_read - t_uniq) * per, "unique/inverse": t_uniq * per}
+    out: dict[str, Any] = {"rows": rows, "batches": len(batches), "reps": sz.reps,
+                           "occurrences_per_sample": sum(f.size for f in flats) / rows,
+                           "unique_per_batch": float(np.mean([b.uniq.size for b in batches])),
+                           "models": {}, "runs_read_s": runs_read, "runs_unique_s": runs_uniq}
+    for name in MODELS:
+        _say(f"stages: {name}")
+        out["models"][name] = _model_stages(_config(root, name), batches, sz.reps, per)
+        out["models"][name]["us_per_sample"].update(shared)
+        gc.collect()
+    out["batches_obj"] = batches  # reused by later sections, dropped before JSON
+    return out
+
+
+def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str, Any]:
+    client = _prepared_client(cfg, batches)
+    shard, worker, tied = client.shards[0], Worker(cfg), cfg.model.tied
+    grads, min_pull, min_push, rows = [], 0, 0, 0
+    for b in batches:  # one training pass: creates keys, measures bytes, keeps the gradients
+        pulled = client.pull(b.uniq, create=True)
+        fb = forward_backward(worker.spec, worker._inputs(b, pulled))
+        g = (fb.grad_w.numpy(), [t.numpy() for t in fb.grad_tables])
+        client.push(b.uniq, b.counts, pulled.level, *g)
+        grads.append(g)
+        fac = 4 * sum(t.size for t in pulled.tables)  # sum_p D_p * rows_p * 4 bytes
+        min_pull += 12 * b.uniq.size + fac  # key 8 + w 4 + active factors
+        min_push += 16 * b.uniq.size + fac  # key 8 + count 4 + grad w 4 + active factors
+        rows += b.size
+    bytes_ = {"pulled": client.bytes_pulled / rows, "min_pulled": min_pull / rows,
+              "pushed": client.bytes_pushed / rows, "min_pushed": min_push / rows,
+              "min_pulled_no_w": (min_pull - 4 * sum(b.uniq.size for b in batches)) / rows}
+    bytes_["ratio"] = (bytes_["pulled"] + bytes_["pushed"]) / (
+        bytes_["min_pulled"] + bytes_["min_pushed"])
+    t_pull, r_pull, pulls = _timed(
+        lambda: [shard.pull(b.uniq, create=True) for b in batches], reps)
+    t_pk, _, _ = _timed(lambda: [pickle.loads(pickle.dumps(p, protocol=5)) for p in pulls], reps)
+    args = [(b.uniq, b.counts, p.level, gw, gt) for b, p, (gw, gt) in zip(batches, pulls, grads)]
+    t_pk2, _, _ = _timed(lambda: [pickle.loads(pickle.dumps(a, protocol=5)) for a in args], reps)
+    parts = []
+    for b, p in zip(batches, pulls):
+        r = route(b.uniq, 2)
+        parts.append([PullResult(a[3], a[2], a[4]) for a in split_push(
+            r, b.uniq, b.counts, p.level, p.w, p.tables, tied)])
+
+    def routing() -> None:
+        for b, p, ps, (gw, gt) in zip(batches, pulls, parts, grads):
+            r = route(b.uniq, 2)
+            merge_pulls(r, ps, tied)
+            split_push(r, b.uniq, b.counts, p.level, gw, gt, tied)
+
+    t_route, _, _ = _timed(routing, reps)
+    inputs = [worker._inputs(b, p) for b, p in zip(batches, pulls)]
+    t_fb, r_fb, _ = _timed(lambda: [forward_backward(worker.spec, x) for x in inputs], reps)
+    t_push, _, _ = _timed(lambda: [shard.push(*a) for a in args], reps)
+    us = {"pull": t_pull * per, "forward/backward": t_fb * per, "push": t_push * per,
+          "routing (2 shards)": t_route * per, "pickle pull answer": t_pk * per,
+          "pickle push args": t_pk2 * per}
+    keep = {"pulls": pulls, "fb_runs_s": r_fb, "pull_runs_s": r_pull}
+    return {"us_per_sample": us, "bytes_per_sample": bytes_, "_keep": keep}
+
+
+# ---------------------------------------------------------------- 2 + 4: end to end, memory
+def end_to_end(root: str) -> dict[str, Any]:
+    """One training day: in-process (1 shard), then local Ray 1+1 and 2+2 (async, defaults)."""
+    import ray
+
+    from psfm.dist.driver import train_ray
+
+    out: dict[str, Any] = {}
+    for name in MODELS:
+        _say(f"end to end in-process: {name}")
+        rep = train_local(_config(root, name))
+        out[name] = {"local": rep["train"]["samples_per_s"], "model": rep["model"],
+                     "local_bytes_per_sample": rep["train"]["bytes_per_sample"],
+                     "test_auc": rep["test"]["auc"]}
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
+    try:
+        for s, w in ((1, 1), (2, 2)):
+            for name in MODELS:
+                _say(f"end to end on Ray, {s} shard(s) + {w} worker(s): {name}")
+                rep = train_ray(_config(root, name, f"ps.shards={s}", f"train.workers={w}"))
+                out[name][f"ray_{s}x{w}"] = rep["train"]["samples_per_s"]
+                out[name][f"ray_{s}x{w}_bytes_per_sample"] = rep["train"]["bytes_per_sample"]
+    finally:
+        ray.shutdown()
+    return out
+
+
+def ps_memory(e2e: dict[str, Any]) -> dict[str, Any]:
+    """PS bytes per stored key (after the in-process training day) vs raw and alphaFM."""
+    out = {}
+    for name in MODELS:
+        m = e2e[name]["model"]
+        keys = max(m["keys"], 1)
+        coords = sum(d * n for d, n in zip(m["ranks"], m["factor_rows_per_level"])) / keys
+        out[name] = {"keys": m["keys"], "ps_bytes": m["ps_bytes"], "raw_bytes": m["raw_bytes"],
+                     "ps_per_key": m["ps_bytes"] / keys, "raw_per_key": m["raw_bytes"] / keys,
+                     "state_per_key": 8 + 8 + 8 * coords,  # key, (z, n) per parameter
+                     "alphafm_per_key": 8 * (3 + 3 * coords), "factor_coords_per_key": coords}
+        out[name]["ps_over_raw"] = m["ps_bytes"] / max(m["raw_bytes"], 1)
+    out["rafm_over_fm"] = out[RAFM]["ps_bytes"] / max(out[FM]["ps_bytes"], 1)
+    return out
+
+
+# ---------------------------------------------------------------- 5: scaling
+def batch_scaling(root: str, sz: Sizes) -> dict[str, Any]:
+    """Samples/s of the in-process step (pull + forward/backward + push) per batch size."""
+    out: dict[str, Any] = {name: {} for name in MODELS}
+    for bs in sz.batch_sizes:
+        batches = read_batches(root, _config(root, FM), sz.scale_rows, bs)
+        rows = sum(b.size for b in batches)
+        for name in MODELS:
+            _say(f"batch size {bs}: {name}")
+            out[name][str(bs)] = rows / _step_seconds(_config(root, name), batches, sz.scale_reps)
+        gc.collect()
+    return out
+
+
+def _step_seconds(cfg: Config, batches: list, reps: int) -> float:
+    """Median seconds of ``Worker.step`` over ``batches`` on a shard that has their keys."""
+    client, worker = _prepared_client(cfg, batches), Worker(cfg)
+    for b in batches:
+        client.pull(b.uniq, create=True)
+    return _timed(lambda: [worker.step(b, client, True) for b in batches], reps)[0]
+
+
+def _pull_push_seconds(shard, batches: list, pulls: list, grads: list,
+                       reps: int) -> tuple[float, float]:
+    """Median seconds of pulling and of pushing every batch (after one untimed pass)."""
+    t_pull = _timed(lambda: [shard.pull(b.uniq, create=True) for b in batches], reps + 1)[1]
+    t_push = _timed(lambda: [shard.push(b.uniq, b.counts, p.level, *g)
+                             for b, p, g in zip(batches, pulls, grads)], reps + 1)[1]
+    return statistics.median(t_pull[1:]), statistics.median(t_push[1:])
+
+
+def table_scaling(batches: list, sz: Sizes, root: str) -> dict[str, Any]:
+    """FM(8) pull/push cost on the same batches while the shard holds 1M, 10M, 50M keys
+    (random keys inserted with ``pull(create=True)``); stops where memory would not fit."""
+    batches = batches[: max(1, sz.scale_rows // batches[0].size)]
+    rows = sum(b.size for b in batches)
+    shard = make_shards(_config(root, FM))[0]
+    rng = np.random.default_rng(7)
+    points, skipped, per_key = [], [], 200.0
+    for size in sz.table_sizes:
+        need = 2 * per_key * max(size - len(shard), 0)
+        if need > 0.85 * _mem_available():
+            skipped.append({"keys": size, "need_gb": need / 1e9,
+                            "available_gb": _mem_available() / 1e9})
+            continue
+        _say(f"table size {size:,}: filling")
+        t0 = time.perf_counter()
+        while len(shard) < size:
+            n = min(1 << 20, size - len(shard))
+            shard.pull(rng.integers(1, _U64_MAX, n, dtype=np.uint64, endpoint=True), True)
+        fill = time.perf_counter() - t0
+        pulls = [shard.pull(b.uniq, create=True) for b in batches]
+        grads = [(rng.normal(0, 1e-2, p.w.shape).astype(np.float32),
+                  [rng.normal(0, 1e-2, t.shape).astype(np.float32) for t in p.tables])
+                 for p in pulls]
+        t_pull, t_push = _pull_push_seconds(shard, batches, pulls, grads, sz.reps)
+        st = shard.stats()
+        per_key = st.ps_bytes / st.keys
+        points.append({"keys": st.keys, "ps_gb": st.ps_bytes / 1e9, "fill_s": fill,
+                       "rss_gb": _rss() / 1e9,
+                       "pull_us": t_pull * 1e6 / rows, "push_us": t_push * 1e6 / rows,
+                       "samples_per_s": rows / (t_pull + t_push)})
+    drop = 1 - points[-1]["samples_per_s"] / points[0]["samples_per_s"] if points else None
+    return {"model": FM, "rows": rows, "points": points, "skipped": skipped, "drop": drop}
+
+
+# ---------------------------------------------------------------- 6: bandwidth ceiling
+def bandwidth_ceiling(occ_per_sample: float, batch: int = 4096, table_rows: int = 2_000_000,
+                      dim: int = 8, reps: int = 20) -> dict[str, Any]:
+    """Random gather and scatter-add of FM(8)'s per-batch factor traffic (one thread): the
+    ceiling is one gather plus the fastest scatter-add per batch."""
+    rng = np.random.default_rng(0)
+    n = int(round(occ_per_sample * batch))
+    table = rng.standard_normal((table_rows, dim), dtype=np.float32)
+    idx = rng.integers(0, table_rows, n)
+    buf = np.empty((n, dim), np.float32)
+    tt, ti, src = torch.from_numpy(table), torch.from_numpy(idx), torch.from_numpy(buf)
+    small = torch.zeros(batch, dim)
+    ops: dict[str, tuple[Callable[[], Any], int]] = {
+        "gather": (lambda: np.take(table, idx, axis=0, out=buf), reps),
+        "scatter (assign)": (lambda: table.__setitem__(idx, buf), reps),
+        "torch.index_add_": (lambda: tt.index_add_(0, ti, src), reps),
+        "torch.index_put_(accumulate)": (lambda: tt.index_put_((ti,), src, True), reps),
+        "np.add.at": (lambda: np.add.at(table, idx, buf), 3),
+        f"torch.index_add_ into {batch} rows": (lambda: small.index_add_(0, ti % batch, src),
+                                                reps)}
+    row, out = 4 * dim, {}
+    for name, (fn, r) in ops.items():
+        t = _timed(fn, r)[0]
+        moved = n * (8 + (2 if name in ("gather", "scatter (assign)") else 3) * row)
+        out[name] = {"ms": t * 1e3, "gbs": moved / t / 1e9}
+    big = np.ones(1 << 25, np.float32)
+    dst = np.empty_like(big)
+    t_c = _timed(lambda: np.copyto(dst, big), 5)[0]
+    adds = [k for k in out if k.startswith(("torch.index_", "np.add")) and " into " not in k]
+    best = min(adds, key=lambda k: out[k]["ms"])
+    g = out["gather"]["ms"] / 1e3
+    return {"occurrences": n, "table_rows": table_rows, "dim": dim, "batch": batch, "ops": out,
+            "copy_gbs": 2 * big.nbytes / t_c / 1e9, "best_scatter_add": best,
+            "ceiling_samples_per_s": batch / (g + out[best]["ms"] / 1e3),
+            "assign_ceiling_samples_per_s": batch / (g + out["scatter (assign)"]["ms"] / 1e3)}
+
+
+# ---------------------------------------------------------------- 8: GPU
+def gpu_forward_backward(cfg: Config, batches: list, pulls: list, reps: int,
+                         device: str = "cuda") -> float:
+    """µs/sample of forward_backward on ``device``: each batch packed into one pinned host
+    buffer, one host-to-device copy, gradients copied back."""
+    dev = torch.device(device)
+    pin = dev.type == "cuda"
+    spec = Worker(cfg).spec
+    packs = [[np.ascontiguousarray(a) for a in (b.occ_sample, b.occ_uniq, b.occ_value,
+                                                 b.labels, p.w, p.level, *p.tables)]
+             for b, p in zip(batches, pulls)]
+    cap = max(sum(-(-a.nbytes // 64) * 64 for a in arrs) for arrs in packs)
+    host = torch.empty(cap, dtype=torch.uint8, pin_memory=pin)
+    hnp = host.numpy()
+    tdt = {np.dtype(np.int64): torch.int64, np.dtype(np.float32): torch.float32,
+           np.dtype(np.int8): torch.int8}
+
+    def run() -> None:
+        for arrs in packs:
+            off, spans = 0, []
+            for a in arrs:
+                hnp[off: off + a.nbytes] = a.reshape(-1).view(np.uint8)
+                spans.append((off, a))
+                off += -(-a.nbytes // 64) * 64
+            d = host[:off].to(dev, non_blocking=True)
+            t = [d[o: o + a.nbytes].view(tdt[a.dtype]).view(a.shape) for o, a in spans]
+            x = FamilyInputs(t[0], t[1], t[2], t[3], None, t[4], t[5].to(torch.int64), t[6:])
+            out = forward_backward(spec, x)
+            out.grad_w.cpu()
+            [g.cpu() for g in out.grad_tables]
+        if pin:
+            torch.cuda.synchronize()
+
+    run()  # warm up
+    t, _, _ = _timed(run, reps)
+    return t * 1e6 / sum(b.size for b in batches)
+
+
+# ---------------------------------------------------------------- 7: targets
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets with the measured values."""
+    e2e, st, mem, tab = res["end_to_end"], res["stages"]["models"], res["memory"], res["table"]
+    out = []
+
+    def add(name: str, value: str, ok: bool | None) -> None:
+        out.append({"target": name, "measured": value,
+                    "result": "n/a" if ok is None else ("PASS" if ok else "FAIL")})
+
+    for name, goal in ((FM, 300_000), ("LR", 550_000)):
+        v = e2e[name]["ray_2x2"]
+        add(f"{name} end to end >= {goal:,} samples/s (Ray 2+2)", f"{v:,.0f}", v >= goal)
+    r, f = e2e[RAFM], e2e[FM]
+    add("RaFM >= FM(8) samples/s with fewer bytes/sample (Ray 2+2)",
+        f"{r['ray_2x2']:,.0f} vs {f['ray_2x2']:,.0f} samples/s; "
+        f"{r['ray_2x2_bytes_per_sample']:,.0f} vs {f['ray_2x2_bytes_per_sample']:,.0f} B",
+        r["ray_2x2"] >= f["ray_2x2"]
+        and r["ray_2x2_bytes_per_sample"] < f["ray_2x2_bytes_per_sample"])
+    for name in MODELS:
+        v = st[name]["bytes_per_sample"]["ratio"]
+        add(f"{name} bytes pulled+pushed <= 1.3x active-factor minimum", f"{v:.3f}x", v <= 1.3)
+    for name in MODELS:
+        v = mem[name]["ps_over_raw"]
+        add(f"{name} PS memory <= 1.5x raw bytes", f"{v:.3f}x", v <= 1.5)
+    v = mem["rafm_over_fm"]
+    add("RaFM PS memory <= 40% of FM(8)'s", f"{100 * v:.1f}%", v <= 0.4)
+    pts = tab["points"]
+    if len(pts) >= 2:
+        largest = pts[-1]["keys"]
+        note = "" if largest >= 50_000_000 else f" (largest that fit: {largest:,} keys)"
+        add("FM(8) pull+push throughput falls <= 20% from 1M to 50M keys",
+            f"{100 * tab['drop']:.1f}% drop{note}",
+            tab["drop"] <= 0.2 if largest >= 50_000_000 else None)
+    else:
+        add("FM(8) pull+push throughput falls <= 20% from 1M to 50M keys",
+            "only one table size measured", None)
+    return out
+
+
+# ---------------------------------------------------------------- driver and markdown
+def run_bench(sz: Sizes, data_dir: str | None = None, command: str = "") -> dict[str, Any]:
+    """Every section; returns the JSON-ready results."""
+    torch.set_num_threads(1)
+    res: dict[str, Any] = {"machine": machine_info(), "command": command, "sizes": asdict(sz),
+                           "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
+        root = os.path.join(tmp, "data")
+        _say(f"generating {sz.rows:,} + {sz.test_rows:,} rows")
+        make_data(root, sz)
+        res["gen_seconds"] = time.perf_counter() - t0
+        st = stage_costs(root, sz)
+        batches = st.pop("batches_obj")
+        _say("bandwidth ceiling")
+        res["bandwidth"] = bandwidth_ceiling(st["occurrences_per_sample"])
+        if torch.cuda.is_available():
+            _say("GPU forward/backward")
+            res["gpu"] = {n: gpu_forward_backward(_config(root, n), batches,
+                                                  st["models"][n]["_keep"]["pulls"], sz.reps)
+                          for n in MODELS}
+        for m in st["models"].values():
+            keep = m.pop("_keep")
+            m["fb_runs_s"], m["pull_runs_s"] = keep["fb_runs_s"], keep["pull_runs_s"]
+        res["stages"] = st
+        gc.collect()
+        res["table"] = table_scaling(batches, sz, root)
+        del batches
+        gc.collect()
+        res["batch_scaling"] = batch_scaling(root, sz)
+        res["end_to_end"] = end_to_end(root)
+    res["memory"] = ps_memory(res["end_to_end"])
+    res["targets"] = targets(res)
+    res["machine"]["load_end"] = list(os.getloadavg())
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    """BENCHMARKS.md from the results (never written by hand)."""
+    m, sz, st = res["machine"], res["sizes"], res["stages"]
+    names = list(MODELS)
+    ls, le = m["load_start"], m["load_end"]
+    busy = ls[0] > 0.25 * (m["cpus"] or 1)
+    md = ["# psfm benchmarks\n",
+          "Written by `psfm bench` (`psfm/bench.py`); do not edit by hand.\n",
+          f"- machine: {m['cpus']} CPUs, {m['processor']}, {m['memory_gb']:.1f} GB available; "
+          f"{m['platform']}",
+          f"- versions: Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, "
+          f"pyarrow {m['pyarrow']}, ray {m['ray']}",
+          f"- load average (1/5/15 min): start {ls[0]:.2f} / {ls[1]:.2f} / {ls[2]:.2f}, end "
+          f"{le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}" + (
+              " — **the machine was busy when the run started; numbers are pessimistic**"
+              if busy else " (quiet at the start)"),
+          f"- command: `{res['command']}`; date {res['date']}; {res['seconds']:.0f} s in all",
+          f"- data: `GenSpec()` (13 numeric + 26 categorical fields, Zipf values), "
+          f"{sz['rows']:,} training rows (day 1), {sz['test_rows']:,} test rows; batch 4096; "
+          f"{st['occurrences_per_sample']:.1f} keys per sample, "
+          f"{st['unique_per_batch']:,.0f} unique keys per batch\n"]
+    us = {n: st["models"][n]["us_per_sample"] for n in names}
+    rows = [[s] + [f"{us[n][s]:.3f}" for n in names] for s in STAGES]
+    core = STAGES[:6]
+    rows.append(["**sum of stages 1-6**"] + [f"**{sum(us[n][s] for s in core):.3f}**"
+                                             for n in names])
+    rows.append(["implied samples/s, one core"] + [f"{1e6 / sum(us[n][s] for s in core):,.0f}"
+                                                   for n in names])
+    md += [f"## 1. Stage costs (µs/sample, median of {st['reps']} runs over {st['rows']:,} "
+           f"rows in {st['batches']} batches)\n",
+           "One in-process shard (static levels from the statistics pass), pre-built batches, "
+           "torch CPU with 1 thread. *read -> keys* is read_unit + build_batch minus "
+           "*unique/inverse*; *routing* is route + merge_pulls + split_push for 2 shards; "
+           "*pull* and *push* are `ParameterShard.pull(create=True)` / `.push`. The pickle "
+           "rows (protocol 5, dumps + loads) are a proxy for crossing actors and are not in "
+           "the sum.\n", _table(["stage"] + names, rows)]
+    e = res["end_to_end"]
+    rows = [[n, f"{e[n]['local']:,.0f}", f"{e[n]['ray_1x1']:,.0f}", f"{e[n]['ray_2x2']:,.0f}",
+             f"{e[n]['ray_2x2_bytes_per_sample']:,.0f}", f"{e[n]['test_auc']:.4f}"]
+            for n in names]
+    md += ["## 2. End-to-end training (samples/s of the training day)\n",
+           f"`report['train']['samples_per_s']` over day 1 ({sz['rows']:,} rows) streamed from "
+           "Parquet; default config (async, batch 4096, pipeline overlap); the statistics "
+           "pass and the test day are not in the figure. Ray: one local Ray, "
+           "`ray.init(num_cpus=4)`, reused.\n",
+           _table(["model", "in-process, 1 shard", "Ray 1 shard + 1 worker",
+                   "Ray 2 shards + 2 workers", "Ray 2+2 bytes/sample", "test AUC (in-process)"],
+                  rows)]
+    rows = []
+    for n in names:
+        b = st["models"][n]["bytes_per_sample"]
+        rows.append([n, f"{b['pulled']:,.1f}", f"{b['min_pulled']:,.1f}",
+                     f"{b['pulled'] / b['min_pulled']:.3f}", f"{b['pushed']:,.1f}",
+                     f"{b['min_pushed']:,.1f}", f"{b['pushed'] / b['min_pushed']:.3f}",
+                     f"**{b['ratio']:.3f}**", f"{b['pulled'] / b['min_pulled_no_w']:.3f}"])
+    md += ["## 3. Bytes per sample (LocalClient counters, batch 4096)\n",
+           "Minimum per batch, pulled: 8 B per unique key + 4 B for its linear weight + "
+           "4 B × D_p for each stored row at level p; pushed: the same plus a 4-B count. The "
+           "last column leaves the linear weight out of the minimum (keys + factors only).\n",
+           _table(["model", "pulled", "min", "ratio", "pushed", "min", "ratio",
+                   "total ratio", "pull ratio, min without w"], rows)]
+    mem = res["memory"]
+    rows = [[n, f"{mem[n]['keys']:,}", f"{mem[n]['ps_per_key']:.1f}",
+             f"{mem[n]['raw_per_key']:.1f}", f"{mem[n]['ps_over_raw']:.3f}",
+             f"{mem[n]['state_per_key']:.1f}", f"{mem[n]['alphafm_per_key']:.1f}",
+             f"{mem[n]['ps_per_key'] / mem[n]['alphafm_per_key']:.3f}",
+             f"{mem[n]['ps_bytes'] / 1e6:,.1f}"] for n in names]
+    md += ["## 4. Parameter-server bytes per stored key (after the in-process day)\n",
+           "*raw* is `ShardStats.raw_bytes` (key, per-key state, row indices, FTRL z and n "
+           "of every factor row); *state* is key + (z, n) per parameter only; alphaFM stores "
+           "8·(3 + 3k) bytes per feature, k = the model's factor coordinates per key "
+           f"(RaFM: its own use). RaFM / FM(8) PS memory: **{100 * mem['rafm_over_fm']:.1f}%**."
+           "\n", _table(["model", "keys", "PS B/key", "raw B/key", "PS/raw", "state B/key",
+                         "alphaFM B/key", "PS/alphaFM", "PS MB"], rows)]
+    bs = res["batch_scaling"]
+    rows = [[k] + [f"{bs[n][k]:,.0f}" for n in names] for k in bs[names[0]]]
+    md += ["## 5. Scaling\n", f"In-process training step (pull + forward/backward + push, "
+           f"1 shard, 1 thread), samples/s over {sz['scale_rows']:,} rows, median of "
+           f"{sz['scale_reps']}:\n", _table(["batch size"] + names, rows)]
+    tab = res["table"]
+    p0 = tab["points"][0]["samples_per_s"] if tab["points"] else 1.0
+    rows = [[f"{p['keys']:,}", f"{p['ps_gb']:.2f}", f"{p['rss_gb']:.2f}", f"{p['fill_s']:.0f}",
+             f"{p['pull_us']:.3f}", f"{p['push_us']:.3f}", f"{p['samples_per_s']:,.0f}",
+             f"{p['samples_per_s'] / p0:.3f}"] for p in tab["points"]]
+    md += [f"{tab['model']} pull + push of {tab['rows']:,} rows of real batches while the "
+           "shard holds N keys (random keys pre-filled with `pull(create=True)` in 1M-key "
+           f"chunks), median of {sz['reps']}:\n",
+           _table(["keys stored", "PS GB", "process RSS GB", "fill s", "pull µs/sample",
+                   "push µs/sample", "samples/s", "vs first"], rows)]
+    for s in tab["skipped"]:
+        md.append(f"- {s['keys']:,} keys did not fit: about {s['need_gb']:.1f} GB more needed, "
+                  f"{s['available_gb']:.1f} GB available.")
+    if tab["drop"] is not None and len(tab["points"]) > 1:
+        md.append(f"- throughput drop from {tab['points'][0]['keys']:,} to "
+                  f"{tab['points'][-1]['keys']:,} keys: **{100 * tab['drop']:.1f}%**")
+    bw = res["bandwidth"]
+    fm_e2e = res["end_to_end"][FM]["ray_2x2"]
+    md += ["\n## 6. Memory-bandwidth ceiling (one thread)\n",
+           f"float32 rows of {bw['dim']} over {bw['occurrences']:,} random indices "
+           f"({st['occurrences_per_sample']:.1f} keys/sample × batch {bw['batch']}) into a "
+           f"{bw['table_rows']:,}-row table; GB/s counts payload bytes (rows read and written, "
+           "8-B indices).\n",
+           _table(["operation", "ms per batch", "GB/s"],
+                  [[f"`{k}`", f"{v['ms']:.2f}", f"{v['gbs']:.2f}"] for k, v in bw["ops"].items()]
+                  + [["sequential copy (128 MB)", "", f"{bw['copy_gbs']:.2f}"]]),
+           f"Ceiling for FM(8) (one gather + one `{bw['best_scatter_add']}` per batch, one "
+           f"core): **{bw['ceiling_samples_per_s']:,.0f} samples/s** (with a plain scatter "
+           f"instead of the scatter-add: {bw['assign_ceiling_samples_per_s']:,.0f}); the Ray 2+2 "
+           f"end-to-end FM(8) figure ({fm_e2e:,.0f}) is "
+           f"**{100 * fm_e2e / bw['ceiling_samples_per_s']:.1f}%** of it.\n"]
+    md.append("## 7. GPU\n")
+    if "gpu" in res:
+        rows = [[n, f"{res['gpu'][n]:.3f}", f"{us[n]['forward/backward']:.3f}"] for n in names]
+        md += [f"{m['cuda']}: forward/backward with one pinned host buffer and one "
+               "host-to-device copy per batch, gradients copied back (µs/sample):\n",
+               _table(["model", "CUDA", "CPU, 1 thread"], rows)]
+    else:
+        md.append("No GPU: torch sees no CUDA device on this machine.\n")
+    md += ["## Targets\n", _table(["target", "measured", "result"],
+                                  [[t["target"], t["measured"], f"**{t['result']}**"]
+                                   for t in res["targets"]])]
+    return "\n".join(md)
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="~300k rows, fewer repetitions, table sizes up to 1M keys")
+    p.add_argument("--rows", type=int, help="training rows (default 2,000,000; quick 300,000)")
+    p.add_argument("--out-md", default="BENCHMARKS.md", help="markdown report")
+    p.add_argument("--out-json", default="bench.json", help="the same numbers as JSON")
+    p.add_argument("--data-dir", help="where the temporary data goes (default: system temp)")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    command = shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
+    res = run_bench(sizes(args.quick, args.rows), args.data_dir, command)
+    md = render_markdown(res)
+    for out in (args.out_md, args.out_json):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out_md).write_text(md)
+    Path(args.out_json).write_text(json.dumps(
+        res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+    print(md)
+    _say(f"wrote {args.out_md} and {args.out_json}")
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``bench`` on an ``argparse`` subparsers object; ``func(args)`` returns 0."""
+    p = subparsers.add_parser("bench", help="run the benchmark suite, write BENCHMARKS.md",
+                              description=__doc__.splitlines()[0])
+    _options(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tools/bench.py [--quick] ...``."""
+    ap = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    _options(ap)
+    return _cmd_bench(ap.parse_args(argv))
