@@ -133,7 +133,7 @@ class ParameterShard:
         self.count = np.zeros(0, np.float32)
         self.level = np.zeros(0, np.int8)
         self.last_day = np.zeros(0, np.int32)
-        self.row = [np.zeros(0, np.int64) for _ in range(self.m)]
+        self.row = [np.zeros(0, np.int32) for _ in range(self.m)]
         self.fac = [_Rows(d) for d in self.ranks]
         self.day = 0
         self.sketch: CountMinSketch | None = None
@@ -416,8 +416,23 @@ class ParameterShard:
             keep |= self.table.keys == BIAS_KEY
             evicted = self._retain(keep)
         self._compact_rows()
+        self._trim()
         self.day = day
         return {"evicted": evicted, "keys": len(self.table)}
+
+    def _trim(self, slack: float = 1.125) -> None:
+        """Give back growth slack at day end: capacity ~ ``slack`` x what is stored."""
+        n = len(self.table)
+        cap = max(1024, int(n * slack))
+        if self._cap > cap * 1.05:
+            for name in self._PER_KEY:
+                setattr(self, name, getattr(self, name)[:cap].copy())
+            self.row = [r[:cap].copy() for r in self.row]
+            self._cap = cap
+        for f in self.fac:
+            rcap = max(16, int(f.n * slack))
+            if f.s.shape[0] > rcap * 1.05:
+                f.s = f.s[:rcap].copy()
 
     def _retain(self, keep: np.ndarray) -> int:
         """Keep the keys where ``keep``; returns how many were dropped."""
@@ -482,7 +497,7 @@ class ParameterShard:
         self._cap = 0
         for name in self._PER_KEY:
             setattr(self, name, np.zeros(0, dtype=getattr(self, name).dtype))
-        self.row = [np.zeros(0, np.int64) for _ in range(self.m)]
+        self.row = [np.zeros(0, np.int32) for _ in range(self.m)]
         self._ensure_capacity(max(n, 1))
         for name in self._PER_KEY:
             getattr(self, name)[:n] = state[name]
@@ -511,8 +526,9 @@ class ParameterShard:
         ps_bytes = self.table.nbytes + sum(getattr(self, k).nbytes for k in self._PER_KEY)
         ps_bytes += sum(r.nbytes for r in self.row) + sum(f.s.nbytes for f in self.fac)
         ps_bytes += self.sketch.nbytes if self.sketch is not None else 0
-        per_key = 8 + sum(np.dtype(getattr(self, k).dtype).itemsize for k in self._PER_KEY)
-        raw = n * (per_key + 8 * self.m) + sum(f.n * f.dim * 8 for f in self.fac)
+        # Raw = what the model needs at least: every key (8 B) and the FTRL state (z, n) of
+        # every stored coordinate (2 x 4 B), linear and factor.
+        raw = n * (8 + 8) + sum(f.n * f.dim * 8 for f in self.fac)
         return ShardStats(n, nz_w, [int(f.n) for f in self.fac], nz_f, int(ps_bytes), int(raw))
 
     def weights(self) -> dict[str, np.ndarray]:
