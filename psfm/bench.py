@@ -591,8 +591,10 @@ def render_markdown(res: dict[str, Any]) -> str:
              f"{mem[n]['ps_per_key'] / mem[n]['alphafm_per_key']:.3f}",
              f"{mem[n]['ps_bytes'] / 1e6:,.1f}"] for n in names]
     md += ["## 4. Parameter-server bytes per stored key (after the in-process day)\n",
-           "*raw* is `ShardStats.raw_bytes` (key, per-key state, row indices, FTRL z and n "
-           "of every factor row); *state* is key + (z, n) per parameter only; alphaFM stores "
+           "*raw* is `ShardStats.raw_bytes`: every key (8 B) and the FTRL state (z, n) of "
+           "every stored coordinate, linear and factor; *state* is the same computed here from "
+           "the model's shape (they agree); *PS* adds the key index, counts, levels, last-seen "
+           "days, row indices and growth slack; alphaFM stores "
            "8·(3 + 3k) bytes per feature, k = the model's factor coordinates per key "
            f"(RaFM: its own use). RaFM / FM(8) PS memory: **{100 * mem['rafm_over_fm']:.1f}%**."
            "\n", _table(["model", "keys", "PS B/key", "raw B/key", "PS/raw", "state B/key",
