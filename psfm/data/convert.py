@@ -945,7 +945,7 @@ def convert_libfm(
     """libFM/libSVM text -> the pre-hashed layout: ``train`` -> ``day=1``, ``valid`` ->
     ``day=2``, ``test`` -> the last day (``day=3``, or ``day=2`` without ``valid``).
 
-    Train on it with ``data.layout = "hashed"``. Returns the summary (see
+    Training detects this layout from the list-typed ``keys`` column. Returns the summary (see
     :func:`convert_criteo`) with ``day_of_input``.
     """
     opts = _options("convert_libfm", bad_rows, row_group_rows, rows_per_file, use_threads,
