@@ -81,8 +81,9 @@ class Worker:
         schema = self.schema_of(unit.file)
         d = self.cfg.data
         where = f"File '{unit.file}'"
-        starts = np.asarray(row_group_starts(open_parquet(unit.file)))
-        for table, cursor, first in read_unit(unit, self.batch_rows, schema.columns, start):
+        pf = open_parquet(unit.file)
+        starts = np.asarray(row_group_starts(pf))
+        for table, cursor, first in read_unit(unit, self.batch_rows, schema.columns, start, pf):
             if parts > 1:
                 lo = table.num_rows * part // parts
                 hi = table.num_rows * (part + 1) // parts

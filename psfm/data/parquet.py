@@ -192,14 +192,15 @@ def read_unit(
     batch_size: int,
     columns: Sequence[str] | None = None,
     start: Cursor | None = None,
+    pf: pq.ParquetFile | None = None,
 ) -> Iterator[tuple[pa.Table, Cursor, int]]:
     """Yield ``(table, cursor, first_row)`` batches of ``batch_size`` rows over a unit.
 
     Batches span row-group boundaries (leftovers carry over), so only the unit's last batch is
     short. ``cursor`` names the next unread row; ``first_row`` is the file row of the batch's
-    first row (for error messages). ``start`` resumes from a cursor.
+    first row (for error messages). ``start`` resumes from a cursor; ``pf`` reuses an open file.
     """
-    pf = open_parquet(unit.file)
+    pf = pf or open_parquet(unit.file)
     rg_first = row_group_starts(pf)
     rg0, off0 = (start.row_group, start.offset) if start else (unit.rg_start, 0)
     pending: list[pa.Table] = []
