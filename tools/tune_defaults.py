@@ -63,7 +63,8 @@ def main() -> None:
             print(json.dumps({"params": row["params"], "mean_logloss": row["mean_logloss"],
                               "mean_auc": row["mean_auc"]}), flush=True)
     results.sort(key=lambda r: r["mean_logloss"])
-    Path(args.out).write_text(json.dumps({"args": vars(args), "grid": GRID,
+    recorded = {**vars(args), "out": Path(args.out).name}  # no machine paths in the record
+    Path(args.out).write_text(json.dumps({"args": recorded, "grid": GRID,
                                           "ranked": results}, indent=1))
     print("\nbest settings (mean holdout logloss over small/criteo_like x fm8/rafm1248):")
     for r in results[:5]:
