@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psfm.checkpoint import latest_checkpoint, load_checkpoint, resolve
-from psfm.config import Config, DataConfig, to_dict
+from psfm.config import Config, DataConfig, config_from_dict, to_dict
 from psfm.data.batch import Batch, build_batch, resolve_schema
 from psfm.data.parquet import list_days, open_parquet, read_unit, row_group_starts, work_units
 from psfm.errors import CheckpointError, DataError
@@ -65,8 +65,6 @@ def restore_model(run_dir: str) -> tuple[Config, dict[str, np.ndarray], dict[str
     if ckpt is None:
         raise CheckpointError(f"Run directory '{run_dir}' has no complete checkpoint.")
     states, manifest = load_checkpoint(ckpt)
-    from psfm.config import config_from_dict
-
     cfg = config_from_dict(manifest["config"])
     parts = []
     for i, st in enumerate(states):

@@ -15,8 +15,7 @@ from psfm.checkpoint import load_checkpoint
 from psfm.config import load_config
 from psfm.data.gen import GenSpec, generate
 from psfm.errors import DataError
-from psfm.export import gather_model
-from psfm.ps.shard import ParameterShard
+from psfm.export import restore_model
 
 CONV_SPEC = GenSpec(n_numeric=1, n_categorical=6, vocab_sizes=(20, 50, 100, 200, 300, 500),
                     interaction_scale=1.5, tier_counts=(100, 40, 15, 5))
@@ -45,18 +44,8 @@ def _train(root, *sets, run_dir=None, resume=False):
     return train_local(cfg, resume=resume)
 
 
-def _final_model(run_dir, kind, ranks, shards):
-    from psfm.trainer import load_run_config
-
-    cfg = load_run_config(run_dir)
-    ckpts = sorted((run_dir / "checkpoints").iterdir())
-    states, _ = load_checkpoint(ckpts[-1])
-    parts = []
-    for i, st in enumerate(states):
-        s = ParameterShard(cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, shards)
-        s.restore(st)
-        parts.append(s.weights())
-    return gather_model(parts)
+def _final_model(run_dir):
+    return restore_model(str(run_dir))[1]
 
 
 def test_fm_gets_within_0_01_of_the_bayes_auc_and_lr_is_worse(conv_data):
@@ -78,7 +67,7 @@ def test_one_and_four_shards_train_bitwise_identical_models(small_data, tmp_path
     for shards in (1, 4):
         run = tmp_path / f"run{shards}"
         _train(small_data, f'model.kind="{kind}"', f"ps.shards={shards}", run_dir=run)
-        models.append(_final_model(run, kind, None, shards))
+        models.append(_final_model(run))
     a, b = models
     assert a.keys() == b.keys() and a["keys"].size > 1000
     for k in a:
@@ -133,7 +122,7 @@ def test_resume_after_a_crash_gives_the_same_model(small_data, tmp_path):
     (crashed / "report.json").unlink()
     rep = _train(small_data, *sets, run_dir=crashed, resume=True)
     assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2", "3"]
-    a, b = _final_model(full, "rafm", None, 2), _final_model(crashed, "rafm", None, 2)
+    a, b = _final_model(full), _final_model(crashed)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     assert rep["test"]["auc"] == json.loads((full / "report.json").read_text())["test"]["auc"]
