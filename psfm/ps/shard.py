@@ -245,12 +245,13 @@ class ParameterShard:
         return {"keys": n, "not_admitted": dropped}
 
     # ------------------------------------------------------------------ pull / push
-    def _weights(self, slots: np.ndarray, present: np.ndarray) -> np.ndarray:
+    def _weights(self, slots: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Linear weights of ``keys`` at ``slots`` (0 where a slot is -1)."""
+        present = slots >= 0
         w = np.zeros(slots.size, dtype=np.float32)
         s = slots[present]
         w[present] = ftrl_weight(self.z_w[s], self.n_w[s], self.ftrl.linear)
-        bias = present.copy()
-        bias[present] = self.table.keys[s] == BIAS_KEY
+        bias = present & (keys == BIAS_KEY)
         if bias.any():
             sb = slots[bias]
             w[bias] = ftrl_weight(self.z_w[sb], self.n_w[sb], self._bias_params)
@@ -279,7 +280,7 @@ class ParameterShard:
             r = self.row[p - 1][slots[member]]
             st = self.fac[p - 1].s[r]  # (rows, 2, D): one gather
             tables.append(ftrl_weight(st[:, 0], st[:, 1], self.ftrl.factor))
-        out = PullResult(self._weights(slots, present), lev, tables)
+        out = PullResult(self._weights(slots, keys), lev, tables)
         self.bytes_out += out.nbytes
         self.bytes_in += keys.nbytes
         return out
@@ -301,7 +302,7 @@ class ParameterShard:
         present = slots >= 0
         s = slots[present]
         if s.size:
-            self._update_linear(s, grad_w[present])
+            self._update_linear(s, grad_w[present], keys[present])
             self._update_factors(slots, level, grad_tables)
             self.count[s] += counts[present]
             self.last_day[s] = self.day
@@ -359,8 +360,8 @@ class ParameterShard:
         """Write this shard's checkpoint file; returns its size and SHA-256."""
         return write_shard_state(path, self.snapshot())
 
-    def _update_linear(self, s: np.ndarray, g: np.ndarray) -> None:
-        bias = self.table.keys[s] == BIAS_KEY
+    def _update_linear(self, s: np.ndarray, g: np.ndarray, keys: np.ndarray) -> None:
+        bias = keys == BIAS_KEY
         if bias.any():  # the bias is an ordinary key, but not regularised
             sb = s[bias]
             self.z_w[sb], self.n_w[sb] = ftrl_update(
@@ -516,7 +517,7 @@ class ParameterShard:
         """Model size: keys, non-zero weights, factor rows per level, bytes."""
         n = len(self.table)
         s = np.arange(n)
-        nz_w = int(np.count_nonzero(self._weights(s, np.ones(n, dtype=bool))))
+        nz_w = int(np.count_nonzero(self._weights(s, self.table.keys)))
         nz_f = 0
         for f in self.fac:
             for lo in range(0, f.n, 1 << 20):
@@ -536,7 +537,7 @@ class ParameterShard:
         of level p for the keys in ``rows{p}`` (indices into ``keys``). For export."""
         n = len(self.table)
         s = np.arange(n)
-        out = {"keys": self.table.keys.copy(), "w": self._weights(s, np.ones(n, dtype=bool)),
+        out = {"keys": self.table.keys.copy(), "w": self._weights(s, self.table.keys),
                "level": self.level[:n].copy()}
         for p, f in enumerate(self.fac, start=1):
             r = self.row[p - 1][:n]
