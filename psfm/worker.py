@@ -107,6 +107,10 @@ class Worker:
             w=t(pulled.w),
             level=t(pulled.level.astype(np.int64)),
             tables=[t(x) for x in pulled.tables],
+            sample_offsets=t(batch.sample_offsets),
+            occ_order=t(batch.occ_order),
+            uniq_offsets=t(batch.uniq_offsets),
+            unit_values=batch.unit_values,
         )
 
     def _inputs_and_run(self, batch: Batch, pulled, client, train: bool):

@@ -9,10 +9,12 @@ order). Column 0 is the bias key, present in every row. Worked example (2 rows, 
              [bias, -,       k(I1,b(1))]]               [T, F, T]]
     occurrences (row-major over the mask): sample = [0, 0, 0, 1, 1]
     uniq = sorted distinct keys; occ_uniq[i] = index of occurrence i's key in uniq;
-    counts[u] = occurrences of uniq[u] in the batch.
+    counts[u] = occurrences of uniq[u] in the batch; occ_order = the occurrences grouped by
+    key (stable), uniq_offsets[u] = where key u's group starts in it;
+    sample_offsets[b] = where row b's occurrences start.
 
-The model reads only ``occ_sample``, ``occ_uniq``, ``occ_value`` and ``labels``; ``uniq`` and
-``counts`` are what is pulled and pushed.
+The model reads the occurrence arrays, their groupings and ``labels``; ``uniq`` and ``counts``
+are what is pulled and pushed.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class Batch:
     uniq: np.ndarray  # (U,) uint64, sorted
     occ_uniq: np.ndarray  # (N,) int64 into uniq
     counts: np.ndarray  # (U,) float32 occurrences per unique key
+    sample_offsets: np.ndarray  # (B,) int64 first occurrence of every row
+    occ_order: np.ndarray  # (N,) int64 occurrences grouped by key (a stable argsort of keys)
+    uniq_offsets: np.ndarray  # (U,) int64 first position of every key in occ_order
+    unit_values: bool  # every occ_value is 1
     skipped: int = 0  # rows dropped under bad_rows = "skip"
     meta: dict = field(default_factory=dict)
 
@@ -153,26 +159,28 @@ _TOP = np.uint64(1 << 63)
 
 def unique_inverse_counts(
     x: np.ndarray, use_torch: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(x, return_inverse=True, return_counts=True)`` for a 1-D uint64 key array.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(x, return_inverse=True, return_counts=True)`` for a 1-D uint64 key array,
+    plus ``order``: a stable argsort of ``x``, i.e. the positions of ``x`` grouped by key (the
+    model sums every key's occurrences along it).
 
-    With torch available (``use_torch``) its CPU sort does it about 3x faster than numpy
-    (flipping the top bit makes signed int64 order equal uint64 order); otherwise one stable
-    argsort (numpy 2's ``np.unique`` of uint64 is slower still)."""
+    One stable sort does it all. With torch available (``use_torch``) its CPU sort is about
+    3x faster than numpy's (flipping the top bit makes signed int64 order equal uint64 order)."""
     if x.size == 0:
-        return x.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        e = np.zeros(0, np.int64)
+        return x.copy(), e, e.copy(), e.copy()
+    torch = None
     if use_torch:
         try:
             import torch
         except ImportError:
             torch = None
-        if torch is not None:
-            signed = torch.from_numpy((x ^ _TOP).view(np.int64))
-            u, inv, cnt = torch.unique(signed, sorted=True, return_inverse=True,
-                                       return_counts=True)
-            return u.numpy().view(np.uint64) ^ _TOP, inv.numpy(), cnt.numpy()
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
+    if torch is not None:
+        xs_t, order_t = torch.sort(torch.from_numpy((x ^ _TOP).view(np.int64)), stable=True)
+        xs, order = xs_t.numpy().view(np.uint64), order_t.numpy()
+    else:
+        order = np.argsort(x, kind="stable")
+        xs = x[order] ^ _TOP
     first = np.empty(xs.size, dtype=bool)
     first[0] = True
     np.not_equal(xs[1:], xs[:-1], out=first[1:])
@@ -180,7 +188,7 @@ def unique_inverse_counts(
     inverse[order] = np.cumsum(first) - 1
     starts = np.flatnonzero(first)
     counts = np.diff(np.append(starts, xs.size))
-    return xs[starts], inverse, counts
+    return xs[starts] ^ _TOP, inverse, counts, order
 
 
 def log_bucket(x: np.ndarray) -> np.ndarray:
@@ -263,17 +271,23 @@ def build_batch(
         weights = weights[keep] if weights is not None else None
     occ_sample, occ_field = np.nonzero(mask)
     flat = keys[occ_sample, occ_field]
-    uniq, occ_uniq, counts = unique_inverse_counts(flat, use_torch)
+    uniq, occ_uniq, counts, order = unique_inverse_counts(flat, use_torch)
+    per_row = np.count_nonzero(mask, axis=1)
+    occ_value = values[occ_sample, occ_field]
     return Batch(
         keys=keys,
         mask=mask,
         labels=labels.astype(np.float32),
         weights=None if weights is None else weights.astype(np.float32),
         occ_sample=occ_sample.astype(np.int64),
-        occ_value=values[occ_sample, occ_field],
+        occ_value=occ_value,
         uniq=uniq,
         occ_uniq=occ_uniq.astype(np.int64).reshape(-1),
         counts=counts.astype(np.float32),
+        sample_offsets=np.cumsum(per_row) - per_row,
+        occ_order=order.astype(np.int64, copy=False),
+        uniq_offsets=np.cumsum(counts) - counts,
+        unit_values=bool(np.all(occ_value == 1)),
         skipped=skipped,
     )
 

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["FamilySpec", "FamilyInputs", "FamilyOutput", "forward_backward", "level_views"]
 
@@ -58,7 +59,8 @@ class FamilySpec:
 class FamilyInputs:
     """One batch as tensors (all on one device).
 
-    occ_sample, occ_uniq: (N,) int64; occ_value: (N,) float32; labels: (B,) float32;
+    occ_sample, occ_uniq: (N,) int64, occurrences in sample order (occ_sample non-decreasing);
+    occ_value: (N,) float32; labels: (B,) float32;
     weights: (B,) float32 or None; w: (U,) float32; level: (U,) int64;
     tables[p-1]: (n_p, D_p) float32, the stored rows of level p (see module docstring).
     """
@@ -71,6 +73,10 @@ class FamilyInputs:
     w: torch.Tensor
     level: torch.Tensor
     tables: Sequence[torch.Tensor]
+    sample_offsets: torch.Tensor | None = None  # (B,) first occurrence of every sample
+    occ_order: torch.Tensor | None = None  # (N,) occurrences grouped by key (stable)
+    uniq_offsets: torch.Tensor | None = None  # (U,) first position of every key in occ_order
+    unit_values: bool = False  # every occ_value is 1 (skip the multiplications)
 
 
 @dataclass
@@ -125,47 +131,69 @@ def _fold_tied_grads(
     return out
 
 
+def _bag(table: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor,
+         weights: torch.Tensor | None) -> torch.Tensor:
+    """Per-bag sums ``out[b] = sum_{i in bag b} weights[i] * table[idx[i]]``: one fused gather
+    and reduce (``embedding_bag``), several times faster on CPU than a gather followed by a
+    scatter-add."""
+    return F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=weights)
+
+
+def _groups(x: FamilyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bag offsets of the samples, and the occurrences grouped by key with its offsets
+    (taken from the inputs when the batch builder has them, computed otherwise)."""
+    n_rows, n_keys = x.labels.shape[0], x.w.shape[0]
+    so, order, uo = x.sample_offsets, x.occ_order, x.uniq_offsets
+    if so is None:
+        cnt = torch.bincount(x.occ_sample, minlength=n_rows)
+        so = torch.cumsum(cnt, 0) - cnt
+    if order is None:
+        order = torch.argsort(x.occ_uniq, stable=True)
+    if uo is None:
+        cnt = torch.bincount(x.occ_uniq, minlength=n_keys)
+        uo = torch.cumsum(cnt, 0) - cnt
+    return so, order, uo
+
+
 def forward_backward(
     spec: FamilySpec, x: FamilyInputs, compute_grad: bool = True
 ) -> FamilyOutput:
-    """Predict a batch and, if asked, the summed gradients of every pulled parameter."""
+    """Predict a batch and, if asked, the summed gradients of every pulled parameter.
+
+    Every per-sample sum is a bag over the sample's occurrences (they are in sample order) and
+    every per-key sum a bag over the key's occurrences (``occ_order`` groups them), with the
+    per-sample factors folded into the bagged rows: for a free key at level p
+    ``sum_occ g x (S_p^(p) - v x) = bag(g S_p^(p)) - v bag(g x^2)``."""
     n_rows = x.labels.shape[0]
-    dev, dt = x.labels.device, x.labels.dtype
-    lin = torch.zeros(n_rows, device=dev, dtype=dt)
-    lin.index_add_(0, x.occ_sample, x.w[x.occ_uniq] * x.occ_value)  # (B,)
-    occ_level = x.level[x.occ_uniq]  # (N,)
+    dt = x.labels.dtype
+    so, order, uo = _groups(x)
+    xv = None if x.unit_values else x.occ_value
+    xsq = None if xv is None else xv * xv
+    lin = _bag(x.w[:, None], x.occ_uniq, so, xv)[:, 0]  # (B,)
     views = level_views(spec, x.level, x.tables)
     cache = []
     a_diag, a_next = [], []  # A_{p,p}, A_{p,p+1}: each (B,)
     for p in range(1, spec.levels + 1):
-        sel = torch.nonzero(occ_level >= p).squeeze(1)  # occurrences in F_p
-        rows = _rows(x.level >= p)[x.occ_uniq[sel]]  # (N_p,) rows of V_p
-        xv = x.occ_value[sel]
-        vx = views[p - 1][rows] * xv[:, None]  # (N_p, D_p)
-        s_occ = x.occ_sample[sel]
-        if p == spec.levels:  # the top level has no dependent features: one sum per row
-            dep = None
-            s_all = torch.zeros(n_rows, vx.shape[1], device=dev, dtype=dt)
-            s_all.index_add_(0, s_occ, vx)
-            q_all = torch.zeros(n_rows, device=dev, dtype=dt)
-            q_all.index_add_(0, s_occ, (vx * vx).sum(1))
+        view = views[p - 1]
+        member = x.level >= p  # (U,)
+        pad = view.shape[0]  # a zero row for the keys below level p
+        row_of = torch.where(member, _rows(member), pad)  # (U,) row in V_p, or the pad
+        ext = torch.cat([view, view.new_zeros((1, view.shape[1]))])
+        nsq = (ext * ext).sum(1, keepdim=True)  # |v|^2 per row
+        idx = row_of.index_select(0, x.occ_uniq)  # (N,)
+        s_all = _bag(ext, idx, so, xv)  # S_p^(p)
+        q_all = _bag(nsq, idx, so, xsq)[:, 0]
+        a_diag.append(0.5 * ((s_all * s_all).sum(1) - q_all))
+        if p == spec.levels:  # the top level has no dependent features
             s_dep = None
-            a_diag.append(0.5 * ((s_all * s_all).sum(1) - q_all))
             a_next.append(torch.zeros_like(q_all))
         else:
-            dep = occ_level[sel] > p  # (N_p,) dependent at level p
-            seg = s_occ * 2 + dep.to(torch.int64)
-            t = torch.zeros(n_rows * 2, vx.shape[1], device=dev, dtype=dt)
-            t.index_add_(0, seg, vx)
-            t = t.view(n_rows, 2, -1)  # [:, 0] free sum, [:, 1] dependent sum
-            q = torch.zeros(n_rows * 2, device=dev, dtype=dt)
-            q.index_add_(0, seg, (vx * vx).sum(1))
-            q = q.view(n_rows, 2)
-            s_dep = t[:, 1]  # S_p^(p+1)
-            s_all = t[:, 0] + s_dep  # S_p^(p)
-            a_diag.append(0.5 * ((s_all * s_all).sum(1) - q.sum(1)))
-            a_next.append(0.5 * ((s_dep * s_dep).sum(1) - q[:, 1]))
-        cache.append((sel, s_occ, rows, xv, vx, dep, s_all, s_dep))
+            dep = x.level > p
+            idx_dep = torch.where(dep, row_of, pad).index_select(0, x.occ_uniq)
+            s_dep = _bag(ext, idx_dep, so, xv)  # S_p^(p+1)
+            q_dep = _bag(nsq, idx_dep, so, xsq)[:, 0]
+            a_next.append(0.5 * ((s_dep * s_dep).sum(1) - q_dep))
+        cache.append((member, row_of, ext, s_all, s_dep))
     if spec.levels:
         c = torch.cumsum(torch.stack(a_diag) - torch.stack(a_next), 0)  # (m, B)
         b_1p = c + torch.stack(a_next)  # B_{1,p}, p = 1..m
@@ -191,30 +219,37 @@ def forward_backward(
     # Per-key sums over the batch: in float64, rounded once, when exact sums are asked for
     # (sync mode: a key's gradient then hardly depends on how rows are split over workers).
     acc = torch.float64 if spec.exact_sums or spec.grad_float64 else dt
-    grad_w = torch.zeros(x.w.shape, dtype=acc, device=dev)
-    grad_w.index_add_(0, x.occ_uniq, (g[x.occ_sample] * x.occ_value).to(acc))
     out_dt = acc if spec.grad_float64 else x.w.dtype
-    grad_w = grad_w.to(out_dt)
+    s_ord = x.occ_sample.index_select(0, order)  # each occurrence's sample, grouped by key
+    u_ord = x.occ_uniq.index_select(0, order)
+    x_ord = None if xv is None else xv.index_select(0, order).to(acc)
+    xsq_ord = None if x_ord is None else x_ord * x_ord
+    ga = g.to(acc)[:, None]  # (B, 1)
+    grad_w = _bag(ga, s_ord, uo, x_ord)[:, 0].to(out_dt)
     link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
     grad_views = []
     for p in range(1, spec.levels + 1):
-        sel, s, rows, xv, vx, dep, s_all, s_dep = cache[p - 1]
-        gx = g[s] * xv  # (N_p,)
-        sa = s_all[s]  # (N_p, D_p)
-        if dep is None:
-            gocc = gx[:, None] * (sa - vx)
+        member, row_of, ext, s_all, s_dep = cache[p - 1]
+        sa = s_all.to(acc)
+        if s_dep is None:
+            rows_t, scal_t, idx = ga * sa, ga, s_ord
         else:
-            gocc = gx[:, None] * (sa - torch.where(dep[:, None], s_dep[s], vx))
+            # Free keys: g x (S^(p) - v x). Dependent keys: g x (S^(p) - S^(p+1)), plus the
+            # distillation term c_p g_p x (S^(p) - v x) of RaFM Algorithm 1 (y_{p+1} constant).
+            dep_rows = ga * (sa - s_dep.to(acc))
+            dep_scal = torch.zeros_like(ga)
             if not spec.tied and spec.dependent_lr_coef[p - 1] != 0:
-                # Distillation: y_p learns toward the constant y_{p+1} (RaFM Algorithm 1).
                 g_p = link(lin + b_1p[p - 1]) - link(lin + b_1p[p]).detach()
                 if x.weights is not None:
                     g_p = g_p * x.weights
-                coef = spec.dependent_lr_coef[p - 1] * g_p[s] * xv * dep.to(dt)
-                gocc = gocc + coef[:, None] * (sa - vx)
-        gv = torch.zeros(views[p - 1].shape, dtype=acc, device=dev)
-        gv.index_add_(0, rows, gocc.to(acc))
-        grad_views.append(gv)
+                dep_scal = (spec.dependent_lr_coef[p - 1] * g_p).to(acc)[:, None]
+                dep_rows = dep_rows + dep_scal * sa
+            rows_t = torch.cat([ga * sa, dep_rows])  # (2B, D_p): free rows, dependent rows
+            scal_t = torch.cat([ga, dep_scal])
+            idx = s_ord + n_rows * (x.level > p).to(torch.int64).index_select(0, u_ord)
+        v_u = ext.to(acc).index_select(0, row_of)  # (U, D_p); zero below level p
+        grad_u = _bag(rows_t, idx, uo, x_ord) - v_u * _bag(scal_t, idx, uo, xsq_ord)
+        grad_views.append(grad_u[member])
     if spec.tied:
         grad_views = _fold_tied_grads(spec, x.level, grad_views, x.tables)
     grad_tables = [gv.to(out_dt) for gv in grad_views]

@@ -212,5 +212,6 @@ def test_unique_inverse_counts_equals_numpy():
         want = np.unique(x, return_inverse=True, return_counts=True)
         for use_torch in (True, False):
             got = unique_inverse_counts(x, use_torch)
-            for a, b in zip(got, want):
+            for a, b in zip(got[:3], want):
                 assert np.array_equal(a, b.reshape(-1)) and a.dtype.kind == b.dtype.kind
+            assert np.array_equal(got[3], np.argsort(x, kind="stable"))  # grouped, stable
