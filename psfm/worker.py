@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from psfm.config import Config
-from psfm.data.batch import Batch, FeatureSchema, build_batch, resolve_schema
+from psfm.data.batch import Batch, FeatureSchema, batch_of, decode_rows, resolve_schema
 from psfm.data.parquet import Cursor, WorkUnit, open_parquet, read_unit, row_group_starts
 from psfm.metrics import MetricAccumulator
 from psfm.models.family import FamilyInputs, FamilySpec, forward_backward
@@ -25,6 +25,8 @@ from psfm.models.family import FamilyInputs, FamilySpec, forward_backward
 __all__ = ["Worker", "UnitResult", "resolve_device", "family_spec"]
 
 log = logging.getLogger(__name__)
+
+_CHUNK_ROWS = 1 << 16  # rows decoded at once (a whole number of batches)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,20 +79,32 @@ class Worker:
     ) -> Iterator[tuple[Batch, Cursor]]:
         """Batches of a unit with the cursor after each. With ``parts > 1`` (synchronous
         data-parallel steps) this worker takes rows ``[part*B/parts, (part+1)*B/parts)`` of
-        every global batch of ``B = data.batch_size`` rows."""
+        every global batch of ``B = data.batch_size`` rows.
+
+        Rows are read and hashed a chunk of whole batches at a time (about a row group), then
+        cut into batches: per-column costs are paid once per chunk, not once per batch."""
         schema = self.schema_of(unit.file)
         d = self.cfg.data
         where = f"File '{unit.file}'"
         pf = open_parquet(unit.file)
         starts = np.asarray(row_group_starts(pf))
-        for table, cursor, first in read_unit(unit, self.batch_rows, schema.columns, start, pf):
-            if parts > 1:
-                lo = table.num_rows * part // parts
-                hi = table.num_rows * (part + 1) // parts
-                table, first = table.slice(lo, hi - lo), first + lo
-            batch = build_batch(table, schema, self.cfg.model.loss, d.bad_rows, where, first,
-                                starts)
-            yield batch, cursor
+        size = self.batch_rows
+        chunk_rows = size * max(1, _CHUNK_ROWS // size)
+        for table, cursor, first in read_unit(unit, chunk_rows, schema.columns, start, pf):
+            rows = decode_rows(table, schema, self.cfg.model.loss, d.bad_rows, where, first,
+                               starts)
+            n = rows.num_rows
+            for lo in range(0, n, size):
+                hi = min(lo + size, n)
+                if hi == n:
+                    after = cursor
+                else:  # the row group holding the batch's last row, and the offset after it
+                    rg = int(np.searchsorted(starts, first + hi - 1, "right")) - 1
+                    after = Cursor(unit.file, rg, first + hi - int(starts[rg]))
+                a, b = lo, hi
+                if parts > 1:
+                    a, b = lo + (hi - lo) * part // parts, lo + (hi - lo) * (part + 1) // parts
+                yield batch_of(rows, a, b), after
 
     def _inputs(self, batch: Batch, pulled) -> FamilyInputs:
         dev = self.device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from psfm.config import DataConfig
-from psfm.data.batch import build_batch, log_bucket, resolve_schema
+from psfm.data.batch import batch_of, build_batch, decode_rows, log_bucket, resolve_schema
 from psfm.data.hashing import BIAS_KEY, field_keys, hash_strings
 from psfm.data.parquet import (
     Cursor,
@@ -118,13 +119,52 @@ def test_batch_layout_matches_the_columns():
     schema = _schema(t)
     assert schema.categorical == ("C1", "C2") and schema.numeric == ("I1",)
     b = build_batch(t, schema, "logistic", "fail", "f")
-    assert b.keys.shape == (50, 4) and b.keys.flags.f_contiguous  # field-major
+    assert b.keys.shape == (50, 4)
+    rows = decode_rows(t, schema, "logistic", "fail", "f")  # decoded field-major
+    assert rows.keys.shape == (4, 50) and rows.keys.flags.c_contiguous and rows.values is None
     assert np.all(b.keys[:, 0] == BIAS_KEY) and b.mask[:, 0].all()
     assert np.array_equal(b.mask[:, 1], t["C1"].is_valid().to_numpy(zero_copy_only=False))
     assert np.array_equal(b.mask[:, 3], t["I1"].is_valid().to_numpy(zero_copy_only=False))
     assert np.array_equal(b.uniq[b.occ_uniq], b.keys[b.mask])
     assert b.counts.sum() == b.mask.sum() and b.counts[b.uniq == BIAS_KEY][0] == 50
     assert np.all(np.diff(b.occ_sample) >= 0)
+
+
+def test_batches_cut_from_decoded_rows_equal_batches_built_alone():
+    t = _table(100)
+    schema = _schema(t)
+    rows = decode_rows(t, schema, "logistic", "skip", "f")
+    for lo, hi in ((0, 32), (32, 64), (64, 100), (10, 11)):
+        got = batch_of(rows, lo, hi)
+        want = build_batch(t.slice(lo, hi - lo), schema, "logistic", "skip", "f")
+        for name in ("keys", "mask", "labels", "occ_sample", "occ_value", "uniq", "occ_uniq",
+                     "counts", "sample_offsets", "occ_order", "uniq_offsets"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+        assert got.skipped == want.skipped and got.unit_values and want.unit_values
+        assert np.array_equal(got.uniq[got.occ_uniq[got.occ_order]],
+                              np.sort(got.uniq[got.occ_uniq]))  # grouped by key
+
+
+def test_worker_cursors_equal_the_readers(tmp_path):
+    """The worker decodes chunks of several batches; every batch's cursor must still be the
+    one the batch-by-batch reader gives (resume depends on it)."""
+    from psfm.config import load_config
+    from psfm.worker import Worker
+
+    t = _table(300)
+    day = tmp_path / "day=1"
+    day.mkdir()
+    pq.write_table(t, day / "part-0.parquet", row_group_size=70)
+    cfg = load_config(None, [f"data.root={json.dumps(str(tmp_path))}", "data.batch_size=32"])
+    unit = work_units(str(tmp_path), "1", rows_per_unit=1000)[0]
+    worker = Worker(cfg)
+    got = [(c.row_group, c.offset, b.size) for b, c in worker.batches(unit)]
+    want = [(c.row_group, c.offset, tb.num_rows) for tb, c, _ in read_unit(unit, 32)]
+    assert got == want and sum(g[2] for g in got) == 300
+    mid = [c for _, c in worker.batches(unit)][3]
+    resumed = [b.uniq for b, _ in worker.batches(unit, start=mid)]
+    whole = [b.uniq for b, _ in worker.batches(unit)][4:]
+    assert len(resumed) == len(whole) and all(np.array_equal(a, b) for a, b in zip(resumed, whole))
 
 
 def test_log_bucket():
