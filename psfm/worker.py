@@ -127,23 +127,23 @@ class Worker:
             unit_values=batch.unit_values,
         )
 
-    def _inputs_and_run(self, batch: Batch, pulled, client, train: bool):
+    def _score(self, batch: Batch, pulled, train: bool):
+        """Forward (and backward) of a batch on the weights it pulled. Returns (predictions,
+        RaFM-low predictions, summed loss) and, when training, the push arguments."""
         with warnings.catch_warnings():  # pulled arrays may be read-only (Ray object store)
             warnings.simplefilter("ignore", UserWarning)
             x = self._inputs(batch, pulled)
         out = forward_backward(self.spec, x, compute_grad=train)
+        push = None
         if train:
-            client.push(
-                batch.uniq,
-                batch.counts,
-                pulled.level,
-                out.grad_w.cpu().numpy(),
-                [g.cpu().numpy() for g in out.grad_tables],
-            )
+            push = (batch.uniq, batch.counts, pulled.level, out.grad_w.cpu().numpy(),
+                    [g.cpu().numpy() for g in out.grad_tables])
         if self.spec.loss == "logistic":
-            return (torch.sigmoid(out.logits).cpu().numpy(),
-                    torch.sigmoid(out.logits_low).cpu().numpy(), out.loss)
-        return out.logits.cpu().numpy(), out.logits_low.cpu().numpy(), out.loss
+            preds = (torch.sigmoid(out.logits).cpu().numpy(),
+                     torch.sigmoid(out.logits_low).cpu().numpy(), out.loss)
+        else:
+            preds = out.logits.cpu().numpy(), out.logits_low.cpu().numpy(), out.loss
+        return preds, push
 
     def step(self, batch: Batch, client, train: bool) -> tuple[np.ndarray, np.ndarray, float]:
         """One batch: pull, score, and (training) push. Returns (predictions, RaFM-low
@@ -152,7 +152,10 @@ class Worker:
         if batch.size == 0:
             z = np.zeros(0, np.float32)
             return z, z, 0.0
-        return self._inputs_and_run(batch, client.pull(batch.uniq, create=train), client, train)
+        preds, push = self._score(batch, client.pull(batch.uniq, create=train), train)
+        if push is not None:
+            client.push(*push)
+        return preds
 
     def _record(self, res: UnitResult, batch: Batch, cursor: Cursor, out, acc, acc_low,
                 keep: bool) -> None:
@@ -185,7 +188,8 @@ class Worker:
 
         ``pipeline`` (clients with ``pull_async``): ``"overlap"`` reads and builds batch t+1
         while the pull of batch t is in flight, and pulls t+1 right after pushing t (a
-        worker always sees its own updates); ``"prefetch"`` also sends the pull of t+1 before
+        worker always sees its own updates; a client with ``push_pull`` does both in one call
+        per shard); ``"prefetch"`` also sends the pull of t+1 before
         computing t (one batch staler, more overlap); ``"none"`` is strictly sequential."""
         res = UnitResult()
         t0 = time.perf_counter()
@@ -198,18 +202,26 @@ class Worker:
             def pull(item):
                 return client.pull_async(item[0].uniq, create=train) if item[0].size else None
 
+            # One call per shard and batch where the client can: push t, then pull t + 1.
+            fused = pipeline == "overlap" and hasattr(client, "push_pull")
             cur = next(batches, None)
             handle = pull(cur) if cur is not None else None
             while cur is not None:
                 nxt = next(batches, None)  # read and hash while the pull is in flight
                 nxt_handle = pull(nxt) if nxt is not None and pipeline == "prefetch" else None
                 batch, cursor = cur
+                push = None
                 if handle is None:
                     out = self.step(batch, client, train)
                 else:
-                    out = self._inputs_and_run(batch, client.wait_pull(handle), client, train)
+                    out, push = self._score(batch, client.wait_pull(handle), train)
                 self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
-                if nxt is not None and pipeline != "prefetch":
+                if push is not None and fused and nxt is not None and nxt[0].size:
+                    nxt_handle = client.push_pull(push, nxt[0].uniq, create=train)
+                    push = None
+                if push is not None:
+                    client.push(*push)
+                if nxt is not None and pipeline != "prefetch" and nxt_handle is None:
                     nxt_handle = pull(nxt)
                 cur, handle = nxt, nxt_handle
         if hasattr(client, "flush"):

@@ -77,6 +77,21 @@ class RayClient:
         while len(self._pushes) > self.max_in_flight:
             ray.get(self._pushes.popleft())
 
+    def push_pull(self, push_args: tuple, keys: np.ndarray, create: bool = False) -> PendingPull:
+        """Push one batch's gradients and pull the next batch's keys: one call per shard
+        (the shard applies the push first, so the pull sees it)."""
+        if self.buffered_worker is not None:  # sync steps: pushes go to the step buffers
+            self.push(*push_args)
+            return self.pull_async(keys, create)
+        pr = route(push_args[0], len(self.shards))
+        args = split_push(pr, *push_args, self.tied)
+        r = route(keys, len(self.shards))
+        refs = []
+        for shard, a, idx in zip(self.shards, args, r.index):
+            self.bytes_pushed += sum(x.nbytes for x in a[:4]) + sum(g.nbytes for g in a[4])
+            refs.append(shard.push_pull.remote(*a, keys[idx], create))
+        return PendingPull(r, refs, keys.nbytes)
+
     def flush(self) -> None:
         """Wait for every outstanding push (end of a unit)."""
         while self._pushes:

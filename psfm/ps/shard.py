@@ -311,6 +311,20 @@ class ParameterShard:
                 self._admit(keys[~present], counts[~present])
             self._promote(s)
 
+    def push_pull(
+        self,
+        keys: np.ndarray,
+        counts: np.ndarray,
+        level: np.ndarray,
+        grad_w: np.ndarray,
+        grad_tables: list[np.ndarray],
+        pull_keys: np.ndarray,
+        create: bool = False,
+    ) -> PullResult:
+        """:meth:`push` one batch, then :meth:`pull` the next: one actor call instead of two."""
+        self.push(keys, counts, level, grad_w, grad_tables)
+        return self.pull(pull_keys, create)
+
     def push_buffered(
         self,
         worker: int,
