@@ -251,3 +251,21 @@ def test_buffered_step_sums_workers_in_order_and_matches_one_push():
     for t, u in zip(x.tables, y.tables):
         np.testing.assert_allclose(t, u, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one.count[:len(one)], two.count[:len(two)])
+
+
+def test_push_pull_equals_push_then_pull():
+    rng = np.random.default_rng(11)
+    a, b = _shards("rafm", ranks=(2, 4)), _shards("rafm", ranks=(2, 4))
+    k1, k2 = _keys(rng, 300), _keys(rng, 300)
+    k2[:100] = k1[:100]  # the next batch shares keys with the pushed one
+    p1 = a[0].pull(k1, create=True)
+    assert b[0].pull(k1, create=True).w.tolist() == p1.w.tolist()
+    grads = [rng.normal(size=t.shape).astype(np.float32) for t in p1.tables]
+    gw = rng.normal(size=k1.size).astype(np.float32)
+    counts = np.ones(k1.size, np.float32)
+    a[0].push(k1, counts, p1.level, gw, grads)
+    want = a[0].pull(k2, create=True)
+    got = b[0].push_pull(k1, counts, p1.level, gw, grads, k2, True)
+    assert np.array_equal(got.w, want.w) and np.array_equal(got.level, want.level)
+    assert all(np.array_equal(x, y) for x, y in zip(got.tables, want.tables))
+    assert np.array_equal(got.w[:100], a[0].pull(k1[:100]).w)  # the pull saw the push
