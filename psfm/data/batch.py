@@ -179,11 +179,9 @@ def unique_inverse_counts(
         except ImportError:
             torch = None
     if torch is not None:
-        xs_t, order_t = torch.sort(torch.from_numpy((x ^ _TOP).view(np.int64)), stable=True)
-        xs, order = xs_t.numpy().view(np.uint64), order_t.numpy()
-    else:
-        order = np.argsort(x, kind="stable")
-        xs = x[order] ^ _TOP
+        return _unique_torch(torch, x)
+    order = np.argsort(x, kind="stable")
+    xs = x[order] ^ _TOP
     first = np.empty(xs.size, dtype=bool)
     first[0] = True
     np.not_equal(xs[1:], xs[:-1], out=first[1:])
@@ -192,6 +190,29 @@ def unique_inverse_counts(
     starts = np.flatnonzero(first)
     counts = np.diff(np.append(starts, xs.size))
     return xs[starts] ^ _TOP, inverse, counts, order
+
+
+def _unique_torch(torch, x: np.ndarray):
+    """:func:`unique_inverse_counts` through torch. Keys are well mixed, so a stable sort on
+    their top 32 bits almost always orders them fully (an int32 sort costs a third of an int64
+    one); where two distinct keys of the batch share their top 32 bits (a few percent of
+    batches of 20k distinct keys) the full 64-bit sort runs instead."""
+    sig = torch.from_numpy((x ^ _TOP).view(np.int64))  # signed order = uint64 order
+    hi = torch.bitwise_right_shift(sig, 32).to(torch.int32)
+    hs, order = torch.sort(hi, stable=True)
+    xs = sig.index_select(0, order)
+    step = xs[1:] != xs[:-1]
+    if bool((step & (hs[1:] == hs[:-1])).any()):  # distinct keys share their top bits
+        xs, order = torch.sort(sig, stable=True)
+        step = xs[1:] != xs[:-1]
+    first = torch.ones(x.size, dtype=torch.bool)
+    first[1:] = step
+    ids = torch.cumsum(first, 0) - 1
+    inverse = torch.empty_like(ids).scatter_(0, order, ids)
+    starts = torch.nonzero(first).squeeze(1)
+    counts = torch.diff(starts, append=torch.tensor([x.size]))
+    uniq = xs.index_select(0, starts).numpy().view(np.uint64) ^ _TOP
+    return uniq, inverse.numpy(), counts.numpy(), order.numpy()
 
 
 def log_bucket(x: np.ndarray) -> np.ndarray:

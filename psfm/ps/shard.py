@@ -13,6 +13,7 @@ This is a plain class (the Ray actor is ``ray.remote(ParameterShard)``); it impo
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,6 +139,7 @@ class ParameterShard:
         self.day = 0
         self.sketch: CountMinSketch | None = None
         self._buffer: list[tuple] = []
+        self._recent: deque = deque(maxlen=8)  # (keys, slots) of the latest training pulls
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -269,6 +271,7 @@ class ParameterShard:
         keys = np.asarray(keys, dtype=np.uint64)
         if create and self.levels.admit_min_count <= 1:
             slots = self._create(keys)
+            self._recent.append((keys, slots))
         else:
             slots = self.table.lookup(keys)
         present = slots >= 0
@@ -278,7 +281,7 @@ class ParameterShard:
         for p in range(1, self.m + 1):
             member = self._table_members(lev, p)
             r = self.row[p - 1][slots[member]]
-            st = self.fac[p - 1].s[r]  # (rows, 2, D): one gather
+            st = np.take(self.fac[p - 1].s, r, axis=0)  # (rows, 2, D): one gather
             tables.append(ftrl_weight(st[:, 0], st[:, 1], self.ftrl.factor))
         out = PullResult(self._weights(slots, keys), lev, tables)
         self.bytes_out += out.nbytes
@@ -298,7 +301,7 @@ class ParameterShard:
         keys = np.asarray(keys, dtype=np.uint64)
         self.bytes_in += keys.nbytes + counts.nbytes + level.nbytes + grad_w.nbytes + sum(
             g.nbytes for g in grad_tables)
-        slots = self.table.lookup(keys)
+        slots = self._slots_of_pulled(keys)
         present = slots >= 0
         s = slots[present]
         if s.size:
@@ -310,6 +313,15 @@ class ParameterShard:
             if not present.all() and self.levels.admit_min_count > 1:
                 self._admit(keys[~present], counts[~present])
             self._promote(s)
+
+    def _slots_of_pulled(self, keys: np.ndarray) -> np.ndarray:
+        """Slots of a push's keys: those of the training pull of the same keys when it is
+        among the latest (slots stay put within a day), else a table lookup."""
+        for i, (k, slots) in enumerate(self._recent):
+            if k.size == keys.size and np.array_equal(k, keys):
+                del self._recent[i]
+                return slots
+        return self.table.lookup(keys)
 
     def push_pull(
         self,
@@ -396,7 +408,7 @@ class ParameterShard:
             if not self.tied:
                 r = self.row[p - 1][sl]
                 f = self.fac[p - 1]
-                st = f.s[r]
+                st = np.take(f.s, r, axis=0)
                 st[:, 0], st[:, 1] = ftrl_update(st[:, 0], st[:, 1], g, self.ftrl.factor)
                 f.s[r] = st
                 continue
@@ -451,6 +463,7 @@ class ParameterShard:
 
     def _retain(self, keep: np.ndarray) -> int:
         """Keep the keys where ``keep``; returns how many were dropped."""
+        self._recent.clear()  # slots move
         n = len(self.table)
         if keep.all():
             return 0
@@ -496,6 +509,7 @@ class ParameterShard:
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
         """Load a :meth:`snapshot` (of a shard of the same model and shard layout)."""
+        self._recent.clear()
         meta = state["meta"]
         if [int(meta[0]), int(meta[1])] != [self.shard_id, self.n_shards] or tuple(
             int(r) for r in state["ranks"]

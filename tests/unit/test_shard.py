@@ -269,3 +269,26 @@ def test_push_pull_equals_push_then_pull():
     assert np.array_equal(got.w, want.w) and np.array_equal(got.level, want.level)
     assert all(np.array_equal(x, y) for x, y in zip(got.tables, want.tables))
     assert np.array_equal(got.w[:100], a[0].pull(k1[:100]).w)  # the pull saw the push
+
+
+def test_push_after_slots_move_updates_the_right_keys():
+    """A push reuses the slots of its batch's pull unless slots moved in between."""
+    rng = np.random.default_rng(5)
+    (s,), (ref,) = _shards("fm", ranks=(4,)), _shards("fm", ranks=(4,))
+    x, y = _keys(rng, 500), _keys(rng, 200)
+    s.pull(x, create=True)
+    py = s.pull(y, create=True)
+    assert np.array_equal(ref.pull(y, create=True).tables[0], py.tables[0])
+    keep = np.zeros(len(s), bool)
+    keep[-y.size:] = True  # drop x: every key of y gets a new slot
+    assert s._retain(keep) == x.size
+    grads = [rng.normal(size=py.tables[0].shape).astype(np.float32)]
+    gw = rng.normal(size=y.size).astype(np.float32)
+    for shard in (s, ref):
+        shard.push(y, np.ones(y.size, np.float32), py.level, gw, grads)
+    got, want = s.pull(y), ref.pull(y)
+    assert np.array_equal(got.w, want.w) and np.array_equal(got.tables[0], want.tables[0])
+    again = s.pull(y, create=True)  # cached slots are used when nothing moved
+    s.push(y, np.ones(y.size, np.float32), again.level, gw, grads)
+    ref.push(y, np.ones(y.size, np.float32), again.level, gw, grads)
+    assert np.array_equal(s.pull(y).tables[0], ref.pull(y).tables[0])
