@@ -155,48 +155,67 @@ def _groups(x: FamilyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return so, order, uo
 
 
+def _bag2(table: torch.Tensor, split: int, idx: torch.Tensor, offsets: torch.Tensor,
+          xv: torch.Tensor | None, xsq: torch.Tensor | None) -> torch.Tensor:
+    """Bags of a table whose first ``split`` columns are weighted by x and the rest by x^2:
+    one bag when every x is 1, two otherwise."""
+    if xv is None:
+        return _bag(table, idx, offsets, None)
+    return torch.cat([_bag(table[:, :split].contiguous(), idx, offsets, xv),
+                      _bag(table[:, split:].contiguous(), idx, offsets, xsq)], 1)
+
+
 def forward_backward(
     spec: FamilySpec, x: FamilyInputs, compute_grad: bool = True
 ) -> FamilyOutput:
     """Predict a batch and, if asked, the summed gradients of every pulled parameter.
 
-    Every per-sample sum is a bag over the sample's occurrences (they are in sample order) and
-    every per-key sum a bag over the key's occurrences (``occ_order`` groups them), with the
-    per-sample factors folded into the bagged rows: for a free key at level p
-    ``sum_occ g x (S_p^(p) - v x) = bag(g S_p^(p)) - v bag(g x^2)``."""
+    All levels are computed together on one *wide* row per key, ``[v^(1) | ... | v^(m) |
+    |v^(1)|^2 ... |v^(m)|^2]`` (zeros above the key's level), so a RaFM costs a few bags of
+    width ``sum_p D_p + m`` like one FM of that width:
+
+    - forward: per-sample bags of the wide rows give every ``S_p^(p)`` and ``Q_p^(p)``, and bags
+      of the rows masked to the dependent levels (``k_i > p``) every ``S_p^(p+1)``, ``Q_p^(p+1)``;
+    - backward: a key at level k needs, per level p, the per-sample rows ``g S_p^(p)`` (p = k,
+      free) or ``g (S_p^(p) - S_p^(p+1)) + c_p g_p S_p^(p)`` (p < k, dependent); these are laid
+      out per k, and one bag over the key's occurrences (``occ_order`` groups them) sums them.
+      The ``- v x`` parts are ``v`` times a bag of ``g x^2`` (free) or ``c_p g_p x^2``.
+    """
     n_rows = x.labels.shape[0]
     dt = x.labels.dtype
     so, order, uo = _groups(x)
     xv = None if x.unit_values else x.occ_value
     xsq = None if xv is None else xv * xv
     lin = _bag(x.w[:, None], x.occ_uniq, so, xv)[:, 0]  # (B,)
-    views = level_views(spec, x.level, x.tables)
-    cache = []
-    a_diag, a_next = [], []  # A_{p,p}, A_{p,p+1}: each (B,)
-    for p in range(1, spec.levels + 1):
-        view = views[p - 1]
-        member = x.level >= p  # (U,)
-        pad = view.shape[0]  # a zero row for the keys below level p
-        row_of = torch.where(member, _rows(member), pad)  # (U,) row in V_p, or the pad
-        ext = torch.cat([view, view.new_zeros((1, view.shape[1]))])
-        nsq = (ext * ext).sum(1, keepdim=True)  # |v|^2 per row
-        idx = row_of.index_select(0, x.occ_uniq)  # (N,)
-        s_all = _bag(ext, idx, so, xv)  # S_p^(p)
-        q_all = _bag(nsq, idx, so, xsq)[:, 0]
-        a_diag.append(0.5 * ((s_all * s_all).sum(1) - q_all))
-        if p == spec.levels:  # the top level has no dependent features
-            s_dep = None
-            a_next.append(torch.zeros_like(q_all))
-        else:
-            dep = x.level > p
-            idx_dep = torch.where(dep, row_of, pad).index_select(0, x.occ_uniq)
-            s_dep = _bag(ext, idx_dep, so, xv)  # S_p^(p+1)
-            q_dep = _bag(nsq, idx_dep, so, xsq)[:, 0]
-            a_next.append(0.5 * ((s_dep * s_dep).sum(1) - q_dep))
-        cache.append((member, row_of, ext, s_all, s_dep))
-    if spec.levels:
-        c = torch.cumsum(torch.stack(a_diag) - torch.stack(a_next), 0)  # (m, B)
-        b_1p = c + torch.stack(a_next)  # B_{1,p}, p = 1..m
+    m, ranks = spec.levels, spec.ranks
+    if m:
+        views = level_views(spec, x.level, x.tables)
+        width = sum(ranks)
+        offs = [sum(ranks[:p]) for p in range(m + 1)]
+        n_keys = x.level.shape[0]
+        members = [torch.nonzero(x.level >= p).squeeze(1) for p in range(1, m + 1)]
+        wide = views[0].new_zeros((n_keys, width + m))  # [v^(1..m) | |v^(p)|^2]
+        for p in range(1, m + 1):
+            wide[:, offs[p - 1]:offs[p]].index_copy_(0, members[p - 1], views[p - 1])
+            v = wide[:, offs[p - 1]:offs[p]]
+            wide[:, width + p - 1] = (v * v).sum(1)
+        sums = _bag2(wide, width, x.occ_uniq, so, xv, xsq)  # (B, width + m)
+        if m > 1:
+            # Rows masked to the dependent levels of each key (p < k): one pattern per level k.
+            pattern = torch.zeros((m + 1, width + m), dtype=wide.dtype, device=wide.device)
+            for k in range(2, m + 1):
+                pattern[k, :offs[k - 1]] = 1
+                pattern[k, width:width + k - 1] = 1
+            dsums = _bag2(wide * pattern.index_select(0, x.level), width, x.occ_uniq, so,
+                          xv, xsq)
+        else:  # FM: no dependent features
+            dsums = torch.zeros_like(sums)
+        s_all = [sums[:, offs[p]:offs[p + 1]] for p in range(m)]
+        s_dep = [dsums[:, offs[p]:offs[p + 1]] for p in range(m)]
+        a_diag = 0.5 * (torch.stack([(t * t).sum(1) for t in s_all]) - sums[:, width:].T)
+        a_next = 0.5 * (torch.stack([(t * t).sum(1) for t in s_dep]) - dsums[:, width:].T)
+        c = torch.cumsum(a_diag - a_next, 0)  # (m, B)
+        b_1p = c + a_next  # B_{1,p}, p = 1..m
         logits = lin + c[-1]
         logits_low = lin + b_1p[0]
     else:
@@ -221,35 +240,50 @@ def forward_backward(
     acc = torch.float64 if spec.exact_sums or spec.grad_float64 else dt
     out_dt = acc if spec.grad_float64 else x.w.dtype
     s_ord = x.occ_sample.index_select(0, order)  # each occurrence's sample, grouped by key
-    u_ord = x.occ_uniq.index_select(0, order)
     x_ord = None if xv is None else xv.index_select(0, order).to(acc)
     xsq_ord = None if x_ord is None else x_ord * x_ord
     ga = g.to(acc)[:, None]  # (B, 1)
     grad_w = _bag(ga, s_ord, uo, x_ord)[:, 0].to(out_dt)
+    if not m:
+        return FamilyOutput(logits, logits_low, grad_w, [], loss)
     link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
-    grad_views = []
-    for p in range(1, spec.levels + 1):
-        member, row_of, ext, s_all, s_dep = cache[p - 1]
-        sa = s_all.to(acc)
-        if s_dep is None:
-            rows_t, scal_t, idx = ga * sa, ga, s_ord
-        else:
-            # Free keys: g x (S^(p) - v x). Dependent keys: g x (S^(p) - S^(p+1)), plus the
-            # distillation term c_p g_p x (S^(p) - v x) of RaFM Algorithm 1 (y_{p+1} constant).
-            dep_rows = ga * (sa - s_dep.to(acc))
-            dep_scal = torch.zeros_like(ga)
-            if not spec.tied and spec.dependent_lr_coef[p - 1] != 0:
-                g_p = link(lin + b_1p[p - 1]) - link(lin + b_1p[p]).detach()
-                if x.weights is not None:
-                    g_p = g_p * x.weights
-                dep_scal = (spec.dependent_lr_coef[p - 1] * g_p).to(acc)[:, None]
-                dep_rows = dep_rows + dep_scal * sa
-            rows_t = torch.cat([ga * sa, dep_rows])  # (2B, D_p): free rows, dependent rows
-            scal_t = torch.cat([ga, dep_scal])
-            idx = s_ord + n_rows * (x.level > p).to(torch.int64).index_select(0, u_ord)
-        v_u = ext.to(acc).index_select(0, row_of)  # (U, D_p); zero below level p
-        grad_u = _bag(rows_t, idx, uo, x_ord) - v_u * _bag(scal_t, idx, uo, xsq_ord)
-        grad_views.append(grad_u[member])
+    free_rows, free_scal, dep_rows, dep_scal = [], [], [], []
+    zero = torch.zeros_like(ga)
+    for p in range(1, m + 1):
+        sa = s_all[p - 1].to(acc)
+        free_rows.append(ga * sa)
+        free_scal.append(ga)
+        if p == m:
+            break
+        rows, scal = ga * (sa - s_dep[p - 1].to(acc)), zero
+        if not spec.tied and spec.dependent_lr_coef[p - 1] != 0:
+            # Distillation: y_p learns toward the constant y_{p+1} (RaFM Algorithm 1).
+            g_p = link(lin + b_1p[p - 1]) - link(lin + b_1p[p]).detach()
+            if x.weights is not None:
+                g_p = g_p * x.weights
+            scal = (spec.dependent_lr_coef[p - 1] * g_p).to(acc)[:, None]
+            rows = rows + scal * sa
+        dep_rows.append(rows)
+        dep_scal.append(scal)
+    # Per-sample rows for a key of level k: dependent levels p < k, free level k, nothing above.
+    variants = []
+    for k in range(1, m + 1):
+        parts = dep_rows[:k - 1] + [free_rows[k - 1]]
+        parts += [torch.zeros((n_rows, ranks[p]), dtype=acc, device=ga.device)
+                  for p in range(k, m)]
+        scal = dep_scal[:k - 1] + [free_scal[k - 1]] + [zero] * (m - k)
+        variants.append(torch.cat(parts + scal, 1))
+    table = torch.cat(variants) if m > 1 else variants[0]  # (m B, width + m)
+    u_ord = x.occ_uniq.index_select(0, order)
+    idx = s_ord
+    if m > 1:
+        k_occ = torch.clamp(x.level, min=1).index_select(0, u_ord) - 1
+        idx = s_ord + n_rows * k_occ
+    out = _bag2(table, width, idx, uo, x_ord, xsq_ord)  # (U, width + m)
+    scal = torch.repeat_interleave(out[:, width:], torch.tensor(ranks, device=out.device), 1)
+    grad_wide = out[:, :width] - wide[:, :width].to(acc) * scal
+    grad_views = [grad_wide[:, offs[p - 1]:offs[p]].index_select(0, members[p - 1])
+                  for p in range(1, m + 1)]
     if spec.tied:
         grad_views = _fold_tied_grads(spec, x.level, grad_views, x.tables)
     grad_tables = [gv.to(out_dt) for gv in grad_views]
