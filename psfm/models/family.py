@@ -274,9 +274,9 @@ def forward_backward(
         scal = dep_scal[:k - 1] + [free_scal[k - 1]] + [zero] * (m - k)
         variants.append(torch.cat(parts + scal, 1))
     table = torch.cat(variants) if m > 1 else variants[0]  # (m B, width + m)
-    u_ord = x.occ_uniq.index_select(0, order)
     idx = s_ord
     if m > 1:
+        u_ord = x.occ_uniq.index_select(0, order)
         k_occ = torch.clamp(x.level, min=1).index_select(0, u_ord) - 1
         idx = s_ord + n_rows * k_occ
     out = _bag2(table, width, idx, uo, x_ord, xsq_ord)  # (U, width + m)
