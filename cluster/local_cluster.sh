@@ -264,6 +264,7 @@ start_node() { # start_node INDEX ARGS... ; records the pid (= session id) in pi
         exec env -u RAY_AUTH_TOKEN -u RAY_ADDRESS -u RAY_API_SERVER_ADDRESS \
             RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE" \
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 \
+            RAY_max_direct_call_object_size=4194304 \
             setsid "$PYTHON" "$HERE/ray_node.py" --block \
             --node-ip-address=127.0.0.1 --temp-dir="$RAY_TMP_ROOT/n$i" \
             --object-store-memory=$((OSM_MB * 1024 * 1024)) --num-gpus=0 \

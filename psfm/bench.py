@@ -258,7 +258,7 @@ def end_to_end(root: str) -> dict[str, Any]:
     """One training day: in-process (1 shard), then local Ray 1+1 and 2+2 (async, defaults)."""
     import ray
 
-    from psfm.dist.driver import train_ray
+    from psfm.dist.driver import LOCAL_SYSTEM_CONFIG, train_ray
 
     out: dict[str, Any] = {}
     for name in MODELS:
@@ -269,7 +269,8 @@ def end_to_end(root: str) -> dict[str, Any]:
                      "test_auc": rep["test"]["auc"]}
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}},
+                 _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         for s, w in ((1, 1), (2, 2)):
             for name in MODELS:
