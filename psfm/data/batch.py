@@ -197,21 +197,25 @@ def _unique_torch(torch, x: np.ndarray):
     their top 32 bits almost always orders them fully (an int32 sort costs a third of an int64
     one); where two distinct keys of the batch share their top 32 bits (a few percent of
     batches of 20k distinct keys) the full 64-bit sort runs instead."""
-    sig = torch.from_numpy((x ^ _TOP).view(np.int64))  # signed order = uint64 order
-    hi = torch.bitwise_right_shift(sig, 32).to(torch.int32)
+    x = np.ascontiguousarray(x)
+    # The high 32-bit word of each key (little-endian), top bit flipped: int32 order = uint64
+    # order of the high words.
+    hi = torch.from_numpy((x.view(np.uint32)[1::2] ^ np.uint32(1 << 31)).view(np.int32))
     hs, order = torch.sort(hi, stable=True)
-    xs = sig.index_select(0, order)
+    full = torch.from_numpy(x.view(np.int64))
+    xs = full.index_select(0, order)
     step = xs[1:] != xs[:-1]
     if bool((step & (hs[1:] == hs[:-1])).any()):  # distinct keys share their top bits
-        xs, order = torch.sort(sig, stable=True)
+        xs, order = torch.sort(torch.from_numpy((x ^ _TOP).view(np.int64)), stable=True)
         step = xs[1:] != xs[:-1]
+        xs = full.index_select(0, order)
     first = torch.ones(x.size, dtype=torch.bool)
     first[1:] = step
     ids = torch.cumsum(first, 0) - 1
     inverse = torch.empty_like(ids).scatter_(0, order, ids)
     starts = torch.nonzero(first).squeeze(1)
     counts = torch.diff(starts, append=torch.tensor([x.size]))
-    uniq = xs.index_select(0, starts).numpy().view(np.uint64) ^ _TOP
+    uniq = xs.index_select(0, starts).numpy().view(np.uint64)
     return uniq, inverse.numpy(), counts.numpy(), order.numpy()
 
 
