@@ -11,9 +11,9 @@ Ranks ``D_1 < ... < D_m``; feature i has a level ``k_i`` in ``0..m`` and factors
 ``B_{1,p} = B_{1,p-1} - A_{p-1,p} + A_{p,p}`` gives ``y = sum w x + B_{1,m}``. Only
 ``A_{p,p}`` and ``A_{p,p+1}`` are needed, so per level p the occurrences of features with
 ``k_i >= p`` are split into *free* (``k_i = p``) and *dependent* (``k_i > p``) and summed per
-sample into two rows: ``S_p^(p+1)`` = dependent sum, ``S_p^(p)`` = both. The cost is
-``O(sum_p D_p |F_p ∩ batch|)``; a RaFM whose rare features sit at low levels costs less than
-one FM at the top rank.
+sample: ``S_p^(p+1)`` = dependent sum, ``S_p^(p)`` = both. :func:`forward_backward` does every
+level at once on one wide row per batch key (see there): a handful of ``embedding_bag`` passes
+of width ``sum_p D_p + m`` over the batch's occurrences, whatever the number of levels.
 
 Gradients (``g = dloss/dy`` per sample):
 
