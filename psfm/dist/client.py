@@ -1,7 +1,8 @@
 """The Ray client of a worker: all shards at once, gathered with one ``ray.get``.
 
 ``pull`` splits the batch's unique keys by shard, submits every shard's pull, and gathers them
-with a single ``ray.get`` (never get-in-a-loop); ``pull_async`` returns the refs so the next
+with a single ``ray.get`` (never get-in-a-loop); answers, and a fused push + pull's arguments,
+travel as one buffer each (:mod:`psfm.ps.wire`: one object per message, not one per array); ``pull_async`` returns the refs so the next
 batch's pull is in flight while the current one computes. ``push`` submits every shard's push
 and keeps at most ``max_in_flight`` pushes outstanding (async mode), or hands them to the shards'
 step buffers (sync mode with several workers).
@@ -18,6 +19,7 @@ import ray
 
 from psfm.ps.routing import Route, merge_pulls, route, split_push
 from psfm.ps.shard import PullResult
+from psfm.ps.wire import pack
 
 __all__ = ["RayClient", "PendingPull"]
 
@@ -49,11 +51,11 @@ class RayClient:
 
     def pull_async(self, keys: np.ndarray, create: bool = False) -> PendingPull:
         r = route(keys, len(self.shards))
-        refs = [s.pull.remote(keys[idx], create) for s, idx in zip(self.shards, r.index)]
+        refs = [s.pull_packed.remote(keys[idx], create) for s, idx in zip(self.shards, r.index)]
         return PendingPull(r, refs, keys.nbytes)
 
     def wait_pull(self, pending: PendingPull) -> PullResult:
-        parts = ray.get(pending.refs)
+        parts = [PullResult.unpack(b) for b in ray.get(pending.refs)]
         self.bytes_pulled += pending.key_bytes + sum(p.nbytes for p in parts)
         return merge_pulls(pending.route, parts, self.tied)
 
@@ -89,7 +91,8 @@ class RayClient:
         refs = []
         for shard, a, idx in zip(self.shards, args, r.index):
             self.bytes_pushed += sum(x.nbytes for x in a[:4]) + sum(g.nbytes for g in a[4])
-            refs.append(shard.push_pull.remote(*a, keys[idx], create))
+            buf = pack([*a[:4], *a[4], keys[idx], np.array([create], np.int8)])
+            refs.append(shard.push_pull_packed.remote(buf))
         return PendingPull(r, refs, keys.nbytes)
 
     def flush(self) -> None:

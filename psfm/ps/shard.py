@@ -26,6 +26,7 @@ from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.admission import CountMinSketch
 from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts
 from psfm.ps.table import KeyTable
+from psfm.ps.wire import pack, unpack
 
 __all__ = ["ParameterShard", "PullResult", "ShardStats", "shard_of"]
 
@@ -52,6 +53,15 @@ class PullResult:
     @property
     def nbytes(self) -> int:
         return self.w.nbytes + self.level.nbytes + sum(t.nbytes for t in self.tables)
+
+    def pack(self) -> np.ndarray:
+        """One buffer (:mod:`psfm.ps.wire`) for crossing actors."""
+        return pack([self.w, self.level, *self.tables])
+
+    @classmethod
+    def unpack(cls, buf: np.ndarray) -> PullResult:
+        a = unpack(buf)
+        return cls(a[0], a[1], a[2:])
 
 
 @dataclass
@@ -336,6 +346,20 @@ class ParameterShard:
         """:meth:`push` one batch, then :meth:`pull` the next: one actor call instead of two."""
         self.push(keys, counts, level, grad_w, grad_tables)
         return self.pull(pull_keys, create)
+
+    def pull_packed(self, keys: np.ndarray, create: bool = False) -> np.ndarray:
+        """:meth:`pull` answered as one buffer (:meth:`PullResult.unpack` reads it)."""
+        return self.pull(keys, create).pack()
+
+    def push_pull_packed(self, buf: np.ndarray) -> np.ndarray:
+        """:meth:`push_pull` with its arguments in one buffer: ``pack([keys, counts, level,
+        grad_w, *grad_tables, pull_keys, [create]])``; answers :meth:`pull_packed`'s buffer."""
+        a = unpack(buf)
+        m = self.m
+        keys, counts, level, grad_w = a[:4]
+        out = self.push_pull(keys, counts, level, grad_w, a[4: 4 + m], a[4 + m],
+                             bool(a[5 + m][0]))
+        return out.pack()
 
     def push_buffered(
         self,

@@ -292,3 +292,28 @@ def test_push_after_slots_move_updates_the_right_keys():
     s.push(y, np.ones(y.size, np.float32), again.level, gw, grads)
     ref.push(y, np.ones(y.size, np.float32), again.level, gw, grads)
     assert np.array_equal(s.pull(y).tables[0], ref.pull(y).tables[0])
+
+
+def test_wire_buffers_round_trip_and_packed_calls_match():
+    from psfm.ps.shard import PullResult
+    from psfm.ps.wire import pack, unpack
+
+    rng = np.random.default_rng(2)
+    arrays = [np.arange(5, dtype=np.uint64), np.zeros((0, 8), np.float32),
+              np.array([1, -2, 3], np.int8), rng.normal(size=(3, 4)).astype(np.float32)]
+    got = unpack(pack(arrays))
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(arrays, got))
+    with pytest.raises(TypeError, match="complex64"):
+        pack([np.zeros(2, np.complex64)])
+    a, b = _shards("rafm", ranks=(2, 4)), _shards("rafm", ranks=(2, 4))
+    k1, k2 = _keys(rng, 200), _keys(rng, 200)
+    p1 = a[0].pull(k1, create=True)
+    assert PullResult.unpack(b[0].pull_packed(k1, True)).w.tolist() == p1.w.tolist()
+    grads = [rng.normal(size=t.shape).astype(np.float32) for t in p1.tables]
+    gw = rng.normal(size=k1.size).astype(np.float32)
+    counts = np.ones(k1.size, np.float32)
+    want = a[0].push_pull(k1, counts, p1.level, gw, grads, k2, True)
+    buf = pack([k1, counts, p1.level, gw, *grads, k2, np.array([1], np.int8)])
+    got = PullResult.unpack(b[0].push_pull_packed(buf))
+    assert np.array_equal(got.w, want.w) and np.array_equal(got.level, want.level)
+    assert all(np.array_equal(x, y) for x, y in zip(got.tables, want.tables))
