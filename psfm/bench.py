@@ -602,9 +602,8 @@ def render_markdown(res: dict[str, Any]) -> str:
            f"`report['train']['samples_per_s']` over day 1 ({sz['rows']:,} rows) streamed from "
            "Parquet; default config (async, batch 4096, pipeline overlap); the statistics "
            "pass and the test day are not in the figure. Ray: one local Ray, "
-           "`ray.init(num_cpus=4)`, reused; in async mode each of the 2 workers reads "
-           "batches of 2048 rows. The test AUC of the async 2+2 run varies from run to run "
-           "(the order in which the two workers' pushes land).\n",
+           "`ray.init(num_cpus=4)`, reused; in async mode each worker reads batches of 4096 "
+           "rows, and one worker trains the first work unit alone (`ps.warmup_units`).\n",
            _table(["model", "in-process, 1 shard", "Ray 1 shard + 1 worker",
                    "Ray 2 shards + 2 workers", "Ray 2+2 bytes/sample",
                    "test AUC: in-process / 1+1 / 2+2"], rows)]

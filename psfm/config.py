@@ -79,8 +79,9 @@ class DataConfig:
     ``numeric`` left empty are inferred: floating columns are numeric, integer and string
     columns categorical (the label, weight and ``ignore`` columns excepted).
     ``layout = "hashed"``: a ``keys: list<uint64>`` column and optional ``values: list<float>``.
-    ``batch_size`` is the global batch of one step: with W workers each reads
-    ``batch_size / W`` rows per step. ``rows_per_unit``: size of the work units handed out.
+    ``batch_size``: rows per update. In async mode every worker reads ``batch_size`` rows per
+    step; in sync mode with W workers each reads its ``batch_size / W`` slice of one global
+    step. ``rows_per_unit``: size of the work units handed out.
     """
 
     root: str = ""
@@ -220,16 +221,24 @@ class PsConfig:
     ``mode = "async"``: workers pull and push freely with at most ``max_in_flight`` pushes
     outstanding each; ``"sync"``: barrier steps, reproducible. ``pipeline`` (async only):
     ``"overlap"`` reads batch t+1 while pull t is in flight and pulls t+1 after pushing t;
-    ``"prefetch"`` pulls t+1 before computing t (staler by one batch); ``"none"``."""
+    ``"prefetch"`` pulls t+1 before computing t (staler by one batch); ``"none"``.
+    ``warmup_units`` (async, several workers): on the first training day of a fresh run, one
+    worker trains this many work units alone before the others join. FTRL's first steps from
+    an empty model are large, and several workers taking them on stale weights made the test
+    AUC depend on timing (0.759-0.779 over runs on the benchmark's log; with one warm-up unit
+    the same to 1e-4)."""
 
     shards: int = 2
     mode: str = "async"
     max_in_flight: int = 2
     pipeline: str = "overlap"
+    warmup_units: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.shards, int) or self.shards < 1:
             _fail("PsConfig", "shards", "an int >= 1", self.shards)
+        if not isinstance(self.warmup_units, int) or self.warmup_units < 0:
+            _fail("PsConfig", "warmup_units", "an int >= 0", self.warmup_units)
         _check_choice("PsConfig", "mode", self.mode, ("sync", "async"))
         if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             _fail("PsConfig", "max_in_flight", "an int >= 1", self.max_in_flight)

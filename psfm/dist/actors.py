@@ -40,11 +40,10 @@ class WorkerRunner:
             torch.set_num_threads(self.cfg.train.torch_threads)
         self.worker_id, self.n_workers = worker_id, n_workers
         self.sync_steps = self.cfg.ps.mode == "sync" and n_workers > 1
-        # data.batch_size is the global batch of a step: in sync mode every worker takes its
-        # slice of it; in async mode every worker reads batch_size / workers rows per step, so
-        # rows per update match the synchronous run.
-        batch = self.cfg.data.batch_size
-        self.worker = Worker(self.cfg, batch if self.sync_steps else max(1, batch // n_workers))
+        # data.batch_size rows per update: in sync mode the workers take slices of one global
+        # batch; in async mode each worker's push is an update, so each reads batch_size rows
+        # (W async workers of b rows train about like one worker of b rows, only faster).
+        self.worker = Worker(self.cfg)
         if self.sync_steps:
             # Send float64 partial sums: the shards add them and round once, so a step's
             # gradient equals the one-worker gradient up to that single rounding.

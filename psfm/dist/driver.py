@@ -155,7 +155,10 @@ class RayCluster:
         return ray.get([w.end_sync.remote() for w in self.workers])
 
 
-def _train_day(cluster: RayCluster, cfg: Config, root: str, day: str) -> dict[str, Any]:
+def _train_day(cluster: RayCluster, cfg: Config, root: str, day: str,
+               warmup: int = 0) -> dict[str, Any]:
+    """Train one day; async with several workers, the first ``warmup`` units go to one worker
+    alone (``ps.warmup_units``, on the first day of a fresh run)."""
     units = work_units(root, day, cfg.data.rows_per_unit)
     acc = MetricAccumulator()
     prog = Progress(f"day {day}", sum(u.rows for u in units), cfg.train.log_every_s)
@@ -174,7 +177,10 @@ def _train_day(cluster: RayCluster, cfg: Config, root: str, day: str) -> dict[st
             for r in cluster.sync_unit(u):
                 take(r)
     else:
-        cluster.dispatch(units, "run_unit", (True, False), take)
+        w = min(warmup, len(units) - 1) if len(cluster.workers) > 1 else 0
+        if w > 0:
+            cluster.dispatch(units[:w], "run_unit", (True, False), take)
+        cluster.dispatch(units[w:], "run_unit", (True, False), take)
     return day_record(day, tot["rows"], tot["skipped"], time.perf_counter() - t0, acc,
                       tot["bytes"])
 
@@ -260,7 +266,7 @@ def train_ray(cfg: Config, resume: bool = False, address: str | None = None) -> 
         while i < len(train_days):
             day = train_days[i]
             try:
-                rec = _train_day(cluster, cfg, root, day)
+                rec = _train_day(cluster, cfg, root, day, cfg.ps.warmup_units if i == 0 else 0)
             except (RayActorError, WorkerCrashedError) as e:
                 if retries >= MAX_DAY_RETRIES or run is None:
                     raise
