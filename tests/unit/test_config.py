@@ -31,6 +31,7 @@ def test_kind_defaults_and_rank_rules():
 
 @pytest.mark.parametrize("override,needle", [
     ("ps.shards=0", "'shards' parameter of PsConfig must be an int >= 1. Got 0 instead."),
+    ("ps.warmup_units=-1", "'warmup_units' parameter of PsConfig must be an int >= 0. Got -1"),
     ("ftrl.linear.l1=-0.1", "'l1' parameter of FtrlParams must be a float >= 0. Got -0.1"),
     ('model.kind="svm"', "'kind' parameter of ModelConfig must be one of"),
     ("levels.level_min_count=[1, 5]", "one threshold per level"),
