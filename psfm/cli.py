@@ -139,7 +139,10 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
                              f"train.run_dir={json.dumps(str(work / 'run'))}",
                              "ps.shards=2", "train.workers=2",
                              # a compact, dense log: the holdout search's best factor rate
-                             "ftrl.factor.alpha=0.1", *args.set])
+                             "ftrl.factor.alpha=0.1",
+                             # 200k rows a day: units of one row group give both workers
+                             # work, and batches of 2048 rows twice the updates
+                             "data.rows_per_unit=65536", "data.batch_size=2048", *args.set])
     where = "in this process" if args.in_process else "a local Ray (2 shards, 2 workers)"
     print(f"training RaFM ranks {list(cfg.model.ranks)} on days 1..{args.days - 1} on {where}, "
           f"testing on day {args.days} ...")
