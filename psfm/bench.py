@@ -114,25 +114,26 @@ def _config(root: str, model: str, *extra: str) -> Config:
                               'data.test_days="2"', "ps.shards=1", *MODELS[model], *extra])
 
 
-def _mem_available() -> int:
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A ``Field:  N kB`` line of a /proc file, in bytes (None where it cannot be read)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def _mem_available() -> int:
+    got = _proc_bytes("/proc/meminfo", "MemAvailable")
+    return got if got is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf(
+        "SC_PAGE_SIZE")
 
 
 def _rss() -> int:
     """Resident bytes of this process (0 where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_bytes("/proc/self/status", "VmRSS") or 0
 
 
 def machine_info() -> dict[str, Any]:
@@ -259,7 +260,7 @@ def end_to_end(root: str) -> dict[str, Any]:
     """One training day: in-process (1 shard), then local Ray 1+1 and 2+2 (async, defaults)."""
     import ray
 
-    from psfm.dist.driver import LOCAL_SYSTEM_CONFIG, train_ray
+    from psfm.dist.driver import ACTOR_ENV, LOCAL_SYSTEM_CONFIG, train_ray
 
     out: dict[str, Any] = {}
     for name in MODELS:
@@ -270,8 +271,7 @@ def end_to_end(root: str) -> dict[str, Any]:
                      "test_auc": rep["test"]["auc"]}
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}},
-                 _system_config=LOCAL_SYSTEM_CONFIG)
+                 runtime_env=ACTOR_ENV, _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         for s, w in ((1, 1), (2, 2)):
             for name in MODELS:

@@ -181,7 +181,7 @@ def unique_inverse_counts(
     if torch is not None:
         return _unique_torch(torch, x)
     order = np.argsort(x, kind="stable")
-    xs = x[order] ^ _TOP
+    xs = x[order]
     first = np.empty(xs.size, dtype=bool)
     first[0] = True
     np.not_equal(xs[1:], xs[:-1], out=first[1:])
@@ -189,7 +189,7 @@ def unique_inverse_counts(
     inverse[order] = np.cumsum(first) - 1
     starts = np.flatnonzero(first)
     counts = np.diff(np.append(starts, xs.size))
-    return xs[starts] ^ _TOP, inverse, counts, order
+    return xs[starts], inverse, counts, order
 
 
 def _unique_torch(torch, x: np.ndarray):
@@ -410,7 +410,8 @@ def _hashed_matrix(
     lengths = pc.fill_null(pc.list_value_length(karr), 0).to_numpy().astype(np.int64)
     flat = pc.list_flatten(karr).to_numpy(zero_copy_only=False).astype(np.uint64)
     flat[flat == BIAS_KEY] = np.uint64(1)  # key 0 is the bias
-    if "values" in table.column_names:
+    has_values = "values" in table.column_names
+    if has_values:
         varr = table.column("values").combine_chunks()
         vflat = pc.list_flatten(varr).to_numpy(zero_copy_only=False).astype(np.float32)
         vlen = pc.fill_null(pc.list_value_length(varr), 0).to_numpy().astype(np.int64)
@@ -420,18 +421,17 @@ def _hashed_matrix(
         row_of = np.repeat(np.arange(n), lengths)
         nonfinite = np.bincount(row_of, weights=~np.isfinite(vflat), minlength=n) > 0
         bad.check(nonfinite, "values", np.zeros(n), "feature values must be finite")
-    else:
-        vflat = np.ones(flat.size, np.float32)
-    has_values = "values" in table.column_names
     width = 1 + (int(lengths.max()) if n else 0)
     keys = np.zeros((n, width), dtype=np.uint64)
     mask = np.zeros((n, width), dtype=bool)
-    values = np.ones((n, width), dtype=np.float32)
     keys[:, 0], mask[:, 0] = BIAS_KEY, True
     row = np.repeat(np.arange(n), lengths)
     starts = np.cumsum(lengths) - lengths
     col = 1 + np.arange(flat.size) - np.repeat(starts, lengths)
     keys[row, col] = flat
     mask[row, col] = True
+    if not has_values:
+        return keys.T, mask.T, None
+    values = np.ones((n, width), dtype=np.float32)
     values[row, col] = vflat
-    return keys.T, mask.T, values.T if has_values else None
+    return keys.T, mask.T, values.T

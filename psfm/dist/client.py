@@ -1,11 +1,12 @@
 """The Ray client of a worker: all shards at once, gathered with one ``ray.get``.
 
 ``pull`` splits the batch's unique keys by shard, submits every shard's pull, and gathers them
-with a single ``ray.get`` (never get-in-a-loop); answers, and a fused push + pull's arguments,
-travel as one buffer each (:mod:`psfm.ps.wire`: one object per message, not one per array); ``pull_async`` returns the refs so the next
+with a single ``ray.get`` (never get-in-a-loop); ``pull_async`` returns the refs so the next
 batch's pull is in flight while the current one computes. ``push`` submits every shard's push
 and keeps at most ``max_in_flight`` pushes outstanding (async mode), or hands them to the shards'
-step buffers (sync mode with several workers).
+step buffers (sync mode with several workers); ``push_pull`` pushes one batch and pulls the
+next in one call per shard. Pull answers and fused push + pull arguments travel as one buffer
+each (:mod:`psfm.ps.wire`: one object per message, not one per array).
 """
 
 from __future__ import annotations
@@ -62,12 +63,18 @@ class RayClient:
     def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
         return self.wait_pull(self.pull_async(keys, create))
 
-    def push(self, keys, counts, level, grad_w, grad_tables) -> None:
-        r = route(keys, len(self.shards))
-        args = split_push(r, keys, counts, level, grad_w, grad_tables, self.tied)
-        refs = []
-        for shard, a in zip(self.shards, args):
+    def _split_push(self, keys, counts, level, grad_w, grad_tables) -> list[tuple]:
+        """A push's arguments per shard (counted in ``bytes_pushed``)."""
+        args = split_push(route(keys, len(self.shards)), keys, counts, level, grad_w,
+                          grad_tables, self.tied)
+        for a in args:
             self.bytes_pushed += sum(x.nbytes for x in a[:4]) + sum(g.nbytes for g in a[4])
+        return args
+
+    def push(self, keys, counts, level, grad_w, grad_tables) -> None:
+        refs = []
+        for shard, a in zip(self.shards,
+                            self._split_push(keys, counts, level, grad_w, grad_tables)):
             if self.buffered_worker is None:
                 refs.append(shard.push.remote(*a))
             else:
@@ -85,12 +92,10 @@ class RayClient:
         if self.buffered_worker is not None:  # sync steps: pushes go to the step buffers
             self.push(*push_args)
             return self.pull_async(keys, create)
-        pr = route(push_args[0], len(self.shards))
-        args = split_push(pr, *push_args, self.tied)
+        args = self._split_push(*push_args)
         r = route(keys, len(self.shards))
         refs = []
         for shard, a, idx in zip(self.shards, args, r.index):
-            self.bytes_pushed += sum(x.nbytes for x in a[:4]) + sum(g.nbytes for g in a[4])
             buf = pack([*a[:4], *a[4], keys[idx], np.array([create], np.int8)])
             refs.append(shard.push_pull_packed.remote(buf))
         return PendingPull(r, refs, keys.nbytes)

@@ -61,6 +61,8 @@ MAX_DAY_RETRIES = 2
 # 2 shards + 2 workers). Set for the Ray that psfm starts itself; clusters set
 # RAY_max_direct_call_object_size on their nodes (cluster/README.md).
 LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20}
+# One thread per actor (torch and BLAS): actors are sized one per CPU.
+ACTOR_ENV = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -69,12 +71,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    env = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
     if address:  # a job's runtime env (working_dir, env vars) comes from the job itself
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", runtime_env=env, log_to_driver=True,
+                 _node_ip_address="127.0.0.1", runtime_env=ACTOR_ENV, log_to_driver=True,
                  _system_config=LOCAL_SYSTEM_CONFIG)
 
 

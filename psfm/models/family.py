@@ -247,12 +247,11 @@ def forward_backward(
     if not m:
         return FamilyOutput(logits, logits_low, grad_w, [], loss)
     link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
-    free_rows, free_scal, dep_rows, dep_scal = [], [], [], []
+    free_rows, dep_rows, dep_scal = [], [], []
     zero = torch.zeros_like(ga)
     for p in range(1, m + 1):
         sa = s_all[p - 1].to(acc)
         free_rows.append(ga * sa)
-        free_scal.append(ga)
         if p == m:
             break
         rows, scal = ga * (sa - s_dep[p - 1].to(acc)), zero
@@ -271,7 +270,7 @@ def forward_backward(
         parts = dep_rows[:k - 1] + [free_rows[k - 1]]
         parts += [torch.zeros((n_rows, ranks[p]), dtype=acc, device=ga.device)
                   for p in range(k, m)]
-        scal = dep_scal[:k - 1] + [free_scal[k - 1]] + [zero] * (m - k)
+        scal = dep_scal[:k - 1] + [ga] + [zero] * (m - k)  # g: the free level's scalar
         variants.append(torch.cat(parts + scal, 1))
     table = torch.cat(variants) if m > 1 else variants[0]  # (m B, width + m)
     idx = s_ord
