@@ -80,13 +80,16 @@ class ShardStats:
 
 class _Rows:
     """A growable FTRL state table of one factor level: ``s[row] = (z, n)``, shape
-    (capacity, 2, D) float32. z and n of a row sit side by side, so a pull is one random
-    gather and a push one gather and one scatter per row (the shard's cost is memory latency)."""
+    (capacity, 2, D) float32, and (untied models below the top level) ``up[row]``: the key's
+    row at the next level, -1 if none. z and n of a row sit side by side, so a pull is one
+    random gather and a push one gather and one scatter per row (the shard's cost is memory
+    latency)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, linked: bool) -> None:
         self.dim = dim
         self.n = 0
         self.s = np.zeros((16, 2, dim), dtype=np.float32)
+        self.up = np.full(16, -1, np.int32) if linked else None
 
     @property
     def z(self) -> np.ndarray:
@@ -96,28 +99,67 @@ class _Rows:
     def nn(self) -> np.ndarray:
         return self.s[:, 1]
 
+    @property
+    def nbytes(self) -> int:
+        return self.s.nbytes + (0 if self.up is None else self.up.nbytes)
+
+    def reserve(self, cap: int) -> None:
+        """Room for ``cap`` rows (growth by half at least: amortized O(1) per row)."""
+        if cap > self.s.shape[0]:
+            cap = max(cap, self.s.shape[0] + self.s.shape[0] // 2)
+            self.s = _grow(self.s, cap)
+            if self.up is not None:
+                self.up = _grow(self.up, cap, -1)
+
+    def reset(self, rows: np.ndarray, z0: np.ndarray | float = 0.0) -> None:
+        """Rows start over: ``z = z0``, ``n = 0``, no row above."""
+        self.s[rows, 0] = z0
+        self.s[rows, 1] = 0
+        if self.up is not None:
+            self.up[rows] = -1
+
     def add(self, z0: np.ndarray) -> np.ndarray:
         """Append rows with initial ``z`` (``n = 0``); returns their row indices."""
         k = z0.shape[0]
-        if self.n + k > self.s.shape[0]:
-            self.s = _grow(self.s, max(self.n + k, 2 * self.s.shape[0]))
+        self.reserve(self.n + k)
         rows = np.arange(self.n, self.n + k, dtype=np.int64)
-        self.s[rows, 0] = z0
-        self.s[rows, 1] = 0
+        self.reset(rows, z0)
         self.n += k
         return rows
 
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep ``rows`` (ascending), renumbered ``0..len-1``."""
+        k = rows.size
+        self.s[:k] = self.s[rows]
+        if self.up is not None:
+            self.up[:k] = self.up[rows]
+        self.n = k
 
-def _grow(a: np.ndarray, cap: int) -> np.ndarray:
-    out = np.zeros((cap,) + a.shape[1:], dtype=a.dtype)
+    def trim(self, cap: int) -> None:
+        if self.s.shape[0] > cap * 1.05:
+            self.s = self.s[:cap].copy()
+            if self.up is not None:
+                self.up = self.up[:cap].copy()
+
+
+def _grow(a: np.ndarray, cap: int, fill: int | float = 0) -> np.ndarray:
+    out = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
     out[: a.shape[0]] = a
     return out
 
 
 class ParameterShard:
-    """Owns the keys with ``shard_of(key) == shard_id``; pull/push/snapshot/restore/stats."""
+    """Owns the keys with ``shard_of(key) == shard_id``; pull/push/snapshot/restore/stats.
 
-    _PER_KEY = ("z_w", "n_w", "count", "level", "last_day")
+    Per-key arrays (slot-indexed): ``z_w, n_w`` always; ``level`` for factor models; ``count``
+    while something reads it (the ``online`` policy; the statistics pass of ``static``);
+    ``last_day`` (uint16) when ``ttl_days`` evicts. Factor rows: an untied model whose first
+    threshold is 1 (every stored key but the bias has level >= 1) keeps its level-1 row *at the
+    key's slot*; otherwise ``row0[slot]`` points at it. Higher levels are reached through
+    ``up``: the level-(p+1) row of a key is ``fac[p-1].up[its level-p row]``, so a key pays a
+    row index only for the levels it has. A tied model keeps one row, ``row[slot]``, in the
+    table of its own level.
+    """
 
     def __init__(
         self,
@@ -139,13 +181,23 @@ class ParameterShard:
         self._bias_params = FtrlParams(ftrl.linear.alpha, ftrl.linear.beta, 0.0, 0.0)
         self.table = KeyTable()
         self._cap = 0
-        self.z_w = np.zeros(0, np.float32)
-        self.n_w = np.zeros(0, np.float32)
-        self.count = np.zeros(0, np.float32)
-        self.level = np.zeros(0, np.int8)
-        self.last_day = np.zeros(0, np.int32)
-        self.row = [np.zeros(0, np.int32) for _ in range(self.m)]
-        self.fac = [_Rows(d) for d in self.ranks]
+        self._slot1 = self.m > 0 and not self.tied and float(self.thresholds[0]) <= 1
+        self._per_key: dict[str, tuple[type, int]] = {"z_w": (np.float32, 0),
+                                                      "n_w": (np.float32, 0)}
+        if self.m:
+            self._per_key["level"] = (np.int8, 0)
+            if self.tied:
+                self._per_key["row"] = (np.int32, -1)
+            elif not self._slot1:
+                self._per_key["row0"] = (np.int32, -1)
+        if levels.policy == "online":
+            self._per_key["count"] = (np.float32, 0)
+        if levels.ttl_days:
+            self._per_key["last_day"] = (np.uint16, 0)
+        for name, (dtype, _) in self._per_key.items():
+            setattr(self, name, np.zeros(0, dtype))
+        self.fac = [_Rows(d, linked=not self.tied and p < self.m)
+                    for p, d in enumerate(self.ranks, start=1)]
         self.day = 0
         self.sketch: CountMinSketch | None = None
         self._buffer: list[tuple] = []
@@ -157,15 +209,18 @@ class ParameterShard:
     def __len__(self) -> int:
         return len(self.table)
 
+    @property
+    def _counting(self) -> bool:
+        return "count" in self._per_key
+
     def _ensure_capacity(self, n: int) -> None:
         if n <= self._cap:
             return
-        cap = max(n, 2 * self._cap, 1024)
-        for name in self._PER_KEY:
-            setattr(self, name, _grow(getattr(self, name), cap))
-        self.row = [_grow(r, cap) for r in self.row]
-        for r in self.row:
-            r[self._cap :] = -1
+        cap = max(n, self._cap + self._cap // 2, 1024)
+        for name, (_, fill) in self._per_key.items():
+            setattr(self, name, _grow(getattr(self, name), cap, fill))
+        if self._slot1:
+            self.fac[0].reserve(cap)
         self._cap = cap
 
     def _create(self, keys: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
@@ -176,42 +231,75 @@ class ParameterShard:
         if after > before:
             self._ensure_capacity(after)
             new = np.arange(before, after)
-            self.z_w[new] = 0
-            self.n_w[new] = 0
-            self.count[new] = 0
-            self.level[new] = 0
-            self.last_day[new] = self.day
+            self._init_slots(new)
+            c = None
             if counts is not None:
                 is_new = slots >= before
-                self.count[slots[is_new]] = counts[is_new]
+                c = np.zeros(new.size, np.float32)
+                c[slots[is_new] - before] = counts[is_new]
+                if self._counting:
+                    self.count[new] = c
             # A key created for a batch has been seen at least once: level of count >= 1.
-            self._promote(new, seen=True)
+            self._promote(new, seen=True, counts=c)
         return slots
 
-    def _target_level(self, slots: np.ndarray, seen: bool = False) -> np.ndarray:
-        c = self.count[slots]
-        lev = levels_from_counts(np.maximum(c, 1) if seen else c, self.thresholds)
+    def _init_slots(self, new: np.ndarray) -> None:
+        """Fresh per-key state for new slots (slots are reused after eviction)."""
+        for name, (_, fill) in self._per_key.items():
+            getattr(self, name)[new] = fill
+        if "last_day" in self._per_key:
+            self.last_day[new] = self.day
+        if self._slot1:
+            self.fac[0].reset(new)
+
+    def _target_level(self, slots: np.ndarray, seen: bool, counts: np.ndarray | None
+                      ) -> np.ndarray:
+        if counts is None:
+            counts = self.count[slots] if self._counting else np.zeros(slots.size, np.float32)
+        lev = levels_from_counts(np.maximum(counts, 1) if seen else counts, self.thresholds)
         lev[self.table.keys[slots] == BIAS_KEY] = 0
         return lev
 
-    def _promote(self, slots: np.ndarray, seen: bool = False) -> None:
-        """Raise ``level`` of ``slots`` to their count's level, creating factor rows."""
+    def _level1_rows(self, slots: np.ndarray) -> np.ndarray:
+        """Level-1 rows of ``slots`` (untied; every slot must have level >= 1)."""
+        return slots if self._slot1 else self.row0[slots].astype(np.int64)
+
+    def _promote(self, slots: np.ndarray, seen: bool = False,
+                 counts: np.ndarray | None = None) -> None:
+        """Raise ``level`` of ``slots`` to their count's level (``counts`` if given, else
+        the stored ones), creating factor rows."""
         if self.m == 0 or slots.size == 0:
             return
-        target = self._target_level(slots, seen)
+        target = self._target_level(slots, seen, counts)
         up = target > self.level[slots]
         if not up.any():
             return
         slots, old, new = slots[up], self.level[slots[up]].astype(np.int64), target[up]
         keys = self.table.keys[slots]
         if not self.tied:
+            below = np.full(slots.size, -1, np.int64)  # each slot's row at level p - 1
             for p in range(1, self.m + 1):
+                f = self.fac[p - 1]
+                rows = np.full(slots.size, -1, np.int64)
+                had = old >= p
+                if had.any():
+                    rows[had] = (self._level1_rows(slots[had]) if p == 1
+                                 else self.fac[p - 2].up[below[had]])
                 gets = (old < p) & (new >= p)
                 if gets.any():
                     v0 = init_factors(keys[gets], p, self.ranks[p - 1], self.model.init_std,
                                       self.seed)
-                    rows = self.fac[p - 1].add(ftrl_init_z(v0, self.ftrl.factor))
-                    self.row[p - 1][slots[gets]] = rows
+                    z0 = ftrl_init_z(v0, self.ftrl.factor)
+                    if p == 1 and self._slot1:
+                        f.reset(slots[gets], z0)
+                        rows[gets] = slots[gets]
+                    else:
+                        rows[gets] = f.add(z0)
+                        if p == 1:
+                            self.row0[slots[gets]] = rows[gets]
+                        else:
+                            self.fac[p - 2].up[below[gets]] = rows[gets]
+                below = rows
         else:
             for k in range(1, self.m + 1):
                 at = new == k
@@ -226,22 +314,25 @@ class ParameterShard:
                     was = old_k == j
                     if was.any():
                         dj = self.ranks[j - 1]
-                        r = self.row[j - 1][s_k[was]]
+                        r = self.row[s_k[was]]
                         z0[was, :dj] = self.fac[j - 1].z[r]
                         n0[was, :dj] = self.fac[j - 1].nn[r]
-                        self.row[j - 1][s_k[was]] = -1  # a hole, compacted at day end
-                rows = self.fac[k - 1].add(z0)
+                rows = self.fac[k - 1].add(z0)  # the old rows are holes until day end
                 self.fac[k - 1].nn[rows] = n0
-                self.row[k - 1][s_k] = rows
+                self.row[s_k] = rows
         self.level[slots] = new
 
     # ------------------------------------------------------------------ statistics pass
     def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
-        """Statistics pass of the ``static`` policy: accumulate occurrence counts."""
+        """Statistics pass of the ``static`` policy: accumulate occurrence counts (kept only
+        until :meth:`finish_counts` unless the policy reads them later)."""
+        if not self._counting:
+            self._per_key["count"] = (np.float32, 0)
+            self.count = np.zeros(self._cap, np.float32)
         before = len(self.table)
         slots = self.table.insert(keys)
         self._ensure_capacity(len(self.table))
-        self.count[before : len(self.table)] = 0
+        self._init_slots(np.arange(before, len(self.table)))
         np.add.at(self.count, slots, np.asarray(counts, dtype=np.float32))
 
     def finish_counts(self) -> dict[str, int]:
@@ -251,9 +342,10 @@ class ParameterShard:
         keep |= self.table.keys == BIAS_KEY
         dropped = self._retain(keep)
         n = len(self.table)
-        self.level[:n] = 0
-        self.last_day[:n] = self.day
         self._promote(np.arange(n))
+        if self.levels.policy != "online":  # static levels: nothing reads counts any more
+            del self._per_key["count"]
+            self.count = np.zeros(0, np.float32)
         return {"keys": n, "not_admitted": dropped}
 
     # ------------------------------------------------------------------ pull / push
@@ -272,6 +364,21 @@ class ParameterShard:
     def _table_members(self, lev: np.ndarray, p: int) -> np.ndarray:
         return lev == p if self.tied else lev >= p
 
+    def _member_rows(self, slots: np.ndarray, lev: np.ndarray) -> list[np.ndarray]:
+        """Per level p, the level-p rows of the keys that have one (``lev >= p`` untied,
+        ``lev == p`` tied), in key order. ``slots`` must be valid where ``lev > 0``."""
+        if self.tied or self.m == 0:
+            return [self.row[slots[lev == p]] for p in range(1, self.m + 1)]
+        out = []
+        sel = lev >= 1
+        rows, ml = self._level1_rows(slots[sel]), lev[sel]
+        for p in range(1, self.m + 1):
+            if p > 1:
+                keep = ml >= p
+                rows, ml = self.fac[p - 2].up[rows[keep]], ml[keep]
+            out.append(rows)
+        return out
+
     def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
         """Weights of ``keys`` (unique, any order); unknown keys: w = 0, level 0.
 
@@ -284,14 +391,13 @@ class ParameterShard:
             self._recent.append((keys, slots))
         else:
             slots = self.table.lookup(keys)
-        present = slots >= 0
         lev = np.zeros(keys.size, dtype=np.int8)
-        lev[present] = self.level[slots[present]]
+        if self.m:
+            present = slots >= 0
+            lev[present] = self.level[slots[present]]
         tables = []
-        for p in range(1, self.m + 1):
-            member = self._table_members(lev, p)
-            r = self.row[p - 1][slots[member]]
-            st = np.take(self.fac[p - 1].s, r, axis=0)  # (rows, 2, D): one gather
+        for f, r in zip(self.fac, self._member_rows(slots, lev)):
+            st = np.take(f.s, r, axis=0)  # (rows, 2, D): one gather
             tables.append(ftrl_weight(st[:, 0], st[:, 1], self.ftrl.factor))
         out = PullResult(self._weights(slots, keys), lev, tables)
         self.bytes_out += out.nbytes
@@ -317,8 +423,10 @@ class ParameterShard:
         if s.size:
             self._update_linear(s, grad_w[present], keys[present])
             self._update_factors(slots, level, grad_tables)
-            self.count[s] += counts[present]
-            self.last_day[s] = self.day
+            if self._counting:
+                self.count[s] += counts[present]
+            if "last_day" in self._per_key:
+                self.last_day[s] = self.day
         if self.levels.policy == "online":
             if not present.all() and self.levels.admit_min_count > 1:
                 self._admit(keys[~present], counts[~present])
@@ -422,28 +530,29 @@ class ParameterShard:
     def _update_factors(
         self, slots: np.ndarray, level: np.ndarray, grad_tables: list[np.ndarray]
     ) -> None:
-        for p in range(1, self.m + 1):
-            member = self._table_members(level, p)
-            g = grad_tables[p - 1]
-            sl = slots[member]
-            ok = sl >= 0
-            if not ok.all():  # keys evicted between pull and push
-                sl, g = sl[ok], g[ok]
+        if self.m == 0:
+            return
+        gone = slots < 0  # keys evicted between pull and push
+        if gone.any():
+            grad_tables = [g[slots[self._table_members(level, p)] >= 0]
+                           for p, g in enumerate(grad_tables, start=1)]
+            level = np.where(gone, 0, level).astype(np.int8)
+        for p, (f, r, g) in enumerate(zip(self.fac, self._member_rows(slots, level),
+                                          grad_tables), start=1):
             if not self.tied:
-                r = self.row[p - 1][sl]
-                f = self.fac[p - 1]
                 st = np.take(f.s, r, axis=0)
                 st[:, 0], st[:, 1] = ftrl_update(st[:, 0], st[:, 1], g, self.ftrl.factor)
                 f.s[r] = st
                 continue
             d = self.ranks[p - 1]
+            sl = slots[level == p]
             cur = self.level[sl].astype(np.int64)  # promoted since the pull: apply to prefix
             for k in np.unique(cur):
                 at = cur == k
-                f = self.fac[k - 1]
-                r = self.row[k - 1][sl[at]]
-                f.z[r, :d], f.nn[r, :d] = ftrl_update(f.z[r, :d], f.nn[r, :d], g[at],
-                                                      self.ftrl.factor)
+                fk = self.fac[k - 1]
+                rk = self.row[sl[at]]
+                fk.z[rk, :d], fk.nn[rk, :d] = ftrl_update(fk.z[rk, :d], fk.nn[rk, :d], g[at],
+                                                          self.ftrl.factor)
 
     def _admit(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Count not-yet-admitted keys in the sketch; store those that reach the bar."""
@@ -459,11 +568,15 @@ class ParameterShard:
         """Decay counts (online), evict keys unseen for ``ttl_days``, compact factor rows.
         ``day`` is the index of the day that starts next."""
         n = len(self.table)
-        if self.levels.policy == "online" and self.levels.daily_decay < 1:
+        if self._counting and self.levels.daily_decay < 1:
             self.count[:n] *= np.float32(self.levels.daily_decay)
         evicted = 0
         if self.levels.ttl_days:
-            keep = (day - self.last_day[:n]) <= self.levels.ttl_days
+            if day > np.iinfo(np.uint16).max:
+                raise CheckpointError(
+                    f"Keys' last-seen days are stored as uint16: with ttl_days a run has at "
+                    f"most {np.iinfo(np.uint16).max} days. Got day index {day} instead.")
+            keep = (day - self.last_day[:n].astype(np.int64)) <= self.levels.ttl_days
             keep |= self.table.keys == BIAS_KEY
             evicted = self._retain(keep)
         self._compact_rows()
@@ -476,55 +589,99 @@ class ParameterShard:
         n = len(self.table)
         cap = max(1024, int(n * slack))
         if self._cap > cap * 1.05:
-            for name in self._PER_KEY:
+            for name in self._per_key:
                 setattr(self, name, getattr(self, name)[:cap].copy())
-            self.row = [r[:cap].copy() for r in self.row]
             self._cap = cap
-        for f in self.fac:
-            rcap = max(16, int(f.n * slack))
-            if f.s.shape[0] > rcap * 1.05:
-                f.s = f.s[:rcap].copy()
+        self.table.trim(slack)
+        for p, f in enumerate(self.fac, start=1):
+            f.trim(self._cap if p == 1 and self._slot1 else max(16, int(f.n * slack)))
 
     def _retain(self, keep: np.ndarray) -> int:
-        """Keep the keys where ``keep``; returns how many were dropped."""
+        """Keep the keys where ``keep``; returns how many were dropped. Factor rows of the
+        dropped keys become holes (:meth:`_compact_rows`)."""
         self._recent.clear()  # slots move
         n = len(self.table)
         if keep.all():
             return 0
         old = self.table.retain(keep)
-        for arr in [getattr(self, name) for name in self._PER_KEY] + self.row:
+        for name in self._per_key:
+            arr = getattr(self, name)
             arr[: old.size] = arr[old]
-        for r in self.row:
-            r[old.size : n] = -1
+        if self._slot1:
+            self.fac[0].keep(old)
         return n - old.size
 
     def _compact_rows(self) -> None:
         """Drop factor rows no key points at (after eviction or tied promotion)."""
         n = len(self.table)
         for p, f in enumerate(self.fac, start=1):
-            r = self.row[p - 1][:n]
-            has = r >= 0
+            if self.tied:
+                sel = np.flatnonzero(self.level[:n] == p)
+                ref, put = self.row[sel], (self.row, sel)
+            elif p == 1:
+                if self._slot1:
+                    continue  # level-1 rows are the slots themselves
+                ref, put = self.row0[:n], (self.row0, slice(0, n))
+            else:
+                below = self.fac[p - 2]
+                k = n if p == 2 and self._slot1 else below.n
+                ref, put = below.up[:k], (below.up, slice(0, k))
+            has = ref >= 0
             if int(has.sum()) == f.n:
                 continue
-            order = np.argsort(r[has], kind="stable")
-            keep_rows = r[has][order]
-            f.s[: keep_rows.size] = f.s[keep_rows]
-            new_index = np.empty(keep_rows.size, dtype=np.int64)
+            order = np.argsort(ref[has], kind="stable")
+            keep_rows = ref[has][order]
+            f.keep(keep_rows)
+            new_index = np.empty(keep_rows.size, dtype=np.int32)
             new_index[order] = np.arange(keep_rows.size)
-            r[has] = new_index
-            f.n = keep_rows.size
+            ref = ref.copy()
+            ref[has] = new_index
+            put[0][put[1]] = ref
 
     # ------------------------------------------------------------------ state
+    def _slot_rows(self) -> list[np.ndarray]:
+        """Per level p, every slot's level-p row (int64, -1 where it has none)."""
+        n = len(self.table)
+        if self.m == 0:
+            return []
+        lev = self.level[:n]
+        out = []
+        if self.tied:
+            for p in range(1, self.m + 1):
+                r = np.full(n, -1, np.int64)
+                at = lev == p
+                r[at] = self.row[:n][at]
+                out.append(r)
+            return out
+        cur = np.full(n, -1, np.int64)
+        at = lev >= 1
+        cur[at] = self._level1_rows(np.flatnonzero(at))
+        out.append(cur)
+        for p in range(2, self.m + 1):
+            nxt = np.full(n, -1, np.int64)
+            at = lev >= p
+            nxt[at] = self.fac[p - 2].up[cur[at]]
+            out.append(nxt)
+            cur = nxt
+        return out
+
     def snapshot(self) -> dict[str, np.ndarray]:
-        """The shard's whole state as plain arrays (saved with np.savez; no pickle)."""
+        """The shard's whole state as plain arrays (saved with np.savez; no pickle): the
+        per-key arrays, and per level p ``row{p}`` (each slot's row, -1 none) and the rows'
+        ``z{p}``, ``n{p}`` — a format independent of how the shard links its rows."""
         n = len(self.table)
         out = {f"table.{k}": v for k, v in self.table.snapshot().items()}
-        for name in self._PER_KEY:
-            out[name] = getattr(self, name)[:n].copy()
-        for p, f in enumerate(self.fac, start=1):
-            out[f"row{p}"] = self.row[p - 1][:n].copy()
-            out[f"z{p}"] = f.z[: f.n].copy()
-            out[f"n{p}"] = f.nn[: f.n].copy()
+        for name in self._per_key:
+            if name not in ("row", "row0"):
+                out[name] = getattr(self, name)[:n].copy()
+        for p, (f, r) in enumerate(zip(self.fac, self._slot_rows()), start=1):
+            has = r >= 0
+            rows = np.full(n, -1, np.int32)
+            rows[has] = np.arange(int(has.sum()))  # compact, in slot order
+            out[f"row{p}"] = rows
+            st = f.s[r[has]]
+            out[f"z{p}"] = st[:, 0].copy()
+            out[f"n{p}"] = st[:, 1].copy()
         out["meta"] = np.array([self.shard_id, self.n_shards, self.m, self.day], dtype=np.int64)
         out["ranks"] = np.array(self.ranks, dtype=np.int64)
         if self.sketch is not None:
@@ -532,7 +689,9 @@ class ParameterShard:
         return out
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
-        """Load a :meth:`snapshot` (of a shard of the same model and shard layout)."""
+        """Load a :meth:`snapshot` (of a shard of the same model and shard layout). Per-key
+        arrays this configuration does not keep are ignored; those it keeps but the
+        checkpoint lacks start fresh (counts 0, last seen on the checkpoint's day)."""
         self._recent.clear()
         meta = state["meta"]
         if [int(meta[0]), int(meta[1])] != [self.shard_id, self.n_shards] or tuple(
@@ -547,23 +706,47 @@ class ParameterShard:
             {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
         )
         n = len(self.table)
-        self._cap = 0
-        for name in self._PER_KEY:
-            setattr(self, name, np.zeros(0, dtype=getattr(self, name).dtype))
-        self.row = [np.zeros(0, np.int32) for _ in range(self.m)]
-        self._ensure_capacity(max(n, 1))
-        for name in self._PER_KEY:
-            getattr(self, name)[:n] = state[name]
-        for p, f in enumerate(self.fac, start=1):
-            self.row[p - 1][:n] = state[f"row{p}"]
-            f.n = 0
-            rows = f.add(state[f"z{p}"])
-            f.nn[rows] = state[f"n{p}"]
         self.day = int(meta[3])
+        self._cap = 0
+        for name, (dtype, _) in self._per_key.items():
+            setattr(self, name, np.zeros(0, dtype))
+        self.fac = [_Rows(f.dim, f.up is not None) for f in self.fac]
+        self._ensure_capacity(max(n, 1))
+        self._init_slots(np.arange(n))
+        for name in self._per_key:
+            if name in state:
+                getattr(self, name)[:n] = state[name]
+        below = None  # level p - 1 row of each slot
+        for p, f in enumerate(self.fac, start=1):
+            r = np.asarray(state[f"row{p}"], dtype=np.int64)
+            has = r >= 0
+            z, nn = state[f"z{p}"], state[f"n{p}"]
+            if p == 1 and self._slot1:
+                slots = np.flatnonzero(has)
+                f.s[slots, 0] = z[r[has]]
+                f.s[slots, 1] = nn[r[has]]
+                below = np.where(has, np.arange(n), -1)
+                continue
+            rows = f.add(z)
+            f.nn[rows] = nn
+            if self.tied:
+                self.row[np.flatnonzero(has)] = r[has]
+            elif p == 1:
+                self.row0[np.flatnonzero(has)] = r[has]
+            else:
+                self.fac[p - 2].up[below[has]] = r[has]
+            below = r
         if "sketch" in state:
             self.sketch = CountMinSketch(width=state["sketch"].shape[1],
                                          depth=state["sketch"].shape[0], seed=self.seed)
             self.sketch.table[:] = state["sketch"]
+
+    def _rows_per_level(self) -> list[int]:
+        if self.m == 0:
+            return []
+        lev = self.level[: len(self.table)]
+        return [int(np.count_nonzero(self._table_members(lev, p)))
+                for p in range(1, self.m + 1)]
 
     def stats(self) -> ShardStats:
         """Model size: keys, non-zero weights, factor rows per level, bytes."""
@@ -571,18 +754,20 @@ class ParameterShard:
         s = np.arange(n)
         nz_w = int(np.count_nonzero(self._weights(s, self.table.keys)))
         nz_f = 0
-        for f in self.fac:
-            for lo in range(0, f.n, 1 << 20):
-                hi = min(f.n, lo + (1 << 20))
-                nz_f += int(np.count_nonzero(ftrl_weight(f.z[lo:hi], f.nn[lo:hi],
+        for f, r in zip(self.fac, self._slot_rows()):
+            r = r[r >= 0]
+            for lo in range(0, r.size, 1 << 20):
+                st = f.s[r[lo: lo + (1 << 20)]]
+                nz_f += int(np.count_nonzero(ftrl_weight(st[:, 0], st[:, 1],
                                                          self.ftrl.factor)))
-        ps_bytes = self.table.nbytes + sum(getattr(self, k).nbytes for k in self._PER_KEY)
-        ps_bytes += sum(r.nbytes for r in self.row) + sum(f.s.nbytes for f in self.fac)
+        ps_bytes = self.table.nbytes + sum(getattr(self, k).nbytes for k in self._per_key)
+        ps_bytes += sum(f.nbytes for f in self.fac)
         ps_bytes += self.sketch.nbytes if self.sketch is not None else 0
         # Raw = what the model needs at least: every key (8 B) and the FTRL state (z, n) of
         # every stored coordinate (2 x 4 B), linear and factor.
-        raw = n * (8 + 8) + sum(f.n * f.dim * 8 for f in self.fac)
-        return ShardStats(n, nz_w, [int(f.n) for f in self.fac], nz_f, int(ps_bytes), int(raw))
+        rows = self._rows_per_level()
+        raw = n * (8 + 8) + sum(k * d * 8 for k, d in zip(rows, self.ranks))
+        return ShardStats(n, nz_w, rows, nz_f, int(ps_bytes), int(raw))
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every stored key's weights: ``keys``, ``w``, ``level`` and ``v{p}`` — the factors
@@ -590,10 +775,10 @@ class ParameterShard:
         n = len(self.table)
         s = np.arange(n)
         out = {"keys": self.table.keys.copy(), "w": self._weights(s, self.table.keys),
-               "level": self.level[:n].copy()}
-        for p, f in enumerate(self.fac, start=1):
-            r = self.row[p - 1][:n]
+               "level": self.level[:n].copy() if self.m else np.zeros(n, np.int8)}
+        for p, (f, r) in enumerate(zip(self.fac, self._slot_rows()), start=1):
             has = np.flatnonzero(r >= 0)
             out[f"rows{p}"] = has
-            out[f"v{p}"] = ftrl_weight(f.z[r[has]], f.nn[r[has]], self.ftrl.factor)
+            st = f.s[r[has]]
+            out[f"v{p}"] = ftrl_weight(st[:, 0], st[:, 1], self.ftrl.factor)
         return out

@@ -11,21 +11,22 @@ Two arrays:
 * ``keys``: ``uint64[key_capacity]``, dense; slot ``i`` holds ``keys[i]`` for ``i < len``.
   Grown by doubling (amortized O(1) per insert).
 * ``index``: ``int32[capacity]``, open addressing with linear probing; each entry is a slot
-  number or ``-1`` (empty). ``capacity`` is a power of two and the load ``len / capacity``
-  never exceeds 1/2; when an insert would pass it, the index doubles and every key is
-  rehashed (vectorized, in chunks).
+  number or ``-1`` (empty). ``capacity`` is any size >= 8 and the load ``len / capacity``
+  never exceeds 1/2; when an insert would pass it, the index grows by at least half and every
+  key is rehashed (vectorized, in chunks).
 
-The home position of a key is Fibonacci (multiplicative) hashing of *all* its bits,
-``(key * 0x9E3779B97F4A7C15 mod 2**64) >> (64 - log2(capacity))``, so keys of one shard that
-share their low bits (say all multiples of 4) still spread over the whole index. A lookup
-reads ``index[pos]``, compares ``keys[slot]`` with the key, and moves to ``pos + 1`` (mod
-capacity) until it finds the key or an empty entry. Memory is 8 bytes per key slot plus
-4 bytes per index entry, i.e. per stored key 8 to 16 bytes for ``keys`` and 8 to 16 bytes for
-``index`` (16 when either array has just doubled), 16 to 32 bytes in all; see
-:attr:`KeyTable.nbytes`.
+The home position of a key comes from Fibonacci (multiplicative) hashing of *all* its bits:
+the high 32 bits of ``key * 0x9E3779B97F4A7C15 mod 2**64``, scaled to ``[0, capacity)``
+(``(h >> 32) * capacity >> 32``), so keys of one shard that share their low bits (say all
+multiples of 4) still spread over the whole index, and the index need not be a power of two.
+A lookup reads ``index[pos]``, compares ``keys[slot]`` with the key, and moves to ``pos + 1``
+(mod capacity) until it finds the key or an empty entry. Memory is 8 bytes per key slot plus
+4 bytes per index entry: while keys arrive, 8 to 12 bytes for ``keys`` and 8 to 12 bytes for
+``index`` (growth by half), and after :meth:`KeyTable.trim` (the shards call it at day end)
+about ``slack`` x 16 bytes; see :attr:`KeyTable.nbytes`.
 
-Worked example (``capacity=4`` gives an index of 8 entries, ``shift = 64 - 3 = 61``; the
-home positions are ``42 -> 7``, ``7 -> 2``, ``8 -> 7``, ``5 -> 0``)::
+Worked example (``capacity=4`` gives an index of 8 entries; the home positions are
+``42 -> 7``, ``7 -> 2``, ``8 -> 7``, ``5 -> 0``)::
 
     >>> t = KeyTable(capacity=4)
     >>> t.insert(np.array([42, 7, 42], dtype=np.uint64))  # new keys numbered by first occurrence
@@ -62,26 +63,32 @@ _EMPTY: Final = -1
 _MIN_INDEX_CAPACITY: Final = 8
 _MAX_KEYS: Final = 2**31 - 1  # slots are stored as int32 in the index
 _REHASH_CHUNK: Final = 1 << 20  # keys per chunk when rebuilding the index (bounds temporaries)
+_HI: Final = np.uint64(32)
 
 
 def _index_capacity_for(n: int) -> int:
-    """Smallest power of two ``>= _MIN_INDEX_CAPACITY`` whose half holds ``n`` keys."""
-    cap = _MIN_INDEX_CAPACITY
-    while cap // 2 < n:
-        cap *= 2
-    return cap
+    """Smallest index size ``>= _MIN_INDEX_CAPACITY`` whose half holds ``n`` keys."""
+    return max(_MIN_INDEX_CAPACITY, 2 * n)
 
 
-def _home(keys: np.ndarray, shift: int) -> np.ndarray:
-    """Home positions (int64) of uint64 ``keys`` in an index of ``2**(64 - shift)`` entries."""
+def _home(keys: np.ndarray, size: int) -> np.ndarray:
+    """Home positions (int64) of uint64 ``keys`` in an index of ``size`` (< 2**32) entries:
+    the high 32 bits of the Fibonacci hash, scaled to ``[0, size)``."""
     h = keys * _FIB  # uint64 wraparound on arrays: silent, no warning
-    h >>= np.uint64(shift)
-    return h.view(np.int64)  # < 2**63 after the shift, so the view is exact
+    h >>= _HI
+    h *= np.uint64(size)
+    h >>= _HI
+    return h.view(np.int64)  # < size after the scaling, so the view is exact
+
+
+def _next(pos: np.ndarray, size: int) -> None:
+    """Advance probe positions by one entry, wrapping at ``size`` (in place)."""
+    pos += 1
+    pos[pos == size] = 0
 
 
 def _place(
     index: np.ndarray,
-    shift: int,
     key_buf: np.ndarray,
     keys: np.ndarray,
     slots: np.ndarray,
@@ -95,8 +102,8 @@ def _place(
     :class:`CheckpointError`; duplicates always meet this way, since equal keys walk the same
     probe sequence in lockstep.
     """
-    mask = index.size - 1
-    pos = _home(keys, shift)
+    size = index.size
+    pos = _home(keys, size)
     while pos.size:
         free = index[pos] < 0
         free_pos = pos[free]
@@ -117,8 +124,7 @@ def _place(
                     f"The 'keys' array of a KeyTable snapshot must hold distinct keys. "
                     f"Got key {dup} more than once instead."
                 )
-        pos += 1
-        pos &= mask
+        _next(pos, size)
 
 
 def _as_keys(keys: np.ndarray) -> np.ndarray:
@@ -186,7 +192,7 @@ class KeyTable:
 
     @property
     def index_capacity(self) -> int:
-        """Number of index entries (a power of two); at most half of them hold keys."""
+        """Number of index entries; at most half of them hold keys."""
         return int(self._index.size)
 
     @property
@@ -210,7 +216,8 @@ class KeyTable:
         """
         index = self._index
         key_buf = self._keys  # size >= 1, so slot -1 (empty) reads a valid, ignored entry
-        end = _home(flat, self._shift)
+        size = index.size
+        end = _home(flat, size)
         slot = index[end]
         hit = key_buf[slot] == flat
         # A "hit" on an empty entry (slot -1) yields -1, which is the right answer anyway.
@@ -219,12 +226,10 @@ class KeyTable:
         act = np.flatnonzero(~hit)
         if act.size == 0:
             return out, end
-        mask = index.size - 1
         pending = flat[act]
         pos = end[act]
         while True:
-            pos += 1
-            pos &= mask
+            _next(pos, size)
             slot = index[pos]
             hit = key_buf[slot] == pending
             out[act[hit]] = slot[hit]
@@ -265,10 +270,11 @@ class KeyTable:
         if n0 + new.size > self._index.size // 2:
             ordered = np.sort(new)
             n1 = n0 + 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1]))  # exact count
-            if n1 > self._index.size // 2:
-                self._set_index_capacity(_index_capacity_for(n1))
+            if n1 > self._index.size // 2:  # grow by half at least: amortized O(1) rehash
+                self._set_index_capacity(
+                    max(_index_capacity_for(n1), self._index.size + self._index.size // 2))
                 self._rebuild_index(check_duplicates=False)
-                start = _home(new, self._shift)
+                start = _home(new, self._index.size)
                 known_free = False
         slots[missing] = self._claim(new, start, known_free)
         return slots.reshape(arr.shape)
@@ -284,7 +290,7 @@ class KeyTable:
         winners' entries are rewritten if that changed their value. Returns int64 slots.
         """
         index = self._index
-        mask = index.size - 1
+        size = index.size
         n0 = self._n
         m = int(new.size)
         ids = np.arange(m, dtype=np.int64)
@@ -317,8 +323,7 @@ class KeyTable:
                 break
             act = act[retry]
             pos = pos[retry]
-            pos += 1
-            pos &= mask
+            _next(pos, size)
         dup = rep != ids
         if not dup.any():
             slots = ids + n0  # the tentative values are final
@@ -335,7 +340,7 @@ class KeyTable:
             index[won_at[holders]] = slots[holders].astype(np.int32)
         n1 = n0 + int(fresh.size)
         if n1 > self._keys.size:
-            grown = np.empty(max(n1, 2 * self._keys.size), dtype=np.uint64)
+            grown = np.empty(max(n1, self._keys.size + self._keys.size // 2), dtype=np.uint64)
             grown[:n0] = self._keys[:n0]
             self._keys = grown
         self._keys[n0:n1] = fresh
@@ -369,6 +374,17 @@ class KeyTable:
             self._index.fill(_EMPTY)
         self._rebuild_index(check_duplicates=False)
         return old
+
+    def trim(self, slack: float = 1.125) -> None:
+        """Give back growth room: at most ``slack`` x ``len`` key slots and an index of
+        ``2 x slack x len`` entries (rebuilt when it shrinks; slots do not change)."""
+        want = max(1, int(self._n * slack))
+        if self._keys.size > want * 1.05:
+            self._keys = self._keys[:want].copy()
+        cap = _index_capacity_for(want)
+        if self._index.size > cap * 1.05:
+            self._set_index_capacity(cap)
+            self._rebuild_index(check_duplicates=False)
 
     # ------------------------------------------------------------------ persistence
 
@@ -410,11 +426,11 @@ class KeyTable:
             )
         index_cap = cls._scalar(state, "index_capacity", _index_capacity_for(n))
         key_cap = cls._scalar(state, "key_capacity", max(1, n))
-        if index_cap < _MIN_INDEX_CAPACITY or index_cap & (index_cap - 1) or index_cap < 2 * n:
+        if index_cap < max(_MIN_INDEX_CAPACITY, 2 * n) or index_cap >= 2**32:
             raise CheckpointError(
-                f"The 'index_capacity' of a KeyTable snapshot must be a power of two "
-                f">= max({_MIN_INDEX_CAPACITY}, 2 * len(keys)) = "
-                f"{max(_MIN_INDEX_CAPACITY, 2 * n)}. Got {index_cap} instead."
+                f"The 'index_capacity' of a KeyTable snapshot must be in "
+                f"[max({_MIN_INDEX_CAPACITY}, 2 * len(keys)) = "
+                f"{max(_MIN_INDEX_CAPACITY, 2 * n)}, 2**32). Got {index_cap} instead."
             )
         if key_cap < max(1, n):
             raise CheckpointError(
@@ -444,9 +460,8 @@ class KeyTable:
     # ------------------------------------------------------------------ internals
 
     def _set_index_capacity(self, capacity: int) -> None:
-        """Allocate an empty index of ``capacity`` (a power of two) entries."""
+        """Allocate an empty index of ``capacity`` entries."""
         self._index = np.full(capacity, _EMPTY, dtype=np.int32)
-        self._shift = 64 - (capacity.bit_length() - 1)
 
     def _rebuild_index(self, check_duplicates: bool) -> None:
         """Insert keys ``0..len-1`` into the index, which must be all empty, chunk by chunk."""
@@ -455,7 +470,6 @@ class KeyTable:
             slots = np.arange(start, stop, dtype=np.int32)
             _place(
                 self._index,
-                self._shift,
                 self._keys,
                 self._keys[start:stop],
                 slots,
@@ -464,10 +478,10 @@ class KeyTable:
 
     def _displacements(self) -> np.ndarray:
         """Probe distance (int64 ``[len]``) of every key from its home position; for tests."""
-        mask = self._index.size - 1
+        size = self._index.size
         occupied = np.flatnonzero(self._index >= 0)
         slots = self._index[occupied]
-        home = _home(self._keys[slots], self._shift)
+        home = _home(self._keys[slots], size)
         dist = np.empty(self._n, dtype=np.int64)
-        dist[slots] = (occupied - home) & mask
+        dist[slots] = (occupied - home) % size
         return dist

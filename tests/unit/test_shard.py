@@ -154,6 +154,67 @@ def test_ttl_eviction_drops_unseen_keys_and_their_rows():
     assert s.stats().factor_rows_per_level == [1, 0]
 
 
+@pytest.mark.parametrize("kind,ranks,thresholds", [
+    ("fm", (), ()),
+    ("rafm", (1, 2, 4), (1, 3, 8)),  # level-1 rows at the key's slot, higher ones linked
+    ("rafm", (1, 2, 4), (2, 3, 8)),  # some keys at level 0: level-1 rows by index
+    ("difacto", (2, 4), (1, 5)),  # tied: one row per key in its level's table
+])
+def test_eviction_compaction_and_restore_keep_the_survivors_bitwise(kind, ranks, thresholds):
+    def make():
+        return LocalClient(_shards(kind, n=2, ranks=ranks, level_min_count=thresholds,
+                                   ttl_days=1))
+
+    rng = np.random.default_rng(21)
+    client = make()
+    old, keep = _keys(rng, 3000), _keys(rng, 1500)
+    for universe in (np.concatenate([old, keep]), keep):  # day 0, then day 1
+        for _ in range(12):
+            keys = np.unique(rng.choice(universe, size=600))
+            _random_push(rng, client, keys, client.pull(keys, create=True))
+        _random_push(rng, client, keep, client.pull(keep, create=True))
+        client.end_day(1 if universe.size > keep.size else 2)
+    before = client.pull(keep)
+    stats = client.stats()
+    assert stats.keys == keep.size  # the day-0-only keys are gone, their rows compacted
+    want = [int(np.count_nonzero(before.level >= p if kind != "difacto" else before.level == p))
+            for p in range(1, len(ranks or (8,)) + 1)]
+    assert stats.factor_rows_per_level == want and sum(want) > 0
+    if len(ranks) > 1:
+        assert len(set(before.level.tolist())) > 1  # several levels are really in play
+    gone = client.pull(np.setdiff1d(old, keep))
+    assert not gone.w.any() and not gone.level.any()
+    fresh = make()
+    fresh.restore(client.snapshots())
+    for c in (client, fresh):
+        r = np.random.default_rng(3)
+        keys = np.unique(r.choice(np.concatenate([keep, _keys(r, 200)]), size=500))
+        _random_push(r, c, keys, c.pull(keys, create=True))
+        c.end_day(3)
+    x, y = client.pull(keep), fresh.pull(keep)
+    assert np.array_equal(x.w, y.w) and np.array_equal(x.level, y.level)
+    assert all(np.array_equal(a, b) for a, b in zip(x.tables, y.tables))
+    assert not np.array_equal(x.w, before.w)  # the pushes after the restore did something
+
+
+def test_static_levels_keep_no_counts_and_lr_memory_stays_near_the_raw_state():
+    rng = np.random.default_rng(2)
+    for kind in ("lr", "rafm"):
+        (s,) = _shards(kind, policy="static", ranks=(1, 2, 4, 8) if kind == "rafm" else ())
+        keys = _keys(rng, 200_000)
+        s.add_counts(keys, rng.zipf(1.5, keys.size).astype(np.float32))
+        s.finish_counts()
+        assert "count" not in s._per_key and "last_day" not in s._per_key
+        for lo in range(0, keys.size, 20_000):
+            part = keys[lo: lo + 20_000]
+            _random_push(rng, s, part, s.pull(part, create=True))
+        s.end_day(1)
+        st = s.stats()
+        coords = sum(r * d for r, d in zip(st.factor_rows_per_level, s.ranks))
+        full_raw = st.raw_bytes + 4 * (st.keys + coords)  # + a weight per parameter
+        assert st.ps_bytes <= 1.5 * full_raw, (kind, st.ps_bytes / full_raw)
+
+
 @pytest.mark.parametrize("kind,ranks", [("fm", ()), ("rafm", (1, 2, 4)), ("difacto", (2, 4))])
 def test_one_shard_and_four_shards_give_bitwise_identical_models(kind, ranks):
     results = []
