@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from psfm.allocator import tune_allocator
 from psfm.config import Config, load_config
 from psfm.data.batch import unique_inverse_counts
 from psfm.data.gen import GenSpec, generate, generate_day
@@ -516,9 +515,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 def run_bench(sz: Sizes, data_dir: str | None = None, command: str = "") -> dict[str, Any]:
     """Every section; returns the JSON-ready results."""
     torch.set_num_threads(1)
-    tuned = tune_allocator()
-    res: dict[str, Any] = {"machine": {**machine_info(), "malloc_tuned": tuned},
-                           "command": command, "sizes": asdict(sz),
+    res: dict[str, Any] = {"machine": machine_info(), "command": command, "sizes": asdict(sz),
                            "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
@@ -571,9 +568,6 @@ def render_markdown(res: dict[str, Any]) -> str:
           f"{m['platform']}",
           f"- versions: Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, "
           f"pyarrow {m['pyarrow']}, ray {m['ray']}",
-          "- allocator: " + ("glibc malloc tuned by `psfm.allocator` (heap kept for batch "
-                             "temporaries) in every psfm process"
-                             if m.get("malloc_tuned") else "not tuned (default malloc)"),
           f"- load average (1/5/15 min): start {ls[0]:.2f} / {ls[1]:.2f} / {ls[2]:.2f}, end "
           f"{le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}" + (
               " — **the machine was busy when the run started; numbers are pessimistic**"

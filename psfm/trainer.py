@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfm.allocator import tune_allocator
 from psfm.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -234,7 +233,6 @@ def load_run_config(run_dir: str) -> Config:
 
 def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate in one process; returns the report (also written to the run dir)."""
-    tune_allocator()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     root = cfg.data.root

@@ -1,6 +1,5 @@
-"""The Ray actors: ``ShardActor``, a :class:`ParameterShard` in its own process, and a worker
-actor over :class:`WorkerRunner`, a plain class that owns a :class:`Worker` and a
-:class:`RayClient`. Both tune the process's allocator first (:mod:`psfm.allocator`).
+"""The Ray actors: ``ShardActor = ray.remote(ParameterShard)`` and a worker actor over
+:class:`WorkerRunner`, a plain class that owns a :class:`Worker` and a :class:`RayClient`.
 
 Shards are placed with ``scheduling_strategy="SPREAD"`` (and a custom resource when the cluster
 defines one), workers ask for a GPU when their device is CUDA.
@@ -17,7 +16,6 @@ import ray
 import torch
 from ray.util import metrics as ray_metrics
 
-from psfm.allocator import tune_allocator
 from psfm.config import config_from_dict
 from psfm.data.parquet import WorkUnit
 from psfm.dist.client import RayClient
@@ -29,15 +27,7 @@ __all__ = ["ShardActor", "WorkerActor", "WorkerRunner"]
 
 log = logging.getLogger(__name__)
 
-class _ShardProcess(ParameterShard):
-    """A shard in its own actor process: the process's allocator is tuned first."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        tune_allocator()
-        super().__init__(*args, **kwargs)
-
-
-ShardActor = ray.remote(_ShardProcess)
+ShardActor = ray.remote(ParameterShard)
 
 
 class WorkerRunner:
@@ -45,7 +35,6 @@ class WorkerRunner:
 
     def __init__(self, config: dict[str, Any], shards: list, worker_id: int,
                  n_workers: int) -> None:
-        tune_allocator()
         self.cfg = config_from_dict(config)
         if self.cfg.train.torch_threads:
             torch.set_num_threads(self.cfg.train.torch_threads)

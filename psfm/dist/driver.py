@@ -27,7 +27,6 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, WorkerCrashedError
 
-from psfm.allocator import tune_allocator
 from psfm.checkpoint import latest_checkpoint, load_checkpoint, write_manifest
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, list_days, split_days, work_units
@@ -242,7 +241,6 @@ def _restore_or_start(cluster: RayCluster, cfg: Config, run: RunDir | None,
 def train_ray(cfg: Config, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Train and evaluate on Ray; returns the report (also written to the run dir)."""
     t_start = time.perf_counter()
-    tune_allocator()
     root = cfg.data.root
     all_days = list_days(root)
     train_days, test_days = split_days(all_days, cfg.data.train_days, cfg.data.test_days)
