@@ -109,7 +109,7 @@ class _Rows:
             cap = max(cap, self.s.shape[0] + self.s.shape[0] // 2)
             self.s = _grow(self.s, cap)
             if self.up is not None:
-                self.up = _grow(self.up, cap, -1)
+                self.up = _grow(self.up, cap)
 
     def reset(self, rows: np.ndarray, z0: np.ndarray | float = 0.0) -> None:
         """Rows start over: ``z = z0``, ``n = 0``, no row above."""
@@ -142,8 +142,10 @@ class _Rows:
                 self.up = self.up[:cap].copy()
 
 
-def _grow(a: np.ndarray, cap: int, fill: int | float = 0) -> np.ndarray:
-    out = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
+def _grow(a: np.ndarray, cap: int) -> np.ndarray:
+    """``a`` with room for ``cap`` rows; the new rows are uninitialised (every user sets a
+    row before it reads it: :meth:`ParameterShard._init_slots`, :meth:`_Rows.reset`)."""
+    out = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
     out[: a.shape[0]] = a
     return out
 
@@ -217,8 +219,8 @@ class ParameterShard:
         if n <= self._cap:
             return
         cap = max(n, self._cap + self._cap // 2, 1024)
-        for name, (_, fill) in self._per_key.items():
-            setattr(self, name, _grow(getattr(self, name), cap, fill))
+        for name in self._per_key:
+            setattr(self, name, _grow(getattr(self, name), cap))
         if self._slot1:
             self.fac[0].reserve(cap)
         self._cap = cap
