@@ -93,7 +93,8 @@ class FamilyOutput:
 
 def _rows(member: torch.Tensor) -> torch.Tensor:
     """Row index of each unique key inside the rows of its members (order kept)."""
-    return torch.cumsum(member.to(torch.int64), 0) - 1
+    # an int32 scan: torch's int64 cumsum on CPU is about 10x slower
+    return torch.cumsum(member.to(torch.int32), 0, dtype=torch.int32).to(torch.int64) - 1
 
 
 def level_views(

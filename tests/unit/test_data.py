@@ -120,8 +120,8 @@ def test_batch_layout_matches_the_columns():
     assert schema.categorical == ("C1", "C2") and schema.numeric == ("I1",)
     b = build_batch(t, schema, "logistic", "fail", "f")
     assert b.keys.shape == (50, 4)
-    rows = decode_rows(t, schema, "logistic", "fail", "f")  # decoded field-major
-    assert rows.keys.shape == (4, 50) and rows.keys.flags.c_contiguous and rows.values is None
+    rows = decode_rows(t, schema, "logistic", "fail", "f")  # decoded row-major
+    assert rows.keys.shape == (50, 4) and rows.keys.flags.c_contiguous and rows.values is None
     assert np.all(b.keys[:, 0] == BIAS_KEY) and b.mask[:, 0].all()
     assert np.array_equal(b.mask[:, 1], t["C1"].is_valid().to_numpy(zero_copy_only=False))
     assert np.array_equal(b.mask[:, 3], t["I1"].is_valid().to_numpy(zero_copy_only=False))
