@@ -187,6 +187,24 @@ def work_units(root: str, day: str, rows_per_unit: int = 1 << 20) -> list[WorkUn
     return units
 
 
+def split_tail(units: list[WorkUnit], parts: int) -> list[WorkUnit]:
+    """Guided scheduling: the last ``parts`` units (the final round over ``parts`` workers)
+    split into units of one row group each, so that workers handed units as they free up
+    finish within about a row group of each other instead of one worker training the last
+    whole unit alone."""
+    if parts <= 1 or len(units) <= 1:
+        return list(units)
+    out = list(units[:-parts])
+    for u in units[-parts:]:
+        if u.rg_end - u.rg_start <= 1:
+            out.append(u)
+            continue
+        starts = row_group_starts(open_parquet(u.file))
+        out += [WorkUnit(u.day, u.file, rg, rg + 1, starts[rg + 1] - starts[rg])
+                for rg in range(u.rg_start, u.rg_end)]
+    return out
+
+
 def read_unit(
     unit: WorkUnit,
     batch_size: int,

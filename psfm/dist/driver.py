@@ -29,7 +29,7 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 
 from psfm.checkpoint import latest_checkpoint, load_checkpoint, write_manifest
 from psfm.config import Config, to_dict
-from psfm.data.parquet import WorkUnit, list_days, split_days, work_units
+from psfm.data.parquet import WorkUnit, list_days, split_days, split_tail, work_units
 from psfm.dist.actors import ShardActor, WorkerActor
 from psfm.errors import CheckpointError
 from psfm.metrics import MetricAccumulator
@@ -181,7 +181,8 @@ def _train_day(cluster: RayCluster, cfg: Config, root: str, day: str,
         w = min(warmup, len(units) - 1) if len(cluster.workers) > 1 else 0
         if w > 0:
             cluster.dispatch(units[:w], "run_unit", (True, False), take)
-        cluster.dispatch(units[w:], "run_unit", (True, False), take)
+        cluster.dispatch(split_tail(units[w:], len(cluster.workers)), "run_unit",
+                         (True, False), take)
     return day_record(day, tot["rows"], tot["skipped"], time.perf_counter() - t0, acc,
                       tot["bytes"])
 
@@ -204,7 +205,7 @@ def _evaluate(cluster: RayCluster, cfg: Config, root: str, days: list[str]) -> d
             preds.append(r["predictions"])
         prog.update(r["rows"], None)
 
-    cluster.dispatch(units, "run_unit", (False, keep), take)
+    cluster.dispatch(split_tail(units, len(cluster.workers)), "run_unit", (False, keep), take)
     return test_metrics(days, tot["rows"], tot["skipped"], acc, acc_low, preds if keep else None)
 
 
@@ -226,7 +227,8 @@ def _restore_or_start(cluster: RayCluster, cfg: Config, run: RunDir | None,
         t0 = time.perf_counter()
         rows = [0]
         units = [u for d in train_days for u in work_units(root, d, cfg.data.rows_per_unit)]
-        cluster.dispatch(units, "count_unit", (), lambda r: rows.__setitem__(0, rows[0] + r))
+        cluster.dispatch(split_tail(units, len(cluster.workers)), "count_unit", (),
+                         lambda r: rows.__setitem__(0, rows[0] + r))
         info = cluster.on_shards("finish_counts")
         log.info("statistics pass: %d rows, %d keys (%d not admitted) in %.1fs", rows[0],
                  sum(i["keys"] for i in info), sum(i["not_admitted"] for i in info),

@@ -23,6 +23,7 @@ from psfm.data.parquet import (
     read_unit,
     select_days,
     split_days,
+    split_tail,
     work_units,
 )
 from psfm.errors import DataError
@@ -165,6 +166,21 @@ def test_worker_cursors_equal_the_readers(tmp_path):
     resumed = [b.uniq for b, _ in worker.batches(unit, start=mid)]
     whole = [b.uniq for b, _ in worker.batches(unit)][4:]
     assert len(resumed) == len(whole) and all(np.array_equal(a, b) for a, b in zip(resumed, whole))
+
+
+def test_split_tail_cuts_the_last_round_into_row_groups(tmp_path):
+    day = tmp_path / "day=1"
+    day.mkdir()
+    pq.write_table(_table(1000), day / "part-0.parquet", row_group_size=70)  # 15 row groups
+    units = work_units(str(tmp_path), "1", rows_per_unit=280)  # 4 row groups each
+    assert [u.rg_end - u.rg_start for u in units] == [4, 4, 4, 3]
+    out = split_tail(units, 2)
+    assert out[:2] == units[:2] and [u.rg_end - u.rg_start for u in out[2:]] == [1] * 7
+    assert [(u.rg_start, u.rows) for u in out[2:]] == [(8 + i, 70) for i in range(6)] + [
+        (14, 20)]  # every row once, same rows in all
+    assert sum(u.rows for u in out) == 1000 and split_tail(units, 1) == units
+    t = [tb.num_rows for u in out for tb, _, _ in read_unit(u, 1000)]
+    assert t == [u.rows for u in out]
 
 
 def test_log_bucket():
