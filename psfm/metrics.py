@@ -352,17 +352,34 @@ class StreamingAUC:
         self._pos = np.zeros(self.n_bins, dtype=np.float64)  # (n_bins,) weight of positives
         self._neg = np.zeros(self.n_bins, dtype=np.float64)  # (n_bins,) weight of negatives
         self._rows = np.zeros(2, dtype=np.int64)  # (negative rows, positive rows)
+        # Batches not yet in the histogram: (bin + n_bins * label, weight or None). A
+        # histogram pass costs O(n_bins), so batches are added about n_bins rows at a time.
+        self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._pending_rows = 0
 
     def _add(self, pos: BoolArray, p: FloatArray, w: FloatArray | None) -> None:
-        idx = _bin_index(p, self.n_bins)
-        if w is None:
-            self._pos += np.bincount(idx[pos], minlength=self.n_bins)
-            self._neg += np.bincount(idx[~pos], minlength=self.n_bins)
-        else:
-            self._pos += np.bincount(idx[pos], weights=w[pos], minlength=self.n_bins)
-            self._neg += np.bincount(idx[~pos], weights=w[~pos], minlength=self.n_bins)
+        code = _bin_index(p, self.n_bins)
+        code[pos] += self.n_bins
+        self._pending.append((code, w))
+        self._pending_rows += code.shape[0]
         n_pos = int(np.count_nonzero(pos))
         self._rows += (pos.shape[0] - n_pos, n_pos)
+        if self._pending_rows >= self.n_bins:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the pending batches to the histogram: one pass over the bins."""
+        if not self._pending:
+            return
+        codes = np.concatenate([c for c, _ in self._pending])
+        weights = None
+        if any(w is not None for _, w in self._pending):
+            weights = np.concatenate([np.ones(c.shape[0]) if w is None else w
+                                      for c, w in self._pending])
+        hist = np.bincount(codes, weights=weights, minlength=2 * self.n_bins)
+        self._neg += hist[: self.n_bins]
+        self._pos += hist[self.n_bins:]
+        self._pending, self._pending_rows = [], 0
 
     def update(
         self,
@@ -382,6 +399,8 @@ class StreamingAUC:
                 f"cannot merge a StreamingAUC with {other.n_bins} bins into one with "
                 f"{self.n_bins} bins; bins must match."
             )
+        self._flush()
+        other._flush()
         self._pos += other._pos
         self._neg += other._neg
         self._rows += other._rows
@@ -393,6 +412,7 @@ class StreamingAUC:
         return int(self._rows.sum())
 
     def _value_or_none(self) -> float | None:
+        self._flush()
         return _auc_from_groups(self._pos, self._neg)
 
     def value(self) -> float:
@@ -406,6 +426,7 @@ class StreamingAUC:
     def state(self) -> dict[str, np.ndarray]:
         """Copies of the counts as plain arrays: pos, neg (float64, (n_bins,)), rows (int64,
         (negative rows, positive rows)) and logit_limit (float64, 0-d)."""
+        self._flush()
         return {
             "pos": self._pos.copy(),
             "neg": self._neg.copy(),
