@@ -1,0 +1,217 @@
+"""Probe the local-Ray training day: samples/s, CPU seconds per process and per thread, and
+(optionally) py-spy profiles of the shard and worker actors during the training day only.
+
+    PYTHONPATH=. python tools/rayprobe.py --model fm --shards 2 --workers 2 [--profile DIR]
+        [--set key=value ...] [--runs N] [--json out.json]
+
+Everything is measured between the start and the end of ``_train_day`` (the driver's
+training day), by wrapping it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ray
+
+import psfm.dist.driver as drv
+from psfm.config import load_config
+
+TICK = os.sysconf("SC_CLK_TCK")
+MODELS = {"lr": ['model.kind="lr"', "model.ranks=[]"],
+          "fm": ['model.kind="fm"', "model.ranks=[8]"]}
+
+
+def cpu_of(path: str) -> float:
+    try:
+        f = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / TICK
+    except (OSError, IndexError):
+        return 0.0
+
+
+def comm(pid: int, tid: int | None = None) -> str:
+    p = f"/proc/{pid}/task/{tid}/comm" if tid else f"/proc/{pid}/cmdline"
+    try:
+        t = Path(p).read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        return t
+    except OSError:
+        return "?"
+
+
+def snapshot() -> dict:
+    """CPU seconds of every process and every thread of the interesting ones."""
+    procs, threads = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        pid = int(d)
+        procs[pid] = (comm(pid)[:80], cpu_of(f"/proc/{pid}/stat"))
+    for pid, (name, _) in procs.items():
+        if "ray::" in name or "raylet" in name or "gcs_server" in name or pid == os.getpid():
+            try:
+                for t in os.listdir(f"/proc/{pid}/task"):
+                    threads[(pid, int(t))] = (comm(pid, int(t)),
+                                              cpu_of(f"/proc/{pid}/task/{t}/stat"))
+            except OSError:
+                pass
+    total = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return {"procs": procs, "threads": threads, "t": time.perf_counter(),
+            "cpu_total": [int(x) / TICK for x in total]}
+
+
+def role(name: str, pid: int) -> str:
+    if pid == os.getpid():
+        return "driver"
+    for key, r in (("ParameterShard", "shard"), ("WorkerRunner", "worker"),
+                   ("ColocatedRunn", "worker"),
+                   ("raylet", "raylet"), ("gcs_server", "gcs")):
+        if key in name:
+            return r
+    if "ray::" in name or "ray/" in name or "/ray" in name:
+        return "ray-other"
+    return "other"
+
+
+STATE: dict = {}
+
+
+def wrap(profile: str | None, rate: int, idle: bool):
+    orig = drv._train_day
+
+    def _train_day(cluster, cfg, root, day, warmup=0):
+        spies = []
+        if profile:
+            os.makedirs(profile, exist_ok=True)
+            snap = snapshot()
+            for pid, (name, _) in snap["procs"].items():
+                r = role(name, pid)
+                if r in ("shard", "worker"):
+                    out = f"{profile}/{r}-{pid}.txt"
+                    cmd = ["py-spy", "record", "--pid", str(pid), "--rate", str(rate),
+                           "--nonblocking", "--format", "raw", "-o", out, "--threads"]
+                    if idle:
+                        cmd.append("--idle")
+                    spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                  stderr=subprocess.DEVNULL))
+            time.sleep(1.0)
+        s0 = snapshot()
+        rec = orig(cluster, cfg, root, day, warmup)
+        s1 = snapshot()
+        for p in spies:
+            p.send_signal(signal.SIGINT)
+        for p in spies:
+            p.wait(timeout=60)
+        STATE["day"] = (s0, s1, rec)
+        return rec
+
+    drv._train_day = _train_day
+
+
+def breakdown(s0: dict, s1: dict) -> dict:
+    dt = s1["t"] - s0["t"]
+    per_role: dict[str, float] = {}
+    per_proc = []
+    for pid, (name, c1) in s1["procs"].items():
+        c0 = s0["procs"].get(pid, (name, 0.0))[1]
+        d = c1 - c0
+        if d <= 0:
+            continue
+        r = role(name, pid)
+        per_role[r] = per_role.get(r, 0.0) + d
+        per_proc.append((r, pid, round(d, 2)))
+    thr: dict[str, float] = {}
+    for (pid, tid), (tname, c1) in s1["threads"].items():
+        c0 = s0["threads"].get((pid, tid), (tname, 0.0))[1]
+        name = s1["procs"].get(pid, ("?", 0))[0]
+        key = f"{role(name, pid)}:{tname}"
+        thr[key] = thr.get(key, 0.0) + (c1 - c0)
+    tot = [b - a for a, b in zip(s0["cpu_total"], s1["cpu_total"])]
+    # user nice system idle iowait irq softirq steal
+    return {"wall_s": dt, "per_role": {k: round(v, 2) for k, v in sorted(per_role.items())},
+            "per_proc": sorted(per_proc, key=lambda x: -x[2])[:12],
+            "threads": {k: round(v, 2) for k, v in sorted(thr.items(), key=lambda x: -x[1])
+                        if v > 0.05},
+            "machine_busy_s": round(sum(tot[:3]) + sum(tot[5:8]), 2),
+            "machine_idle_s": round(tot[3] + tot[4], 2)}
+
+
+def coloc_day(cfg, a) -> dict:
+    """The training day (day 1) on colocated worker+shard actors; no stats pass, no test."""
+    from psfm.config import to_dict
+    from psfm.dist.colocated import ColocatedActor
+
+    n = cfg.train.workers
+    conf = to_dict(cfg)
+    ws = [ColocatedActor.options(max_concurrency=a.concurrency, num_cpus=1).remote(
+        conf, i, n, a.switch) for i in range(n)]
+    ray.get([w.set_peers.remote(ws) for w in ws])
+
+    class Cluster:
+        workers = ws
+        dispatch = drv.RayCluster.dispatch
+
+    try:
+        rec = drv._train_day(Cluster(), cfg, cfg.data.root, "1", cfg.ps.warmup_units)
+    finally:
+        for w in ws:
+            ray.kill(w)
+    return {"train": {"samples_per_s": rec["samples_per_s"]}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="fm")
+    ap.add_argument("--root", default="/tmp/rp/data")
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--profile")
+    ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--idle", action="store_true")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--json")
+    ap.add_argument("--coloc", action="store_true",
+                    help="prototype: workers host the shards (psfm.dist.colocated)")
+    ap.add_argument("--switch", type=float, default=None, help="--coloc: GIL switch interval")
+    ap.add_argument("--concurrency", type=int, default=3)
+    a = ap.parse_args()
+    wrap(a.profile, a.rate, a.idle)
+    cfg = load_config(None, [f"data.root={json.dumps(a.root)}", 'data.train_days="1"',
+                             'data.test_days="2"', *MODELS[a.model], f"ps.shards={a.shards}",
+                             f"train.workers={a.workers}", *a.set])
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env=drv.ACTOR_ENV, _system_config=drv.LOCAL_SYSTEM_CONFIG)
+    results = []
+    try:
+        for i in range(a.runs):
+            rep = coloc_day(cfg, a) if a.coloc else drv.train_ray(cfg)
+            s0, s1, rec = STATE["day"]
+            b = breakdown(s0, s1)
+            sps = rep["train"]["samples_per_s"]
+            b["samples_per_s"] = sps
+            b["rows"] = rec["rows"]
+            b["auc"] = rep["test"]["auc"] if not a.coloc else rec["progressive_auc"]
+            results.append(b)
+            print(f"run {i}: {sps:,.0f} samples/s  wall {b['wall_s']:.2f}s  "
+                  f"roles {b['per_role']}  busy {b['machine_busy_s']} idle "
+                  f"{b['machine_idle_s']}  auc {b['auc']:.4f}", flush=True)
+    finally:
+        ray.shutdown()
+    sps = [r["samples_per_s"] for r in results]
+    print(f"median {statistics.median(sps):,.0f} samples/s, runs "
+          f"{[round(x / 1e3, 1) for x in sps]}k", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
