@@ -1,8 +1,9 @@
 """Probe the local-Ray training day: samples/s, CPU seconds per process and per thread, and
 (optionally) py-spy profiles of the shard and worker actors during the training day only.
 
-    PYTHONPATH=. python tools/rayprobe.py --model fm --shards 2 --workers 2 [--profile DIR]
+    python tools/rayprobe.py --root DATA --model fm --shards 2 --workers 2 [--profile DIR]
         [--set key=value ...] [--runs N] [--json out.json]
+    python tools/rayprobe_prof.py DIR        # stage shares from the --profile output
 
 Everything is measured between the start and the end of ``_train_day`` (the driver's
 training day), by wrapping it.
@@ -16,7 +17,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -72,7 +72,6 @@ def role(name: str, pid: int) -> str:
     if pid == os.getpid():
         return "driver"
     for key, r in (("ParameterShard", "shard"), ("WorkerRunner", "worker"),
-                   ("ColocatedRunn", "worker"),
                    ("raylet", "raylet"), ("gcs_server", "gcs")):
         if key in name:
             return r
@@ -144,33 +143,11 @@ def breakdown(s0: dict, s1: dict) -> dict:
             "machine_idle_s": round(tot[3] + tot[4], 2)}
 
 
-def coloc_day(cfg, a) -> dict:
-    """The training day (day 1) on colocated worker+shard actors; no stats pass, no test."""
-    from psfm.config import to_dict
-    from psfm.dist.colocated import ColocatedActor
-
-    n = cfg.train.workers
-    conf = to_dict(cfg)
-    ws = [ColocatedActor.options(max_concurrency=a.concurrency, num_cpus=1).remote(
-        conf, i, n, a.switch) for i in range(n)]
-    ray.get([w.set_peers.remote(ws) for w in ws])
-
-    class Cluster:
-        workers = ws
-        dispatch = drv.RayCluster.dispatch
-
-    try:
-        rec = drv._train_day(Cluster(), cfg, cfg.data.root, "1", cfg.ps.warmup_units)
-    finally:
-        for w in ws:
-            ray.kill(w)
-    return {"train": {"samples_per_s": rec["samples_per_s"]}}
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="fm")
-    ap.add_argument("--root", default="/tmp/rp/data")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="fm", choices=sorted(MODELS))
+    ap.add_argument("--root", required=True,
+                    help="data root with day=1 (train) and day=2 (test), e.g. from psfm gen")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", action="append", default=[])
@@ -179,10 +156,6 @@ def main() -> None:
     ap.add_argument("--idle", action="store_true")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--json")
-    ap.add_argument("--coloc", action="store_true",
-                    help="prototype: workers host the shards (psfm.dist.colocated)")
-    ap.add_argument("--switch", type=float, default=None, help="--coloc: GIL switch interval")
-    ap.add_argument("--concurrency", type=int, default=3)
     a = ap.parse_args()
     wrap(a.profile, a.rate, a.idle)
     cfg = load_config(None, [f"data.root={json.dumps(a.root)}", 'data.train_days="1"',
@@ -193,13 +166,13 @@ def main() -> None:
     results = []
     try:
         for i in range(a.runs):
-            rep = coloc_day(cfg, a) if a.coloc else drv.train_ray(cfg)
+            rep = drv.train_ray(cfg)
             s0, s1, rec = STATE["day"]
             b = breakdown(s0, s1)
             sps = rep["train"]["samples_per_s"]
             b["samples_per_s"] = sps
             b["rows"] = rec["rows"]
-            b["auc"] = rep["test"]["auc"] if not a.coloc else rec["progressive_auc"]
+            b["auc"] = rep["test"]["auc"]
             results.append(b)
             print(f"run {i}: {sps:,.0f} samples/s  wall {b['wall_s']:.2f}s  "
                   f"roles {b['per_role']}  busy {b['machine_busy_s']} idle "
