@@ -207,8 +207,15 @@ def forward_backward(
             for k in range(2, m + 1):
                 pattern[k, :offs[k - 1]] = 1
                 pattern[k, width:width + k - 1] = 1
-            dsums = _bag2(wide * pattern.index_select(0, x.level), width, x.occ_uniq, so,
-                          xv, xsq)
+            # The top level has no dependent part: bag only the columns below it.
+            lo, cols = offs[m - 1], list(range(offs[m - 1])) + list(range(width, width + m - 1))
+            cols_t = torch.tensor(cols, device=wide.device)
+            dep = (wide.index_select(1, cols_t) * pattern.index_select(1, cols_t)
+                   .index_select(0, x.level))
+            part = _bag2(dep, lo, x.occ_uniq, so, xv, xsq)  # (B, lo + m - 1)
+            dsums = torch.zeros_like(sums)
+            dsums[:, :lo] = part[:, :lo]
+            dsums[:, width:width + m - 1] = part[:, lo:]
         else:  # FM: no dependent features
             dsums = torch.zeros_like(sums)
         s_all = [sums[:, offs[p]:offs[p + 1]] for p in range(m)]
