@@ -49,7 +49,8 @@ class WorkerRunner:
             # gradient equals the one-worker gradient up to that single rounding.
             self.worker.spec = dataclasses.replace(self.worker.spec, grad_float64=True)
         self.client = RayClient(shards, self.cfg.model.tied, self.cfg.ps.max_in_flight,
-                                buffered_worker=worker_id if self.sync_steps else None)
+                                buffered_worker=worker_id if self.sync_steps else None,
+                                ranks=self.cfg.model.ranks, transport=self.cfg.ps.transport)
         tags = {"worker": str(worker_id)}
         self._m_rows = ray_metrics.Counter("psfm_rows_total", "rows processed by workers",
                                            tag_keys=("worker", "phase"))

@@ -5,12 +5,18 @@ with a single ``ray.get`` (never get-in-a-loop); ``pull_async`` returns the refs
 batch's pull is in flight while the current one computes. ``push`` submits every shard's push
 and keeps at most ``max_in_flight`` pushes outstanding (async mode), or hands them to the shards'
 step buffers (sync mode with several workers); ``push_pull`` pushes one batch and pulls the
-next in one call per shard. Pull answers and fused push + pull arguments travel as one buffer
-each (:mod:`psfm.ps.wire`: one object per message, not one per array).
+next in one call per shard.
+
+Messages travel as one buffer each (:mod:`psfm.ps.wire`). With ``ps.transport = "auto"`` a
+shard on the worker's node reads and answers them in a shared-memory file (:mod:`psfm.ps.shm`,
+through :class:`ShmLink`) and the actor call carries only where they are; a shard on another
+node gets them as Ray task arguments and results.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +26,122 @@ import ray
 
 from psfm.ps.routing import Route, merge_pulls, route, split_push
 from psfm.ps.shard import PullResult
-from psfm.ps.wire import pack
+from psfm.ps.shm import MessageFile, default_dir
+from psfm.ps.wire import pack, pack_into, packed_size, pad
 
-__all__ = ["RayClient", "PendingPull"]
+__all__ = ["RayClient", "PendingPull", "ShmLink"]
+
+log = logging.getLogger(__name__)
+
+_GROWTH = 1.5  # a message file grows to this times the message that did not fit
+
+
+def _answer_bound(n_keys: int, ranks: Sequence[int]) -> int:
+    """Most bytes a pull answer for ``n_keys`` keys can take (every key at every level)."""
+    return packed_size([]) + 24 * (2 + len(ranks)) + pad(4 * n_keys) + pad(n_keys) + sum(
+        pad(4 * d * n_keys) for d in ranks)
+
+
+class ShmLink:
+    """One worker's shared-memory channel to one shard on its node.
+
+    The worker owns a :class:`~psfm.ps.shm.MessageFile` of ``slots`` slots; a call writes its
+    message into a free slot and passes (file, slot, length) to ``shard.shm_call``. A pull's
+    slot stays taken until :meth:`answer` copies the answer out; a push's until the call
+    returns (:meth:`reap`). A message larger than a slot moves the link to a bigger file; the
+    shard drops the old one once nothing in it is in flight. ``open`` returns False when the
+    shard cannot map the file (it runs on another node)."""
+
+    def __init__(self, shard, name: str, slots: int, directory: str | None = None) -> None:
+        self.shard, self.name, self.slots = shard, name, slots
+        self.dir = directory or default_dir()
+        self.file: MessageFile | None = None
+        self.gen = 0
+        self.free: list[int] = []
+        self.busy: dict[tuple[int, int], MessageFile] = {}  # (gen, slot) -> its file
+        self.retired: dict[int, MessageFile] = {}  # older files with calls in flight
+        self.pushes: deque = deque()  # (gen, slot, ref) of pushes in flight
+
+    def _fname(self, gen: int) -> str:
+        return f"{self.name}.{gen}"
+
+    def open(self, slot_bytes: int) -> bool:
+        """A new file of at least ``slot_bytes`` per slot, mapped by the shard; False (and no
+        file) when the shard cannot see it."""
+        try:
+            f = MessageFile.create(self.dir, "psfm", self.slots, slot_bytes)
+        except OSError as e:
+            log.warning("no shared-memory message file in %s (%s): Ray messages instead",
+                        self.dir, e)
+            return False
+        try:
+            ok = ray.get(self.shard.shm_attach.remote(
+                self._fname(self.gen + 1), f.path, f.token, f.slots, f.slot_bytes))
+        finally:
+            f.unlink()  # both sides hold a mapping now (or the shard never will)
+        if not ok:
+            return False
+        if self.file is not None:
+            self.retired[self.gen] = self.file
+        self.gen += 1
+        self.file, self.free = f, list(range(f.slots))
+        self._drop_retired()
+        return True
+
+    def _drop_retired(self) -> None:
+        busy_gens = {g for g, _ in self.busy}
+        for g in [g for g in self.retired if g not in busy_gens]:
+            del self.retired[g]
+            self.shard.shm_detach.remote(self._fname(g))
+
+    def _take(self, need: int) -> tuple[int, int, np.ndarray]:
+        """A free slot of at least ``need`` bytes: (gen, slot, its buffer)."""
+        if self.file is None or need > self.file.slot_bytes:
+            if not self.open(int(need * _GROWTH)):
+                raise OSError(f"shard stopped mapping the message files of '{self.name}'")
+        while not self.free:
+            if not self.pushes:
+                raise RuntimeError(f"message link '{self.name}': every slot is taken")
+            self.reap(len(self.pushes) - 1)
+        i = self.free.pop()
+        self.busy[(self.gen, i)] = self.file
+        return self.gen, i, self.file.slot(i)
+
+    def _release(self, gen: int, slot: int) -> None:
+        self.busy.pop((gen, slot))
+        if gen == self.gen:
+            self.free.append(slot)
+        elif self.retired:
+            self._drop_retired()
+
+    def call(self, op: str, arrays: Sequence[np.ndarray], answer_bytes: int = 0):
+        """Submit ``op`` on ``arrays``; returns ``(ref, (gen, slot, request bytes))``."""
+        req = packed_size(arrays)
+        gen, i, buf = self._take(pad(req) + answer_bytes)
+        pack_into(arrays, buf)
+        ref = self.shard.shm_call.remote(self._fname(gen), op, i, req)
+        return ref, (gen, i, req)
+
+    def push(self, arrays: Sequence[np.ndarray]):
+        ref, (gen, i, _) = self.call("push", arrays)
+        self.pushes.append((gen, i, ref))
+        return ref
+
+    def answer(self, where: tuple[int, int, int], length: int) -> np.ndarray:
+        """Copy a pull's answer (``length`` bytes, as ``shm_call`` returned) out of its slot
+        and free the slot."""
+        gen, i, req = where
+        f = self.busy[(gen, i)]
+        out = f.slot(i)[pad(req): pad(req) + length].copy()
+        self._release(gen, i)
+        return out
+
+    def reap(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` pushes are in flight."""
+        while len(self.pushes) > keep:
+            gen, i, ref = self.pushes.popleft()
+            ray.get(ref)
+            self._release(gen, i)
 
 
 @dataclass
@@ -30,6 +149,7 @@ class PendingPull:
     route: Route
     refs: list
     key_bytes: int
+    where: list  # per shard: the ShmLink slot of the answer, or None (a Ray result)
 
 
 class RayClient:
@@ -41,22 +161,49 @@ class RayClient:
         tied: bool,
         max_in_flight: int = 2,
         buffered_worker: int | None = None,
+        ranks: Sequence[int] = (),
+        transport: str = "ray",
     ) -> None:
         self.shards = list(shards)
         self.tied = tied
+        self.ranks = tuple(ranks)
         self.max_in_flight = max_in_flight
         self.buffered_worker = buffered_worker  # sync mode, several workers: this worker's id
         self._pushes: deque = deque()
         self.bytes_pulled = 0
         self.bytes_pushed = 0
+        self.links: list[ShmLink | None] = [None] * len(self.shards)
+        if transport == "auto":
+            tag = uuid.uuid4().hex[:12]
+            for s, shard in enumerate(self.shards):
+                link = ShmLink(shard, f"{tag}-s{s}", max_in_flight + 3)
+                self.links[s] = link if link.open(1 << 20) else None
+            log.info("shared-memory messages with %d of %d shards",
+                     sum(x is not None for x in self.links), len(self.shards))
+
+    def _pull_call(self, s: int, keys: np.ndarray, create: bool, push: tuple | None):
+        """One shard's pull (after ``push``, that shard's push arguments): (ref, where)."""
+        shard, link = self.shards[s], self.links[s]
+        if push is None:
+            arrays = [keys, np.array([create], np.int8)]
+        else:
+            arrays = [*push[:4], *push[4], keys, np.array([create], np.int8)]
+        if link is not None:
+            return link.call("pull" if push is None else "push_pull", arrays,
+                             _answer_bound(keys.size, self.ranks))
+        if push is None:
+            return shard.pull_packed.remote(keys, create), None
+        return shard.push_pull_packed.remote(pack(arrays)), None
 
     def pull_async(self, keys: np.ndarray, create: bool = False) -> PendingPull:
         r = route(keys, len(self.shards))
-        refs = [s.pull_packed.remote(keys[idx], create) for s, idx in zip(self.shards, r.index)]
-        return PendingPull(r, refs, keys.nbytes)
+        calls = [self._pull_call(s, keys[idx], create, None) for s, idx in enumerate(r.index)]
+        return PendingPull(r, [c[0] for c in calls], keys.nbytes, [c[1] for c in calls])
 
     def wait_pull(self, pending: PendingPull) -> PullResult:
-        parts = [PullResult.unpack(b) for b in ray.get(pending.refs)]
+        outs = ray.get(pending.refs)
+        parts = [PullResult.unpack(out if where is None else self.links[s].answer(where, out))
+                 for s, (out, where) in enumerate(zip(outs, pending.where))]
         self.bytes_pulled += pending.key_bytes + sum(p.nbytes for p in parts)
         return merge_pulls(pending.route, parts, self.tied)
 
@@ -73,16 +220,20 @@ class RayClient:
 
     def push(self, keys, counts, level, grad_w, grad_tables) -> None:
         refs = []
-        for shard, a in zip(self.shards,
-                            self._split_push(keys, counts, level, grad_w, grad_tables)):
-            if self.buffered_worker is None:
-                refs.append(shard.push.remote(*a))
-            else:
+        for s, a in enumerate(self._split_push(keys, counts, level, grad_w, grad_tables)):
+            shard, link = self.shards[s], self.links[s]
+            if self.buffered_worker is not None:
                 refs.append(shard.push_buffered.remote(self.buffered_worker, *a))
+            elif link is not None:
+                link.push([*a[:4], *a[4]])
+                link.reap(self.max_in_flight)
+            else:
+                refs.append(shard.push.remote(*a))
         if self.buffered_worker is not None:
             ray.get(refs)  # the step's gradients are stored before the step ends
             return
-        self._pushes.append(refs)
+        if refs:
+            self._pushes.append(refs)
         while len(self._pushes) > self.max_in_flight:
             ray.get(self._pushes.popleft())
 
@@ -94,16 +245,17 @@ class RayClient:
             return self.pull_async(keys, create)
         args = self._split_push(*push_args)
         r = route(keys, len(self.shards))
-        refs = []
-        for shard, a, idx in zip(self.shards, args, r.index):
-            buf = pack([*a[:4], *a[4], keys[idx], np.array([create], np.int8)])
-            refs.append(shard.push_pull_packed.remote(buf))
-        return PendingPull(r, refs, keys.nbytes)
+        calls = [self._pull_call(s, keys[idx], create, a)
+                 for s, (a, idx) in enumerate(zip(args, r.index))]
+        return PendingPull(r, [c[0] for c in calls], keys.nbytes, [c[1] for c in calls])
 
     def flush(self) -> None:
         """Wait for every outstanding push (end of a unit)."""
         while self._pushes:
             ray.get(self._pushes.popleft())
+        for link in self.links:
+            if link is not None:
+                link.reap()
 
     def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
         r = route(keys, len(self.shards))

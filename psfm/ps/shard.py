@@ -21,12 +21,13 @@ import numpy as np
 from psfm.checkpoint import write_shard_state
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
 from psfm.data.hashing import BIAS_KEY
-from psfm.errors import CheckpointError
+from psfm.errors import CheckpointError, PsfmError
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.admission import CountMinSketch
 from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts
+from psfm.ps.shm import MessageFile
 from psfm.ps.table import KeyTable
-from psfm.ps.wire import pack, unpack
+from psfm.ps.wire import pack, pack_into, pad, unpack
 
 __all__ = ["ParameterShard", "PullResult", "ShardStats", "shard_of"]
 
@@ -54,9 +55,13 @@ class PullResult:
     def nbytes(self) -> int:
         return self.w.nbytes + self.level.nbytes + sum(t.nbytes for t in self.tables)
 
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        return [self.w, self.level, *self.tables]
+
     def pack(self) -> np.ndarray:
         """One buffer (:mod:`psfm.ps.wire`) for crossing actors."""
-        return pack([self.w, self.level, *self.tables])
+        return pack(self.arrays)
 
     @classmethod
     def unpack(cls, buf: np.ndarray) -> PullResult:
@@ -204,6 +209,7 @@ class ParameterShard:
         self.sketch: CountMinSketch | None = None
         self._buffer: list[tuple] = []
         self._recent: deque = deque(maxlen=8)  # (keys, slots) of the latest training pulls
+        self._files: dict[str, MessageFile] = {}  # workers' message files on this node
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -464,12 +470,49 @@ class ParameterShard:
     def push_pull_packed(self, buf: np.ndarray) -> np.ndarray:
         """:meth:`push_pull` with its arguments in one buffer: ``pack([keys, counts, level,
         grad_w, *grad_tables, pull_keys, [create]])``; answers :meth:`pull_packed`'s buffer."""
-        a = unpack(buf)
+        return self._push_pull_message(unpack(buf)).pack()
+
+    def _push_pull_message(self, a: list[np.ndarray]) -> PullResult:
         m = self.m
         keys, counts, level, grad_w = a[:4]
-        out = self.push_pull(keys, counts, level, grad_w, a[4: 4 + m], a[4 + m],
-                             bool(a[5 + m][0]))
-        return out.pack()
+        # the pull keys are copied: they outlive the message in ``_recent``
+        return self.push_pull(keys, counts, level, grad_w, a[4: 4 + m], a[4 + m].copy(),
+                              bool(a[5 + m][0]))
+
+    # ------------------------------------------------------------------ same-node messages
+    def shm_attach(self, name: str, path: str, token: bytes, slots: int,
+                   slot_bytes: int) -> bool:
+        """Map a worker's message file (:mod:`psfm.ps.shm`) as ``name``; False when the file
+        cannot be opened here (another node) or is not the worker's."""
+        f = MessageFile.attach(path, token, slots, slot_bytes)
+        if f is not None:
+            self._files[name] = f
+        return f is not None
+
+    def shm_detach(self, name: str) -> None:
+        """Drop a message file the worker has replaced."""
+        self._files.pop(name, None)
+
+    def shm_call(self, name: str, op: str, slot: int, length: int) -> int:
+        """Run the message of ``length`` bytes in ``slot`` of file ``name``: ``op`` is
+        ``"pull"`` (``pack([keys, [create]])``), ``"push"`` (``pack([keys, counts, level,
+        grad_w, *grad_tables])``) or ``"push_pull"`` (:meth:`push_pull_packed`'s layout). A
+        pull's answer (:meth:`pull_packed`'s layout) is written into the slot after the
+        request; returns its length (0 for a push)."""
+        if name not in self._files:
+            raise PsfmError(f"Shard {self.shard_id}: no message file '{name}' is attached.")
+        buf = self._files[name].slot(slot)
+        a = unpack(buf[:length])
+        if op == "pull":
+            out = self.pull(a[0].copy(), bool(a[1][0]))  # keys outlive the call in _recent
+        elif op == "push":
+            self.push(a[0], a[1], a[2], a[3], a[4:])
+            return 0
+        elif op == "push_pull":
+            out = self._push_pull_message(a)
+        else:
+            raise PsfmError(f"Shard {self.shard_id}: unknown message op {op!r}.")
+        return pack_into(out.arrays, buf[pad(length):])
 
     def push_buffered(
         self,

@@ -176,3 +176,50 @@ def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data
     a, b = restore_model(str(tmp_path / "full"))[1], restore_model(str(run))[1]
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_shared_memory_and_ray_messages_train_the_same_model(ray_local, data, tmp_path):
+    """ps.transport: shared-memory messages (the default on one node) and Ray's messages give a
+    bitwise equal model (sync, one worker, 2 shards)."""
+    for t in ("auto", "ray"):
+        _train(data, tmp_path / t, 'ps.mode="sync"', "train.workers=1", "ps.shards=2",
+               f'ps.transport="{t}"')
+    a, b = restore_model(str(tmp_path / "auto"))[1], restore_model(str(tmp_path / "ray"))[1]
+    assert a["keys"].size > 1000
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_shm_link_grows_its_file_with_calls_in_flight(ray_local):
+    """A message larger than a slot moves the link to a bigger file while pushes and a pull are
+    in flight in the old one; every answer and the final state match an in-process shard."""
+    import ray
+
+    from psfm.config import FtrlConfig, LevelConfig, ModelConfig
+    from psfm.dist.actors import ShardActor
+    from psfm.dist.client import ShmLink, _answer_bound
+    from psfm.ps.shard import ParameterShard, PullResult
+
+    model, ftrl, levels = ModelConfig(kind="fm", ranks=(8,)), FtrlConfig(), LevelConfig()
+    ref, actor = ParameterShard(model, ftrl, levels), ShardActor.remote(model, ftrl, levels)
+    link = ShmLink(actor, "grow-test", slots=5)
+    assert link.open(1 << 12) and link.gen == 1
+    rng = np.random.default_rng(0)
+    one = np.array([1], np.int8)
+    for n in (50, 200, 4000, 30_000, 120):  # 4000 and 30,000 keys outgrow the slots
+        keys = np.unique(rng.integers(1, 2**63, n, dtype=np.int64).astype(np.uint64))
+        ref_call, where = link.call("pull", [keys, one], _answer_bound(keys.size, (8,)))
+        got = PullResult.unpack(link.answer(where, ray.get(ref_call)))
+        want = ref.pull(keys, create=True)
+        assert all(np.array_equal(x, y) for x, y in zip(got.arrays, want.arrays))
+        g = rng.normal(size=want.tables[0].shape).astype(np.float32)
+        gw = rng.normal(size=keys.size).astype(np.float32)
+        counts = np.ones(keys.size, np.float32)
+        for _ in range(2):  # two pushes in flight, the next pull may move the file
+            link.push([keys, counts, want.level, gw, g])
+            ref.push(keys, counts, want.level, gw, [g])
+    link.reap()
+    assert link.gen >= 3 and not link.retired and not link.busy
+    state = ray.get(actor.snapshot.remote())
+    for k, v in ref.snapshot().items():
+        assert np.array_equal(state[k], v), k

@@ -378,3 +378,53 @@ def test_wire_buffers_round_trip_and_packed_calls_match():
     got = PullResult.unpack(b[0].push_pull_packed(buf))
     assert np.array_equal(got.w, want.w) and np.array_equal(got.level, want.level)
     assert all(np.array_equal(x, y) for x, y in zip(got.tables, want.tables))
+
+
+def test_shared_memory_messages_answer_like_direct_calls(tmp_path):
+    """shm_call on a worker's message file (pull, push, push_pull) gives the direct calls'
+    results; the pull keys a shard keeps are its own copy, not the reused slot."""
+    from psfm.errors import PsfmError
+    from psfm.ps.shard import PullResult
+    from psfm.ps.shm import MessageFile
+    from psfm.ps.wire import pack_into, pad
+
+    rng = np.random.default_rng(4)
+    a, b = _shards("rafm", ranks=(2, 4)), _shards("rafm", ranks=(2, 4))
+    f = MessageFile.create(str(tmp_path), "psfm", 2, 1 << 16)
+    assert f.slot_bytes % 4096 == 0 and f.slot_bytes >= 1 << 16
+    assert b[0].shm_attach("w0", f.path, f.token, f.slots, f.slot_bytes)
+    assert not b[0].shm_attach("x", f.path, b"\0" * 16, f.slots, f.slot_bytes)  # not its token
+    assert not b[0].shm_attach("x", str(tmp_path / "gone"), f.token, f.slots, f.slot_bytes)
+    f.unlink()  # the shard's mapping outlives the name
+    assert list(tmp_path.iterdir()) == []
+
+    def call(op, arrays, slot=0):
+        n = pack_into(arrays, f.slot(slot))
+        out = b[0].shm_call("w0", op, slot, n)
+        return PullResult.unpack(f.slot(slot)[pad(n): pad(n) + out].copy()) if out else None
+
+    one = np.array([1], np.int8)
+    k1, k2 = _keys(rng, 300), _keys(rng, 300)
+    want, got = a[0].pull(k1, create=True), call("pull", [k1, one])
+    f.slot(0)[:] = 0  # the next message overwrites the slot: the shard kept its own keys
+    assert all(np.array_equal(x, y) for x, y in zip(got.arrays, want.arrays))
+    gw = rng.normal(size=k1.size).astype(np.float32)
+    grads = [rng.normal(size=t.shape).astype(np.float32) for t in want.tables]
+    counts = np.ones(k1.size, np.float32)
+    want2 = a[0].push_pull(k1, counts, want.level, gw, grads, k2, True)
+    got2 = call("push_pull", [k1, counts, want.level, gw, *grads, k2, one], slot=1)
+    assert all(np.array_equal(x, y) for x, y in zip(got2.arrays, want2.arrays))
+    a[0].push(k2, counts, want2.level, gw, [g * 0 + 0.5 for g in want2.tables])
+    assert call("push", [k2, counts, want2.level, gw, *[g * 0 + 0.5 for g in want2.tables]]) \
+        is None
+    assert all(np.array_equal(x, y) for x, y in zip(a[0].snapshot().values(),
+                                                    b[0].snapshot().values()))
+    with pytest.raises(PsfmError, match="no message file 'w9'"):
+        b[0].shm_call("w9", "pull", 0, 8)
+    with pytest.raises(PsfmError, match="unknown message op"):
+        b[0].shm_call("w0", "nope", 0, pack_into([k1], f.slot(0)))
+    with pytest.raises(ValueError, match="pack_into needs"):
+        pack_into([np.zeros(1 << 15, np.uint64)], f.slot(0))
+    b[0].shm_detach("w0")
+    with pytest.raises(PsfmError, match="no message file"):
+        b[0].shm_call("w0", "pull", 0, 8)
