@@ -208,7 +208,7 @@ class Predictor:
                 starts = np.asarray(row_group_starts(pf))
                 for t, _, first in read_unit(u, batch_size, schema.columns):
                     b = build_batch(t, schema, self.loss, self.data.bad_rows,
-                                    f"File '{u.file}'", first, starts, use_torch=False)
+                                    f"File '{u.file}'", first, starts)
                     if b.skipped:
                         raise DataError(f"File '{u.file}': {b.skipped} bad rows; predict "
                                         "needs every row scored.")
