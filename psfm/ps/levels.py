@@ -39,22 +39,39 @@ def levels_from_counts(counts: np.ndarray, thresholds: np.ndarray) -> np.ndarray
     return np.searchsorted(thresholds, c, side="right").astype(np.int8)
 
 
-_TWO_PI = 2.0 * np.pi
-_INV24 = 1.0 / float(1 << 24)
+_TWO_PI = np.float32(2.0 * np.pi)
+_INV24 = np.float32(1.0 / float(1 << 24))
+_HALF = np.float32(0.5)
 
 
 def init_factors(
     keys: np.ndarray, salt_level: int, dim: int, std: float, seed: int, first_col: int = 0
 ) -> np.ndarray:
     """(len(keys), dim) float32 draws of N(0, std^2), a pure function of
-    (seed, key, salt_level, first_col + column)."""
+    (seed, key, salt_level, first_col + column).
+
+    Box-Muller on both of its outputs: columns 2j and 2j + 1 are ``r cos(a)`` and ``r sin(a)``
+    of one 64-bit hash of (key, j) (24 bits for each uniform), so a key's row costs
+    ``dim / 2`` hashes, logs and square roots, in float32."""
     if std == 0 or keys.size == 0:
         return np.zeros((keys.size, dim), dtype=np.float32)
-    cols = np.arange(first_col, first_col + dim, dtype=np.uint64)
+    p0, p1 = first_col // 2, (first_col + dim + 1) // 2  # column pairs covering the columns
+    pairs = np.arange(p0, p1, dtype=np.uint64)
     base = np.array([seed * 0x10001 + salt_level * 0x1000], dtype=np.uint64)
-    col_salt = mix64(mix64(base) ^ cols)  # (dim,)
-    h = mix64(np.asarray(keys, dtype=np.uint64)[:, None] ^ col_salt[None, :])  # (n, dim)
-    u1 = ((h >> np.uint64(40)).astype(np.float64) + 0.5) * _INV24
-    u2 = ((h & np.uint64(0xFFFFFF)).astype(np.float64) + 0.5) * _INV24
-    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)  # Box-Muller
-    return (z * std).astype(np.float32)
+    pair_salt = mix64(mix64(base) ^ pairs)  # (pairs,)
+    h = mix64(np.asarray(keys, dtype=np.uint64)[:, None] ^ pair_salt[None, :])  # (n, pairs)
+    u1 = (h >> np.uint64(40)).astype(np.float32)
+    u1 += _HALF
+    u1 *= _INV24
+    a = (h & np.uint64(0xFFFFFF)).astype(np.float32)
+    a += _HALF
+    a *= _INV24 * _TWO_PI
+    r = np.log(u1)
+    r *= np.float32(-2.0)
+    np.sqrt(r, out=r)
+    r *= np.float32(std)
+    out = np.empty((keys.size, p1 - p0, 2), np.float32)  # (n, pairs, cos | sin)
+    np.multiply(r, np.cos(a), out=out[:, :, 0])
+    np.multiply(r, np.sin(a), out=out[:, :, 1])
+    lo = first_col - 2 * p0
+    return out.reshape(keys.size, -1)[:, lo: lo + dim]
