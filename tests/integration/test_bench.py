@@ -1,0 +1,34 @@
+"""``psfm bench`` end to end on a small generated log (slow: about two minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_path):
+    import ray
+
+    from psfm.bench import render_markdown, run_bench, sizes
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sz = dataclasses.replace(sizes(True, rows=120_000), table_sizes=(300_000,))
+    res = run_bench(sz, data_dir=str(tmp_path), command="test")
+    md = render_markdown(res)
+    for head in ("## 1. Stage costs", "## 2. End-to-end", "### Worker-shard message cost",
+                 "## 3. Bytes per sample", "## 4. Parameter-server bytes", "## 5. Scaling",
+                 "## 6. Memory-bandwidth ceiling", "## Targets"):
+        assert head in md, head
+    e2e = res["end_to_end"]
+    for name in ("LR", "FM(8)", "RaFM({1,2,4,8})"):
+        for key in ("local", "ray_1x1", "ray_1x2", "ray_2x2"):
+            assert e2e[name][key] > 0, (name, key)
+    msg = e2e["messages"]
+    # the shared-memory link takes the payload off Ray: the caller's CPU per call drops
+    assert msg["auto"]["caller_cpu_ms"] < msg["ray"]["caller_cpu_ms"]
+    assert msg["bare"]["caller_cpu_ms"] < msg["auto"]["caller_cpu_ms"]
+    assert {t["result"] for t in res["targets"]} <= {"PASS", "FAIL", "n/a"}
+    assert len(res["targets"]) == 11
