@@ -94,11 +94,12 @@ class ShmLink:
             del self.retired[g]
             self.shard.shm_detach.remote(self._fname(g))
 
-    def _take(self, need: int) -> tuple[int, int, np.ndarray]:
-        """A free slot of at least ``need`` bytes: (gen, slot, its buffer)."""
+    def _take(self, need: int) -> tuple[int, int, np.ndarray] | None:
+        """A free slot of at least ``need`` bytes: (gen, slot, its buffer); None when the
+        file would have to grow and a bigger one cannot be made (no room in its directory)."""
         if self.file is None or need > self.file.slot_bytes:
             if not self.open(int(need * _GROWTH)):
-                raise OSError(f"shard stopped mapping the message files of '{self.name}'")
+                return None
         while not self.free:
             if not self.pushes:
                 raise RuntimeError(f"message link '{self.name}': every slot is taken")
@@ -115,17 +116,25 @@ class ShmLink:
             self._drop_retired()
 
     def call(self, op: str, arrays: Sequence[np.ndarray], answer_bytes: int = 0):
-        """Submit ``op`` on ``arrays``; returns ``(ref, (gen, slot, request bytes))``."""
+        """Submit ``op`` on ``arrays``; returns ``(ref, (gen, slot, request bytes))``, or
+        None when the message does not fit (the caller sends it through Ray instead)."""
         req = packed_size(arrays)
-        gen, i, buf = self._take(pad(req) + answer_bytes)
+        taken = self._take(pad(req) + answer_bytes)
+        if taken is None:
+            return None
+        gen, i, buf = taken
         pack_into(arrays, buf)
         ref = self.shard.shm_call.remote(self._fname(gen), op, i, req)
         return ref, (gen, i, req)
 
-    def push(self, arrays: Sequence[np.ndarray]):
-        ref, (gen, i, _) = self.call("push", arrays)
+    def push(self, arrays: Sequence[np.ndarray]) -> bool:
+        """Submit a push; False when it does not fit (send it through Ray)."""
+        sent = self.call("push", arrays)
+        if sent is None:
+            return False
+        ref, (gen, i, _) = sent
         self.pushes.append((gen, i, ref))
-        return ref
+        return True
 
     def answer(self, where: tuple[int, int, int], length: int) -> np.ndarray:
         """Copy a pull's answer (``length`` bytes, as ``shm_call`` returned) out of its slot
@@ -149,7 +158,7 @@ class PendingPull:
     route: Route
     refs: list
     key_bytes: int
-    where: list  # per shard: the ShmLink slot of the answer, or None (a Ray result)
+    where: list  # per shard: (ShmLink, slot) of the answer, or None (a Ray result)
 
 
 class RayClient:
@@ -189,8 +198,10 @@ class RayClient:
         else:
             arrays = [*push[:4], *push[4], keys, np.array([create], np.int8)]
         if link is not None:
-            return link.call("pull" if push is None else "push_pull", arrays,
+            sent = link.call("pull" if push is None else "push_pull", arrays,
                              _answer_bound(keys.size, self.ranks))
+            if sent is not None:
+                return sent[0], (link, sent[1])
         if push is None:
             return shard.pull_packed.remote(keys, create), None
         return shard.push_pull_packed.remote(pack(arrays)), None
@@ -202,8 +213,8 @@ class RayClient:
 
     def wait_pull(self, pending: PendingPull) -> PullResult:
         outs = ray.get(pending.refs)
-        parts = [PullResult.unpack(out if where is None else self.links[s].answer(where, out))
-                 for s, (out, where) in enumerate(zip(outs, pending.where))]
+        parts = [PullResult.unpack(out if where is None else where[0].answer(where[1], out))
+                 for out, where in zip(outs, pending.where)]
         self.bytes_pulled += pending.key_bytes + sum(p.nbytes for p in parts)
         return merge_pulls(pending.route, parts, self.tied)
 
@@ -224,8 +235,7 @@ class RayClient:
             shard, link = self.shards[s], self.links[s]
             if self.buffered_worker is not None:
                 refs.append(shard.push_buffered.remote(self.buffered_worker, *a))
-            elif link is not None:
-                link.push([*a[:4], *a[4]])
+            elif link is not None and link.push([*a[:4], *a[4]]):
                 link.reap(self.max_in_flight)
             else:
                 refs.append(shard.push.remote(*a))

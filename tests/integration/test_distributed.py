@@ -223,3 +223,36 @@ def test_shm_link_grows_its_file_with_calls_in_flight(ray_local):
     state = ray.get(actor.snapshot.remote())
     for k, v in ref.snapshot().items():
         assert np.array_equal(state[k], v), k
+
+
+def test_messages_that_outgrow_the_shared_memory_go_through_ray(ray_local, tmp_path):
+    """When a bigger message file cannot be made (no room, here no directory), the client sends
+    that push or pull through Ray and gets the same answers; smaller ones stay on the file."""
+    import ray
+
+    from psfm.config import FtrlConfig, LevelConfig, ModelConfig
+    from psfm.dist.actors import ShardActor
+    from psfm.dist.client import RayClient
+    from psfm.ps.shard import ParameterShard
+
+    model, ftrl, levels = ModelConfig(kind="fm", ranks=(8,)), FtrlConfig(), LevelConfig()
+    ref, actor = ParameterShard(model, ftrl, levels), ShardActor.remote(model, ftrl, levels)
+    client = RayClient([actor], False, ranks=(8,), transport="auto")
+    link = client.links[0]
+    assert link is not None and link.gen == 1
+    link.dir = str(tmp_path / "gone")  # every new file fails from here on
+    rng = np.random.default_rng(1)
+    for n in (100, 60_000, 200):  # 60,000 keys need more than the first 1 MB slots
+        keys = np.unique(rng.integers(1, 2**63, n, dtype=np.int64).astype(np.uint64))
+        got, want = client.pull(keys, create=True), ref.pull(keys, create=True)
+        assert all(np.array_equal(x, y) for x, y in zip(got.arrays, want.arrays))
+        g = rng.normal(size=want.tables[0].shape).astype(np.float32)
+        gw = rng.normal(size=keys.size).astype(np.float32)
+        counts = np.ones(keys.size, np.float32)
+        client.push(keys, counts, want.level, gw, [g])
+        ref.push(keys, counts, want.level, gw, [g])
+    client.flush()
+    assert link.gen == 1 and not link.busy  # never grew; the big messages went through Ray
+    state = ray.get(actor.snapshot.remote())
+    for k, v in ref.snapshot().items():
+        assert np.array_equal(state[k], v), k
