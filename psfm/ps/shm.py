@@ -1,11 +1,12 @@
 """Shared-memory message files between a worker and a shard on the same node (no Ray here).
 
 A Ray actor call copies its arguments and its result through the task RPC or the object store.
-For a worker's push + pull of a 4096-row FM(8) batch (2.2 MB out, 1 MB back) that costs about
-8 ms of CPU on the benchmark machine, against 1.3 ms for the same call carrying a few bytes
-(``psfm bench``, section 2). So when a worker and a shard share a node, the worker writes each
-message into a file that both processes have mapped, and the actor call carries only its
-place::
+For a worker's push + pull of a 4096-row FM(8) batch against one shard (1.2 MB out, about 1 MB
+back) the call costs 12.3 ms of CPU in all on the benchmark machine, of which the shard's own
+work is 5.6 ms and a call carrying a few bytes 1.2 ms (``psfm bench``, "Worker-shard message
+cost"). So when a worker and a shard share a node, the worker writes each message into a file
+that both processes have mapped, and the actor call carries only its place (9.3 ms in all, half
+of the worker's CPU per call)::
 
     worker: pack(request) -> slot i              shard.shm_call(name, op, i, length)
     shard:  unpack(slot i) (views), apply it, pack(answer) -> slot i after the request,
