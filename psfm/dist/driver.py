@@ -57,8 +57,10 @@ MAX_DAY_RETRIES = 2
 
 # Ray puts task arguments and results over 100 KB into the shared-memory object store (a
 # create/seal/get round trip per object); a worker's push and pull messages are a few hundred
-# KB, and passing them inline in the task RPC instead is about 10% faster end to end (FM(8),
-# 2 shards + 2 workers). Set for the Ray that psfm starts itself; clusters set
+# KB, and passing them inline in the task RPC instead was about 10% faster end to end (FM(8),
+# 2 shards + 2 workers). On one node the messages go through psfm's own shared-memory files
+# (ps.transport = "auto"); this applies to ps.transport = "ray" and to messages between
+# nodes. Set for the Ray that psfm starts itself; clusters set
 # RAY_max_direct_call_object_size on their nodes (cluster/README.md).
 LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20}
 # One thread per actor (torch and BLAS): actors are sized one per CPU.

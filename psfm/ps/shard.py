@@ -475,8 +475,7 @@ class ParameterShard:
     def _push_pull_message(self, a: list[np.ndarray]) -> PullResult:
         m = self.m
         keys, counts, level, grad_w = a[:4]
-        # the pull keys are copied: they outlive the message in ``_recent``
-        return self.push_pull(keys, counts, level, grad_w, a[4: 4 + m], a[4 + m].copy(),
+        return self.push_pull(keys, counts, level, grad_w, a[4: 4 + m], a[4 + m],
                               bool(a[5 + m][0]))
 
     # ------------------------------------------------------------------ same-node messages
@@ -509,6 +508,7 @@ class ParameterShard:
             self.push(a[0], a[1], a[2], a[3], a[4:])
             return 0
         elif op == "push_pull":
+            a[4 + self.m] = a[4 + self.m].copy()  # the pull keys outlive the call in _recent
             out = self._push_pull_message(a)
         else:
             raise PsfmError(f"Shard {self.shard_id}: unknown message op {op!r}.")
