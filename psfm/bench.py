@@ -44,10 +44,10 @@ from psfm.data.gen import GenSpec, generate, generate_day
 from psfm.data.parquet import work_units
 from psfm.models.family import FamilyInputs, forward_backward
 from psfm.ps.client import LocalClient
+from psfm.ps.messages import PullResult, PushRequest
 from psfm.ps.routing import merge_pulls, route, split_push
-from psfm.ps.shard import PullResult
 from psfm.trainer import make_shards, needs_stats_pass, train_local
-from psfm.worker import Worker
+from psfm.worker import Worker, push_request
 
 __all__ = [
     "MODELS", "Sizes", "sizes", "machine_info", "make_data", "read_batches", "stage_costs",
@@ -217,13 +217,15 @@ def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str
     grads, min_pull, min_push, rows = [], 0, 0, 0
     for b in batches:  # one training pass: creates keys, measures bytes, keeps the gradients
         pulled = client.pull(b.uniq, create=True)
-        fb = forward_backward(worker.spec, worker._inputs(b, pulled))
-        g = (fb.grad_w.numpy(), [t.numpy() for t in fb.grad_tables])
-        client.push(b.uniq, b.counts, pulled.level, *g)
-        grads.append(g)
+        req = push_request(b, pulled.level, forward_backward(worker.spec,
+                                                              worker._inputs(b, pulled)))
+        client.push(req)
+        grads.append(req)
         fac = 4 * sum(t.size for t in pulled.tables)  # sum_p D_p * rows_p * 4 bytes
         min_pull += 12 * b.uniq.size + fac  # key 8 + w 4 + active factors
         min_push += 16 * b.uniq.size + fac  # key 8 + count 4 + grad w 4 + active factors
+        if req.has_sq:  # and a sum of squared gradients per coordinate
+            min_push += 4 * b.uniq.size + fac
         rows += b.size
     bytes_ = {"pulled": client.bytes_pulled / rows, "min_pulled": min_pull / rows,
               "pushed": client.bytes_pushed / rows, "min_pushed": min_push / rows,
@@ -233,24 +235,24 @@ def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str
     t_pull, r_pull, pulls = _timed(
         lambda: [shard.pull(b.uniq, create=True) for b in batches], reps)
     t_pk, _, _ = _timed(lambda: [pickle.loads(pickle.dumps(p, protocol=5)) for p in pulls], reps)
-    args = [(b.uniq, b.counts, p.level, gw, gt) for b, p, (gw, gt) in zip(batches, pulls, grads)]
+    args = grads  # the same keys and levels as these pulls
     t_pk2, _, _ = _timed(lambda: [pickle.loads(pickle.dumps(a, protocol=5)) for a in args], reps)
     parts = []
     for b, p in zip(batches, pulls):
         r = route(b.uniq, 2)
-        parts.append([PullResult(a[3], a[2], a[4]) for a in split_push(
-            r, b.uniq, b.counts, p.level, p.w, p.tables, tied)])
+        parts.append([PullResult(a.grad_w, a.level, a.grad_tables) for a in split_push(
+            r, PushRequest(b.uniq, b.counts, p.level, p.w, p.tables), tied)])
 
     def routing() -> None:
-        for b, p, ps, (gw, gt) in zip(batches, pulls, parts, grads):
+        for b, ps, req in zip(batches, parts, grads):
             r = route(b.uniq, 2)
             merge_pulls(r, ps, tied)
-            split_push(r, b.uniq, b.counts, p.level, gw, gt, tied)
+            split_push(r, req, tied)
 
     t_route, _, _ = _timed(routing, reps)
     inputs = [worker._inputs(b, p) for b, p in zip(batches, pulls)]
     t_fb, r_fb, _ = _timed(lambda: [forward_backward(worker.spec, x) for x in inputs], reps)
-    t_push, _, _ = _timed(lambda: [shard.push(*a) for a in args], reps)
+    t_push, _, _ = _timed(lambda: [shard.push(a) for a in args], reps)
     us = {"pull": t_pull * per, "forward/backward": t_fb * per, "push": t_push * per,
           "routing (2 shards)": t_route * per, "pickle pull answer": t_pk * per,
           "pickle push args": t_pk2 * per}
@@ -335,15 +337,12 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
         actor = ShardActor.remote(cfg.model, cfg.ftrl, cfg.levels)
         client = RayClient([actor], False, ranks=cfg.model.ranks, transport=transport)
         levels = [client.pull(b.uniq, create=True).level for b in batches]
-        grads = [(rng.normal(0, 1e-3, b.uniq.size).astype(np.float32),
-                  [rng.normal(0, 1e-3, (int((lv >= 1).sum()), 8)).astype(np.float32)])
+        grads = [_random_push(rng, cfg, b, lv, [(int((lv >= 1).sum()), 8)], 1e-3)
                  for b, lv in zip(batches, levels)]
 
-        def calls(client=client, levels=levels, grads=grads) -> None:
+        def calls(client=client, grads=grads) -> None:
             for t in range(len(batches) - 1):
-                b = batches[t]
-                client.wait_pull(client.push_pull(
-                    (b.uniq, b.counts, levels[t], *grads[t]), batches[t + 1].uniq, True))
+                client.wait_pull(client.push_pull(grads[t], batches[t + 1].uniq, True))
 
         def bare(actor=actor) -> None:
             for _ in range(len(batches) - 1):
@@ -353,8 +352,7 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
         out[transport] = timed(actor, calls)
         if transport == "ray":
             out["bare"] = timed(actor, bare)
-            nbytes = [sum(x.nbytes for x in (b.uniq, b.counts, lv, *g[:1], *g[1]))
-                      for b, lv, g in zip(batches, levels, grads)]
+            nbytes = [g.nbytes for g in grads]
             out["message_mb"] = statistics.median(nbytes) / 1e6
         ray.kill(actor)
     shard = _prepared_client(cfg, batches).shards[0]
@@ -365,8 +363,7 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
         t0 = time.process_time()
         for t in range(len(batches) - 1):
             b = batches[t]
-            shard.push_pull(b.uniq, b.counts, levels[t], grads[t][0], grads[t][1],
-                            batches[t + 1].uniq, True)
+            shard.push_pull(grads[t], batches[t + 1].uniq, True)
         work.append(1e3 * (time.process_time() - t0) / (len(batches) - 1))
     out["shard_work_ms"] = statistics.median(work)
     return out
@@ -427,12 +424,21 @@ def _step_seconds(cfg: Config, batches: list, reps: int) -> float:
     return _timed(lambda: [worker.step(b, client, True) for b in batches], reps)[0]
 
 
+def _random_push(rng: np.random.Generator, cfg: Config, b, level: np.ndarray,
+                 shapes: list, scale: float) -> PushRequest:
+    """A push of random gradients (and sums of squares when the FTRL rule takes them)."""
+    gw = rng.normal(0, scale, b.uniq.size).astype(np.float32)
+    gt = [rng.normal(0, scale, sh).astype(np.float32) for sh in shapes]
+    if cfg.ftrl.accumulate != "sum_of_squares":
+        return PushRequest(b.uniq, b.counts, level, gw, gt)
+    return PushRequest(b.uniq, b.counts, level, gw, gt, gw * gw, [g * g for g in gt])
+
+
 def _pull_push_seconds(shard, batches: list, pulls: list, grads: list,
                        reps: int) -> tuple[float, float]:
     """Median seconds of pulling and of pushing every batch (after one untimed pass)."""
     t_pull = _timed(lambda: [shard.pull(b.uniq, create=True) for b in batches], reps + 1)[1]
-    t_push = _timed(lambda: [shard.push(b.uniq, b.counts, p.level, *g)
-                             for b, p, g in zip(batches, pulls, grads)], reps + 1)[1]
+    t_push = _timed(lambda: [shard.push(g) for g in grads], reps + 1)[1]
     return statistics.median(t_pull[1:]), statistics.median(t_push[1:])
 
 
@@ -441,7 +447,8 @@ def table_scaling(batches: list, sz: Sizes, root: str) -> dict[str, Any]:
     (random keys inserted with ``pull(create=True)``); stops where memory would not fit."""
     batches = batches[: max(1, sz.scale_rows // batches[0].size)]
     rows = sum(b.size for b in batches)
-    shard = make_shards(_config(root, FM))[0]
+    shard_cfg = _config(root, FM)
+    shard = make_shards(shard_cfg)[0]
     rng = np.random.default_rng(7)
     points, skipped, per_key = [], [], 200.0
     for size in sz.table_sizes:
@@ -457,9 +464,8 @@ def table_scaling(batches: list, sz: Sizes, root: str) -> dict[str, Any]:
             shard.pull(rng.integers(1, _U64_MAX, n, dtype=np.uint64, endpoint=True), True)
         fill = time.perf_counter() - t0
         pulls = [shard.pull(b.uniq, create=True) for b in batches]
-        grads = [(rng.normal(0, 1e-2, p.w.shape).astype(np.float32),
-                  [rng.normal(0, 1e-2, t.shape).astype(np.float32) for t in p.tables])
-                 for p in pulls]
+        grads = [_random_push(rng, shard_cfg, b, p.level, [t.shape for t in p.tables], 1e-2)
+                 for b, p in zip(batches, pulls)]
         t_pull, t_push = _pull_push_seconds(shard, batches, pulls, grads, sz.reps)
         st = shard.stats()
         per_key = st.ps_bytes / st.keys

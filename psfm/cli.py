@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 from psfm.config import Config, apply_overrides, config_from_dict, load_config, to_dict
 from psfm.errors import PsfmError
 
-__all__ = ["main", "build_config", "summary"]
+__all__ = ["main", "build_config", "resolve_layout", "summary"]
 
 log = logging.getLogger("psfm")
 
@@ -83,8 +84,31 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def resolve_layout(cfg: Config) -> Config:
+    """``cfg`` with the data layout the workers will really use, so that the config printed
+    and written into the run directory says it: a config naming no feature columns reads files
+    with a list-typed ``keys`` column (``psfm convert libfm``) with the ``hashed`` layout
+    (:func:`psfm.data.batch.resolve_schema`, here applied to the first training file)."""
+    d = cfg.data
+    if d.layout != "columns" or d.categorical or d.numeric:
+        return cfg
+    from psfm.data.batch import resolve_schema
+    from psfm.data.parquet import day_files, list_days, open_parquet, split_days
+
+    train, test = split_days(list_days(d.root), d.train_days, d.test_days)
+    if not train + test:
+        return cfg
+    file = day_files(d.root, (train + test)[0])[0]
+    if resolve_schema(d, open_parquet(file).schema_arrow, file).layout != "hashed":
+        return cfg
+    log.info("'%s' has a list column 'keys': reading it with data.layout = 'hashed'", file)
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, layout="hashed"))
+
+
 def run_training(cfg: Config, resume: bool, address: str | None, in_process: bool) -> dict:
-    """Train with Ray (the default) or in this process."""
+    """Train with Ray (the default) or in this process, with the layout resolved."""
+    cfg = resolve_layout(cfg)
+    log.info("config: %s", json.dumps(to_dict(cfg)))
     if in_process:
         from psfm.trainer import train_local
 
@@ -106,7 +130,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = build_config(args)
     if not cfg.data.root:
         raise PsfmError("No data: give --data DIR or data.root in the config.")
-    log.info("config: %s", json.dumps(to_dict(cfg)))
     report = run_training(cfg, args.resume, args.address, args.in_process)
     print(summary(report))
     return 0

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from psfm.errors import ConfigError
 from psfm.optim.ftrl import FtrlParams
@@ -48,6 +47,7 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("lr", "fm", "difacto", "rafm")
+ACCUMULATE_RULES = ("sum_of_squares", "square_of_sum", "count_scaled")
 _DEFAULT_RANKS = {"lr": (), "fm": (8,), "difacto": (1, 2, 4, 8), "rafm": (1, 2, 4, 8)}
 
 
@@ -120,7 +120,9 @@ class ModelConfig:
 
     ``ranks`` empty means the kind's default: lr none, fm ``[8]``, difacto and rafm
     ``[1, 2, 4, 8]``. ``dependent_lr_coef[p-1]`` is c_p, the weight of the distillation term of
-    level p (RaFM Algorithm 1); empty means 1.0 for every level.
+    level p (RaFM Algorithm 1); empty means 1.0 for every level. ``loss`` must be
+    ``"logistic"``: the model family also has squared loss, but the metrics (AUC, logloss) need
+    0/1 labels and probabilities, so regression is refused here until they support it.
     """
 
     kind: str = "rafm"
@@ -131,7 +133,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("ModelConfig", "kind", self.kind, MODEL_KINDS)
-        _check_choice("ModelConfig", "loss", self.loss, ("logistic", "squared"))
+        if self.loss == "squared":  # the model has it; the metrics need 0/1 labels, p in [0, 1]
+            _fail("ModelConfig", "loss",
+                  "'logistic' (regression with squared loss is not supported yet)", self.loss)
+        _check_choice("ModelConfig", "loss", self.loss, ("logistic",))
         _check_positive("ModelConfig", "init_std", self.init_std, allow_zero=True)
         ranks = tuple(self.ranks) or _DEFAULT_RANKS[self.kind]
         if any(not isinstance(r, int) or r < 1 for r in ranks) or list(ranks) != sorted(
@@ -170,13 +175,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class FtrlConfig:
-    """FTRL-Proximal hyperparameters, separately for the linear part and for factors.
+    """FTRL-Proximal hyperparameters, separately for the linear part and for factors, and
+    how a minibatch grows the per-coordinate ``n`` (``accumulate``, :mod:`psfm.optim.ftrl`):
+    ``sum_of_squares`` (per-sample FTRL with weights frozen within the batch),
+    ``square_of_sum`` (a batch is one step) or ``count_scaled``.
 
     Defaults were chosen by a holdout search on generated data (see README, "Defaults").
     """
 
     linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.05, 1.0, 1.0, 1.0))
     factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.03, 1.0, 0.1, 1.0))
+    accumulate: str = "square_of_sum"
+
+    def __post_init__(self) -> None:
+        _check_choice("FtrlConfig", "accumulate", self.accumulate, ACCUMULATE_RULES)
 
 
 @dataclass(frozen=True)
@@ -312,14 +324,24 @@ class Config:
 # ----------------------------------------------------------------------------- dict <-> tree
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Check and convert a TOML/JSON value to the annotated field type."""
+def _default_value(f: dataclasses.Field) -> Any:
+    """A field's default value (calling its ``default_factory``), or MISSING."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _coerce(tp: Any, value: Any, where: str, default: Any = dataclasses.MISSING) -> Any:
+    """Check and convert a TOML/JSON value to the annotated field type. A table for a
+    dataclass field is merged over ``default``, the field's default value."""
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"The '{where}' section must be a table. Got {value!r} instead.")
-        return _build(tp, value, where)
+        return _build(tp, value, where, default)
     origin = typing.get_origin(tp)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
@@ -339,18 +361,45 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _carried(cls: type, default: Any) -> dict[str, Any]:
+    """The constructor arguments that make ``cls`` differ from its own defaults in
+    ``default`` (a ``cls`` value): the fields where the two differ. Only those are carried
+    over to a partial table, so a field a class derives in ``__post_init__`` (``ranks`` from
+    ``kind`` in :class:`ModelConfig`) is derived again from the table's values."""
+    if not isinstance(default, cls):
+        return {}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    try:
+        own = cls()
+    except (TypeError, ConfigError):  # no complete set of defaults: carry every field
+        return {f.name: getattr(default, f.name) for f in fields}
+    return {
+        f.name: getattr(default, f.name)
+        for f in fields
+        if getattr(default, f.name) != getattr(own, f.name)
+    }
+
+
+def _build(cls: type, values: dict[str, Any], where: str, default: Any = dataclasses.MISSING
+           ) -> Any:
+    """``cls`` from a (possibly partial) table, merged over ``default`` (a ``cls`` value, the
+    default value of the field the table is for) and at every depth over the default values of
+    nested dataclass fields: ``[ftrl.factor] l1 = 0.2`` keeps the other documented factor
+    defaults of :class:`FtrlConfig`, not those of :class:`FtrlParams`."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(
             f"Unknown parameter '{where + '.' if where else ''}{unknown[0]}'. "
-            f"Known parameters of {cls.__name__}: {', '.join(names)}."
+            f"Known parameters of {cls.__name__}: {', '.join(fields)}."
         )
-    kwargs = {
-        k: _coerce(hints[k], v, f"{where + '.' if where else ''}{k}") for k, v in values.items()
-    }
+    kwargs = _carried(cls, default)
+    for k, v in values.items():
+        inner = dataclasses.MISSING
+        if dataclasses.is_dataclass(hints[k]):
+            inner = getattr(default, k) if isinstance(default, cls) else _default_value(fields[k])
+        kwargs[k] = _coerce(hints[k], v, f"{where + '.' if where else ''}{k}", inner)
     return cls(**kwargs)
 
 

@@ -1,6 +1,6 @@
 """The worker logic: read a work unit, and per batch pull -> forward/backward -> push.
 
-A plain class over any client with ``pull``/``push`` (in-process shards or Ray actors). Every
+A plain class over any :class:`~psfm.ps.client.PsClient` (in-process shards or Ray actors). Every
 batch is scored with the weights it pulled *before* its gradient is pushed (progressive
 validation), so training-day logloss and AUC come for free.
 """
@@ -20,9 +20,11 @@ from psfm.config import Config
 from psfm.data.batch import Batch, FeatureSchema, batch_of, decode_rows, resolve_schema
 from psfm.data.parquet import Cursor, WorkUnit, open_parquet, read_unit, row_group_starts
 from psfm.metrics import MetricAccumulator
-from psfm.models.family import FamilyInputs, FamilySpec, forward_backward
+from psfm.models.family import FamilyInputs, FamilyOutput, FamilySpec, forward_backward
+from psfm.ps.client import PsClient
+from psfm.ps.messages import PullResult, PushRequest
 
-__all__ = ["Worker", "UnitResult", "resolve_device", "family_spec"]
+__all__ = ["Worker", "UnitResult", "resolve_device", "family_spec", "push_request"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,19 @@ def resolve_device(device: str) -> torch.device:
 def family_spec(cfg: Config) -> FamilySpec:
     m = cfg.model
     return FamilySpec(tuple(m.ranks), m.tied, tuple(m.dependent_lr_coef), m.loss,
-                      exact_sums=cfg.ps.mode == "sync")
+                      exact_sums=cfg.ps.mode == "sync",
+                      sum_sq=cfg.ftrl.accumulate == "sum_of_squares")
+
+
+def push_request(batch: Batch, level: np.ndarray, out: FamilyOutput) -> PushRequest:
+    """The push of a batch's backward pass (``level``: what its pull returned)."""
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.cpu().numpy()
+
+    return PushRequest(
+        batch.uniq, batch.counts, level, host(out.grad_w), [host(g) for g in out.grad_tables],
+        None if out.sq_w is None else host(out.sq_w),
+        None if out.sq_tables is None else [host(g) for g in out.sq_tables])
 
 
 @dataclass
@@ -106,7 +120,7 @@ class Worker:
                     a, b = lo + (hi - lo) * part // parts, lo + (hi - lo) * (part + 1) // parts
                 yield batch_of(rows, a, b), after
 
-    def _inputs(self, batch: Batch, pulled) -> FamilyInputs:
+    def _inputs(self, batch: Batch, pulled: PullResult) -> FamilyInputs:
         dev = self.device
 
         def t(a: np.ndarray) -> torch.Tensor:
@@ -127,17 +141,15 @@ class Worker:
             unit_values=batch.unit_values,
         )
 
-    def _score(self, batch: Batch, pulled, train: bool):
+    def _score(self, batch: Batch, pulled: PullResult, train: bool
+               ) -> tuple[tuple[np.ndarray, np.ndarray, float], PushRequest | None]:
         """Forward (and backward) of a batch on the weights it pulled. Returns (predictions,
         RaFM-low predictions, summed loss) and, when training, the push arguments."""
         with warnings.catch_warnings():  # pulled arrays may be read-only (Ray object store)
             warnings.simplefilter("ignore", UserWarning)
             x = self._inputs(batch, pulled)
         out = forward_backward(self.spec, x, compute_grad=train)
-        push = None
-        if train:
-            push = (batch.uniq, batch.counts, pulled.level, out.grad_w.cpu().numpy(),
-                    [g.cpu().numpy() for g in out.grad_tables])
+        push = push_request(batch, pulled.level, out) if train else None
         if self.spec.loss == "logistic":
             preds = (torch.sigmoid(out.logits).cpu().numpy(),
                      torch.sigmoid(out.logits_low).cpu().numpy(), out.loss)
@@ -145,7 +157,8 @@ class Worker:
             preds = out.logits.cpu().numpy(), out.logits_low.cpu().numpy(), out.loss
         return preds, push
 
-    def step(self, batch: Batch, client, train: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    def step(self, batch: Batch, client: PsClient, train: bool
+             ) -> tuple[np.ndarray, np.ndarray, float]:
         """One batch: pull, score, and (training) push. Returns (predictions, RaFM-low
         predictions, summed loss); the predictions use the weights pulled *before* the
         update (progressive validation)."""
@@ -154,7 +167,7 @@ class Worker:
             return z, z, 0.0
         preds, push = self._score(batch, client.pull(batch.uniq, create=train), train)
         if push is not None:
-            client.push(*push)
+            client.push(push)
         return preds
 
     def _record(self, res: UnitResult, batch: Batch, cursor: Cursor, out, acc, acc_low,
@@ -176,7 +189,7 @@ class Worker:
     def run_unit(
         self,
         unit: WorkUnit,
-        client,
+        client: PsClient,
         train: bool,
         acc: MetricAccumulator | None = None,
         acc_low: MetricAccumulator | None = None,
@@ -186,15 +199,14 @@ class Worker:
     ) -> UnitResult:
         """Train on (or score) a unit; metrics go into ``acc`` / ``acc_low``.
 
-        ``pipeline`` (clients with ``pull_async``): ``"overlap"`` reads and builds batch t+1
-        while the pull of batch t is in flight, and pulls t+1 right after pushing t (a
-        worker always sees its own updates; a client with ``push_pull`` does both in one call
-        per shard); ``"prefetch"`` also sends the pull of t+1 before
+        ``pipeline``: ``"overlap"`` reads and builds batch t+1 while the pull of batch t is in
+        flight, and pushes t and pulls t+1 in one call per shard (a worker always sees its own
+        updates); ``"prefetch"`` also sends the pull of t+1 before
         computing t (one batch staler, more overlap); ``"none"`` is strictly sequential."""
         res = UnitResult()
         t0 = time.perf_counter()
         batches = self.batches(unit, start)
-        if pipeline == "none" or not hasattr(client, "pull_async"):
+        if pipeline == "none":
             for batch, cursor in batches:
                 out = self.step(batch, client, train)
                 self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
@@ -202,8 +214,7 @@ class Worker:
             def pull(item):
                 return client.pull_async(item[0].uniq, create=train) if item[0].size else None
 
-            # One call per shard and batch where the client can: push t, then pull t + 1.
-            fused = pipeline == "overlap" and hasattr(client, "push_pull")
+            fused = pipeline == "overlap"  # one call per shard and batch: push t, pull t + 1
             cur = next(batches, None)
             handle = pull(cur) if cur is not None else None
             while cur is not None:
@@ -220,16 +231,15 @@ class Worker:
                     nxt_handle = client.push_pull(push, nxt[0].uniq, create=train)
                     push = None
                 if push is not None:
-                    client.push(*push)
+                    client.push(push)
                 if nxt is not None and pipeline != "prefetch" and nxt_handle is None:
                     nxt_handle = pull(nxt)
                 cur, handle = nxt, nxt_handle
-        if hasattr(client, "flush"):
-            client.flush()
+        client.flush()
         res.seconds = time.perf_counter() - t0
         return res
 
-    def count_unit(self, unit: WorkUnit, client) -> int:
+    def count_unit(self, unit: WorkUnit, client: PsClient) -> int:
         """Statistics pass: push the unit's key occurrence counts to the shards."""
         rows = 0
         for batch, _ in self.batches(unit):

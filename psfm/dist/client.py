@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from psfm.ps.messages import PullResult, PushRequest
 from psfm.ps.routing import Route, merge_pulls, route, split_push
-from psfm.ps.shard import PullResult
 from psfm.ps.shm import MessageFile, default_dir
 from psfm.ps.wire import pack, pack_into, packed_size, pad
 
@@ -190,13 +190,13 @@ class RayClient:
             log.info("shared-memory messages with %d of %d shards",
                      sum(x is not None for x in self.links), len(self.shards))
 
-    def _pull_call(self, s: int, keys: np.ndarray, create: bool, push: tuple | None):
+    def _pull_call(self, s: int, keys: np.ndarray, create: bool, push: PushRequest | None):
         """One shard's pull (after ``push``, that shard's push arguments): (ref, where)."""
         shard, link = self.shards[s], self.links[s]
         if push is None:
             arrays = [keys, np.array([create], np.int8)]
         else:
-            arrays = [*push[:4], *push[4], keys, np.array([create], np.int8)]
+            arrays = [*push.arrays, keys, np.array([create], np.int8)]
         if link is not None:
             sent = link.call("pull" if push is None else "push_pull", arrays,
                              _answer_bound(keys.size, self.ranks))
@@ -221,24 +221,22 @@ class RayClient:
     def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
         return self.wait_pull(self.pull_async(keys, create))
 
-    def _split_push(self, keys, counts, level, grad_w, grad_tables) -> list[tuple]:
-        """A push's arguments per shard (counted in ``bytes_pushed``)."""
-        args = split_push(route(keys, len(self.shards)), keys, counts, level, grad_w,
-                          grad_tables, self.tied)
-        for a in args:
-            self.bytes_pushed += sum(x.nbytes for x in a[:4]) + sum(g.nbytes for g in a[4])
-        return args
+    def _split_push(self, req: PushRequest) -> list[PushRequest]:
+        """A push per shard (counted in ``bytes_pushed``)."""
+        parts = split_push(route(req.keys, len(self.shards)), req, self.tied)
+        self.bytes_pushed += sum(p.nbytes for p in parts)
+        return parts
 
-    def push(self, keys, counts, level, grad_w, grad_tables) -> None:
+    def push(self, req: PushRequest) -> None:
         refs = []
-        for s, a in enumerate(self._split_push(keys, counts, level, grad_w, grad_tables)):
+        for s, part in enumerate(self._split_push(req)):
             shard, link = self.shards[s], self.links[s]
             if self.buffered_worker is not None:
-                refs.append(shard.push_buffered.remote(self.buffered_worker, *a))
-            elif link is not None and link.push([*a[:4], *a[4]]):
+                refs.append(shard.push_buffered.remote(self.buffered_worker, part))
+            elif link is not None and link.push(part.arrays):
                 link.reap(self.max_in_flight)
             else:
-                refs.append(shard.push.remote(*a))
+                refs.append(shard.push.remote(part))
         if self.buffered_worker is not None:
             ray.get(refs)  # the step's gradients are stored before the step ends
             return
@@ -247,16 +245,17 @@ class RayClient:
         while len(self._pushes) > self.max_in_flight:
             ray.get(self._pushes.popleft())
 
-    def push_pull(self, push_args: tuple, keys: np.ndarray, create: bool = False) -> PendingPull:
+    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False
+                  ) -> PendingPull:
         """Push one batch's gradients and pull the next batch's keys: one call per shard
         (the shard applies the push first, so the pull sees it)."""
         if self.buffered_worker is not None:  # sync steps: pushes go to the step buffers
-            self.push(*push_args)
+            self.push(req)
             return self.pull_async(keys, create)
-        args = self._split_push(*push_args)
+        parts = self._split_push(req)
         r = route(keys, len(self.shards))
-        calls = [self._pull_call(s, keys[idx], create, a)
-                 for s, (a, idx) in enumerate(zip(args, r.index))]
+        calls = [self._pull_call(s, keys[idx], create, part)
+                 for s, (part, idx) in enumerate(zip(parts, r.index))]
         return PendingPull(r, [c[0] for c in calls], keys.nbytes, [c[1] for c in calls])
 
     def flush(self) -> None:

@@ -33,7 +33,7 @@ from psfm.data.parquet import WorkUnit, list_days, split_days, split_tail, work_
 from psfm.dist.actors import ShardActor, WorkerActor
 from psfm.errors import CheckpointError
 from psfm.metrics import MetricAccumulator
-from psfm.ps.client import merge_stats
+from psfm.ps.messages import ShardStats
 from psfm.trainer import (
     EXACT_AUC_MAX_ROWS,
     RunDir,
@@ -121,7 +121,7 @@ class RayCluster:
         return ray.get([getattr(s, method).remote(*args) for s in self.shards])
 
     def stats(self):
-        return merge_stats(self.on_shards("stats"))
+        return ShardStats.merge(self.on_shards("stats"))
 
     def restore(self, states: list[dict[str, np.ndarray]]) -> None:
         ray.get([s.restore.remote(st) for s, st in zip(self.shards, states)])

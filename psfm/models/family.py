@@ -49,6 +49,7 @@ class FamilySpec:
     loss: str = "logistic"  # or "squared"
     exact_sums: bool = False  # per-key gradient sums in float64, rounded once (sync mode)
     grad_float64: bool = False  # return those sums unrounded (sync steps of several workers)
+    sum_sq: bool = False  # also per-key sums of squared per-occurrence gradients (FTRL's n)
 
     @property
     def levels(self) -> int:
@@ -82,13 +83,17 @@ class FamilyInputs:
 @dataclass
 class FamilyOutput:
     """logits: (B,) y; logits_low: (B,) sum w x + B_{1,1} (the RaFM-low diagnostic);
-    grad_w: (U,); grad_tables[p-1]: like tables[p-1]; loss: summed main loss (weighted)."""
+    grad_w: (U,); grad_tables[p-1]: like tables[p-1]; loss: summed main loss (weighted);
+    sq_w, sq_tables: like grad_w and grad_tables, the sums over each key's occurrences of the
+    squared per-occurrence gradients (``spec.sum_sq``), else None."""
 
     logits: torch.Tensor
     logits_low: torch.Tensor
     grad_w: torch.Tensor | None
     grad_tables: list[torch.Tensor] | None
     loss: float
+    sq_w: torch.Tensor | None = None
+    sq_tables: list[torch.Tensor] | None = None
 
 
 def _rows(member: torch.Tensor) -> torch.Tensor:
@@ -119,25 +124,34 @@ def level_views(
     return views
 
 
-def _fold_tied_grads(
-    spec: FamilySpec, level: torch.Tensor, grad_views: list[torch.Tensor],
-    tables: Sequence[torch.Tensor],
-) -> list[torch.Tensor]:
-    """Add the gradient of every prefix view into the stored vector it came from."""
-    out = [torch.zeros(t.shape, dtype=grad_views[0].dtype, device=t.device) for t in tables]
-    for p, d in enumerate(spec.ranks, start=1):
-        rows = _rows(level >= p)
-        for k in range(p, spec.levels + 1):
-            out[k - 1][:, :d] += grad_views[p - 1][rows[level == k]]
-    return out
-
-
 def _bag(table: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor,
          weights: torch.Tensor | None) -> torch.Tensor:
     """Per-bag sums ``out[b] = sum_{i in bag b} weights[i] * table[idx[i]]``: one fused gather
     and reduce (``embedding_bag``), several times faster on CPU than a gather followed by a
     scatter-add."""
     return F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=weights)
+
+
+def _bag_powers(table: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor,
+                x: torch.Tensor | None, groups: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Bags of a table whose column groups ``(width, power)`` are weighted by ``x**power``:
+    one bag when every x is 1, one per group otherwise."""
+    if x is None:
+        return _bag(table, idx, offsets, None)
+    outs, lo = [], 0
+    for width, power in groups:
+        xp = x if power == 1 else x ** power
+        outs.append(_bag(table[:, lo:lo + width].contiguous(), idx, offsets, xp))
+        lo += width
+    return torch.cat(outs, 1)
+
+
+def _sq_sums(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, v: torch.Tensor
+             ) -> torch.Tensor:
+    """``sum_i (x_i r_i - x_i^2 s_i v)^2`` per key from the bags ``a = sum x^2 r^2``,
+    ``b = sum x^3 s r`` and ``c = sum x^4 s^2`` (s broadcast to v's columns), clamped at 0
+    against rounding."""
+    return torch.clamp(a - 2 * v * b + v * v * c, min=0)
 
 
 def _groups(x: FamilyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -252,8 +266,10 @@ def forward_backward(
     xsq_ord = None if x_ord is None else x_ord * x_ord
     ga = g.to(acc)[:, None]  # (B, 1)
     grad_w = _bag(ga, s_ord, uo, x_ord)[:, 0].to(out_dt)
+    sq_w = _bag(ga * ga, s_ord, uo, xsq_ord)[:, 0].to(out_dt) if spec.sum_sq else None
     if not m:
-        return FamilyOutput(logits, logits_low, grad_w, [], loss)
+        return FamilyOutput(logits, logits_low, grad_w, [], loss, sq_w,
+                            [] if spec.sum_sq else None)
     link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
     free_rows, dep_rows, dep_scal = [], [], []
     zero = torch.zeros_like(ga)
@@ -272,26 +288,89 @@ def forward_backward(
             rows = rows + scal * sa
         dep_rows.append(rows)
         dep_scal.append(scal)
-    # Per-sample rows for a key of level k: dependent levels p < k, free level k, nothing above.
-    variants = []
-    for k in range(1, m + 1):
-        parts = dep_rows[:k - 1] + [free_rows[k - 1]]
-        parts += [torch.zeros((n_rows, ranks[p]), dtype=acc, device=ga.device)
-                  for p in range(k, m)]
-        scal = dep_scal[:k - 1] + [ga] + [zero] * (m - k)  # g: the free level's scalar
-        variants.append(torch.cat(parts + scal, 1))
-    table = torch.cat(variants) if m > 1 else variants[0]  # (m B, width + m)
+    # A key of level k gets, per sample, the row r (dependent levels p < k, free level k,
+    # nothing above) and the scalar s of each level; its per-occurrence gradient at level p is
+    # x r_p - x^2 s_p v^(p). The variants for k = 1..m are stacked and one bag over each
+    # key's occurrences (grouped by ``order``; idx picks the key's variant) sums them.
     idx = s_ord
     if m > 1:
         u_ord = x.occ_uniq.index_select(0, order)
         k_occ = torch.clamp(x.level, min=1).index_select(0, u_ord) - 1
         idx = s_ord + n_rows * k_occ
-    out = _bag2(table, width, idx, uo, x_ord, xsq_ord)  # (U, width + m)
-    scal = torch.repeat_interleave(out[:, width:], torch.tensor(ranks, device=out.device), 1)
-    grad_wide = out[:, :width] - wide[:, :width].to(acc) * scal
-    grad_views = [grad_wide[:, offs[p - 1]:offs[p]].index_select(0, members[p - 1])
-                  for p in range(1, m + 1)]
     if spec.tied:
-        grad_views = _fold_tied_grads(spec, x.level, grad_views, x.tables)
-    grad_tables = [gv.to(out_dt) for gv in grad_views]
-    return FamilyOutput(logits, logits_low, grad_w, grad_tables, loss)
+        grad_tables, sq_tables = _tied_backward(spec, x, ga, dep_rows, free_rows, idx, uo,
+                                                x_ord, acc, out_dt)
+        return FamilyOutput(logits, logits_low, grad_w, grad_tables, loss, sq_w, sq_tables)
+    rep = torch.tensor(ranks, device=ga.device)
+    variants = []
+    for k in range(1, m + 1):
+        parts = dep_rows[:k - 1] + [free_rows[k - 1]]
+        parts += [torch.zeros((n_rows, ranks[p]), dtype=acc, device=ga.device)
+                  for p in range(k, m)]
+        scal = torch.cat(dep_scal[:k - 1] + [ga] + [zero] * (m - k), 1)  # (B, m)
+        r = torch.cat(parts, 1)  # (B, width)
+        cols = [r, scal]
+        if spec.sum_sq:
+            cols += [r * r, torch.repeat_interleave(scal, rep, 1) * r, scal * scal]
+        variants.append(torch.cat(cols, 1))
+    table = torch.cat(variants) if m > 1 else variants[0]  # (m B, cols)
+    groups = [(width, 1), (m, 2)] + ([(width, 2), (width, 3), (m, 4)] if spec.sum_sq else [])
+    out = _bag_powers(table, idx, uo, x_ord, groups)  # (U, cols)
+    v = wide[:, :width].to(acc)
+    scal = torch.repeat_interleave(out[:, width:width + m], rep, 1)
+    grad_wide = out[:, :width] - v * scal
+
+    def per_level(t: torch.Tensor) -> list[torch.Tensor]:
+        return [t[:, offs[p - 1]:offs[p]].index_select(0, members[p - 1]).to(out_dt)
+                for p in range(1, m + 1)]
+
+    sq_tables = None
+    if spec.sum_sq:
+        lo = width + m
+        sq = _sq_sums(out[:, lo:lo + width], out[:, lo + width:lo + 2 * width],
+                      torch.repeat_interleave(out[:, lo + 2 * width:], rep, 1), v)
+        sq_tables = per_level(sq)
+    return FamilyOutput(logits, logits_low, grad_w, per_level(grad_wide), loss, sq_w, sq_tables)
+
+
+def _tied_backward(
+    spec: FamilySpec, x: FamilyInputs, ga: torch.Tensor, dep_rows: list[torch.Tensor],
+    free_rows: list[torch.Tensor], idx: torch.Tensor, uo: torch.Tensor,
+    x_ord: torch.Tensor | None, acc: torch.dtype, out_dt: torch.dtype,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """DiFacto: the gradient of a stored vector u (level k, size D_k) is the sum of its
+    prefixes' gradients. Per sample the level rows are folded onto u's coordinates first,
+    ``R_k[:, :D_p] += r_p`` for p <= k; only the free level has a scalar (g, no distillation),
+    so an occurrence's gradient is ``x R_k - x^2 g u`` and one bag per key gives the sums (and
+    the sums of squares, exactly: the fold happens before squaring)."""
+    ranks, m = spec.ranks, spec.levels
+    top = ranks[-1]
+    n_rows = ga.shape[0]
+    variants = []
+    for k in range(1, m + 1):
+        r = torch.zeros((n_rows, top), dtype=acc, device=ga.device)
+        for p, rows in enumerate(dep_rows[:k - 1] + [free_rows[k - 1]], start=1):
+            r[:, :ranks[p - 1]] += rows
+        cols = [r, ga]
+        if spec.sum_sq:
+            cols += [r * r, ga * r, ga * ga]
+        variants.append(torch.cat(cols, 1))
+    table = torch.cat(variants) if m > 1 else variants[0]
+    groups = [(top, 1), (1, 2)] + ([(top, 2), (top, 3), (1, 4)] if spec.sum_sq else [])
+    out = _bag_powers(table, idx, uo, x_ord, groups)  # (U, cols)
+    u = x.tables[0].new_zeros((x.level.shape[0], top)).to(acc)  # stored vectors, padded
+    at = [torch.nonzero(x.level == k).squeeze(1) for k in range(1, m + 1)]
+    for k in range(1, m + 1):
+        u[at[k - 1], :ranks[k - 1]] = x.tables[k - 1].to(acc)
+    grad = out[:, :top] - u * out[:, top:top + 1]
+
+    def per_level(t: torch.Tensor) -> list[torch.Tensor]:
+        return [t.index_select(0, at[k - 1])[:, :ranks[k - 1]].to(out_dt)
+                for k in range(1, m + 1)]
+
+    sq = None
+    if spec.sum_sq:
+        lo = top + 1
+        sq = per_level(_sq_sums(out[:, lo:lo + top], out[:, lo + top:lo + 2 * top],
+                                out[:, lo + 2 * top:], u))
+    return per_level(grad), sq

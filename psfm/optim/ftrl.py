@@ -12,6 +12,25 @@ and a gradient ``g`` updates it::
     z    <- z + g - sigma * w
     n    <- n + g^2
 
+Minibatches. A batch gives a coordinate the sum ``g = sum_i g_i`` of its per-occurrence
+gradients. Per-sample FTRL over the same occurrences with the weight frozen within the batch
+would add ``sum_i g_i`` to ``z`` (the ``sigma w`` terms telescope to one) and ``sum_i g_i^2``
+to ``n``. The rule for ``n`` is ``ftrl.accumulate``:
+
+- ``sum_of_squares`` (default): ``n += sum_i g_i^2``, exactly the per-sample rule with frozen
+  weights. A coordinate seen c times in a batch then moves about as far as c per-sample steps
+  (up to ``sqrt(c)`` times a single step), and its rate decays per occurrence, as in McMahan et
+  al. 2013. The worker computes the sums of squares in the backward pass and pushes them.
+- ``square_of_sum``: ``n += (sum_i g_i)^2``, a batch is one FTRL step whatever its size. A
+  4096-row batch then moves a frequent coordinate about as far as one sample would, and on
+  small logs (few steps) this learns far worse than per-sample FTRL.
+- ``count_scaled``: ``n += (sum_i g_i)^2 / c`` with c the key's occurrences in the batch: no
+  extra message bytes; equals ``sum_of_squares`` when the c gradients are equal and is below it
+  otherwise (Cauchy-Schwarz).
+
+The choice was made by measurement against a per-sample reference (``tools/compare_reference.py``,
+README "Defaults").
+
 A factor coordinate starts at a random ``v0`` encoded in ``z`` (``n = 0``)::
 
     z0 = -(v0 (beta/alpha + l2) + sgn(v0) l1)
@@ -41,7 +60,7 @@ class FtrlParams:
     l2: float = 1.0
 
     def __post_init__(self) -> None:
-        for name, low, strict in (("alpha", 0.0, True), ("beta", 0.0, False),
+        for name, low, strict in (("alpha", 0.0, True), ("beta", 0.0, True),
                                   ("l1", 0.0, False), ("l2", 0.0, False)):
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -73,16 +92,19 @@ def ftrl_weight(z: np.ndarray, n: np.ndarray, p: FtrlParams) -> np.ndarray:
 
 
 def ftrl_update(
-    z: np.ndarray, n: np.ndarray, g: np.ndarray, p: FtrlParams
+    z: np.ndarray, n: np.ndarray, g: np.ndarray, p: FtrlParams,
+    g2: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One FTRL-Proximal step with gradient ``g``; returns the new ``(z, n)``.
 
-    All arrays share one shape; the update is elementwise, so the result for a coordinate
-    does not depend on which other coordinates are updated with it.
+    ``n`` grows by ``g2`` when given (a minibatch's sum of squared per-occurrence gradients,
+    see the module docstring), else by ``g^2``. All arrays share one shape; the update is
+    elementwise, so the result for a coordinate does not depend on which other coordinates are
+    updated with it.
     """
     sqrt_n = np.sqrt(n)
     w = _weight(z, sqrt_n, p)
-    n_new = g * g
+    n_new = g * g if g2 is None else g2.astype(n.dtype, copy=True)
     n_new += n
     sigma = np.sqrt(n_new)
     sigma -= sqrt_n

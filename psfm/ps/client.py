@@ -1,37 +1,54 @@
 """Clients that talk to a set of shards for a worker: split by shard, call, merge.
 
-:class:`LocalClient` calls in-process :class:`ParameterShard` objects directly (the in-process
-trainer and unit tests); the Ray client issues the same calls to actors, all shards at once,
-gathered with one ``ray.get``.
+:class:`PsClient` is the protocol a worker programs against. :class:`LocalClient` calls
+in-process :class:`ParameterShard` objects directly (the in-process trainer and unit tests);
+the Ray client (``psfm.dist.client.RayClient``) issues the same calls to actors, all shards at
+once, gathered with one ``ray.get``, and pipelines them (``pull_async`` returns before the
+answer is there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from psfm.ps.messages import PullResult, PushRequest, ShardStats
 from psfm.ps.routing import merge_pulls, route, split_push
-from psfm.ps.shard import ParameterShard, PullResult, ShardStats
+from psfm.ps.shard import ParameterShard
 
-__all__ = ["LocalClient", "merge_stats"]
+__all__ = ["LocalClient", "PsClient"]
 
 
-def merge_stats(parts: Sequence[ShardStats]) -> ShardStats:
-    """Model size over all shards."""
-    m = len(parts[0].factor_rows_per_level)
-    return ShardStats(
-        keys=sum(p.keys for p in parts),
-        nonzero_w=sum(p.nonzero_w for p in parts),
-        factor_rows_per_level=[sum(p.factor_rows_per_level[i] for p in parts) for i in range(m)],
-        nonzero_factors=sum(p.nonzero_factors for p in parts),
-        ps_bytes=sum(p.ps_bytes for p in parts),
-        raw_bytes=sum(p.raw_bytes for p in parts),
-    )
+class PsClient(Protocol):
+    """What a worker needs from the parameter servers.
+
+    ``pull_async`` starts a pull and ``wait_pull`` returns its answer (a client may answer at
+    once); ``push_pull`` pushes one batch and starts the pull of the next in one call per
+    shard, the push applied first; ``flush`` waits for every push in flight. ``bytes_pulled``
+    and ``bytes_pushed`` count the message payloads."""
+
+    bytes_pulled: int
+    bytes_pushed: int
+
+    def pull(self, keys: np.ndarray, create: bool = False) -> PullResult: ...
+
+    def pull_async(self, keys: np.ndarray, create: bool = False) -> Any: ...
+
+    def wait_pull(self, pending: Any) -> PullResult: ...
+
+    def push(self, req: PushRequest) -> None: ...
+
+    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False) -> Any: ...
+
+    def flush(self) -> None: ...
+
+    def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None: ...
 
 
 class LocalClient:
-    """In-process shards behind the pull/push interface."""
+    """In-process shards behind the :class:`PsClient` protocol (every call completes at once)."""
 
     def __init__(self, shards: Sequence[ParameterShard]) -> None:
         self.shards = list(shards)
@@ -45,12 +62,25 @@ class LocalClient:
         self.bytes_pulled += keys.nbytes + sum(p.nbytes for p in parts)
         return merge_pulls(r, parts, self.tied)
 
-    def push(self, keys, counts, level, grad_w, grad_tables) -> None:
-        r = route(keys, len(self.shards))
-        for shard, args in zip(self.shards, split_push(r, keys, counts, level, grad_w,
-                                                         grad_tables, self.tied)):
-            self.bytes_pushed += sum(a.nbytes for a in args[:4]) + sum(g.nbytes for g in args[4])
-            shard.push(*args)
+    def pull_async(self, keys: np.ndarray, create: bool = False) -> PullResult:
+        return self.pull(keys, create)
+
+    def wait_pull(self, pending: PullResult) -> PullResult:
+        return pending
+
+    def push(self, req: PushRequest) -> None:
+        r = route(req.keys, len(self.shards))
+        for shard, part in zip(self.shards, split_push(r, req, self.tied)):
+            self.bytes_pushed += part.nbytes
+            shard.push(part)
+
+    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False
+                  ) -> PullResult:
+        self.push(req)
+        return self.pull(keys, create)
+
+    def flush(self) -> None:
+        """Nothing is ever in flight."""
 
     def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
         r = route(keys, len(self.shards))
@@ -66,7 +96,7 @@ class LocalClient:
         return {k: sum(o[k] for o in outs) for k in outs[0]}
 
     def stats(self) -> ShardStats:
-        return merge_stats([s.stats() for s in self.shards])
+        return ShardStats.merge([s.stats() for s in self.shards])
 
     def snapshots(self) -> list[dict[str, np.ndarray]]:
         return [s.snapshot() for s in self.shards]

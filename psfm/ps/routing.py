@@ -17,9 +17,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from psfm.ps.shard import PullResult, shard_of
+from psfm.ps.messages import PullResult, PushRequest
 
-__all__ = ["Route", "route", "merge_pulls", "split_push"]
+__all__ = ["Route", "route", "merge_pulls", "split_push", "shard_of", "table_members"]
+
+
+def shard_of(keys: np.ndarray, n_shards: int) -> np.ndarray:
+    """The shard of each key: a fixed function of the key's high bits (keys are well mixed)."""
+    return ((np.asarray(keys, dtype=np.uint64) >> np.uint64(32)) % np.uint64(n_shards)).astype(
+        np.int64
+    )
+
+
+def table_members(level: np.ndarray, p: int, tied: bool) -> np.ndarray:
+    """Which keys have a stored row in table p: level >= p (untied), level == p (tied)."""
+    return level == p if tied else level >= p
 
 
 @dataclass
@@ -39,10 +51,6 @@ def route(keys: np.ndarray, n_shards: int) -> Route:
     return Route(keys.size, [order[bounds[s] : bounds[s + 1]] for s in range(n_shards)])
 
 
-def _member(level: np.ndarray, p: int, tied: bool) -> np.ndarray:
-    return level == p if tied else level >= p
-
-
 def merge_pulls(r: Route, parts: Sequence[PullResult], tied: bool) -> PullResult:
     """Shard answers -> one answer in batch key order."""
     if len(parts) == 1:
@@ -54,35 +62,25 @@ def merge_pulls(r: Route, parts: Sequence[PullResult], tied: bool) -> PullResult
         level[idx] = part.level
     tables = []
     for p in range(1, len(parts[0].tables) + 1):
-        member = _member(level, p, tied)
+        member = table_members(level, p, tied)
         rows = np.cumsum(member) - 1
         dim = parts[0].tables[p - 1].shape[1]
         out = np.empty((int(member.sum()), dim), dtype=np.float32)
         for idx, part in zip(r.index, parts):
-            out[rows[idx[_member(part.level, p, tied)]]] = part.tables[p - 1]
+            out[rows[idx[table_members(part.level, p, tied)]]] = part.tables[p - 1]
         tables.append(out)
     return PullResult(w, level, tables)
 
 
-def split_push(
-    r: Route,
-    keys: np.ndarray,
-    counts: np.ndarray,
-    level: np.ndarray,
-    grad_w: np.ndarray,
-    grad_tables: Sequence[np.ndarray],
-    tied: bool,
-) -> list[tuple]:
-    """One push argument tuple ``(keys, counts, level, grad_w, grad_tables)`` per shard."""
+def split_push(r: Route, req: PushRequest, tied: bool) -> list[PushRequest]:
+    """One request per shard."""
     if len(r.index) == 1:
-        return [(keys, counts, level, grad_w, list(grad_tables))]
-    rows = [np.cumsum(_member(level, p, tied)) - 1 for p in range(1, len(grad_tables) + 1)]
+        return [req]
+    m = len(req.grad_tables)
+    rows = [np.cumsum(table_members(req.level, p, tied)) - 1 for p in range(1, m + 1)]
     out = []
     for idx in r.index:
-        lev = level[idx]
-        g = [
-            grad_tables[p - 1][rows[p - 1][idx[_member(lev, p, tied)]]]
-            for p in range(1, len(grad_tables) + 1)
-        ]
-        out.append((keys[idx], counts[idx], lev, grad_w[idx], g))
+        lev = req.level[idx]
+        out.append(req.take(idx, [rows[p - 1][idx[table_members(lev, p, tied)]]
+                                  for p in range(1, m + 1)]))
     return out

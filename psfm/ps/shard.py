@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,62 +24,15 @@ from psfm.errors import CheckpointError, PsfmError
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.admission import CountMinSketch
 from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts
+from psfm.ps.messages import PullResult, PushRequest, ShardStats
+from psfm.ps.routing import table_members
 from psfm.ps.shm import MessageFile
 from psfm.ps.table import KeyTable
-from psfm.ps.wire import pack, pack_into, pad, unpack
+from psfm.ps.wire import pack_into, pad, unpack
 
-__all__ = ["ParameterShard", "PullResult", "ShardStats", "shard_of"]
+__all__ = ["ParameterShard"]
 
 log = logging.getLogger(__name__)
-
-
-def shard_of(keys: np.ndarray, n_shards: int) -> np.ndarray:
-    """The shard of each key: a fixed function of the key's high bits (keys are well mixed)."""
-    return ((np.asarray(keys, dtype=np.uint64) >> np.uint64(32)) % np.uint64(n_shards)).astype(
-        np.int64
-    )
-
-
-@dataclass
-class PullResult:
-    """Weights of ``keys`` in key order: ``w`` (n,) float32, ``level`` (n,) int8 and
-    ``tables[p-1]``: (rows, D_p) float32 for the keys with a stored row at level p
-    (level >= p untied, level == p tied), in key order."""
-
-    w: np.ndarray
-    level: np.ndarray
-    tables: list[np.ndarray]
-
-    @property
-    def nbytes(self) -> int:
-        return self.w.nbytes + self.level.nbytes + sum(t.nbytes for t in self.tables)
-
-    @property
-    def arrays(self) -> list[np.ndarray]:
-        return [self.w, self.level, *self.tables]
-
-    def pack(self) -> np.ndarray:
-        """One buffer (:mod:`psfm.ps.wire`) for crossing actors."""
-        return pack(self.arrays)
-
-    @classmethod
-    def unpack(cls, buf: np.ndarray) -> PullResult:
-        a = unpack(buf)
-        return cls(a[0], a[1], a[2:])
-
-
-@dataclass
-class ShardStats:
-    keys: int
-    nonzero_w: int
-    factor_rows_per_level: list[int]
-    nonzero_factors: int
-    ps_bytes: int
-    raw_bytes: int
-
-    @property
-    def nonzero_params(self) -> int:
-        return self.nonzero_w + self.nonzero_factors
 
 
 class _Rows:
@@ -370,7 +322,7 @@ class ParameterShard:
         return w
 
     def _table_members(self, lev: np.ndarray, p: int) -> np.ndarray:
-        return lev == p if self.tied else lev >= p
+        return table_members(lev, p, self.tied)
 
     def _member_rows(self, slots: np.ndarray, lev: np.ndarray) -> list[np.ndarray]:
         """Per level p, the level-p rows of the keys that have one (``lev >= p`` untied,
@@ -412,33 +364,50 @@ class ParameterShard:
         self.bytes_in += keys.nbytes
         return out
 
-    def push(
-        self,
-        keys: np.ndarray,
-        counts: np.ndarray,
-        level: np.ndarray,
-        grad_w: np.ndarray,
-        grad_tables: list[np.ndarray],
-    ) -> None:
-        """Apply summed gradients: ``level`` is what the pull returned for ``keys`` (it says
-        which rows ``grad_tables`` has); then counts, last-seen day and online promotion."""
-        keys = np.asarray(keys, dtype=np.uint64)
-        self.bytes_in += keys.nbytes + counts.nbytes + level.nbytes + grad_w.nbytes + sum(
-            g.nbytes for g in grad_tables)
+    def push(self, req: PushRequest) -> None:
+        """Apply a batch's summed gradients (``req.level`` is what the pull returned for its
+        keys: it says which rows the gradient tables have); then counts, last-seen day and
+        online promotion."""
+        keys = np.asarray(req.keys, dtype=np.uint64)
+        self.bytes_in += req.nbytes
+        inc_w, inc_tables = self._n_increments(req)
         slots = self._slots_of_pulled(keys)
         present = slots >= 0
         s = slots[present]
         if s.size:
-            self._update_linear(s, grad_w[present], keys[present])
-            self._update_factors(slots, level, grad_tables)
+            self._update_linear(s, req.grad_w[present], keys[present],
+                                None if inc_w is None else inc_w[present])
+            self._update_factors(slots, req.level, req.grad_tables, inc_tables)
             if self._counting:
-                self.count[s] += counts[present]
+                self.count[s] += req.counts[present]
             if "last_day" in self._per_key:
                 self.last_day[s] = self.day
         if self.levels.policy == "online":
             if not present.all() and self.levels.admit_min_count > 1:
-                self._admit(keys[~present], counts[~present])
+                self._admit(keys[~present], req.counts[~present])
             self._promote(s)
+
+    def _n_increments(self, req: PushRequest
+                      ) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
+        """What each coordinate's ``n`` grows by (:mod:`psfm.optim.ftrl`, ``accumulate``):
+        None for the square of the summed gradient, the request's sums of squares, or the
+        squared sum over the key's batch count."""
+        rule = self.ftrl.accumulate
+        none: list[np.ndarray | None] = [None] * self.m
+        if rule == "square_of_sum":
+            return None, none
+        if rule == "sum_of_squares":
+            if not req.has_sq:
+                raise PsfmError(f"Shard {self.shard_id}: ftrl.accumulate = 'sum_of_squares' "
+                                "but the push carries no sums of squared gradients.")
+            return req.sq_w, list(req.sq_tables or [])
+        c = np.maximum(req.counts, np.float32(1))
+        inc_w = req.grad_w * req.grad_w / c
+        inc = []
+        for p, g in enumerate(req.grad_tables, start=1):
+            cp = c[self._table_members(req.level, p)][:, None]
+            inc.append(g * g / cp)
+        return inc_w, inc
 
     def _slots_of_pulled(self, keys: np.ndarray) -> np.ndarray:
         """Slots of a push's keys: those of the training pull of the same keys when it is
@@ -449,18 +418,10 @@ class ParameterShard:
                 return slots
         return self.table.lookup(keys)
 
-    def push_pull(
-        self,
-        keys: np.ndarray,
-        counts: np.ndarray,
-        level: np.ndarray,
-        grad_w: np.ndarray,
-        grad_tables: list[np.ndarray],
-        pull_keys: np.ndarray,
-        create: bool = False,
-    ) -> PullResult:
+    def push_pull(self, req: PushRequest, pull_keys: np.ndarray,
+                  create: bool = False) -> PullResult:
         """:meth:`push` one batch, then :meth:`pull` the next: one actor call instead of two."""
-        self.push(keys, counts, level, grad_w, grad_tables)
+        self.push(req)
         return self.pull(pull_keys, create)
 
     def pull_packed(self, keys: np.ndarray, create: bool = False) -> np.ndarray:
@@ -468,15 +429,12 @@ class ParameterShard:
         return self.pull(keys, create).pack()
 
     def push_pull_packed(self, buf: np.ndarray) -> np.ndarray:
-        """:meth:`push_pull` with its arguments in one buffer: ``pack([keys, counts, level,
-        grad_w, *grad_tables, pull_keys, [create]])``; answers :meth:`pull_packed`'s buffer."""
+        """:meth:`push_pull` with its arguments in one buffer: ``pack([*req.arrays,
+        pull_keys, [create]])``; answers :meth:`pull_packed`'s buffer."""
         return self._push_pull_message(unpack(buf)).pack()
 
     def _push_pull_message(self, a: list[np.ndarray]) -> PullResult:
-        m = self.m
-        keys, counts, level, grad_w = a[:4]
-        return self.push_pull(keys, counts, level, grad_w, a[4: 4 + m], a[4 + m],
-                              bool(a[5 + m][0]))
+        return self.push_pull(PushRequest.from_arrays(a[:-2], self.m), a[-2], bool(a[-1][0]))
 
     # ------------------------------------------------------------------ same-node messages
     def shm_attach(self, name: str, path: str, token: bytes, slots: int,
@@ -494,8 +452,8 @@ class ParameterShard:
 
     def shm_call(self, name: str, op: str, slot: int, length: int) -> int:
         """Run the message of ``length`` bytes in ``slot`` of file ``name``: ``op`` is
-        ``"pull"`` (``pack([keys, [create]])``), ``"push"`` (``pack([keys, counts, level,
-        grad_w, *grad_tables])``) or ``"push_pull"`` (:meth:`push_pull_packed`'s layout). A
+        ``"pull"`` (``pack([keys, [create]])``), ``"push"`` (``pack(req.arrays)`` of a
+        :class:`PushRequest`) or ``"push_pull"`` (:meth:`push_pull_packed`'s layout). A
         pull's answer (:meth:`pull_packed`'s layout) is written into the slot after the
         request; returns its length (0 for a push)."""
         if name not in self._files:
@@ -505,88 +463,98 @@ class ParameterShard:
         if op == "pull":
             out = self.pull(a[0].copy(), bool(a[1][0]))  # keys outlive the call in _recent
         elif op == "push":
-            self.push(a[0], a[1], a[2], a[3], a[4:])
+            self.push(PushRequest.from_arrays(a, self.m))
             return 0
         elif op == "push_pull":
-            a[4 + self.m] = a[4 + self.m].copy()  # the pull keys outlive the call in _recent
+            a[-2] = a[-2].copy()  # the pull keys outlive the call in _recent
             out = self._push_pull_message(a)
         else:
             raise PsfmError(f"Shard {self.shard_id}: unknown message op {op!r}.")
         return pack_into(out.arrays, buf[pad(length):])
 
-    def push_buffered(
-        self,
-        worker: int,
-        keys: np.ndarray,
-        counts: np.ndarray,
-        level: np.ndarray,
-        grad_w: np.ndarray,
-        grad_tables: list[np.ndarray],
-    ) -> None:
+    def push_buffered(self, worker: int, req: PushRequest) -> None:
         """Sync mode: hold one worker's gradients of the current step until
         :meth:`apply_buffered`."""
-        self._buffer.append((worker, keys, counts, level, grad_w, grad_tables))
+        self._buffer.append((worker, req))
 
     def apply_buffered(self) -> None:
-        """Sync mode: sum the step's gradients per key in worker order; one FTRL update."""
-        buf = sorted(self._buffer, key=lambda b: b[0])
+        """Sync mode: sum the step's gradients (and sums of squares) per key in worker
+        order, in float64 rounded once; one FTRL update."""
+        reqs = [r for _, r in sorted(self._buffer, key=lambda b: b[0])]
         self._buffer = []
-        if len(buf) <= 1:
-            if buf:
-                self.push(*buf[0][1:])
+        if len(reqs) <= 1:
+            if reqs:
+                self.push(reqs[0])
             return
-        keys = np.concatenate([b[1] for b in buf])
+        keys = np.concatenate([r.keys for r in reqs])
         uniq, first, inv = np.unique(keys, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
-        counts = np.zeros(uniq.size, np.float64)  # float64 sums, rounded once
-        np.add.at(counts, inv, np.concatenate([b[2] for b in buf]))
-        counts = counts.astype(np.float32)
-        levels = np.concatenate([b[3] for b in buf])
-        level = levels[first]
-        grad_w = np.zeros(uniq.size, np.float64)
-        np.add.at(grad_w, inv, np.concatenate([b[4] for b in buf]))
-        grad_w = grad_w.astype(np.float32)
-        grads = []
-        offsets = np.cumsum([0] + [b[1].size for b in buf])
+        level = np.concatenate([r.level for r in reqs])[first]
+
+        def per_key(parts: list[np.ndarray]) -> np.ndarray:
+            out = np.zeros(uniq.size, np.float64)  # float64 sums, rounded once
+            np.add.at(out, inv, np.concatenate(parts))
+            return out.astype(np.float32)
+
+        offsets = np.cumsum([0] + [r.keys.size for r in reqs])
+        idx, members = [], []
         for p in range(1, self.m + 1):
-            rows = np.cumsum(self._table_members(level, p)) - 1
-            idx = np.concatenate([
-                rows[inv[offsets[i] : offsets[i + 1]][self._table_members(b[3], p)]]
-                for i, b in enumerate(buf)])
-            g = np.zeros((int(self._table_members(level, p).sum()), self.ranks[p - 1]),
-                         np.float64)
-            np.add.at(g, idx, np.concatenate([b[5][p - 1] for b in buf]))
-            grads.append(g.astype(np.float32))
-        self.push(uniq, counts, level, grad_w, grads)
+            member = self._table_members(level, p)
+            rows = np.cumsum(member) - 1
+            members.append(int(member.sum()))
+            idx.append(np.concatenate([
+                rows[inv[offsets[i]: offsets[i + 1]][self._table_members(r.level, p)]]
+                for i, r in enumerate(reqs)]))
+
+        def per_row(tables: list[list[np.ndarray]]) -> list[np.ndarray]:
+            out = []
+            for p in range(1, self.m + 1):
+                g = np.zeros((members[p - 1], self.ranks[p - 1]), np.float64)
+                np.add.at(g, idx[p - 1], np.concatenate([t[p - 1] for t in tables]))
+                out.append(g.astype(np.float32))
+            return out
+
+        has_sq = all(r.has_sq for r in reqs)
+        self.push(PushRequest(
+            uniq, per_key([r.counts for r in reqs]), level, per_key([r.grad_w for r in reqs]),
+            per_row([r.grad_tables for r in reqs]),
+            per_key([r.sq_w for r in reqs]) if has_sq else None,
+            per_row([r.sq_tables for r in reqs]) if has_sq else None))
 
     def save_state(self, path: str) -> dict[str, int | str]:
         """Write this shard's checkpoint file; returns its size and SHA-256."""
         return write_shard_state(path, self.snapshot())
 
-    def _update_linear(self, s: np.ndarray, g: np.ndarray, keys: np.ndarray) -> None:
+    def _update_linear(self, s: np.ndarray, g: np.ndarray, keys: np.ndarray,
+                       inc: np.ndarray | None) -> None:
         bias = keys == BIAS_KEY
         if bias.any():  # the bias is an ordinary key, but not regularised
             sb = s[bias]
             self.z_w[sb], self.n_w[sb] = ftrl_update(
-                self.z_w[sb], self.n_w[sb], g[bias], self._bias_params)
+                self.z_w[sb], self.n_w[sb], g[bias], self._bias_params,
+                None if inc is None else inc[bias])
             s, g = s[~bias], g[~bias]
-        self.z_w[s], self.n_w[s] = ftrl_update(self.z_w[s], self.n_w[s], g, self.ftrl.linear)
+            inc = None if inc is None else inc[~bias]
+        self.z_w[s], self.n_w[s] = ftrl_update(self.z_w[s], self.n_w[s], g, self.ftrl.linear,
+                                               inc)
 
     def _update_factors(
-        self, slots: np.ndarray, level: np.ndarray, grad_tables: list[np.ndarray]
+        self, slots: np.ndarray, level: np.ndarray, grad_tables: list[np.ndarray],
+        inc_tables: list[np.ndarray | None],
     ) -> None:
         if self.m == 0:
             return
         gone = slots < 0  # keys evicted between pull and push
         if gone.any():
-            grad_tables = [g[slots[self._table_members(level, p)] >= 0]
-                           for p, g in enumerate(grad_tables, start=1)]
+            keep = [slots[self._table_members(level, p)] >= 0 for p in range(1, self.m + 1)]
+            grad_tables = [g[k] for g, k in zip(grad_tables, keep)]
+            inc_tables = [None if i is None else i[k] for i, k in zip(inc_tables, keep)]
             level = np.where(gone, 0, level).astype(np.int8)
-        for p, (f, r, g) in enumerate(zip(self.fac, self._member_rows(slots, level),
-                                          grad_tables), start=1):
+        for p, (f, r, g, inc) in enumerate(zip(self.fac, self._member_rows(slots, level),
+                                               grad_tables, inc_tables), start=1):
             if not self.tied:
                 st = np.take(f.s, r, axis=0)
-                st[:, 0], st[:, 1] = ftrl_update(st[:, 0], st[:, 1], g, self.ftrl.factor)
+                st[:, 0], st[:, 1] = ftrl_update(st[:, 0], st[:, 1], g, self.ftrl.factor, inc)
                 f.s[r] = st
                 continue
             d = self.ranks[p - 1]
@@ -596,8 +564,9 @@ class ParameterShard:
                 at = cur == k
                 fk = self.fac[k - 1]
                 rk = self.row[sl[at]]
-                fk.z[rk, :d], fk.nn[rk, :d] = ftrl_update(fk.z[rk, :d], fk.nn[rk, :d], g[at],
-                                                          self.ftrl.factor)
+                fk.z[rk, :d], fk.nn[rk, :d] = ftrl_update(
+                    fk.z[rk, :d], fk.nn[rk, :d], g[at], self.ftrl.factor,
+                    None if inc is None else inc[at])
 
     def _admit(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Count not-yet-admitted keys in the sketch; store those that reach the bar."""

@@ -198,9 +198,11 @@ def test_shm_link_grows_its_file_with_calls_in_flight(ray_local):
     from psfm.config import FtrlConfig, LevelConfig, ModelConfig
     from psfm.dist.actors import ShardActor
     from psfm.dist.client import ShmLink, _answer_bound
-    from psfm.ps.shard import ParameterShard, PullResult
+    from psfm.ps.messages import PullResult, PushRequest
+    from psfm.ps.shard import ParameterShard
 
-    model, ftrl, levels = ModelConfig(kind="fm", ranks=(8,)), FtrlConfig(), LevelConfig()
+    model, levels = ModelConfig(kind="fm", ranks=(8,)), LevelConfig()
+    ftrl = FtrlConfig(accumulate="square_of_sum")  # raw pushes carry no sums of squares
     ref, actor = ParameterShard(model, ftrl, levels), ShardActor.remote(model, ftrl, levels)
     link = ShmLink(actor, "grow-test", slots=5)
     assert link.open(1 << 12) and link.gen == 1
@@ -217,7 +219,7 @@ def test_shm_link_grows_its_file_with_calls_in_flight(ray_local):
         counts = np.ones(keys.size, np.float32)
         for _ in range(2):  # two pushes in flight, the next pull may move the file
             link.push([keys, counts, want.level, gw, g])
-            ref.push(keys, counts, want.level, gw, [g])
+            ref.push(PushRequest(keys, counts, want.level, gw, [g]))
     link.reap()
     assert link.gen >= 3 and not link.retired and not link.busy
     state = ray.get(actor.snapshot.remote())
@@ -233,9 +235,11 @@ def test_messages_that_outgrow_the_shared_memory_go_through_ray(ray_local, tmp_p
     from psfm.config import FtrlConfig, LevelConfig, ModelConfig
     from psfm.dist.actors import ShardActor
     from psfm.dist.client import RayClient
+    from psfm.ps.messages import PushRequest
     from psfm.ps.shard import ParameterShard
 
-    model, ftrl, levels = ModelConfig(kind="fm", ranks=(8,)), FtrlConfig(), LevelConfig()
+    model, levels = ModelConfig(kind="fm", ranks=(8,)), LevelConfig()
+    ftrl = FtrlConfig(accumulate="square_of_sum")  # raw pushes carry no sums of squares
     ref, actor = ParameterShard(model, ftrl, levels), ShardActor.remote(model, ftrl, levels)
     client = RayClient([actor], False, ranks=(8,), transport="auto")
     link = client.links[0]
@@ -249,8 +253,8 @@ def test_messages_that_outgrow_the_shared_memory_go_through_ray(ray_local, tmp_p
         g = rng.normal(size=want.tables[0].shape).astype(np.float32)
         gw = rng.normal(size=keys.size).astype(np.float32)
         counts = np.ones(keys.size, np.float32)
-        client.push(keys, counts, want.level, gw, [g])
-        ref.push(keys, counts, want.level, gw, [g])
+        client.push(PushRequest(keys, counts, want.level, gw, [g]))
+        ref.push(PushRequest(keys, counts, want.level, gw, [g]))
     client.flush()
     assert link.gen == 1 and not link.busy  # never grew; the big messages went through Ray
     state = ray.get(actor.snapshot.remote())

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from psfm.config import Config, ModelConfig, config_from_dict, load_config, to_dict
+from psfm.config import (
+    Config,
+    FtrlConfig,
+    ModelConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    to_dict,
+)
 from psfm.errors import ConfigError
+from psfm.optim.ftrl import FtrlParams
 
 
 def test_toml_with_overrides(tmp_path):
@@ -52,3 +67,114 @@ def test_resolved_config_round_trips():
     assert again == cfg and isinstance(again, Config)
     with pytest.raises(AttributeError):
         cfg.model.kind = "fm"  # frozen
+
+
+# The documented defaults of FtrlConfig (README, "Defaults"), written out here on purpose: a
+# test that read them from FtrlConfig() would pass whatever the defaults were.
+LINEAR = FtrlParams(alpha=0.05, beta=1.0, l1=1.0, l2=1.0)
+FACTOR = FtrlParams(alpha=0.03, beta=1.0, l1=0.1, l2=1.0)
+
+
+@pytest.mark.parametrize("group,documented", [("linear", LINEAR), ("factor", FACTOR)])
+def test_partial_ftrl_table_keeps_the_documented_defaults(tmp_path, group, documented):
+    assert getattr(FtrlConfig(), group) == documented
+    f = tmp_path / "c.toml"
+    f.write_text(f"[ftrl.{group}]\nl1 = 0.2\n")
+    expected = FtrlParams(documented.alpha, documented.beta, 0.2, documented.l2)
+    assert getattr(load_config(f).ftrl, group) == expected  # a TOML table
+    assert getattr(load_config(None, [f"ftrl.{group}.l1=0.2"]).ftrl, group) == expected  # --set
+    assert getattr(config_from_dict({"ftrl": {group: {"l1": 0.2}}}).ftrl, group) == expected
+    # the other group keeps its documented defaults too
+    other = "factor" if group == "linear" else "linear"
+    assert getattr(load_config(f).ftrl, other) == (FACTOR if other == "factor" else LINEAR)
+
+
+@dataclass(frozen=True)
+class _Inner:
+    a: int = 1
+    b: int = 2
+
+
+@dataclass(frozen=True)
+class _Middle:
+    inner: _Inner = field(default_factory=lambda: _Inner(a=10))
+    c: int = 3
+
+
+@dataclass(frozen=True)
+class _Outer:
+    middle: _Middle = field(default_factory=lambda: _Middle(inner=_Inner(a=100, b=200), c=30))
+    plain: _Inner = _Inner(b=20)  # a plain default value, not a factory
+
+
+def test_partial_tables_are_merged_over_the_default_value_at_every_depth():
+    from psfm.config import _build
+
+    out = _build(_Outer, {"middle": {"inner": {"b": 5}}, "plain": {"a": 7}}, "")
+    assert out == _Outer(_Middle(_Inner(100, 5), 30), _Inner(7, 20))
+    assert _build(_Outer, {"middle": {"c": 4}}, "") == _Outer(_Middle(_Inner(100, 200), 4))
+    assert _build(_Middle, {"inner": {"b": 5}}, "") == _Middle(_Inner(10, 5))
+
+
+def test_fields_a_section_derives_are_derived_again_from_the_new_values():
+    # ModelConfig() resolves ranks from kind; a partial [model] table must not carry the
+    # default kind's resolved ranks over to another kind.
+    assert load_config(None, ['model.kind="fm"']).model.ranks == (8,)
+    assert load_config(None, ['model.kind="lr"']).model.ranks == ()
+
+
+def test_full_round_trip_after_partial_tables():
+    cfg = load_config(None, ["ftrl.factor.l1=0.2", "ftrl.linear.alpha=0.5", 'model.kind="fm"'])
+    assert config_from_dict(to_dict(cfg)) == cfg
+    assert config_from_dict(apply_overrides(to_dict(cfg), ["ftrl.factor.l2=2"])).ftrl.factor == (
+        FtrlParams(0.03, 1.0, 0.2, 2.0)
+    )
+
+
+def test_squared_loss_is_refused_until_the_metrics_support_regression():
+    with pytest.raises(ConfigError) as e:
+        ModelConfig(loss="squared")
+    assert str(e.value) == (
+        "The 'loss' parameter of ModelConfig must be 'logistic' (regression with squared loss "
+        "is not supported yet). Got 'squared' instead."
+    )
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(ConfigError, match="'loss' parameter of ModelConfig must be one of "
+                                          "'logistic'. Got 'hinge' instead."):
+        ModelConfig(loss="hinge")
+    assert ModelConfig(loss="logistic").loss == "logistic"
+
+
+def _hashed_days(root, days=2, rows=64):
+    """A tiny dataset in the pre-hashed layout (``psfm convert libfm``'s output)."""
+    rng = np.random.default_rng(0)
+    for d in range(1, days + 1):
+        (root / f"day={d}").mkdir(parents=True)
+        keys = [list(rng.integers(1, 1000, size=3).astype(np.uint64)) for _ in range(rows)]
+        t = pa.table({"label": pa.array(rng.integers(0, 2, size=rows), pa.int8()),
+                      "keys": pa.array(keys, pa.list_(pa.uint64()))})
+        pq.write_table(t, root / f"day={d}" / "part-0.parquet")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sets", [[], ['--set=data.layout="hashed"']])
+def test_run_dir_config_records_the_layout_really_used(tmp_path, sets, monkeypatch):
+    # Files with a list-typed 'keys' column are read with the hashed layout even when the
+    # config says "columns" (the default); the config.json the run writes must say so. The
+    # run stops right after the trainer has written config.json (before any training).
+    import psfm.trainer
+    from psfm.cli import main
+
+    def stop(cfg):
+        raise _Stop
+
+    monkeypatch.setattr(psfm.trainer, "needs_stats_pass", stop)
+    _hashed_days(tmp_path / "data")
+    run = tmp_path / "run"
+    with pytest.raises(_Stop):
+        main(["train", "--in-process", "--data", str(tmp_path / "data"), "--model", "lr",
+              "--run-dir", str(run), *sets])
+    assert json.loads((run / "config.json").read_text())["data"]["layout"] == "hashed"

@@ -11,7 +11,8 @@ from psfm.models.family import FamilyInputs, FamilySpec, forward_backward
 torch.set_default_dtype(torch.float64)
 
 
-def _random_case(rng, ranks, tied, n_keys=40, n_rows=24, max_per_row=9, level_mix=None):
+def _random_case(rng, ranks, tied, n_keys=40, n_rows=24, max_per_row=9, level_mix=None,
+                 twins=True):
     m = len(ranks)
     level = rng.integers(0, m + 1, n_keys) if level_mix is None else level_mix(n_keys)
     level[0] = 0  # key 0 plays the bias: level 0, in every row
@@ -19,7 +20,7 @@ def _random_case(rng, ranks, tied, n_keys=40, n_rows=24, max_per_row=9, level_mi
     for b in range(n_rows):
         k = rng.integers(0, max_per_row + 1)
         members = np.concatenate([[0], rng.choice(np.arange(1, n_keys), size=k, replace=False)])
-        if b % 5 == 0 and k:  # the same key twice in a row (hashed layouts allow it)
+        if twins and b % 5 == 0 and k:  # the same key twice in a row (hashed layouts allow it)
             members = np.concatenate([members, members[-1:]])
         rows.append(np.full(members.size, b))
         uniq.append(members)
@@ -123,6 +124,48 @@ def test_forward_and_gradients_match_pairwise_oracle(spec, seed):
     assert len(out.grad_tables) == len(gt)
     for got, want in zip(out.grad_tables, gt):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def _one_sample(x, b):
+    """Sample b of a batch as a batch of its own (same keys and tables)."""
+    occ = x.occ_sample == b
+    return FamilyInputs(
+        occ_sample=torch.zeros(int(occ.sum()), dtype=torch.int64), occ_uniq=x.occ_uniq[occ],
+        occ_value=x.occ_value[occ], labels=x.labels[b:b + 1], weights=x.weights[b:b + 1],
+        w=x.w, level=x.level, tables=x.tables)
+
+
+@pytest.mark.parametrize("spec", CASES, ids=lambda s: f"{s.ranks}-tied{s.tied}-{s.loss}")
+@pytest.mark.parametrize("unit", [False, True])
+def test_sums_of_squares_are_the_per_sample_gradients_squared(spec, unit):
+    """The FTRL ``sum_of_squares`` rule: a batch's sq sums equal the sum over its samples of
+    each sample's gradient (the batch code on that sample alone) squared, for every model kind,
+    distillation included (no key twice in a row: then a sample has one occurrence per key)."""
+    import dataclasses
+
+    spec = dataclasses.replace(spec, sum_sq=True)
+    x = _random_case(np.random.default_rng(5), spec.ranks, spec.tied, twins=False)
+    if unit:
+        x.occ_value = torch.ones_like(x.occ_value)
+        x.unit_values = True
+    out = forward_backward(spec, x)
+    want_w = torch.zeros_like(out.grad_w)
+    want_t = [torch.zeros_like(t) for t in out.grad_tables]
+    for b in range(x.labels.shape[0]):
+        one = forward_backward(spec, _one_sample(x, b))
+        want_w += one.grad_w ** 2
+        for acc, g in zip(want_t, one.grad_tables):
+            acc += g ** 2
+    torch.testing.assert_close(out.sq_w, want_w, rtol=1e-9, atol=1e-10)
+    assert len(out.sq_tables) == len(want_t)
+    for got, want in zip(out.sq_tables, want_t):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    # and the sums of squares change nothing else
+    plain = forward_backward(dataclasses.replace(spec, sum_sq=False), x)
+    assert plain.sq_w is None and plain.sq_tables is None
+    torch.testing.assert_close(plain.grad_w, out.grad_w, rtol=0, atol=0)
+    for a, b in zip(plain.grad_tables, out.grad_tables):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_low_output_is_the_model_truncated_at_level_one():

@@ -92,3 +92,38 @@ def test_converges_to_the_minimiser_of_a_quadratic():
 def test_bad_hyperparameters_are_named(name, value):
     with pytest.raises(ConfigError, match=f"'{name}' parameter of FtrlParams"):
         FtrlParams(**{name: value})
+
+
+def test_beta_must_be_positive():
+    # beta = 0 divides 0 by 0 at z = 0, n = 0 (a fresh coordinate's weight would be NaN)
+    with pytest.raises(ConfigError) as e:
+        FtrlParams(beta=0.0)
+    assert str(e.value) == (
+        "The 'beta' parameter of FtrlParams must be a float > 0. Got 0.0 instead."
+    )
+    assert isinstance(e.value, ValueError)
+    p = FtrlParams(beta=1e-6)
+    assert np.isfinite(ftrl_weight(np.zeros(1), np.zeros(1), p)).all()
+
+
+def test_a_batch_with_sums_of_squares_equals_per_sample_steps_with_frozen_weights():
+    """McMahan et al. 2013 per coordinate over c occurrences with the weight held at its
+    batch-start value: z gains sum g_i - (sqrt(n + sum g_i^2) - sqrt(n)) / alpha * w and n
+    gains sum g_i^2, which is ``ftrl_update(z, n, sum g, p, g2=sum g^2)``."""
+    rng = np.random.default_rng(4)
+    p = FtrlParams(alpha=0.1, beta=1.0, l1=0.05, l2=1.0)
+    z = rng.normal(0, 0.5, 200)
+    n = rng.uniform(0, 3, 200)
+    g = rng.normal(0, 0.3, (7, 200))
+    w = ftrl_weight(z, n, p)  # frozen within the batch
+    zs, ns = z.copy(), n.copy()
+    for gi in g:
+        sigma = (np.sqrt(ns + gi * gi) - np.sqrt(ns)) / p.alpha
+        zs, ns = zs + gi - sigma * w, ns + gi * gi
+    zb, nb = ftrl_update(z, n, g.sum(0), p, (g * g).sum(0))
+    np.testing.assert_allclose(nb, ns, rtol=1e-12)
+    np.testing.assert_allclose(zb, zs, rtol=1e-10, atol=1e-12)
+    # the square of the sum is a different rule: one step of the summed gradient
+    z1, n1 = ftrl_update(z, n, g.sum(0), p)
+    np.testing.assert_allclose(n1, n + g.sum(0) ** 2, rtol=1e-12)
+    assert not np.allclose(n1, ns)

@@ -7,12 +7,17 @@ import pytest
 
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
 from psfm.data.hashing import BIAS_KEY
+from psfm.errors import PsfmError
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.client import LocalClient
 from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts
+from psfm.ps.messages import PushRequest
 from psfm.ps.shard import ParameterShard
 
-FTRL = FtrlConfig(linear=FtrlParams(0.1, 1.0, 0.2, 1.0), factor=FtrlParams(0.05, 1.0, 0.01, 1.0))
+# A batch as one FTRL step (n += g^2 of the summed gradient): the tests below check the shard's
+# bookkeeping against ftrl_update(g); the other accumulation rules have tests of their own.
+FTRL = FtrlConfig(linear=FtrlParams(0.1, 1.0, 0.2, 1.0), factor=FtrlParams(0.05, 1.0, 0.01, 1.0),
+                  accumulate="square_of_sum")
 
 
 def _shards(kind="rafm", n=1, policy="online", ranks=(), **lv):
@@ -29,7 +34,7 @@ def _random_push(rng, client, keys, pulled):
     grads = [rng.normal(size=t.shape).astype(np.float32) for t in pulled.tables]
     gw = rng.normal(size=keys.size).astype(np.float32)
     counts = rng.integers(1, 4, size=keys.size).astype(np.float32)
-    client.push(keys, counts, pulled.level, gw, grads)
+    client.push(PushRequest(keys, counts, pulled.level, gw, grads))
 
 
 def test_pull_without_create_leaves_unknown_keys_unknown():
@@ -59,7 +64,7 @@ def test_push_applies_ftrl_and_the_bias_is_not_regularised():
     r = s.pull(keys, create=True)
     g = np.array([0.05, 0.05], dtype=np.float32)  # small: inside l1 for the feature
     gf = np.full((1, 8), 0.5, dtype=np.float32)
-    s.push(keys, np.ones(2, np.float32), r.level, g, [gf])
+    s.push(PushRequest(keys, np.ones(2, np.float32), r.level, g, [gf]))
     r2 = s.pull(keys)
     z, n = ftrl_update(np.zeros(1, np.float32), np.zeros(1, np.float32), g[:1],
                        FtrlParams(0.1, 1.0, 0.0, 0.0))
@@ -87,13 +92,13 @@ def test_online_promotion_untied_keeps_lower_rows_and_adds_the_next():
     r = s.pull(k, create=True)
     assert r.level[0] == 1
     for _ in range(2):
-        s.push(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
+        s.push(PushRequest(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
                [np.full((1, 1), 0.3, np.float32), np.zeros((0, 2), np.float32),
-                np.zeros((0, 4), np.float32)])
+                np.zeros((0, 4), np.float32)]))
     before = s.pull(k).tables[0].copy()
-    s.push(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
+    s.push(PushRequest(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
            [np.zeros((1, 1), np.float32), np.zeros((0, 2), np.float32),
-            np.zeros((0, 4), np.float32)])
+            np.zeros((0, 4), np.float32)]))
     r3 = s.pull(k)
     assert r3.level[0] == 2 and [t.shape[0] for t in r3.tables] == [1, 1, 0]
     np.testing.assert_array_equal(r3.tables[0], before)  # the level-1 factor is kept
@@ -103,11 +108,11 @@ def test_tied_promotion_moves_the_trained_prefix():
     (s,) = _shards("difacto", ranks=(2, 4), level_min_count=(1, 5))
     k = np.array([7], dtype=np.uint64)
     r = s.pull(k, create=True)
-    s.push(k, np.full(1, 2, np.float32), r.level, np.zeros(1, np.float32),
-           [np.full((1, 2), 0.7, np.float32), np.zeros((0, 4), np.float32)])
+    s.push(PushRequest(k, np.full(1, 2, np.float32), r.level, np.zeros(1, np.float32),
+           [np.full((1, 2), 0.7, np.float32), np.zeros((0, 4), np.float32)]))
     trained = s.pull(k).tables[0].copy()
-    s.push(k, np.full(1, 3, np.float32), r.level, np.zeros(1, np.float32),
-           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)])
+    s.push(PushRequest(k, np.full(1, 3, np.float32), r.level, np.zeros(1, np.float32),
+           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)]))
     r2 = s.pull(k)
     assert r2.level[0] == 2 and r2.tables[0].shape == (0, 2) and r2.tables[1].shape == (1, 4)
     np.testing.assert_array_equal(r2.tables[1][:, :2], trained)
@@ -135,8 +140,8 @@ def test_online_admission_by_count_sketch():
     for i in range(3):
         r = s.pull(k, create=True)
         assert len(s) == (1 if i == 3 else 0) or i == 3
-        s.push(k, np.ones(1, np.float32), r.level, np.ones(1, np.float32),
-               [np.zeros((r.tables[0].shape[0], 8), np.float32)])
+        s.push(PushRequest(k, np.ones(1, np.float32), r.level, np.ones(1, np.float32),
+               [np.zeros((r.tables[0].shape[0], 8), np.float32)]))
     assert len(s) == 1 and s.pull(k).level[0] == 1
 
 
@@ -146,8 +151,8 @@ def test_ttl_eviction_drops_unseen_keys_and_their_rows():
     s.pull(a, create=True)
     s.end_day(1)
     s.pull(b, create=True)
-    s.push(b, np.ones(1, np.float32), np.ones(1, np.int8), np.zeros(1, np.float32),
-           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)])
+    s.push(PushRequest(b, np.ones(1, np.float32), np.ones(1, np.int8), np.zeros(1, np.float32),
+           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)]))
     assert s.end_day(2) == {"evicted": 0, "keys": 2}
     assert s.end_day(3) == {"evicted": 1, "keys": 1}  # key 1 unseen on days 1 and 2
     assert s.pull(a).level[0] == 0 and s.pull(b).level[0] == 1
@@ -289,7 +294,7 @@ def test_buffered_step_sums_workers_in_order_and_matches_one_push():
     g = [rng.normal(size=(int((lev >= p).sum()), d)).astype(np.float32)
          for p, d in ((1, 1), (2, 2))]
     counts = np.ones(keys.size, np.float32)
-    one.push(keys, counts, lev, gw, g)
+    one.push(PushRequest(keys, counts, lev, gw, g))
     # Two workers whose key sets overlap: worker 0 has the first 200 keys, worker 1 the rest
     # plus 50 of worker 0's, with the gradient of the shared keys split between them.
     a, b = np.arange(200), np.arange(150, keys.size)
@@ -304,8 +309,8 @@ def test_buffered_step_sums_workers_in_order_and_matches_one_push():
 
     f0 = np.where(share > 0, share, 1.0).astype(np.float32)
     f1 = np.where(share > 0, 1 - share, 1.0).astype(np.float32)
-    two.push_buffered(1, *part(b, f1))
-    two.push_buffered(0, *part(a, f0))
+    two.push_buffered(1, PushRequest(*part(b, f1)))
+    two.push_buffered(0, PushRequest(*part(a, f0)))
     two.apply_buffered()
     x, y = one.pull(keys), two.pull(keys)
     np.testing.assert_allclose(x.w, y.w, rtol=1e-5, atol=1e-6)
@@ -324,9 +329,9 @@ def test_push_pull_equals_push_then_pull():
     grads = [rng.normal(size=t.shape).astype(np.float32) for t in p1.tables]
     gw = rng.normal(size=k1.size).astype(np.float32)
     counts = np.ones(k1.size, np.float32)
-    a[0].push(k1, counts, p1.level, gw, grads)
+    a[0].push(PushRequest(k1, counts, p1.level, gw, grads))
     want = a[0].pull(k2, create=True)
-    got = b[0].push_pull(k1, counts, p1.level, gw, grads, k2, True)
+    got = b[0].push_pull(PushRequest(k1, counts, p1.level, gw, grads), k2, True)
     assert np.array_equal(got.w, want.w) and np.array_equal(got.level, want.level)
     assert all(np.array_equal(x, y) for x, y in zip(got.tables, want.tables))
     assert np.array_equal(got.w[:100], a[0].pull(k1[:100]).w)  # the pull saw the push
@@ -346,17 +351,17 @@ def test_push_after_slots_move_updates_the_right_keys():
     grads = [rng.normal(size=py.tables[0].shape).astype(np.float32)]
     gw = rng.normal(size=y.size).astype(np.float32)
     for shard in (s, ref):
-        shard.push(y, np.ones(y.size, np.float32), py.level, gw, grads)
+        shard.push(PushRequest(y, np.ones(y.size, np.float32), py.level, gw, grads))
     got, want = s.pull(y), ref.pull(y)
     assert np.array_equal(got.w, want.w) and np.array_equal(got.tables[0], want.tables[0])
     again = s.pull(y, create=True)  # cached slots are used when nothing moved
-    s.push(y, np.ones(y.size, np.float32), again.level, gw, grads)
-    ref.push(y, np.ones(y.size, np.float32), again.level, gw, grads)
+    s.push(PushRequest(y, np.ones(y.size, np.float32), again.level, gw, grads))
+    ref.push(PushRequest(y, np.ones(y.size, np.float32), again.level, gw, grads))
     assert np.array_equal(s.pull(y).tables[0], ref.pull(y).tables[0])
 
 
 def test_wire_buffers_round_trip_and_packed_calls_match():
-    from psfm.ps.shard import PullResult
+    from psfm.ps.messages import PullResult
     from psfm.ps.wire import pack, unpack
 
     rng = np.random.default_rng(2)
@@ -373,7 +378,7 @@ def test_wire_buffers_round_trip_and_packed_calls_match():
     grads = [rng.normal(size=t.shape).astype(np.float32) for t in p1.tables]
     gw = rng.normal(size=k1.size).astype(np.float32)
     counts = np.ones(k1.size, np.float32)
-    want = a[0].push_pull(k1, counts, p1.level, gw, grads, k2, True)
+    want = a[0].push_pull(PushRequest(k1, counts, p1.level, gw, grads), k2, True)
     buf = pack([k1, counts, p1.level, gw, *grads, k2, np.array([1], np.int8)])
     got = PullResult.unpack(b[0].push_pull_packed(buf))
     assert np.array_equal(got.w, want.w) and np.array_equal(got.level, want.level)
@@ -384,7 +389,7 @@ def test_shared_memory_messages_answer_like_direct_calls(tmp_path):
     """shm_call on a worker's message file (pull, push, push_pull) gives the direct calls'
     results; the pull keys a shard keeps are its own copy, not the reused slot."""
     from psfm.errors import PsfmError
-    from psfm.ps.shard import PullResult
+    from psfm.ps.messages import PullResult
     from psfm.ps.shm import MessageFile
     from psfm.ps.wire import pack_into, pad
 
@@ -411,10 +416,10 @@ def test_shared_memory_messages_answer_like_direct_calls(tmp_path):
     gw = rng.normal(size=k1.size).astype(np.float32)
     grads = [rng.normal(size=t.shape).astype(np.float32) for t in want.tables]
     counts = np.ones(k1.size, np.float32)
-    want2 = a[0].push_pull(k1, counts, want.level, gw, grads, k2, True)
+    want2 = a[0].push_pull(PushRequest(k1, counts, want.level, gw, grads), k2, True)
     got2 = call("push_pull", [k1, counts, want.level, gw, *grads, k2, one], slot=1)
     assert all(np.array_equal(x, y) for x, y in zip(got2.arrays, want2.arrays))
-    a[0].push(k2, counts, want2.level, gw, [g * 0 + 0.5 for g in want2.tables])
+    a[0].push(PushRequest(k2, counts, want2.level, gw, [g * 0 + 0.5 for g in want2.tables]))
     assert call("push", [k2, counts, want2.level, gw, *[g * 0 + 0.5 for g in want2.tables]]) \
         is None
     assert all(np.array_equal(x, y) for x, y in zip(a[0].snapshot().values(),
@@ -428,3 +433,54 @@ def test_shared_memory_messages_answer_like_direct_calls(tmp_path):
     b[0].shm_detach("w0")
     with pytest.raises(PsfmError, match="no message file"):
         b[0].shm_call("w0", "pull", 0, 8)
+
+
+@pytest.mark.parametrize("rule", ["sum_of_squares", "count_scaled"])
+@pytest.mark.parametrize("kind", ["fm", "difacto"])
+def test_accumulation_rules_grow_n_by_their_increment(rule, kind):
+    """``n`` grows by the pushed sums of squares (sum_of_squares) or by g^2 / count
+    (count_scaled); ``z`` takes the summed gradient either way."""
+    import dataclasses
+
+    rng = np.random.default_rng(8)
+    ftrl = dataclasses.replace(FTRL, accumulate=rule)
+    model = ModelConfig(kind=kind, ranks=(2, 4) if kind == "difacto" else (4,))
+    levels = LevelConfig(policy="online", level_min_count=(1, 3) if kind == "difacto" else ())
+    s = ParameterShard(model, ftrl, levels, seed=3)
+    keys = np.concatenate([[BIAS_KEY], _keys(rng, 60)]).astype(np.uint64)
+    r = s.pull(keys, create=True)
+    # half the keys to level 2 (DiFacto) first, so that the push below promotes none
+    warm = np.where(np.arange(keys.size) % 2 == 0, 3, 0).astype(np.float32)
+    z = [np.zeros(t.shape, np.float32) for t in r.tables]
+    zw = np.zeros(keys.size, np.float32)
+    s.push(PushRequest(keys, warm, r.level, zw, z, zw, z))
+    r = s.pull(keys, create=True)
+    before = s.snapshot()
+    gw = rng.normal(size=keys.size).astype(np.float32)
+    gt = [rng.normal(size=t.shape).astype(np.float32) for t in r.tables]
+    counts = rng.integers(1, 3, keys.size).astype(np.float32)
+    sq_w = (gw * gw * rng.uniform(0.2, 1.0, keys.size)).astype(np.float32)
+    sq_t = [(g * g * rng.uniform(0.2, 1.0, g.shape)).astype(np.float32) for g in gt]
+    if rule == "sum_of_squares":
+        with pytest.raises(PsfmError, match="no sums of squared gradients"):
+            s.push(PushRequest(keys, counts, r.level, gw, gt))
+        s.push(PushRequest(keys, counts, r.level, gw, gt, sq_w, sq_t))
+        inc_w, inc_t = sq_w, sq_t
+    else:
+        s.push(PushRequest(keys, counts, r.level, gw, gt))
+        inc_w = gw * gw / counts
+        inc_t = [g * g / counts[(r.level == p) if s.tied else (r.level >= p)][:, None]
+                 for p, g in enumerate(gt, start=1)]
+    after = s.snapshot()
+    slots = s.table.lookup(keys)
+    bias = keys == BIAS_KEY
+    for sel, params in ((bias, s._bias_params), (~bias, ftrl.linear)):
+        z, n = ftrl_update(before["z_w"][slots[sel]], before["n_w"][slots[sel]], gw[sel],
+                           params, inc_w[sel])
+        np.testing.assert_allclose(after["n_w"][slots[sel]], n, rtol=1e-6)
+        np.testing.assert_allclose(after["z_w"][slots[sel]], z, rtol=1e-5, atol=1e-6)
+    for p, (g, inc) in enumerate(zip(gt, inc_t), start=1):
+        rows = before[f"row{p}"][slots[(r.level == p) if s.tied else (r.level >= p)]]
+        z, n = ftrl_update(before[f"z{p}"][rows], before[f"n{p}"][rows], g, ftrl.factor, inc)
+        np.testing.assert_allclose(after[f"n{p}"][rows], n, rtol=1e-6)
+        np.testing.assert_allclose(after[f"z{p}"][rows], z, rtol=1e-5, atol=1e-6)
