@@ -19,14 +19,15 @@ Three layouts, each streamed with ``pyarrow.csv.open_csv`` (bounded memory: one 
   none and is refused), ``id`` and the raw ``hour`` are dropped, every other column is kept as
   a categorical column: int64 for the integer columns (``C1``, ``banner_pos``,
   ``device_type``, ``device_conn_type``, ``C14..C21``), string for the rest.
-* **libfm** — libFM/libSVM text, ``label idx:val idx:val ...`` (labels -1/1 or 0/1, -1 -> 0;
-  CRLF line ends and runs of spaces/tabs tolerated). ``train``, ``valid`` and ``test`` files
-  become ``day=1``, ``day=2``, ``day=3`` (``day=1``, ``day=2`` without ``valid``), so psfm's
-  default split (train on all days but the last) tests on the test file. Output: the
-  pre-hashed layout (``data.layout = "hashed"``), ``label`` int8, ``keys: list<uint64>`` with
-  ``key = field_keys("libfm", idx)`` (SplitMix64 of the index xor the salt of the field name
-  ``"libfm"``, :mod:`psfm.data.hashing`), ``values: list<float32>``. Per-field columns from a
-  field map are not implemented.
+* **libfm** — libFM/libSVM text, ``label idx[:val] idx[:val] ...`` (a bare ``idx`` has value
+  1; labels -1/0/1, -1 -> 0), in :mod:`psfm.data.convert_libfm` (which uses this module's
+  reader and writers; its public names are re-exported here). Any number of inputs: the
+  ``i``-th (0-based) becomes ``day=i+1`` unless ``days`` gives one day per input (several may
+  share one); ``train``, ``valid``, ``test`` stay ``day=1, 2, 3``. Output: the pre-hashed
+  layout (``label`` int8, ``keys: list<uint64>`` = ``field_keys("libfm", idx)``, ``values:
+  list<float32>``) or, with a field map (``idx field`` per line) or field ranges
+  (``"user:0-999,item:1000-1999"``), the columns layout: ``label`` and one categorical int64
+  column per field holding the row's index of that field (null when none; values must be 1).
 
 Output: ``OUT/day=D/part-IIII-KKKKK.parquet`` (``IIII`` the input file's index, ``KKKKK`` the
 file's sequence number), row groups of exactly ``row_group_rows`` rows (the last of a file may
@@ -37,7 +38,9 @@ renamed when complete; ``OUT/_convert.json`` records the summary.
 Bad input: a line with the wrong number of fields, an integer field that is not an integer, a
 label that is not 0/1, ... raises a :class:`~psfm.errors.DataError` naming the file, the
 1-based line (the header counts as line 1), the column, the value and the rule; with
-``bad_rows="skip"`` such lines are dropped and counted per rule. Line numbers come from the
+``bad_rows="skip"`` such lines are dropped and counted per rule, but an input left with no good
+rows (every line skipped; for libFM also an input with no lines) is a ``DataError`` naming the
+file and the skipped lines per rule, not an empty success. Line numbers come from the
 serial CSV parser (``InvalidRow.number``) and, for good rows, from the count of rows delivered:
 the ``g``-th good row (0-based) is on line ``L = h + g + 1 + #{j : c_j <= g}`` where ``h`` is
 the number of header lines and ``c_j = b_j - 1 - j - h`` the number of good rows before the
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import importlib
 import json
 import logging
 import re
@@ -58,7 +62,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,8 +70,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from psfm.data.hashing import field_keys
 from psfm.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # at run time from __getattr__ below: convert_libfm imports this module
+    from psfm.data.convert_libfm import LIBFM_FIELD, convert_libfm, convert_libfm_files
 
 __all__ = [
     "CRITEO_COLUMNS",
@@ -76,6 +82,7 @@ __all__ = [
     "convert_criteo",
     "convert_avazu",
     "convert_libfm",
+    "convert_libfm_files",
     "count_lines",
     "format_summary",
     "add_cli",
@@ -90,13 +97,21 @@ AVAZU_INT_COLUMNS: tuple[str, ...] = (
     "C1", "banner_pos", "device_type", "device_conn_type",
     *(f"C{i}" for i in range(14, 22)),
 )
-LIBFM_FIELD = "libfm"  # the field name whose salt hashes a libFM feature index
+_LIBFM_NAMES = ("LIBFM_FIELD", "convert_libfm", "convert_libfm_files")
 
 _INT_RE = r"^-?[0-9]{1,18}$"  # what pc.cast(string -> int64) accepts, without overflow
 _FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _UNIT_SEP = "\x1f"  # libfm lines are read as one CSV column with this (absent) delimiter
 _DAY_FILE_RE = re.compile(r"^day_(\d+)(\..*)?$")
 _HINT = 'set bad_rows="skip" (--bad-rows skip) to count and skip such lines'
+
+
+def __getattr__(name: str) -> Any:
+    """The libFM names, from :mod:`psfm.data.convert_libfm` on first use (that module imports
+    this one, so a plain import here would be circular)."""
+    if name in _LIBFM_NAMES:
+        return getattr(importlib.import_module("psfm.data.convert_libfm"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- options
@@ -565,6 +580,23 @@ def _convert_input(make: Callable[[bool], _TextStream], sink: _Sink,
         raise
 
 
+def _require_rows(path: str, res: _Result, opts: _Options, empty_ok: bool = True) -> None:
+    """An input left with no good rows is an error, not an empty success: every line skipped
+    (a wrong format or wrong options, not bad data), or -- unless ``empty_ok`` -- no lines."""
+    if sum(res.rows.values()):
+        return
+    if res.skipped:
+        why = "; ".join(f"{k}: {v:,}" for k, v in res.skipped.items())
+        raise DataError(
+            f"File '{path}': all {sum(res.skipped.values()):,} data lines were skipped as bad "
+            f"(bad_rows={opts.bad_rows!r}; by rule: {why}), so it gives no rows. Check the "
+            "file's format against the converter's (run without --bad-rows skip to see the "
+            "first bad line).")
+    if not empty_ok:
+        raise DataError(f"File '{path}' has no data lines; every input must give rows (an "
+                        "empty input would leave its day out and move the test day).")
+
+
 def _prepare_out(out: str, overwrite: bool) -> Path:
     root = Path(out)
     if root.exists() and not root.is_dir():
@@ -724,6 +756,7 @@ def convert_criteo(
                                use_threads=threads, columns_rule=rule)
 
         res = _convert_input(make, _Sink(root, idx, opts), transform)
+        _require_rows(path, res, opts)
         results.append(res)
         offset += res.lines
     if days is not None and offset != rows:
@@ -814,158 +847,10 @@ def convert_avazu(
                                use_threads=threads, include=["click", "hour", *keep],
                                quote=True, columns_rule=rule)
 
-        results.append(_convert_input(make, _Sink(root, idx, opts), _avazu_transform(keep)))
+        res = _convert_input(make, _Sink(root, idx, opts), _avazu_transform(keep))
+        _require_rows(path, res, opts)
+        results.append(res)
     return _finish("avazu", root, inputs, results, t0, {})
-
-
-# ----------------------------------------------------------------------------- libfm
-
-
-def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, offsets relative to the first string) of a ``string`` array, zero-copy."""
-    n = len(arr)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1 + arr.offset)
-    offsets = offsets[arr.offset:].astype(np.int64)
-    start, end = int(offsets[0]), int(offsets[-1])
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=end)[start:] if end else (
-        np.zeros(0, np.uint8))
-    return data, offsets - start
-
-
-def _layout_checks(text: pa.Array, ntok: np.ndarray) -> np.ndarray:
-    """Lines that are not ``label idx:val idx:val ...``; ``ntok`` = tokens per line when split
-    on blanks and colons. Vectorized over the bytes of the block: the separator runs (maximal
-    runs of blanks and colons; none spans two lines) of a line must be, in order, blank-run,
-    ``:``, blank-run, ``:``, ... -- an even number, starting with blanks, with every colon
-    alone between two token bytes. A line has ``ntok - 1`` runs, which places the first run of
-    every line without a per-byte line index."""
-    n = len(text)
-    d, off = _string_buffers(text)
-    bad = np.zeros(n, dtype=bool)
-    if d.size == 0:
-        return bad
-    colon = d == 58
-    sep = colon | (d == 32) | ((d >= 9) & (d <= 13))
-    after_sep = np.empty_like(sep)  # the previous byte of the same line is a separator
-    after_sep[0] = False
-    after_sep[1:] = sep[:-1]
-    before_sep = np.empty_like(sep)  # the next byte of the same line is a separator
-    before_sep[-1] = False
-    before_sep[:-1] = sep[1:]
-    starts, ends = off[:-1][np.diff(off) > 0], off[1:][np.diff(off) > 0] - 1
-    after_sep[starts] = False
-    before_sep[ends] = False
-    runs = np.flatnonzero(sep & ~after_sep)  # first byte of every separator run
-    nruns = ntok - 1
-    first_run = np.cumsum(nruns) - nruns
-    if runs.size != int(nruns.sum()):  # cannot happen: splitting counts the same runs
-        raise AssertionError("libfm: separator runs and tokens disagree")
-    lone = colon & ~after_sep & ~before_sep
-    lone[starts] = False  # a colon at the edge of a line has an empty side
-    lone[ends] = False
-    is_colon = colon[runs]
-    ok = np.where(is_colon, lone[runs], True)
-    expect_colon = np.zeros(runs.size, dtype=bool)
-    expect_colon[1:] = ~is_colon[:-1]  # runs alternate ...
-    line_first = first_run[nruns > 0]
-    expect_colon[line_first] = False  # ... starting with blanks in every line
-    ok &= is_colon == expect_colon
-    bad[nruns % 2 == 1] = True
-    if not ok.all():
-        bad_runs = np.flatnonzero(~ok)
-        bad[np.searchsorted(first_run, bad_runs, side="right") - 1] = True
-    return bad
-
-
-def _libfm_transform(day: str) -> Transform:
-    rule_line = "a line is 'label idx:value idx:value ...' (blank-separated, one ':' per feature)"
-    rule_num = "idx must be an integer >= 0 and value a finite number"
-
-    def transform(batch: pa.RecordBatch, errs: _RowErrors,
-                  lines: Callable[[], np.ndarray]) -> tuple[pa.Table, Any]:
-        n = batch.num_rows
-        text = pc.ascii_trim_whitespace(batch.column(0))
-        tokens = pc.ascii_split_whitespace(pc.replace_substring(text, ":", " "))
-        ntok = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat = pc.list_flatten(tokens)
-        x, bad_x = _floats(flat)  # every token is a number: label, idx, value, idx, ...
-        first = np.cumsum(ntok) - ntok
-        # empty lines, labels, layout (per line)
-        errs.add(np.diff(_string_buffers(text)[1]) == 0, "label", text,
-                 "lines must not be empty (empty line)")
-        y = x[first]
-        errs.add(~((y == 1) | (y == 0) | (y == -1)), "label", flat.take(pa.array(first)),
-                 "labels must be -1, 0 or 1")
-        errs.add(_layout_checks(text, ntok), "features", text, rule_line)
-        # feature tokens of the well-formed lines alternate idx, value over the whole block
-        keep = np.ones(x.size, dtype=bool)
-        keep[first] = False
-        if errs.bad.any():
-            keep &= ~np.repeat(errs.bad, ntok)
-        npair = np.where(errs.bad, 0, (ntok - 1) // 2)
-        fx, fbad = x[keep], bad_x[keep]
-        idx, val = fx[0::2], fx[1::2]
-        pair_bad = fbad[0::2] | fbad[1::2] | (idx < 0) | (idx != np.floor(idx)) | (
-            idx >= 2.0**53)
-        if pair_bad.any():
-            pair_row = np.repeat(np.arange(n), npair)
-            t = int(np.flatnonzero(pair_bad)[0])
-            r = int(pair_row[t])
-            mask = np.zeros(n, dtype=bool)
-            mask[pair_row[pair_bad]] = True
-            j = t - int(np.cumsum(npair)[r] - npair[r]) + 1  # feature j of line r
-            pair = flat[int(first[r]) + 2 * j - 1 : int(first[r]) + 2 * j + 1].to_pylist()
-            errs.note(r, f"feature {j}", ":".join(str(v) for v in pair), rule_num, mask)
-            good = ~mask[pair_row]
-            idx, val = idx[good], val[good]
-            npair = np.where(mask, 0, npair)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(npair)]).astype(np.int32))
-        keys = pa.ListArray.from_arrays(offsets, pa.array(field_keys(LIBFM_FIELD,
-                                                                     idx.astype(np.int64))))
-        values = pa.ListArray.from_arrays(offsets, pa.array(val.astype(np.float32)))
-        label = pa.array((y == 1).astype(np.int8))
-        return pa.table({"label": label, "keys": keys, "values": values}), day
-
-    return transform
-
-
-def convert_libfm(
-    train: str,
-    test: str,
-    out: str,
-    valid: str | None = None,
-    bad_rows: str = "fail",
-    row_group_rows: int = 131072,
-    rows_per_file: int = 1 << 22,
-    use_threads: bool = False,
-    block_size: int = 1 << 22,
-    compression: str = "snappy",
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """libFM/libSVM text -> the pre-hashed layout: ``train`` -> ``day=1``, ``valid`` ->
-    ``day=2``, ``test`` -> the last day (``day=3``, or ``day=2`` without ``valid``).
-
-    Training detects this layout from the list-typed ``keys`` column. Returns the summary (see
-    :func:`convert_criteo`) with ``day_of_input``.
-    """
-    opts = _options("convert_libfm", bad_rows, row_group_rows, rows_per_file, use_threads,
-                    block_size, compression)
-    inputs = [str(train)] + ([str(valid)] if valid else []) + [str(test)]
-    t0 = time.perf_counter()
-    root = _prepare_out(out, overwrite)
-    results = []
-    rule = "a libFM line is 'label idx:value ...' and holds no \\x1f byte"
-    for idx, path in enumerate(inputs):
-        def make(threads: bool, path: str = path) -> _TextStream:
-            return _TextStream(path, ["line"], delimiter=_UNIT_SEP, header_lines=0, opts=opts,
-                               use_threads=threads, strings_can_be_null=False,
-                               columns_rule=rule)
-
-        results.append(_convert_input(make, _Sink(root, idx, opts),
-                                      _libfm_transform(str(idx + 1))))
-    return _finish("libfm", root, inputs, results, t0,
-                   {"day_of_input": {p: str(i + 1) for i, p in enumerate(inputs)},
-                    "layout": "hashed", "key": f"field_keys({LIBFM_FIELD!r}, idx)"})
 
 
 # ----------------------------------------------------------------------------- command line
@@ -1008,14 +893,6 @@ def _cmd_avazu(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_libfm(args: argparse.Namespace) -> int:
-    s = convert_libfm(args.train, args.test, args.out, valid=args.valid,
-                      **_common_kwargs(args))
-    print(format_summary(s))
-    print(f'train with: psfm train --data {args.out} --set data.layout="hashed"')
-    return 0
-
-
 def add_cli(subparsers: Any) -> None:
     """Register ``convert criteo|avazu|libfm`` on an ``argparse`` subparsers object; each
     command's ``func(args)`` returns an exit code."""
@@ -1038,9 +915,4 @@ def add_cli(subparsers: Any) -> None:
     _common_options(a)
     a.set_defaults(func=_cmd_avazu)
 
-    f = sub.add_parser("libfm", help="libFM/libSVM text -> pre-hashed keys/values")
-    f.add_argument("--train", required=True, help="training file (day=1)")
-    f.add_argument("--valid", help="validation file (day=2)")
-    f.add_argument("--test", required=True, help="test file (the last day)")
-    _common_options(f)
-    f.set_defaults(func=_cmd_libfm)
+    importlib.import_module("psfm.data.convert_libfm").add_cli(sub)  # convert libfm

@@ -7,13 +7,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from psfm.config import load_config
+from psfm.config import DataConfig, load_config
+from psfm.data.batch import decode_rows, resolve_schema
 from psfm.data.convert import (
     CRITEO_COLUMNS,
     LIBFM_FIELD,
@@ -21,6 +23,7 @@ from psfm.data.convert import (
     convert_avazu,
     convert_criteo,
     convert_libfm,
+    convert_libfm_files,
     count_lines,
 )
 from psfm.data.hashing import field_keys
@@ -358,7 +361,8 @@ def test_add_cli_registers_the_convert_commands(tmp_path, capsys):
 
 
 def _libfm_reference(line: str):
-    """A slow, obviously correct parse of one libFM line: (label, [(idx, value)]) or None."""
+    """A slow, obviously correct parse of one libFM line: (label, [(idx, value)]) or None;
+    a feature is ``idx:value`` or a bare ``idx``."""
     import re
 
     toks = line.split()
@@ -367,12 +371,13 @@ def _libfm_reference(line: str):
     try:
         y = float(toks[0])
         pairs = []
-        for t in toks[1:]:
-            m = re.fullmatch(r"([^:]+):([^:]+)", t)
+        for t in toks[1:]:  # idx:value or a bare idx (value 1)
+            m = re.fullmatch(r"([^:]+)(?::([^:]+))?", t)
             if m is None:
                 return None
-            i, v = float(m.group(1)), float(m.group(2))
-            if not (np.isfinite(v) and i >= 0 and i == int(i) and i < 2**53):
+            i, v = float(m.group(1)), float(m.group(2) or 1)
+            if not (abs(v) <= float(np.finfo(np.float32).max) and np.isfinite(i) and 0 <= i < 2**53
+                    and i == int(i)):
                 return None
             pairs.append((int(i), v))
     except ValueError:
@@ -405,3 +410,231 @@ def test_libfm_parser_agrees_with_a_line_by_line_reference(tmp_path):
     assert t.column("keys").to_pylist() == [
         field_keys(LIBFM_FIELD, np.array([i for i, _ in p], np.int64)).tolist() for _, p in want]
     assert t.column("values").to_pylist() == [[np.float32(v) for _, v in p] for _, p in want]
+
+
+# ------------------------------------------------------------------------------ libfm: issue 16
+
+
+def _hashed_rows(root, day):
+    t = _read_day(root, day)
+    return list(zip(t.column("label").to_pylist(), t.column("keys").to_pylist(),
+                    t.column("values").to_pylist()))
+
+
+def test_libfm_bare_indices_have_value_one_and_mix_with_idx_value(tmp_path):
+    rng = np.random.default_rng(11)
+    idx = [sorted(rng.choice(5000, size=int(rng.integers(1, 6)), replace=False).tolist())
+           for _ in range(600)]
+    ys = rng.choice(["1", "-1"], size=600).tolist()
+    bare = [" ".join([y, *map(str, i)]) for y, i in zip(ys, idx)]  # the RaFM authors' files
+    ones = [" ".join([y, *(f"{k}:1" for k in i)]) for y, i in zip(ys, idx)]
+    src = [_write(tmp_path / "bare", bare, newline="\r\n"), _write(tmp_path / "ones", ones)]
+    s = convert_libfm_files(src, str(tmp_path / "o"), block_size=4096)
+    assert s["days"] == {"1": 600, "2": 600} and s["skipped"] == 0
+    got = _hashed_rows(tmp_path / "o", 1)
+    assert got == _hashed_rows(tmp_path / "o", 2)  # 'idx' == 'idx:1'
+    assert [k for _, k, _ in got] == [field_keys(LIBFM_FIELD, np.array(i)).tolist() for i in idx]
+    assert all(v == [1.0] * len(i) for (_, _, v), i in zip(got, idx))
+    # both forms in one line and one file
+    mixed = _write(tmp_path / "mixed", ["1 3:0.5 17 204:2", "-1\t9", "0 5 6:0.25\t 7", "1"])
+    s = convert_libfm_files([mixed], str(tmp_path / "m"))
+    assert _hashed_rows(tmp_path / "m", 1) == [
+        (1, field_keys(LIBFM_FIELD, np.array([3, 17, 204])).tolist(), [0.5, 1.0, 2.0]),
+        (0, field_keys(LIBFM_FIELD, np.array([9])).tolist(), [1.0]),
+        (0, field_keys(LIBFM_FIELD, np.array([5, 6, 7])).tolist(), [1.0, 0.25, 1.0]),
+        (1, [], []),
+    ]
+
+
+@pytest.mark.parametrize("line, token", [
+    ("1 3:4:5", "features"),  # field-aware libFFM: refused
+    ("1 :3:4", "features"),  # a colon in a blank run (read as '3:4' before issue 16)
+    ("1 3: 4", "features"),
+    ("1:1 3", "features"),  # a label with a value
+    ("1 3:x", "feature 1"),
+    ("1 2 -4", "feature 2"),
+    ("1 2.5", "feature 1"),
+    ("1 3:1e39", "feature 1"),  # not a float32
+])
+def test_libfm_malformed_tokens_name_file_line_and_token(tmp_path, line, token):
+    src = _write(tmp_path / "tr", ["1 1 2", "0 3:1", line, "1 4"])
+    with pytest.raises(DataError, match=rf"tr', line 3, column '{token}'"):
+        convert_libfm_files([src], str(tmp_path / "o"))
+    s = convert_libfm_files([src], str(tmp_path / "o"), bad_rows="skip")
+    assert s["rows"] == 3 and s["skipped"] == 1
+
+
+def test_libfm_any_number_of_files_become_days(tmp_path, capsys):
+    sizes = [300, 200, 150, 100]
+    files = [_write(tmp_path / f"f{i}.libfm", _libfm_lines(n, seed=i)[0])
+             for i, n in enumerate(sizes)]
+    s = convert_libfm_files(files, str(tmp_path / "a"), block_size=4096)
+    assert s["days"] == {"1": 300, "2": 200, "3": 150, "4": 100}
+    assert s["input_days"] == ["1", "2", "3", "4"]
+    s = convert_libfm_files(files, str(tmp_path / "b"), days=[1, 1, 2, 3])
+    assert s["days"] == {"1": 500, "2": 150, "3": 100}
+    assert list_days(str(tmp_path / "b")) == ["1", "2", "3"]
+    labels = _read_day(tmp_path / "b", 1).column("label").to_pylist()
+    assert labels == _libfm_lines(300, 0)[1] + _libfm_lines(200, 1)[1]  # each file's own part
+    for bad in ([1, 2], [1, 1, -2, 3], ["1", "1", "2", "3"]):
+        with pytest.raises(ConfigError, match="'days' parameter of convert_libfm"):
+            convert_libfm_files(files, str(tmp_path / "c"), days=bad)
+    # the command line: INPUT... with and without --days; --train/--test still work
+    ap = argparse.ArgumentParser(prog="psfm")
+    add_cli(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(["convert", "libfm", *files, "--out", str(tmp_path / "d")])
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "d" / "_convert.json").read_text())["days"] == {
+        "1": 300, "2": 200, "3": 150, "4": 100}
+    args = ap.parse_args(["convert", "libfm", *files, "--days", "1,1,2,3", "--out",
+                          str(tmp_path / "e")])
+    assert args.func(args) == 0
+    assert "day=3" in capsys.readouterr().out and list_days(str(tmp_path / "e")) == [
+        "1", "2", "3"]
+    args = ap.parse_args(["convert", "libfm", "--train", files[0], "--valid", files[1],
+                          "--test", files[2], "--out", str(tmp_path / "f")])
+    assert args.func(args) == 0
+    assert list_days(str(tmp_path / "f")) == ["1", "2", "3"]
+    args = ap.parse_args(["convert", "libfm", files[3], "--train", files[0], "--test",
+                          files[2], "--out", str(tmp_path / "g")])
+    with pytest.raises(ConfigError, match="either INPUT files or --train and --test"):
+        args.func(args)
+    with pytest.raises(SystemExit):
+        ap.parse_args(["convert", "libfm", *files, "--days", "1,x", "--out", "h"])
+
+
+_FIELDS = {"user": (0, 500), "item": (500, 540), "tag": (1500, 1600)}
+
+
+def _field_lines(n: int, seed: int) -> tuple[list[str], list[dict]]:
+    """libFM lines with one user, one item (driving the label) and an optional tag, in random
+    order, bare indices or ':1'; and the expected row of every line."""
+    rng = np.random.default_rng(seed)
+    lines, rows = [], []
+    for _ in range(n):
+        row = {f: int(rng.integers(lo, hi)) for f, (lo, hi) in _FIELDS.items()}
+        if rng.random() < 0.4:
+            row["tag"] = None
+        y = int(rng.random() < (0.85 if row["item"] < 520 else 0.15))
+        feats = [str(v) if rng.random() < 0.5 else f"{v}:1" for v in row.values() if v is not None]
+        rng.shuffle(feats)
+        lines.append(" ".join([str(2 * y - 1), *feats]))
+        rows.append({"label": y, **row})
+    return lines, rows
+
+
+def _field_map_file(path):
+    lines = ["# idx field: first the users (blank-separated), then items and tags (TSV)", ""]
+    lines += [f"{i} user" for i in range(*_FIELDS["user"])]
+    lines += [f"{i}\t{f}" for f in ("item", "tag") for i in range(*_FIELDS[f])]
+    lines += ["7 user"]  # the same pair twice is fine
+    return _write(path, lines)
+
+
+def test_libfm_field_map_writes_per_field_columns_psfm_reads_as_categorical(tmp_path):
+    tr, tr_rows = _field_lines(3000, 0)
+    te, te_rows = _field_lines(1000, 1)
+    files = [_write(tmp_path / "train", tr), _write(tmp_path / "test", te)]
+    fmap = _field_map_file(tmp_path / "fields.txt")
+    s = convert_libfm_files(files, str(tmp_path / "o"), field_map=fmap, block_size=8192)
+    assert s["layout"] == "columns" and s["fields"] == ["user", "item", "tag"]
+    t = _read_day(tmp_path / "o", 1)
+    assert t.schema.names == ["label", "user", "item", "tag"]
+    assert [t.schema.field(c).type for c in t.schema.names] == [pa.int8()] + [pa.int64()] * 3
+    assert t.to_pylist() == tr_rows  # null where a line has no tag
+    # psfm's own reader: categorical columns, keys field_keys(field, idx), masked when null
+    schema = resolve_schema(DataConfig(), t.schema, "day=1")
+    assert schema.layout == "columns" and schema.categorical == ("user", "item", "tag")
+    rows = decode_rows(t, schema, "logistic", "fail", "day=1")
+    for j, f in enumerate(schema.categorical, start=1):
+        v = np.array([r[f] if r[f] is not None else -1 for r in tr_rows])
+        assert np.array_equal(rows.mask[:, j], v >= 0)
+        assert np.array_equal(rows.keys[v >= 0, j], field_keys(f, v[v >= 0]))
+    # the same with --field-ranges
+    spec = ",".join(f"{f}:{lo}-{hi - 1}" for f, (lo, hi) in _FIELDS.items())
+    convert_libfm_files(files, str(tmp_path / "r"), field_ranges=spec)
+    assert _read_day(tmp_path / "r", 2).equals(_read_day(tmp_path / "o", 2))
+    report = _train(tmp_path / "o")
+    assert report["test"]["days"] == ["2"] and report["test"]["auc"] > 0.65
+
+
+def test_libfm_field_map_rules_unknown_index_two_per_field_non_one_value(tmp_path):
+    fmap = _field_map_file(tmp_path / "fields.txt")
+    good = ["1 3 510", "0 4 520 1501"]
+    cases = [  # (line 3, error match, rule)
+        ("1 3 9999", r"line 3, column 'feature 2': value '9999'",
+         "with a field map every index must be in the map"),
+        ("1 510 3 12 1501", r"line 3, column 'user': value '3 and 12'",
+         "with a field map a line has at most one index per field"),
+        ("1 3:1 530:0.5", r"line 3, column 'feature 2': value '530:0.5'",
+         "with a field map every value must be 1 (per-field columns are categorical)"),
+    ]
+    for k, (line, match, rule) in enumerate(cases):
+        src = _write(tmp_path / f"in{k}", [*good, line, "0 5 530"])
+        with pytest.raises(DataError, match=rf"in{k}', {match} breaks the rule: {re.escape(rule)}"):
+            convert_libfm_files([src], str(tmp_path / f"o{k}"), field_map=fmap)
+        s = convert_libfm_files([src], str(tmp_path / f"o{k}"), field_map=fmap,
+                                bad_rows="skip")
+        assert s["rows"] == 3 and s["skipped_by_rule"] == {rule: 1}
+        assert _read_day(tmp_path / f"o{k}", 1).column("user").to_pylist() == [3, 4, 5]
+
+
+@pytest.mark.parametrize("lines, match", [
+    (["1 user", "2 label"], r"'label' breaks the rule: a field name is a column name"),
+    (["1 user", "2 item-id"], r"'item-id' breaks the rule"),
+    (["1 user", "2 9lives"], r"'9lives' breaks the rule"),
+    (["1 user", "x item"], r"line 2: 'x item' breaks the rule: a field-map line is 'idx field'"),
+    (["1 user", "", "2 item extra"], r"line 3: '2 item extra'"),
+    (["1 user", "2 item", "1 item"], r"lines 1 and 3: index 1 is given to fields 'user' and "
+                                     r"'item'"),
+    (["# nothing"], r"has no 'idx field' lines"),
+])
+def test_libfm_field_map_file_errors(tmp_path, lines, match):
+    src = _write(tmp_path / "in", ["1 1 2"])
+    fmap = _write(tmp_path / "map", lines)
+    with pytest.raises(DataError, match=match):
+        convert_libfm_files([src], str(tmp_path / "o"), field_map=fmap)
+    assert not (tmp_path / "o").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("user:0-9,item:5-20", r"disjoint ranges \(user:0-9 and item:5-20 overlap\)"),
+    ("user:0-9,label:10-20", "valid field names"),
+    ("user:9-0", "lo <= hi"),
+    ("user=0-9", "'field:lo-hi'"),
+    ("", "at least one"),
+])
+def test_libfm_field_ranges_errors(tmp_path, spec, match):
+    src = _write(tmp_path / "in", ["1 1 2"])
+    with pytest.raises(ConfigError, match=match):
+        convert_libfm_files([src], str(tmp_path / "o"), field_ranges=spec)
+    with pytest.raises(ConfigError, match="'field_ranges' parameter .* None when 'field_map'"):
+        convert_libfm_files([src], str(tmp_path / "o"), field_map=src, field_ranges="a:1")
+
+
+def test_skipping_every_line_of_an_input_is_an_error_not_an_empty_success(tmp_path):
+    good = _write(tmp_path / "good", ["1 1 2", "0 3"])
+    awful = _write(tmp_path / "awful", ["1 3:4:5", "7 1", "", "1 x"])
+    with pytest.raises(DataError, match=r"awful': all 4 data lines were skipped as bad "
+                                        r"\(bad_rows='skip'; by rule: ") as e:
+        convert_libfm_files([awful], str(tmp_path / "a"), bad_rows="skip")
+    for rule in ("empty line): 1", "labels must be -1, 0 or 1: 1", "one ':' per feature): 1",
+                 "finite (float32) number: 1"):
+        assert rule in str(e.value)
+    assert not list((tmp_path / "a").rglob("*.parquet"))
+    with pytest.raises(DataError, match=r"awful': all 4 data lines"):  # one file of several
+        convert_libfm_files([good, awful, good], str(tmp_path / "b"), bad_rows="skip")
+    with pytest.raises(DataError, match=r"'(.*)field_ok': all 2 data lines.*index must be in"):
+        convert_libfm_files([_write(tmp_path / "field_ok", ["1 1 2", "0 3"])],
+                            str(tmp_path / "c"), field_ranges="user:100-200", bad_rows="skip")
+    empty = _write(tmp_path / "empty", [])
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty' has no data lines"):
+        convert_libfm(good, empty, str(tmp_path / "d"))
+    # the same rule for criteo and avazu
+    crit = _write(tmp_path / "day_3", ["1\t2", "x"])
+    with pytest.raises(DataError, match=r"day_3': all 2 data lines .*wrong number of fields: 2"):
+        convert_criteo([crit], str(tmp_path / "e"), bad_rows="skip")
+    av = _write(tmp_path / "av.csv", [AVAZU_HEADER, "1,2,3"])
+    with pytest.raises(DataError, match=r"av.csv': all 1 data lines"):
+        convert_avazu([av], str(tmp_path / "f"), bad_rows="skip")
