@@ -127,7 +127,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
         entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except OSError:
         return None
-    best, best_i = None, -1
+    best, best_i = None, None  # the statistics pass's checkpoint has day_index -1
     for e in entries:
         if e.type != pafs.FileType.Directory:
             continue
@@ -136,6 +136,6 @@ def latest_checkpoint(run_dir: str) -> str | None:
             i = int(json.loads(read_bytes(posixpath.join(d, MANIFEST))).get("day_index", -1))
         except (CheckpointError, json.JSONDecodeError, ValueError):
             continue
-        if i > best_i:
+        if best_i is None or i > best_i:
             best, best_i = d, i
     return best

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 from psfm.config import Config, apply_overrides, config_from_dict, load_config, to_dict
 from psfm.errors import PsfmError
 
-__all__ = ["main", "build_config", "resolve_layout", "summary"]
+__all__ = ["main", "build_config", "summary"]
 
 log = logging.getLogger("psfm")
 
@@ -31,11 +30,45 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="where config, metrics, checkpoints, report go")
     p.add_argument("--shards", type=int, help="parameter shards (ps.shards)")
     p.add_argument("--workers", type=int, help="workers (train.workers)")
+    p.add_argument("--batch-size", type=int, metavar="ROWS",
+                   help="rows per FTRL step (data.batch_size; 0 = auto from the pass size)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: "
                    "RAY_ADDRESS, else a local Ray started by psfm")
     p.add_argument("--in-process", action="store_true",
                    help="no Ray: shards and one worker in this process")
+
+
+# The hyper-parameters a user tunes first, listed under `psfm train --help` with their defaults.
+_KNOBS = [
+    ("data.batch_size", "rows per FTRL step; 0 = auto: enough steps per pass (psfm.steps)"),
+    ("ftrl.accumulate", "how a batch grows FTRL's n: square_of_sum | sum_of_squares | "
+                        "count_scaled"),
+    ("ftrl.linear.alpha", "learning rate of the linear weights"),
+    ("ftrl.linear.l1", "L1 of the linear weights (sparsity)"),
+    ("ftrl.linear.l2", "L2 of the linear weights"),
+    ("ftrl.factor.alpha", "learning rate of the factors"),
+    ("ftrl.factor.l1", "L1 of the factors"),
+    ("ftrl.factor.l2", "L2 of the factors"),
+    ("model.init_std", "standard deviation of new factors"),
+    ("levels.count_per_dim", "RaFM/DiFacto levels: occurrences per factor dimension (Eq. 17)"),
+    ("ps.mode", "async | sync (reproducible)"),
+    ("train.seed", "seed of the factor initialisation"),
+]
+
+
+def _knobs_epilog() -> str:
+    """The common hyper-parameters with their ``--set`` keys and defaults (from the config)."""
+    defaults = to_dict(Config())
+    lines = ["common hyper-parameters (--set KEY=VALUE; defaults in brackets):"]
+    for key, what in _KNOBS:
+        section, *rest = key.split(".")
+        value: Any = defaults[section]
+        for part in rest:
+            value = value[part]
+        lines.append(f"  {key:22s} [{json.dumps(value)}] {what}")
+    lines.append("every key: README, configuration reference")
+    return "\n".join(lines)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -59,6 +92,8 @@ def build_config(args: argparse.Namespace) -> Config:
         sets.append(f"ps.shards={args.shards}")
     if args.workers:
         sets.append(f"train.workers={args.workers}")
+    if args.batch_size is not None:
+        sets.append(f"data.batch_size={args.batch_size}")
     return load_config(args.config, sets + list(args.set))
 
 
@@ -84,31 +119,8 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def resolve_layout(cfg: Config) -> Config:
-    """``cfg`` with the data layout the workers will really use, so that the config printed
-    and written into the run directory says it: a config naming no feature columns reads files
-    with a list-typed ``keys`` column (``psfm convert libfm``) with the ``hashed`` layout
-    (:func:`psfm.data.batch.resolve_schema`, here applied to the first training file)."""
-    d = cfg.data
-    if d.layout != "columns" or d.categorical or d.numeric:
-        return cfg
-    from psfm.data.batch import resolve_schema
-    from psfm.data.parquet import day_files, list_days, open_parquet, split_days
-
-    train, test = split_days(list_days(d.root), d.train_days, d.test_days)
-    if not train + test:
-        return cfg
-    file = day_files(d.root, (train + test)[0])[0]
-    if resolve_schema(d, open_parquet(file).schema_arrow, file).layout != "hashed":
-        return cfg
-    log.info("'%s' has a list column 'keys': reading it with data.layout = 'hashed'", file)
-    return dataclasses.replace(cfg, data=dataclasses.replace(d, layout="hashed"))
-
-
 def run_training(cfg: Config, resume: bool, address: str | None, in_process: bool) -> dict:
-    """Train with Ray (the default) or in this process, with the layout resolved."""
-    cfg = resolve_layout(cfg)
-    log.info("config: %s", json.dumps(to_dict(cfg)))
+    """Train with Ray (the default) or in this process."""
     if in_process:
         from psfm.trainer import train_local
 
@@ -261,7 +273,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="10 fields, small vocabularies")
     p.set_defaults(func=_cmd_gen)
 
-    p = sub.add_parser("train", help="train on the train days, evaluate the test days")
+    p = sub.add_parser("train", help="train on the train days, evaluate the test days",
+                       epilog=_knobs_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _train_options(p)
     p.set_defaults(func=_cmd_train)
 

@@ -81,7 +81,9 @@ class DataConfig:
     ``layout = "hashed"``: a ``keys: list<uint64>`` column and optional ``values: list<float>``.
     ``batch_size``: rows per update. In async mode every worker reads ``batch_size`` rows per
     step; in sync mode with W workers each reads its ``batch_size / W`` slice of one global
-    step. ``rows_per_unit``: size of the work units handed out.
+    step. ``0`` (the default) picks it from the size of one pass over the training days
+    (:mod:`psfm.steps`): enough FTRL steps for small logs, 4096 rows for large ones.
+    ``rows_per_unit``: size of the work units handed out.
     """
 
     root: str = ""
@@ -94,7 +96,7 @@ class DataConfig:
     numeric_transform: str = "log_bucket"
     train_days: str = ""
     test_days: str = ""
-    batch_size: int = 4096
+    batch_size: int = 0
     bad_rows: str = "fail"
     rows_per_unit: int = 1 << 18
 
@@ -104,8 +106,8 @@ class DataConfig:
             "DataConfig", "numeric_transform", self.numeric_transform, ("log_bucket", "raw")
         )
         _check_choice("DataConfig", "bad_rows", self.bad_rows, ("fail", "skip"))
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            _fail("DataConfig", "batch_size", "an int >= 1", self.batch_size)
+        if not isinstance(self.batch_size, int) or self.batch_size < 0:
+            _fail("DataConfig", "batch_size", "an int >= 0 (0 = auto)", self.batch_size)
         if not isinstance(self.rows_per_unit, int) or self.rows_per_unit < 1:
             _fail("DataConfig", "rows_per_unit", "an int >= 1", self.rows_per_unit)
         overlap = set(self.categorical) & set(self.numeric)

@@ -23,6 +23,7 @@ from psfm.metrics import MetricAccumulator
 from psfm.models.family import FamilyInputs, FamilyOutput, FamilySpec, forward_backward
 from psfm.ps.client import PsClient
 from psfm.ps.messages import PullResult, PushRequest
+from psfm.steps import AUTO_MAX_BATCH
 
 __all__ = ["Worker", "UnitResult", "resolve_device", "family_spec", "push_request"]
 
@@ -77,7 +78,9 @@ class Worker:
 
     def __init__(self, config: Config, batch_rows: int | None = None) -> None:
         self.cfg = config
-        self.batch_rows = batch_rows or config.data.batch_size
+        # data.batch_size = 0 (auto) is resolved by the run loop from the pass size; a worker
+        # made outside a run (benchmarks, tools) takes the largest automatic size.
+        self.batch_rows = batch_rows or config.data.batch_size or AUTO_MAX_BATCH
         self.spec = family_spec(config)
         self.device = resolve_device(config.train.device)
         self._schemas: dict[str, FeatureSchema] = {}

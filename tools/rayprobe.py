@@ -5,7 +5,7 @@
         [--set key=value ...] [--runs N] [--json out.json]
     python tools/rayprobe_prof.py DIR        # stage shares from the --profile output
 
-Everything is measured between the start and the end of ``_train_day`` (the driver's
+Everything is measured between the start and the end of ``RayBackend.train`` (the driver's
 training day), by wrapping it.
 """
 
@@ -84,9 +84,9 @@ STATE: dict = {}
 
 
 def wrap(profile: str | None, rate: int, idle: bool):
-    orig = drv._train_day
+    orig = drv.RayBackend.train
 
-    def _train_day(cluster, cfg, root, day, warmup=0):
+    def train(self, units, warmup, on_unit):
         spies = []
         if profile:
             os.makedirs(profile, exist_ok=True)
@@ -102,17 +102,22 @@ def wrap(profile: str | None, rate: int, idle: bool):
                     spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                                   stderr=subprocess.DEVNULL))
             time.sleep(1.0)
+        rows = [0]
+
+        def counted(r) -> None:
+            rows[0] += r.rows
+            on_unit(r)
+
         s0 = snapshot()
-        rec = orig(cluster, cfg, root, day, warmup)
+        orig(self, units, warmup, counted)
         s1 = snapshot()
         for p in spies:
             p.send_signal(signal.SIGINT)
         for p in spies:
             p.wait(timeout=60)
-        STATE["day"] = (s0, s1, rec)
-        return rec
+        STATE["day"] = (s0, s1, {"rows": rows[0]})
 
-    drv._train_day = _train_day
+    drv.RayBackend.train = train
 
 
 def breakdown(s0: dict, s1: dict) -> dict:

@@ -19,6 +19,8 @@ are what is pulled and pushed.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +31,13 @@ from psfm.config import DataConfig
 from psfm.data.hashing import BIAS_KEY, field_keys, numeric_field_key
 from psfm.errors import DataError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FeatureSchema",
     "Batch",
     "resolve_schema",
+    "resolve_layout",
     "build_batch",
     "decode_rows",
     "batch_of",
@@ -413,3 +418,18 @@ def _hashed_matrix(
     values = np.ones((n, width), dtype=np.float32)
     values[row, col] = vflat
     return keys, mask, values
+
+
+def resolve_layout(data: DataConfig, first_file: str) -> DataConfig:
+    """``data`` with the layout the workers will really use, so that the config printed and
+    written into the run directory says it: a config naming no feature columns reads files
+    with a list-typed ``keys`` column (``psfm convert libfm``) with the ``hashed`` layout
+    (:func:`resolve_schema`, applied to ``first_file``)."""
+    if data.layout != "columns" or data.categorical or data.numeric:
+        return data
+    from psfm.data.parquet import open_parquet
+
+    if resolve_schema(data, open_parquet(first_file).schema_arrow, first_file).layout != "hashed":
+        return data
+    log.info("'%s' has a list column 'keys': reading it with data.layout = 'hashed'", first_file)
+    return dataclasses.replace(data, layout="hashed")

@@ -1,5 +1,8 @@
 """The Ray actors: ``ShardActor = ray.remote(ParameterShard)`` and a worker actor over
 :class:`WorkerRunner`, a plain class that owns a :class:`Worker` and a :class:`RayClient`.
+A worker reports each unit (or its slice of a unit in synchronous steps) as the run loop's
+:class:`~psfm.runloop.UnitReport`, made by the same :func:`~psfm.local_backend.report_unit`
+as in-process.
 
 Shards are placed with ``scheduling_strategy="SPREAD"`` (and a custom resource when the cluster
 defines one), workers ask for a GPU when their device is CUDA.
@@ -9,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 from ray.util import metrics as ray_metrics
@@ -19,8 +22,10 @@ from ray.util import metrics as ray_metrics
 from psfm.config import config_from_dict
 from psfm.data.parquet import WorkUnit
 from psfm.dist.client import RayClient
+from psfm.local_backend import pipeline_of, report_unit
 from psfm.metrics import MetricAccumulator
 from psfm.ps.shard import ParameterShard
+from psfm.runloop import UnitReport
 from psfm.worker import Worker
 
 __all__ = ["ShardActor", "WorkerActor", "WorkerRunner"]
@@ -75,24 +80,18 @@ class WorkerRunner:
         self.client.flush()
         return rows
 
-    def run_unit(self, unit: WorkUnit, train: bool, keep_predictions: bool = False) -> dict:
-        acc, acc_low = MetricAccumulator(), MetricAccumulator()
+    def run_unit(self, unit: WorkUnit, train: bool, keep_predictions: bool = False
+                 ) -> UnitReport:
         p0, q0 = self.client.bytes_pulled, self.client.bytes_pushed
-        res = self.worker.run_unit(unit, self.client, train, acc, acc_low, keep_predictions,
-                                   pipeline=self.cfg.ps.pipeline if self.cfg.ps.mode == "async" else "none")
-        self._publish(res.rows, "train" if train else "eval", p0, q0)
-        return {
-            "unit": unit.uid, "rows": res.rows, "skipped": res.skipped, "loss": res.loss,
-            "seconds": res.seconds, "acc": acc.state(), "acc_low": acc_low.state(),
-            "bytes_pulled": self.client.bytes_pulled - p0,
-            "bytes_pushed": self.client.bytes_pushed - q0,
-            "predictions": (np.concatenate(res.predictions, axis=1) if res.predictions
-                            else None),
-        }
+        rep = report_unit(self.worker, self.client, unit, train, keep_predictions,
+                          pipeline_of(self.cfg))
+        self._publish(rep.rows, "train" if train else "eval", p0, q0)
+        return rep
 
     # Synchronous data-parallel steps (driver-orchestrated barrier) -----------------------
     def begin_sync(self, unit: WorkUnit) -> None:
         self._sync = {
+            "unit": unit.uid, "t0": time.perf_counter(),
             "it": self.worker.batches(unit, part=self.worker_id, parts=self.n_workers),
             "acc": MetricAccumulator(), "rows": 0, "skipped": 0, "loss": 0.0,
             "p0": self.client.bytes_pulled, "q0": self.client.bytes_pushed,
@@ -113,12 +112,14 @@ class WorkerRunner:
             st["acc"].update(batch.labels, probs, batch.weights)
         return True
 
-    def end_sync(self) -> dict:
+    def end_sync(self) -> UnitReport:
         st, self._sync = self._sync, None
         self._publish(st["rows"], "train", st["p0"], st["q0"])
-        return {"rows": st["rows"], "skipped": st["skipped"], "loss": st["loss"],
-                "acc": st["acc"].state(), "bytes_pulled": self.client.bytes_pulled - st["p0"],
-                "bytes_pushed": self.client.bytes_pushed - st["q0"]}
+        return UnitReport(
+            unit=st["unit"], rows=st["rows"], skipped=st["skipped"], loss=st["loss"],
+            seconds=time.perf_counter() - st["t0"], acc_state=st["acc"].state(),
+            bytes_pulled=self.client.bytes_pulled - st["p0"],
+            bytes_pushed=self.client.bytes_pushed - st["q0"])
 
     def ping(self) -> int:
         return self.worker_id

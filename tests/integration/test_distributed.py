@@ -39,6 +39,9 @@ def _cfg(root, run_dir, *sets):
                               f"train.run_dir={json.dumps(str(run_dir))}",
                               'model.kind="rafm"', "model.ranks=[1,2,4]",
                               "ftrl.factor.alpha=0.1",  # the compact log's best rate
+                              # these tests check distribution, not defaults: few, large
+                              # steps keep them fast (the automatic size would take 64 rows)
+                              "data.batch_size=4096",
                               *sets])
 
 
@@ -164,7 +167,7 @@ def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data
     deadline = time.time() + 120
     while not manifest.exists() and time.time() < deadline:
         time.sleep(0.02)
-    caplog.set_level(logging.WARNING, logger="psfm.dist.driver")
+    caplog.set_level(logging.WARNING, logger="psfm.runloop")
     names = [n for n in ray.util.list_named_actors() if n.endswith("-shard-0")]
     assert names, "no shard actor found"
     ray.kill(ray.get_actor(names[-1]), no_restart=True)  # during day 2
@@ -260,3 +263,38 @@ def test_messages_that_outgrow_the_shared_memory_go_through_ray(ray_local, tmp_p
     state = ray.get(actor.snapshot.remote())
     for k, v in ref.snapshot().items():
         assert np.array_equal(state[k], v), k
+
+
+def _structure(x):
+    """The key structure of a JSON value: dicts by their keys, lists of dicts by every item."""
+    if isinstance(x, dict):
+        return {k: _structure(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_structure(v) for v in x if isinstance(v, dict | list)]
+    return None
+
+
+def test_in_process_and_ray_with_one_worker_write_the_same_lines_and_report(
+        ray_local, data, tmp_path):
+    """One run loop: ``--in-process`` trains the same work units as Ray with one worker
+    (``data.rows_per_unit`` honoured) and writes the same metrics.jsonl events with the same
+    keys and a report.json of the same shape."""
+    from psfm.trainer import train_local
+
+    sets = ["train.workers=1", "ps.shards=2", "data.rows_per_unit=8192",
+            "train.eval_next_day=true"]
+    reps = {"local": train_local(_cfg(data, tmp_path / "local", *sets)),
+            "ray": _train(data, tmp_path / "ray", *sets)}
+    lines = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text()
+                 .splitlines()] for k in reps}
+    assert [x["event"] for x in lines["local"]] == ["train_day"] * 4 + ["test"]
+    assert [x["event"] for x in lines["ray"]] == [x["event"] for x in lines["local"]]
+    assert [_structure(x) for x in lines["ray"]] == [_structure(x) for x in lines["local"]]
+    on_disk = {k: json.loads((tmp_path / k / "report.json").read_text()) for k in reps}
+    assert _structure(on_disk["ray"]) == _structure(on_disk["local"]) == _structure(
+        reps["local"])
+    assert reps["local"]["train"]["rows"] == reps["ray"]["train"]["rows"] == 100_000
+    a, b = restore_model(str(tmp_path / "local"))[1], restore_model(str(tmp_path / "ray"))[1]
+    assert a["keys"].size > 1000
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k

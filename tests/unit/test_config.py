@@ -165,16 +165,35 @@ def test_run_dir_config_records_the_layout_really_used(tmp_path, sets, monkeypat
     # Files with a list-typed 'keys' column are read with the hashed layout even when the
     # config says "columns" (the default); the config.json the run writes must say so. The
     # run stops right after the trainer has written config.json (before any training).
-    import psfm.trainer
+    import psfm.runloop
     from psfm.cli import main
 
     def stop(cfg):
         raise _Stop
 
-    monkeypatch.setattr(psfm.trainer, "needs_stats_pass", stop)
+    monkeypatch.setattr(psfm.runloop, "needs_stats_pass", stop)
     _hashed_days(tmp_path / "data")
     run = tmp_path / "run"
     with pytest.raises(_Stop):
         main(["train", "--in-process", "--data", str(tmp_path / "data"), "--model", "lr",
               "--run-dir", str(run), *sets])
     assert json.loads((run / "config.json").read_text())["data"]["layout"] == "hashed"
+
+
+def test_train_help_lists_the_common_knobs_with_their_defaults(capsys):
+    """`psfm train --help` names the hyper-parameters a user tunes first, their --set keys and
+    the defaults the config really has."""
+    from psfm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    cfg = Config()
+    assert "--batch-size" in out
+    out = out.split("common hyper-parameters", 1)[1]
+    for key, value in (("data.batch_size", cfg.data.batch_size),
+                       ("ftrl.linear.alpha", cfg.ftrl.linear.alpha),
+                       ("ftrl.factor.alpha", cfg.ftrl.factor.alpha),
+                       ("ftrl.factor.l1", cfg.ftrl.factor.l1),
+                       ("model.init_std", cfg.model.init_std)):
+        assert f"{key}" in out and f"[{value}]" in out.split(key, 1)[1].splitlines()[0]

@@ -93,8 +93,9 @@ def test_report_run_dir_and_checkpoints(small_data, tmp_path):
     assert on_disk["test"]["auc"] == rep["test"]["auc"]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["event"] for x in lines] == ["train_day"] * 3 + ["test"]
+    # RaFM's static levels need the statistics pass, checkpointed as day=stats (as on Ray).
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "day=1", "day=2", "day=3"]
+        "day=1", "day=2", "day=3", "day=stats"]
     assert json.loads((run / "config.json").read_text())["model"]["ranks"] == [1, 2, 4]
 
 
@@ -166,3 +167,59 @@ def test_resume_refuses_a_different_model(small_data, tmp_path):
         _train(small_data, 'model.kind="rafm"', run_dir=run, resume=True)
     with pytest.raises(CheckpointError, match="ps.shards = 3 but the checkpoint"):
         _train(small_data, 'model.kind="fm"', "ps.shards=3", run_dir=run, resume=True)
+
+
+def test_in_process_training_honours_rows_per_unit(small_data, monkeypatch):
+    # 20,000 rows a day in row groups of 4096: one unit a day by default, five with
+    # data.rows_per_unit = 4096 (whole row groups). The in-process trainer must hand out the
+    # same units as the Ray driver does.
+    from psfm.worker import Worker
+
+    trained: list[str] = []
+    run_unit = Worker.run_unit
+
+    def counting(self, unit, client, train, *args, **kwargs):
+        if train:
+            trained.append(unit.uid)
+        return run_unit(self, unit, client, train, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "run_unit", counting)
+    rep = _train(small_data, 'model.kind="lr"', "data.rows_per_unit=4096")
+    assert len(trained) == 3 * 5 and len(set(trained)) == 15
+    assert rep["train"]["rows"] == 60_000
+
+
+def test_batch_size_zero_is_resolved_from_the_pass_and_recorded(small_data, tmp_path):
+    """``data.batch_size = 0`` (the default) becomes the automatic size of one pass over the
+    training days, in the report and in the run directory's config.json."""
+    from psfm.steps import auto_batch_size
+    from psfm.trainer import train_local
+
+    cfg = load_config(None, [f"data.root={json.dumps(str(small_data))}", 'model.kind="lr"',
+                             'data.train_days="1..3"', 'data.test_days="4"',
+                             f"train.run_dir={json.dumps(str(tmp_path / 'run'))}"])
+    assert cfg.data.batch_size == 0
+    rep = train_local(cfg)
+    want = auto_batch_size(60_000)
+    assert want == 64 and rep["config"]["data"]["batch_size"] == want
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["batch_size"] == want
+
+
+def test_too_few_steps_per_pass_are_warned_about(small_data, caplog):
+    """An explicit batch size that leaves a pass fewer than 100 FTRL steps gets a warning
+    naming the setting; one that leaves enough does not."""
+    from psfm.trainer import train_local
+
+    def run(bs: int) -> list[str]:
+        caplog.clear()
+        cfg = load_config(None, [f"data.root={json.dumps(str(small_data))}", 'model.kind="lr"',
+                                 'data.train_days="1"', 'data.test_days="4"',
+                                 f"data.batch_size={bs}"])
+        with caplog.at_level("WARNING"):
+            train_local(cfg)
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    few = run(4096)  # 20k rows: 5 steps
+    assert any("data.batch_size = 4096" in m and "5 FTRL steps" in m for m in few), few
+    assert not any("FTRL steps" in m for m in run(128))  # 157 steps

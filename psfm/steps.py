@@ -1,0 +1,53 @@
+"""How many rows one update takes: ``data.batch_size``, and what ``0`` (auto) resolves to.
+
+A batch of B rows is one FTRL step per key on weights frozen within the batch. Per-sample FTRL
+(B = 1) corrects itself within what would be a batch; a minibatch cannot, so a pass needs enough
+steps, and the larger the batch the more it needs. Measured against the per-sample reference
+(``tools/compare_reference.py``; FM(8), one pass, test AUC minus the reference's, README
+"Defaults"): on 20k- and 100k-row logs, batches of 64 (300-1500 steps) come within 0.002 and
+batches of 1024 (20-100 steps) fall 0.01-0.06 short; on 1M-row logs, 1024 (977 steps) is within
+0.003 and 4096 (244 steps) 0.008 short on a 10-field log and 0.04 on a 39-field Zipf log. Large
+batches are what makes psfm fast (every batch pays a pull and a push per shard: FM(8) steps at
+176k samples/s in batches of 1024 against 410k in batches of 4096, BENCHMARKS.md).
+
+``data.batch_size = 0`` (the default) therefore picks the largest power of two with at least
+:data:`AUTO_MIN_STEPS` steps per pass, between :data:`AUTO_MIN_BATCH` and
+:data:`AUTO_MAX_BATCH` rows::
+
+    >>> auto_batch_size(20_000), auto_batch_size(300_000), auto_batch_size(1_000_000)
+    (64, 256, 512)
+    >>> auto_batch_size(2_000_000), auto_batch_size(5_000_000), auto_batch_size(10**9)
+    (1024, 4096, 4096)
+
+A batch size given explicitly is kept; :func:`steps_warning` says when it leaves a pass too few
+steps.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AUTO_MAX_BATCH", "AUTO_MIN_BATCH", "AUTO_MIN_STEPS", "FEW_STEPS", "auto_batch_size",
+           "steps_warning"]
+
+AUTO_MIN_STEPS = 1000  # steps per pass that data.batch_size = 0 aims for
+AUTO_MIN_BATCH = 64  # smaller batches cost more in calls than they gain (close to per-sample)
+AUTO_MAX_BATCH = 4096  # the throughput plateau: bigger batches gain little speed
+FEW_STEPS = 100  # under this many steps per pass a minibatch clearly falls short
+
+
+def auto_batch_size(rows_per_pass: int) -> int:
+    """The batch size ``data.batch_size = 0`` resolves to for a pass of ``rows_per_pass``."""
+    target = max(rows_per_pass // AUTO_MIN_STEPS, 1)
+    b = 1 << (target.bit_length() - 1)  # largest power of two <= target
+    return min(max(b, AUTO_MIN_BATCH), AUTO_MAX_BATCH)
+
+
+def steps_warning(rows_per_pass: int, batch_size: int) -> str | None:
+    """A warning naming the setting to change when a pass has fewer than :data:`FEW_STEPS`
+    updates, else None."""
+    steps = -(-rows_per_pass // batch_size)
+    if steps >= FEW_STEPS:
+        return None
+    return (f"A pass over the training days is {rows_per_pass:,} rows: with data.batch_size = "
+            f"{batch_size} that is {steps} FTRL steps, fewer than {FEW_STEPS}, and the model will "
+            f"learn clearly worse than a per-sample FTRL trainer. Set data.batch_size = 0 (auto: "
+            f"{auto_batch_size(rows_per_pass)} here) or a smaller batch size.")
