@@ -5,6 +5,7 @@ Layout::
     RUN_DIR/checkpoints/day=3/shard-00000.npz
     RUN_DIR/checkpoints/day=3/shard-00001.npz
     RUN_DIR/checkpoints/day=3/MANIFEST.json   <- written last, via a temp file and a rename
+    RUN_DIR/checkpoints/pass=2.day=3/...      <- the second pass over the days (train.passes)
 
 Each shard writes its own file (:func:`write_shard_state`, called inside the shard's process)
 and returns its size and SHA-256; the driver then writes the manifest. A checkpoint without its
@@ -37,6 +38,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "resume_checkpoint",
     "MANIFEST",
 ]
 
@@ -120,8 +122,9 @@ def load_checkpoint(ckpt_dir: str) -> tuple[list[dict[str, np.ndarray]], dict[st
     return states, manifest
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The most recent complete checkpoint (highest ``day_index`` with a manifest), if any."""
+def resume_checkpoint(run_dir: str) -> str | None:
+    """The most recent complete checkpoint (highest ``day_index`` with a manifest), if any:
+    where a resumed run continues."""
     fs, root = resolve(posixpath.join(str(run_dir), "checkpoints"))
     try:
         entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -138,4 +141,29 @@ def latest_checkpoint(run_dir: str) -> str | None:
             continue
         if best_i is None or i > best_i:
             best, best_i = d, i
+    return best
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint that holds the run's model (what ``psfm export`` and ``psfm evaluate``
+    read): the most recent complete one (:func:`resume_checkpoint`), or the one its manifest
+    names as ``best_checkpoint``.
+
+    A run with early stopping (``train.early_stop``) records in every checkpoint written
+    after a validated pass the folder (under ``checkpoints/``) of the best pass's end-of-pass
+    checkpoint; when later passes were worse, that earlier checkpoint is the model the run
+    tested and reports. A field of the manifest rather than a separate marker file: it is
+    written with the checkpoint in one atomic step, so the two can never disagree."""
+    last = resume_checkpoint(run_dir)
+    if last is None:
+        return None
+    name = json.loads(read_bytes(posixpath.join(last, MANIFEST))).get("best_checkpoint")
+    if not name or name == posixpath.basename(last):
+        return last
+    best = posixpath.join(str(run_dir), "checkpoints", name)
+    try:
+        json.loads(read_bytes(posixpath.join(best, MANIFEST)))
+    except (CheckpointError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"Checkpoint '{last}' names '{name}' as the run's best "
+                              f"checkpoint, which has no readable manifest: {e}") from e
     return best

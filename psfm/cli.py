@@ -27,6 +27,15 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", help="comma list of ranks, e.g. 1,2,4,8 (model.ranks)")
     p.add_argument("--train-days", help="days to train on: '1..7' or '1,2,3' (data.train_days)")
     p.add_argument("--test-days", help="days to test on (data.test_days)")
+    p.add_argument("--passes", type=int, metavar="N",
+                   help="epochs over the training days (train.passes; later passes shuffle "
+                   "each day's work units)")
+    p.add_argument("--valid-days", metavar="SPEC",
+                   help="days scored after each pass, disjoint from the train and test days "
+                   "(data.valid_days)")
+    p.add_argument("--early-stop", choices=["logloss", "auc"],
+                   help="stop when this validation metric has not improved for "
+                   "train.patience passes; test the best pass (train.early_stop)")
     p.add_argument("--run-dir", help="where config, metrics, checkpoints, report go")
     p.add_argument("--shards", type=int, help="parameter shards (ps.shards)")
     p.add_argument("--workers", type=int, help="workers (train.workers)")
@@ -53,7 +62,11 @@ _KNOBS = [
     ("model.init_std", "standard deviation of new factors"),
     ("levels.count_per_dim", "RaFM/DiFacto levels: occurrences per factor dimension (Eq. 17)"),
     ("ps.mode", "async | sync (reproducible)"),
-    ("train.seed", "seed of the factor initialisation"),
+    ("train.seed", "seed of the factor initialisation (and of the unit order of passes >= 2)"),
+    ("train.passes", "epochs over the training days"),
+    ("data.valid_days", "days (a SPEC) scored after each pass, for early stopping"),
+    ("train.early_stop", "off (\"\") | logloss | auc: the validation metric to stop on"),
+    ("train.patience", "passes without improvement before early stopping stops"),
 ]
 
 
@@ -86,6 +99,12 @@ def build_config(args: argparse.Namespace) -> Config:
         sets.append(f"data.train_days={json.dumps(args.train_days)}")
     if args.test_days:
         sets.append(f"data.test_days={json.dumps(args.test_days)}")
+    if args.passes is not None:
+        sets.append(f"train.passes={args.passes}")
+    if args.valid_days:
+        sets.append(f"data.valid_days={json.dumps(args.valid_days)}")
+    if args.early_stop:
+        sets.append(f'train.early_stop="{args.early_stop}"')
     if args.run_dir:
         sets.append(f"train.run_dir={json.dumps(args.run_dir)}")
     if args.shards:

@@ -83,7 +83,10 @@ class DataConfig:
     step; in sync mode with W workers each reads its ``batch_size / W`` slice of one global
     step. ``0`` (the default) picks it from the size of one pass over the training days
     (:mod:`psfm.steps`): enough FTRL steps for small logs, 4096 rows for large ones.
-    ``rows_per_unit``: size of the work units handed out.
+    ``rows_per_unit``: size of the work units handed out. ``valid_days``: a day SPEC scored
+    predict-only after each pass over the training days (``train.passes``), for early
+    stopping (``train.early_stop``); it must not overlap the train or test days, and when
+    ``train_days`` is left empty the default training days leave the validation days out.
     """
 
     root: str = ""
@@ -96,6 +99,7 @@ class DataConfig:
     numeric_transform: str = "log_bucket"
     train_days: str = ""
     test_days: str = ""
+    valid_days: str = ""
     batch_size: int = 0
     bad_rows: str = "fail"
     rows_per_unit: int = 1 << 18
@@ -185,8 +189,8 @@ class FtrlConfig:
     Defaults were chosen by a holdout search on generated data (see README, "Defaults").
     """
 
-    linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.05, 1.0, 1.0, 1.0))
-    factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.03, 1.0, 0.1, 1.0))
+    linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.1, 1.0, 1.0, 1.0))
+    factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.1, 1.0, 0.1, 1.0))
     accumulate: str = "square_of_sum"
 
     def __post_init__(self) -> None:
@@ -267,7 +271,15 @@ class PsConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Workers, device, seed and where the run writes. ``eval_next_day``: after each
-    training day, score the next day (predict-only) and record its AUC and logloss."""
+    training day, score the next day (predict-only) and record its AUC and logloss.
+
+    ``passes``: epochs over the training days. Pass 1 trains the days in order and each
+    day's units in file order; later passes go over the days in order again with each day's
+    units shuffled by a generator seeded from (``seed``, pass, day) — the same on every
+    backend (:mod:`psfm.passes`). ``early_stop`` (``""`` = off, ``"logloss"`` or ``"auc"``,
+    needs ``data.valid_days``): stop once the validation metric has not improved on its best
+    for ``patience`` consecutive passes; the best pass's state is then the one tested and
+    exported."""
 
     workers: int = 1
     device: str = "cpu"
@@ -276,10 +288,18 @@ class TrainConfig:
     torch_threads: int = 1
     log_every_s: float = 10.0
     eval_next_day: bool = False
+    passes: int = 1
+    early_stop: str = ""
+    patience: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 1:
             _fail("TrainConfig", "workers", "an int >= 1", self.workers)
+        for name in ("passes", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                _fail("TrainConfig", name, "an int >= 1", value)
+        _check_choice("TrainConfig", "early_stop", self.early_stop, ("", "logloss", "auc"))
         _check_choice("TrainConfig", "device", self.device, ("cpu", "cuda", "auto"))
         if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
             _fail("TrainConfig", "torch_threads", "an int >= 0 (0 = torch default)",
@@ -312,6 +332,10 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
+        if self.train.early_stop and not self.data.valid_days.strip():
+            _fail("TrainConfig", "early_stop",
+                  "'' (off) while data.valid_days is empty: early stopping compares the "
+                  "validation days' metric between passes", self.train.early_stop)
         t = self.levels.level_min_count
         if t and len(t) != self.model.levels:
             _fail(

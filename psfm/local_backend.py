@@ -116,5 +116,9 @@ class LocalBackend:
     def restore(self, states: list[dict[str, np.ndarray]]) -> None:
         self._pair()[1].restore(states)
 
+    def snapshot(self) -> list[dict[str, np.ndarray]]:
+        """Every shard's state (copies: training goes on in the same arrays)."""
+        return self._pair()[1].snapshots()
+
     def stats(self) -> ShardStats:
         return self._pair()[1].stats()

@@ -1,19 +1,24 @@
-"""The run loop, written once: days, statistics pass, training days, checkpoints, test pass and
-report, over a :class:`Backend` that trains and scores work units (DESIGN §7, §8, §10).
+"""The run loop, written once: days, statistics pass, passes over the training days,
+validation and early stopping, checkpoints, test pass and report, over a :class:`Backend` that
+trains and scores work units (DESIGN §7, §8, §10).
 
-Schedule: resolve the days and the run directory; start the backend; restore the latest
-complete checkpoint (``--resume``, or a replayed day) or run the statistics pass when the levels
-need counts (checkpointed as ``day=stats``); then per training day: the day's work units
-(``data.rows_per_unit``), trained with progressive validation (on the first day, the first
-``ps.warmup_units`` units by one worker alone), shards end the day, optionally the next day is
-scored (``train.eval_next_day``), a checkpoint is written and a ``train_day`` line goes to
-``metrics.jsonl``; then a predict-only pass over the test days, a ``test`` line and
-``report.json``.
+Schedule: resolve the days (train, validation, test) and the run directory; start the
+backend; restore the most recent complete checkpoint (``--resume``, or a replayed day) or run
+the statistics pass when the levels need counts (once, before pass 1, checkpointed as
+``day=stats``); then the ``train.passes`` passes of :mod:`psfm.passes`, per training day: the
+day's work units (``data.rows_per_unit``; shuffled after pass 1), trained with progressive
+validation (on the first day of pass 1, the first ``ps.warmup_units`` units by one worker
+alone), shards end the day, optionally the next day is scored (``train.eval_next_day``); at a
+pass's last day the validation days are scored and early stopping decides; a checkpoint is
+written and a ``train_day`` (and ``valid``) line goes to ``metrics.jsonl``. When early
+stopping kept an earlier pass as the best, that pass's end-of-pass checkpoint (or, without a
+run directory, its in-memory snapshot) is restored; then a predict-only pass over the test
+days, a ``test`` line and ``report.json`` (:mod:`psfm.rundir`).
 
 Why one loop over a backend: the in-process trainer and the Ray driver used to hold a copy
 each, and the copies drifted (work units, metrics lines, retries). A backend only moves units
-to workers and calls to shards; every decision about days, metrics and failures is made here,
-and never depends on which backend runs. Both backends report a unit as one typed
+to workers and calls to shards; every decision about days, passes, metrics and failures is
+made here, and never depends on which backend runs. Both backends report a unit as one typed
 :class:`UnitReport`.
 
 A failed day goes to a :class:`FailurePolicy`: a lost shard or worker (which only the backend
@@ -28,21 +33,38 @@ import dataclasses
 import enum
 import json
 import logging
-import posixpath
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from psfm.checkpoint import latest_checkpoint, load_checkpoint, read_bytes, resolve, write_bytes
-from psfm.config import Config, config_from_dict, to_dict
-from psfm.data.parquet import WorkUnit, list_days, split_days, work_units
+from psfm.checkpoint import load_checkpoint, resume_checkpoint
+from psfm.config import Config, to_dict
+from psfm.data.parquet import WorkUnit, day_roles, list_days, work_units
 from psfm.errors import CheckpointError
 from psfm.metrics import MetricAccumulator, auc_exact
+from psfm.passes import (
+    EarlyStopping,
+    Step,
+    StopDecision,
+    checkpoint_name,
+    pass_units,
+    schedule,
+    valid_record,
+)
 from psfm.ps.messages import ShardStats
+from psfm.rundir import (
+    RunDir,
+    build_report,
+    check_resume_config,
+    day_record,
+    load_run_config,
+    model_report,
+    next_day_record,
+)
 from psfm.steps import auto_batch_size, steps_warning
 
 __all__ = [
@@ -50,6 +72,8 @@ __all__ = [
     "needs_stats_pass", "check_resume_config", "load_run_config", "evaluate_days",
     "test_metrics", "model_report", "build_report", "EXACT_AUC_MAX_ROWS", "MAX_RETRIES_PER_DAY",
 ]
+
+States = list[dict[str, np.ndarray]]
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +116,11 @@ class Backend(Protocol):
     units are trained first by one worker alone (moot with one worker). ``count`` runs the
     statistics pass and returns the rows counted; ``finish_counts`` sets the levels and
     returns ``keys`` and ``not_admitted`` summed over shards. ``end_day(n)``: ``n`` training
-    days are done (decay, eviction). ``checkpoint`` writes every shard's file and then the
-    manifest with ``meta``; ``restore`` loads shard states in shard order. ``lost(error)``:
-    why ``error`` means a lost shard or worker that a restore and replay recovers from (e.g.
+    days (counted over all passes) are done (decay, eviction). ``checkpoint`` writes every
+    shard's file and then the manifest with ``meta``; ``restore`` loads shard states in shard
+    order; ``snapshot`` returns them (copies, in shard order: early stopping without a run
+    directory keeps the best pass's state in memory with it). ``lost(error)``: why ``error``
+    means a lost shard or worker that a restore and replay recovers from (e.g.
     ``"an actor died"``), or None when it is anything else. ``workers``: how many train at
     once."""
 
@@ -119,7 +145,9 @@ class Backend(Protocol):
 
     def checkpoint(self, ckpt_dir: str, meta: dict[str, Any]) -> None: ...
 
-    def restore(self, states: list[dict[str, np.ndarray]]) -> None: ...
+    def restore(self, states: States) -> None: ...
+
+    def snapshot(self) -> States: ...
 
     def stats(self) -> ShardStats: ...
 
@@ -174,63 +202,6 @@ def needs_stats_pass(cfg: Config) -> bool:
     )
 
 
-class RunDir:
-    """``run_dir/``: config.json, metrics.jsonl, checkpoints/, report.json (local or a
-    ``pyarrow.fs`` URI)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = str(path)
-        self._metrics: list[str] = []
-
-    def file(self, *parts: str) -> str:
-        return posixpath.join(self.path, *parts)
-
-    def write_config(self, cfg: Config) -> None:
-        write_bytes(self.file("config.json"), json.dumps(to_dict(cfg), indent=1).encode())
-
-    def keep_metrics(self) -> None:
-        """On resume: continue the existing metrics.jsonl."""
-        try:
-            self._metrics = read_bytes(self.file("metrics.jsonl")).decode().splitlines()
-        except CheckpointError:
-            self._metrics = []
-
-    def metric(self, record: dict[str, Any]) -> None:
-        self._metrics.append(json.dumps(record))
-        write_bytes(self.file("metrics.jsonl"), ("\n".join(self._metrics) + "\n").encode())
-
-    def write_report(self, report: dict[str, Any]) -> None:
-        write_bytes(self.file("report.json"), json.dumps(report, indent=1).encode())
-
-    def checkpoint_dir(self, day: str) -> str:
-        return self.file("checkpoints", f"day={day}")
-
-    def clear_checkpoints(self) -> None:
-        """A fresh (not resumed) run must never resume from an older run's checkpoints."""
-        fs, p = resolve(self.file("checkpoints"))
-        fs.delete_dir_contents(p, missing_dir_ok=True)
-
-
-def check_resume_config(cfg: Config, saved: dict[str, Any], where: str) -> None:
-    """A resumed run must train the model its checkpoint holds: same model, FTRL, levels,
-    shard count and seed."""
-    now = to_dict(cfg)
-    for section in ("model", "ftrl", "levels"):
-        if now[section] != saved.get(section):
-            raise CheckpointError(f"--resume: the '{section}' section differs from the one "
-                                  f"the checkpoint '{where}' was trained with.")
-    for section, key in (("ps", "shards"), ("train", "seed")):
-        if now[section][key] != saved.get(section, {}).get(key):
-            raise CheckpointError(f"--resume: {section}.{key} = {now[section][key]!r} but the "
-                                  f"checkpoint '{where}' has "
-                                  f"{saved.get(section, {}).get(key)!r}.")
-
-
-def load_run_config(run_dir: str) -> Config:
-    raw = read_bytes(posixpath.join(str(run_dir), "config.json"))
-    return config_from_dict(json.loads(raw))
-
-
 class Tally:
     """A pass's unit reports summed (rows, skipped rows, bytes, metric accumulators, kept
     predictions), with a progress line at a steady interval: rows, samples/s, (with
@@ -270,15 +241,15 @@ class Tally:
 
 
 def evaluate_days(cfg: Config, backend: Backend, days: Sequence[str],
-                  root: str | None = None) -> dict[str, Any]:
+                  root: str | None = None, what: str = "test") -> dict[str, Any]:
     """Predict-only pass over ``days`` (no keys created, no updates): AUC (histogram, and
     exact when the rows fit), logloss, normalized entropy, calibration, and the RaFM-low AUC
-    (``sum w x + B_{1,1}``)."""
+    (``sum w x + B_{1,1}``). ``what`` names the pass in progress lines."""
     root = cfg.data.root if root is None else root
     units = [u for d in days for u in work_units(root, d, cfg.data.rows_per_unit)]
     total = sum(u.rows for u in units)
     keep = total <= EXACT_AUC_MAX_ROWS
-    tally = Tally("test", total, cfg.train.log_every_s, show_metrics=False)
+    tally = Tally(what, total, cfg.train.log_every_s, show_metrics=False)
     backend.evaluate(units, keep, tally.add)
     return test_metrics(list(days), tally.rows, tally.skipped, tally.acc, tally.acc_low,
                         tally.predictions if keep else None)
@@ -302,59 +273,6 @@ def test_metrics(days: list[str], rows: int, skipped: int, acc: MetricAccumulato
     return out
 
 
-def day_record(day: str, tally: Tally, seconds: float) -> dict[str, Any]:
-    """One ``train.per_day`` entry (also a metrics.jsonl line)."""
-    r = tally.acc.result()
-    rec = {"day": day, "rows": tally.rows, "skipped_rows": tally.skipped, "seconds": seconds,
-           "samples_per_s": tally.rows / max(seconds, 1e-9), "progressive_auc": r["auc"],
-           "logloss": r["logloss"], "ne": r["ne"], "calibration": r["calibration"],
-           "bytes": tally.bytes}
-    log.info("day %s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",
-             day, tally.rows, seconds, rec["samples_per_s"], r["logloss"], r["auc"])
-    return rec
-
-
-def next_day_record(day: str, test: dict[str, Any]) -> dict[str, Any]:
-    log.info("next day %s: auc %.4f, logloss %.4f", day, test["auc"], test["logloss"])
-    return {"day": day, "auc": test["auc"], "logloss": test["logloss"], "rows": test["rows"]}
-
-
-def model_report(cfg: Config, s: ShardStats) -> dict[str, Any]:
-    """The report's ``model`` section: model size over all shards."""
-    return {
-        "kind": cfg.model.kind,
-        "ranks": list(cfg.model.ranks),
-        "keys": s.keys,
-        "nonzero_params": s.nonzero_params,
-        "nonzero_w": s.nonzero_w,
-        "nonzero_factors": s.nonzero_factors,
-        "factor_rows_per_level": s.factor_rows_per_level,
-        "ps_bytes": s.ps_bytes,
-        "raw_bytes": s.raw_bytes,
-    }
-
-
-def build_report(cfg: Config, test: dict[str, Any], model: dict[str, Any],
-                 train_days: list[str], per_day: list[dict[str, Any]],
-                 wall_seconds: float) -> dict[str, Any]:
-    """The ``report.json`` layout of DESIGN §10."""
-    rows = sum(d["rows"] for d in per_day)
-    seconds = sum(d["seconds"] for d in per_day)
-    return {
-        "test": test,
-        "model": model,
-        "train": {
-            "days": list(train_days),
-            "rows": rows,
-            "samples_per_s": rows / max(seconds, 1e-9),
-            "bytes_per_sample": sum(d.get("bytes", 0) for d in per_day) / max(rows, 1),
-            "per_day": per_day,
-            "wall_seconds": wall_seconds,
-        },
-        "config": to_dict(cfg),
-    }
-
-
 def run(cfg: Config, make_backend: Callable[[Config], Backend],
         resume: bool = False) -> dict[str, Any]:
     """Train and evaluate ``cfg`` on the backend ``make_backend(cfg)`` builds; returns the
@@ -364,18 +282,37 @@ def run(cfg: Config, make_backend: Callable[[Config], Backend],
     return _Run(cfg, resume).go(make_backend)
 
 
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """Where a run stands: ``next``, the index in the schedule of the next step to train;
+    the per-day and validation records so far; whether early stopping ended training; and,
+    without a run directory, the best pass's shard states (with one, its checkpoint)."""
+
+    next: int = 0
+    per_day: list[dict[str, Any]] = field(default_factory=list)
+    valid: list[dict[str, Any]] = field(default_factory=list)
+    stopped: bool = False
+    best_states: States | None = None
+
+
 class _Run:
     """One run's days, run directory and schedule."""
 
     def __init__(self, cfg: Config, resume: bool) -> None:
         self.cfg, self.root = cfg, cfg.data.root
         self.all_days = list_days(self.root)
-        self.train_days, self.test_days = split_days(self.all_days, cfg.data.train_days,
-                                                     cfg.data.test_days)
+        roles = day_roles(self.all_days, cfg.data.train_days, cfg.data.test_days,
+                          cfg.data.valid_days)
+        self.train_days, self.valid_days, self.test_days = roles.train, roles.valid, roles.test
         self.cfg = self._resolve(cfg)
+        self.steps = schedule(self.train_days, cfg.train.passes)
+        self.stopper = (EarlyStopping(cfg.train.early_stop, cfg.train.patience)
+                        if cfg.train.early_stop else None)
         log.info("config: %s", json.dumps(to_dict(self.cfg)))
         self.run = RunDir(cfg.train.run_dir) if cfg.train.run_dir else None
-        if resume and (self.run is None or latest_checkpoint(self.run.path) is None):
+        if resume and (self.run is None or resume_checkpoint(self.run.path) is None):
             raise CheckpointError(f"--resume: no complete checkpoint in '{cfg.train.run_dir}'.")
         if self.run:
             if resume:
@@ -410,43 +347,51 @@ class _Run:
         backend = make_backend(self.cfg)
         try:
             backend.start()
-            start, per_day = self._restore_or_start(backend)
-            log.info("train days %s (from %s), test days %s, %d shards, %d workers, %s mode",
-                     self.train_days, self.train_days[start] if start < len(self.train_days)
-                     else "-", self.test_days, self.cfg.ps.shards, backend.workers,
+            prog = self._restore_or_start(backend)
+            at = (f"pass {self.steps[prog.next].pass_no} day {self.steps[prog.next].day}"
+                  if prog.next < len(self.steps) and not prog.stopped else "-")
+            log.info("train days %s x %d pass(es) (from %s), valid days %s, test days %s, "
+                     "%d shards, %d workers, %s mode", self.train_days, self.cfg.train.passes,
+                     at, self.valid_days, self.test_days, self.cfg.ps.shards, backend.workers,
                      self.cfg.ps.mode)
-            per_day = self._train_days(backend, start, per_day)
+            prog = self._train(backend, prog)
+            tested = self._restore_best(backend, prog)
             test = evaluate_days(self.cfg, backend, self.test_days)
             model = model_report(self.cfg, backend.stats())
         finally:
             backend.close()
-        report = build_report(self.cfg, test, model, self.train_days, per_day,
-                              time.perf_counter() - t_start)
+        report = build_report(self.cfg, test, model, self.train_days, prog.per_day,
+                              time.perf_counter() - t_start, valid=prog.valid,
+                              best_pass=tested, early_stopped=prog.stopped)
         if self.run:
             self.run.metric({"event": "test", **test})
             self.run.write_report(report)
         return report
 
-    def _restore_or_start(self, backend: Backend) -> tuple[int, list[dict[str, Any]]]:
-        """Load the latest complete checkpoint, or run the statistics pass; returns the index
-        of the first day to train and the per-day records so far."""
-        ckpt = latest_checkpoint(self.run.path) if self.run else None
+    def _restore_or_start(self, backend: Backend) -> _Progress:
+        """Load the most recent complete checkpoint, or run the statistics pass; returns
+        where the schedule stands."""
+        ckpt = resume_checkpoint(self.run.path) if self.run else None
         if ckpt is None:
             if needs_stats_pass(self.cfg):
                 self._stats_pass(backend)
-            return 0, []
+            return _Progress()
         states, manifest = load_checkpoint(ckpt)
         check_resume_config(self.cfg, manifest.get("config", {}), ckpt)
         if len(states) != self.cfg.ps.shards:
             raise CheckpointError(f"Checkpoint '{ckpt}' has {len(states)} shards; the run has "
                                   f"ps.shards = {self.cfg.ps.shards}.")
         backend.restore(states)
-        start = int(manifest["day_index"]) + 1
-        log.info("restored %s: %d of %d training days done", ckpt, start,
-                 len(self.train_days))
-        return start, list(manifest.get("per_day", []))
+        prog = _Progress(int(manifest["day_index"]) + 1, list(manifest.get("per_day", [])),
+                         list(manifest.get("valid", [])), bool(manifest.get("stopped")))
+        log.info("restored %s: %d of %d training days (%d x %d passes) done%s", ckpt,
+                 prog.next, len(self.steps), len(self.train_days), self.cfg.train.passes,
+                 "; early stopping ended training" if prog.stopped else "")
+        return prog
 
     def _stats_pass(self, backend: Backend) -> None:
+        """Count every training day once, before pass 1: counts are occurrences in the log,
+        whatever the number of passes."""
         t0 = time.perf_counter()
         units = [u for d in self.train_days
                  for u in work_units(self.root, d, self.cfg.data.rows_per_unit)]
@@ -455,49 +400,112 @@ class _Run:
         log.info("statistics pass: %d rows, %d keys (%d not admitted) in %.1fs", rows,
                  info["keys"], info["not_admitted"], time.perf_counter() - t0)
         if self.run:  # so that a crash during day 1 resumes without a second counting pass
-            backend.checkpoint(self.run.checkpoint_dir("stats"),
+            backend.checkpoint(self.run.checkpoint_dir("day=stats"),
                                {"day": None, "day_index": -1, "per_day": [],
                                 "config": to_dict(self.cfg)})
 
-    def _train_days(self, backend: Backend, start: int,
-                    per_day: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Every training day from ``start``; a failed day goes to the failure policy."""
+    def _train(self, backend: Backend, prog: _Progress) -> _Progress:
+        """Every step of the schedule from ``prog.next`` until the last or until early
+        stopping ends training; a failed day goes to the failure policy."""
         policy = FailurePolicy(backend.lost, can_restore=self.run is not None)
         failures: Counter[int] = Counter()
-        i = start
-        while i < len(self.train_days):
+        while prog.next < len(self.steps) and not prog.stopped:
+            step = self.steps[prog.next]
             try:
-                rec = self._day(backend, i, per_day)
+                nxt, rec = self._step(backend, step, prog)
             except Exception as e:
-                failures[i] += 1
-                if policy.decide(e, self.train_days[i], failures[i]) is Decision.GIVE_UP:
+                failures[step.seq] += 1
+                label = step.day if self.cfg.train.passes == 1 else (
+                    f"{step.day} of pass {step.pass_no}")
+                if policy.decide(e, label, failures[step.seq]) is Decision.GIVE_UP:
                     raise
                 backend.close()
                 backend.start()
-                i, per_day = self._restore_or_start(backend)
+                prog = self._restore_or_start(backend)
                 continue
-            per_day = [*per_day, rec]
             if self.run:  # after the checkpoint: a replayed day never writes its line twice
                 self.run.metric({"event": "train_day", **rec})
-            i += 1
-        return per_day
+                if len(nxt.valid) > len(prog.valid):
+                    self.run.metric({"event": "valid", **nxt.valid[-1]})
+            prog = nxt
+        return prog
 
-    def _day(self, backend: Backend, i: int, per_day: list[dict[str, Any]]) -> dict[str, Any]:
-        """Train day ``i``, end it on the shards, score the next day if asked, checkpoint."""
-        day = self.train_days[i]
-        units = work_units(self.root, day, self.cfg.data.rows_per_unit)
-        tally = Tally(f"day {day}", sum(u.rows for u in units), self.cfg.train.log_every_s,
+    def _step(self, backend: Backend, step: Step,
+              prog: _Progress) -> tuple[_Progress, dict[str, Any]]:
+        """Train one day of one pass; at a pass's end, validate and let early stopping
+        decide; checkpoint. Returns where the run then stands and the day's record."""
+        rec = self._day(backend, step)
+        nxt = dataclasses.replace(prog, next=step.seq + 1, per_day=[*prog.per_day, rec])
+        if step.last and self.valid_days:
+            nxt = self._validate(backend, step, nxt)
+        if self.run:
+            meta: dict[str, Any] = {
+                "day": step.day, "pass": step.pass_no, "day_index": step.seq,
+                "per_day": nxt.per_day, "valid": nxt.valid, "stopped": nxt.stopped,
+                "config": to_dict(self.cfg)}
+            if self.stopper and nxt.valid:  # the run's model for export / evaluate
+                meta["best_checkpoint"] = self._best_name(nxt.valid)
+            backend.checkpoint(self.run.checkpoint_dir(checkpoint_name(step)), meta)
+        return nxt, rec
+
+    def _day(self, backend: Backend, step: Step) -> dict[str, Any]:
+        """Train ``step``'s day, end it on the shards, score the next day if asked."""
+        day = step.day
+        units = pass_units(work_units(self.root, day, self.cfg.data.rows_per_unit),
+                           self.cfg.train.seed, step.pass_no, step.index)
+        what = f"day {day}" + (f" of pass {step.pass_no}" if step.pass_no > 1 else "")
+        tally = Tally(what, sum(u.rows for u in units), self.cfg.train.log_every_s,
                       show_metrics=True)
         t0 = time.perf_counter()
-        backend.train(units, self.cfg.ps.warmup_units if i == 0 else 0, tally.add)
-        rec = day_record(day, tally, time.perf_counter() - t0)
-        backend.end_day(i + 1)
+        backend.train(units, self.cfg.ps.warmup_units if step.seq == 0 else 0, tally.add)
+        rec = day_record(day, step.pass_no, tally.rows, tally.skipped, tally.bytes, tally.acc,
+                         time.perf_counter() - t0)
+        backend.end_day(step.seq + 1)
         k = self.all_days.index(day) + 1
         if self.cfg.train.eval_next_day and k < len(self.all_days):
             nxt = self.all_days[k]
             rec["next_day"] = next_day_record(nxt, evaluate_days(self.cfg, backend, [nxt]))
-        if self.run:
-            backend.checkpoint(self.run.checkpoint_dir(day),
-                               {"day": day, "day_index": i, "per_day": [*per_day, rec],
-                                "config": to_dict(self.cfg)})
         return rec
+
+    def _validate(self, backend: Backend, step: Step, prog: _Progress) -> _Progress:
+        """Score the validation days after pass ``step.pass_no``; with early stopping, decide
+        (:class:`~psfm.passes.StopDecision`, logged with its numbers) and, without a run
+        directory, keep a new best pass's state in memory."""
+        rec = valid_record(step.pass_no, evaluate_days(self.cfg, backend, self.valid_days,
+                                                       what="valid"))
+        if self.stopper is None:
+            return dataclasses.replace(prog, valid=[*prog.valid, rec])
+        history = [*prog.valid, rec]
+        decision = self.stopper.decide(history)
+        rec.update(decision=decision.value, best_pass=self.stopper.best(history)["pass"])
+        best_states = prog.best_states
+        if decision is StopDecision.IMPROVED and self.run is None:
+            best_states = backend.snapshot()
+        return dataclasses.replace(prog, valid=[*prog.valid, rec], best_states=best_states,
+                                   stopped=decision is StopDecision.STOP)
+
+    def _best_name(self, valid: list[dict[str, Any]]) -> str:
+        """The checkpoint folder of the best validated pass's last day."""
+        assert self.stopper is not None
+        b, n = int(self.stopper.best(valid)["pass"]), len(self.train_days)
+        return checkpoint_name(Step(b, n - 1, self.train_days[-1], b * n - 1, True))
+
+    def _restore_best(self, backend: Backend, prog: _Progress) -> int | None:
+        """With early stopping, put the best validated pass's state back on the shards when
+        a later pass was worse: its end-of-pass checkpoint, or without a run directory its
+        in-memory snapshot. Returns the pass whose state is tested (None: the last)."""
+        if self.stopper is None or not prog.valid:
+            return None
+        best, last = self.stopper.best(prog.valid), prog.valid[-1]
+        if best["pass"] == last["pass"]:
+            return best["pass"]
+        m = self.stopper.metric
+        log.info("testing pass %d's state (valid %s %.6f), not the last pass %d's (%.6f)",
+                 best["pass"], m, best[m], last["pass"], last[m])
+        if self.run:
+            states, _ = load_checkpoint(self.run.checkpoint_dir(self._best_name(prog.valid)))
+        else:
+            assert prog.best_states is not None, "a best pass without its snapshot"
+            states = prog.best_states
+        backend.restore(states)
+        return int(best["pass"])

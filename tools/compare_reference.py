@@ -112,7 +112,8 @@ def compare_case(root: Path, model: str, sets: list[str], ref_sets: list[str]) -
                  "seconds": psfm_s, "train_rows": rep["train"]["rows"],
                  "samples_per_s": rep["train"]["samples_per_s"],
                  "nonzero_params": rep["model"]["nonzero_params"],
-                 "params": _psfm_params(cfg), "batch_size": cfg.data.batch_size},
+                 "params": _psfm_params(cfg),
+                 "batch_size": rep["config"]["data"]["batch_size"]},
         "delta_auc": rep["test"]["auc"] - ref["auc"],
         "delta_logloss": rep["test"]["logloss"] - ref["logloss"],
     }

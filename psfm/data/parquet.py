@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ __all__ = [
     "list_days",
     "select_days",
     "split_days",
+    "day_roles",
+    "DayRoles",
     "day_files",
     "open_parquet",
     "work_units",
@@ -94,8 +97,8 @@ def list_days(root: str) -> list[str]:
     return sorted(days, key=_day_sort_key)
 
 
-def select_days(days: Sequence[str], spec: str, what: str = "days") -> list[str]:
-    """Days named by ``spec``: a comma list and/or inclusive ranges ``a..b`` of partition values."""
+def _select(days: Sequence[str], spec: str, what: str) -> list[str]:
+    """Days named by ``spec`` in the order named, a day named twice listed twice."""
     chosen: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -119,20 +122,71 @@ def select_days(days: Sequence[str], spec: str, what: str = "days") -> list[str]
                 f"The {what} list names day '{part}', which is not in the data "
                 f"(days: {', '.join(days)})."
             )
-    return list(dict.fromkeys(chosen))
+    return chosen
 
 
-def split_days(days: Sequence[str], train_spec: str, test_spec: str) -> tuple[list[str], list[str]]:
-    """Train and test days; defaults: train on every day but the last, test on the last."""
+def select_days(days: Sequence[str], spec: str, what: str = "days") -> list[str]:
+    """Days named by ``spec``: a comma list and/or inclusive ranges ``a..b`` of partition values."""
+    return list(dict.fromkeys(_select(days, spec, what)))
+
+
+@dataclass(frozen=True)
+class DayRoles:
+    """The days a run trains on (in order), validates on after each pass, and tests on."""
+
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+
+
+def day_roles(days: Sequence[str], train_spec: str, test_spec: str,
+              valid_spec: str = "") -> DayRoles:
+    """Train, validation and test days. Defaults: train on every day but the last (and but
+    the validation days), test on the last, validate on none.
+
+    A training spec that names a day twice is refused: it used to be reduced to one day
+    silently, and a user who writes ``1,1,1`` wants three passes (``train.passes``).
+    Validation days must not overlap the train or test days: a validation metric measured on
+    trained rows would reward overfitting, and early stopping on the test days would leak
+    them into the model choice."""
     if not days:
         raise DataError("No days to split.")
-    train = select_days(days, train_spec, "train_days") if train_spec else list(days[:-1])
+    valid = select_days(days, valid_spec, "valid_days") if valid_spec else []
+    if train_spec:
+        named = _select(days, train_spec, "train_days")
+        twice = [d for d, n in Counter(named).items() if n > 1]
+        if twice:
+            raise DataError(
+                f"The 'train_days' parameter of DataConfig must name each day once; to train "
+                f"on the days more than once set train.passes (--passes N). Got "
+                f"{train_spec!r} instead (day {', '.join(repr(d) for d in twice)} "
+                f"named more than once).")
+        train = named
+    else:
+        train = [d for d in days[:-1] if d not in valid]
+        if not train and len(days) > 1:
+            raise DataError(f"No training days: every day but the last is a validation day "
+                            f"({valid_spec!r}); name train_days explicitly.")
     test = select_days(days, test_spec, "test_days") if test_spec else [days[-1]]
     if not train_spec and len(days) == 1:
         raise DataError(
             f"Only one day ('{days[0]}') in the data: name train_days and test_days explicitly."
         )
-    return train, test
+    for role, other in (("train", train), ("test", test)):
+        both = [d for d in valid if d in other]
+        if both:
+            raise DataError(
+                f"The 'valid_days' parameter of DataConfig must not overlap the {role} days. "
+                f"Got {valid_spec!r} instead (day {', '.join(repr(d) for d in both)} is also "
+                f"a {role} day).")
+    return DayRoles(train, valid, test)
+
+
+def split_days(days: Sequence[str], train_spec: str, test_spec: str) -> tuple[list[str], list[str]]:
+    """Train and test days; defaults: train on every day but the last, test on the last
+    (:func:`day_roles` without validation days)."""
+    roles = day_roles(days, train_spec, test_spec)
+    return roles.train, roles.test
 
 
 def day_files(root: str, day: str) -> list[str]:

@@ -214,6 +214,12 @@ class RayBackend:
     def restore(self, states: list[dict[str, np.ndarray]]) -> None:
         ray.get([s.restore.remote(st) for s, st in zip(self._live().shards, states)])
 
+    def snapshot(self) -> list[dict[str, np.ndarray]]:
+        """Every shard's state, fetched into the driver (early stopping without a run
+        directory keeps the best pass's model in memory this way; with one, it stays in the
+        checkpoint the shards wrote)."""
+        return self._live().on_shards("snapshot")
+
     def stats(self) -> ShardStats:
         return ShardStats.merge(self._live().on_shards("stats"))
 

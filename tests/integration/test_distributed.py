@@ -122,7 +122,8 @@ def test_driver_crash_after_day_2_then_resume_gives_the_uninterrupted_model(
     run = tmp_path / "crashed"
     cmd = [sys.executable, "-m", "psfm.cli", "train", "--data", str(data), "--run-dir", str(run),
            "--model", "rafm", "--ranks", "1,2,4", *[a for s in sets for a in ("--set", s)],
-           "--set", "train.log_every_s=1", "--set", "ftrl.factor.alpha=0.1"]
+           "--set", "train.log_every_s=1", "--set", "ftrl.factor.alpha=0.1",
+           "--batch-size", "4096"]  # as _cfg: the resumed days train with it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -277,24 +278,39 @@ def _structure(x):
 def test_in_process_and_ray_with_one_worker_write_the_same_lines_and_report(
         ray_local, data, tmp_path):
     """One run loop: ``--in-process`` trains the same work units as Ray with one worker
-    (``data.rows_per_unit`` honoured) and writes the same metrics.jsonl events with the same
-    keys and a report.json of the same shape."""
+    (``data.rows_per_unit`` honoured, the same shuffled order in pass 2) and writes the same
+    metrics.jsonl events with the same keys and a report.json of the same shape; a run with
+    early stopping and no run directory keeps the best pass in memory on both backends."""
     from psfm.trainer import train_local
 
     sets = ["train.workers=1", "ps.shards=2", "data.rows_per_unit=8192",
-            "train.eval_next_day=true"]
+            "train.eval_next_day=true", 'data.train_days="1..3"', 'data.valid_days="4"',
+            "train.passes=2", 'train.early_stop="logloss"', "train.patience=2"]
     reps = {"local": train_local(_cfg(data, tmp_path / "local", *sets)),
             "ray": _train(data, tmp_path / "ray", *sets)}
     lines = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text()
                  .splitlines()] for k in reps}
-    assert [x["event"] for x in lines["local"]] == ["train_day"] * 4 + ["test"]
+    assert [x["event"] for x in lines["local"]] == (["train_day"] * 3 + ["valid"]) * 2 + [
+        "test"]
     assert [x["event"] for x in lines["ray"]] == [x["event"] for x in lines["local"]]
     assert [_structure(x) for x in lines["ray"]] == [_structure(x) for x in lines["local"]]
     on_disk = {k: json.loads((tmp_path / k / "report.json").read_text()) for k in reps}
     assert _structure(on_disk["ray"]) == _structure(on_disk["local"]) == _structure(
         reps["local"])
-    assert reps["local"]["train"]["rows"] == reps["ray"]["train"]["rows"] == 100_000
+    assert reps["local"]["train"]["rows"] == reps["ray"]["train"]["rows"] == 150_000
+    assert reps["local"]["valid"] == reps["ray"]["valid"]
     a, b = restore_model(str(tmp_path / "local"))[1], restore_model(str(tmp_path / "ray"))[1]
     assert a["keys"].size > 1000
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+    # Large rates on one day: pass 2 validates worse, and the test scores pass 1's state,
+    # kept by RayBackend.snapshot() / LocalBackend.snapshot() (no run directory).
+    sets = ["train.workers=1", "ps.shards=2", 'train.run_dir=""', 'data.train_days="1"',
+            'data.valid_days="4"', "train.passes=2", 'train.early_stop="logloss"',
+            "ftrl.linear.alpha=1.0", "ftrl.factor.alpha=1.0", "data.batch_size=128"]
+    mem = {"local": train_local(_cfg(data, tmp_path / "unused", *sets)),
+           "ray": _train(data, tmp_path / "unused", *sets)}
+    assert mem["local"]["train"]["best_pass"] == mem["ray"]["train"]["best_pass"] == 1
+    assert mem["ray"]["valid"][1]["logloss"] > mem["ray"]["valid"][0]["logloss"]
+    assert mem["ray"]["test"] == mem["local"]["test"]
+    assert not (tmp_path / "unused").exists()

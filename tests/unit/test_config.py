@@ -71,13 +71,14 @@ def test_resolved_config_round_trips():
 
 # The documented defaults of FtrlConfig (README, "Defaults"), written out here on purpose: a
 # test that read them from FtrlConfig() would pass whatever the defaults were.
-LINEAR = FtrlParams(alpha=0.05, beta=1.0, l1=1.0, l2=1.0)
-FACTOR = FtrlParams(alpha=0.03, beta=1.0, l1=0.1, l2=1.0)
+LINEAR = FtrlParams(alpha=0.1, beta=1.0, l1=1.0, l2=1.0)
+FACTOR = FtrlParams(alpha=0.1, beta=1.0, l1=0.1, l2=1.0)
 
 
 @pytest.mark.parametrize("group,documented", [("linear", LINEAR), ("factor", FACTOR)])
 def test_partial_ftrl_table_keeps_the_documented_defaults(tmp_path, group, documented):
     assert getattr(FtrlConfig(), group) == documented
+    assert documented != FtrlParams(l1=0.2)  # else a lost default would go unnoticed
     f = tmp_path / "c.toml"
     f.write_text(f"[ftrl.{group}]\nl1 = 0.2\n")
     expected = FtrlParams(documented.alpha, documented.beta, 0.2, documented.l2)
@@ -127,7 +128,7 @@ def test_full_round_trip_after_partial_tables():
     cfg = load_config(None, ["ftrl.factor.l1=0.2", "ftrl.linear.alpha=0.5", 'model.kind="fm"'])
     assert config_from_dict(to_dict(cfg)) == cfg
     assert config_from_dict(apply_overrides(to_dict(cfg), ["ftrl.factor.l2=2"])).ftrl.factor == (
-        FtrlParams(0.03, 1.0, 0.2, 2.0)
+        FtrlParams(0.1, 1.0, 0.2, 2.0)
     )
 
 
@@ -197,3 +198,41 @@ def test_train_help_lists_the_common_knobs_with_their_defaults(capsys):
                        ("ftrl.factor.l1", cfg.ftrl.factor.l1),
                        ("model.init_std", cfg.model.init_std)):
         assert f"{key}" in out and f"[{value}]" in out.split(key, 1)[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("name, value", [("passes", 0), ("passes", -1), ("passes", 1.5),
+                                         ("passes", True), ("patience", 0),
+                                         ("patience", "2")])
+def test_passes_and_patience_must_be_ints_of_at_least_one(name, value):
+    from psfm.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=rf"The '{name}' parameter of TrainConfig must be an "
+                                          rf"int >= 1. Got {value!r} instead."):
+        TrainConfig(**{name: value})
+
+
+def test_early_stopping_names_a_metric_and_needs_validation_days():
+    from psfm.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="The 'early_stop' parameter of TrainConfig must be "
+                                          "one of '', 'logloss', 'auc'. Got 'loss' instead."):
+        TrainConfig(early_stop="loss")
+    with pytest.raises(ConfigError, match=r"The 'early_stop' parameter of TrainConfig must be "
+                                          r"'' \(off\) while data.valid_days is empty.*Got "
+                                          r"'auc' instead."):
+        load_config(None, ['train.early_stop="auc"'])
+    cfg = load_config(None, ['train.early_stop="auc"', 'data.valid_days="5"', "train.passes=4",
+                             "train.patience=2"])
+    assert (cfg.train.passes, cfg.train.early_stop, cfg.train.patience) == (4, "auc", 2)
+    assert cfg.data.valid_days == "5" and Config().train.passes == 1
+
+
+def test_train_options_set_passes_validation_and_early_stopping():
+    from psfm.cli import _parser, build_config
+
+    args = _parser().parse_args(["train", "--passes", "3", "--valid-days", "6..7",
+                                 "--early-stop", "logloss"])
+    cfg = build_config(args)
+    assert (cfg.train.passes, cfg.data.valid_days, cfg.train.early_stop) == (3, "6..7",
+                                                                            "logloss")
+    assert build_config(_parser().parse_args(["train"])).train.passes == 1

@@ -148,9 +148,10 @@ def test_units_follow_rows_per_unit_and_only_day_one_warms_up(data):
 def test_report_metrics_lines_and_checkpoints(data, tmp_path):
     run_dir = tmp_path / "run"
     rep, b = _run(_cfg(data, "train.eval_next_day=true", run_dir=run_dir))
-    assert set(rep) == {"test", "model", "train", "config"}
-    assert {"days", "rows", "samples_per_s", "bytes_per_sample", "per_day",
-            "wall_seconds"} == set(rep["train"])
+    assert set(rep) == {"test", "model", "train", "valid", "config"}
+    assert {"days", "rows", "samples_per_s", "bytes_per_sample", "per_day", "wall_seconds",
+            "passes", "best_pass", "early_stopped"} == set(rep["train"])
+    assert rep["valid"] == [] and rep["train"]["passes"] == rep["train"]["best_pass"] == 1
     assert rep["model"]["nonzero_params"] == 14 and rep["train"]["bytes_per_sample"] > 0
     assert [d["next_day"]["day"] for d in rep["train"]["per_day"]] == ["2", "3"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -245,3 +246,218 @@ def test_the_run_loop_imports_neither_ray_nor_torch():
     names |= {n.module.split(".")[0] for n in tree.body
               if isinstance(n, ast.ImportFrom) and n.module}
     assert not names & {"ray", "torch"}, names
+
+
+# ------------------------------------------------------------------ passes, validation, stops
+
+
+@pytest.fixture(scope="module")
+def data4(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runloop4")
+    # 4 days of 5 row groups of 1000 rows: train on 1-2, validate on 3, test on 4
+    generate(root, days=4, rows_per_day=ROWS_PER_DAY, spec=GenSpec.small(), seed=2,
+             row_group_rows=1000)
+    return root
+
+
+class ValidScripted(ScriptedBackend):
+    """A :class:`ScriptedBackend` whose validation day scores as scripted: after pass p its
+    predictions are ``q[p-1]`` for every positive and ``1 - q[p-1]`` for every negative, so
+    the validation logloss of pass p is ``-log q[p-1]`` (higher q, better)."""
+
+    def __init__(self, cfg, q: list[float]) -> None:
+        super().__init__(cfg)
+        self.q = list(q)
+
+    def evaluate(self, units, keep_predictions, on_unit):
+        if units[0].day != "3":
+            return super().evaluate(units, keep_predictions, on_unit)
+        self.calls.append(("validate", self.rows))
+        q = self.q.pop(0)
+        labels = np.array([0, 1, 1, 0], np.float32)
+        probs = np.where(labels == 1, q, 1 - q)
+        acc = MetricAccumulator()
+        acc.update(labels, probs)
+        for u in units:
+            on_unit(UnitReport(unit=u.uid, rows=4, skipped=0, loss=0.0, seconds=0.01,
+                               acc_state=acc.state(), acc_low_state=acc.state()))
+
+    def snapshot(self):
+        self.calls.append(("snapshot", self.rows))
+        return [{"rows": np.array([self.rows])} for _ in range(self.cfg.ps.shards)]
+
+
+def _run_valid(cfg, q, resume=False):
+    made: list[ValidScripted] = []
+
+    def make(c):
+        made.append(ValidScripted(c, q))
+        return made[-1]
+
+    return run(cfg, make, resume=resume), made[0]
+
+
+def test_passes_train_the_days_again_with_shuffled_units_and_count_once(data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(data, 'model.kind="rafm"', "model.ranks=[1,2]", "train.passes=3",
+               "data.rows_per_unit=1000", "ps.warmup_units=2", run_dir=run_dir)
+    rep, b = _run(cfg)
+    # The statistics pass counts one pass's units once (occurrences, not x passes).
+    assert [c for c in b.calls if c[0] == "count"] == [("count", 10)]
+    trained = _trained(b)
+    assert [c[1] for c in trained] == ["1", "2"] * 3
+    assert [c[3] for c in trained] == [2, 0, 0, 0, 0, 0]  # warm-up: day 1 of pass 1 only
+    assert [c[1] for c in b.calls if c[0] == "end_day"] == [1, 2, 3, 4, 5, 6]
+    assert rep["train"]["rows"] == 3 * 2 * ROWS_PER_DAY and b.rows == 3 * 2 * ROWS_PER_DAY
+    assert [(d["pass"], d["day"]) for d in rep["train"]["per_day"]] == [
+        (p, d) for p in (1, 2, 3) for d in ("1", "2")]
+    assert rep["train"]["passes"] == rep["train"]["best_pass"] == 3
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "day=1", "day=2", "day=stats", "pass=2.day=1", "pass=2.day=2", "pass=3.day=1",
+        "pass=3.day=2"]
+    _, manifest = load_checkpoint(run_dir / "checkpoints" / "pass=3.day=1")
+    assert manifest["pass"] == 3 and manifest["day_index"] == 4
+    assert _events(run_dir) == ["train_day"] * 6 + ["test"]
+
+
+def test_the_unit_order_of_later_passes_is_a_seeded_shuffle(data):
+    from psfm.data.parquet import work_units
+    from psfm.passes import pass_units
+
+    units = work_units(str(data), "1", 1000)
+    assert pass_units(units, 0, 1, 0) == units  # pass 1: file order
+    a = [u.uid for u in pass_units(units, 0, 2, 0)]
+    assert sorted(a) == sorted(u.uid for u in units) and a != [u.uid for u in units]
+    assert a == [u.uid for u in pass_units(units, 0, 2, 0)]  # the same seed, the same order
+    assert a != [u.uid for u in pass_units(units, 1, 2, 0)]  # another seed, another order
+    assert a != [u.uid for u in pass_units(units, 0, 3, 0)]  # and another pass
+    assert pass_units(units, -5, 2, 0)  # any int seeds it
+
+
+def test_validation_is_scored_after_each_pass(data4, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=2",
+               run_dir=run_dir)
+    rep, b = _run_valid(cfg, [0.6, 0.7])
+    assert [c for c in b.calls if c[0] == "validate"] == [
+        ("validate", 2 * ROWS_PER_DAY), ("validate", 4 * ROWS_PER_DAY)]
+    assert _events(run_dir) == ["train_day", "train_day", "valid"] * 2 + ["test"]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    valid = [x for x in lines if x["event"] == "valid"]
+    assert [v["pass"] for v in valid] == [1, 2] and all(v["rows"] == 4 for v in valid)
+    assert [round(v["logloss"], 12) for v in valid] == [round(-np.log(q), 12)
+                                                        for q in (0.6, 0.7)]
+    assert [v["pass"] for v in rep["valid"]] == [1, 2]
+    assert {"pass", "auc", "logloss", "rows"} <= set(rep["valid"][0])
+    assert "decision" not in rep["valid"][0]  # no early stopping: nothing decided
+    # Without validation days, passes validate nothing.
+    rep, b = _run_valid(_cfg(data4, 'data.train_days="1..2"', "train.passes=2"), [])
+    assert rep["valid"] == [] and not [c for c in b.calls if c[0] == "validate"]
+
+
+@pytest.mark.parametrize("with_run_dir", [True, False])
+def test_early_stopping_stops_after_patience_and_tests_the_best_pass(data4, tmp_path,
+                                                                     with_run_dir, caplog):
+    caplog.set_level(logging.INFO, logger="psfm.passes")
+    run_dir = tmp_path / "run" if with_run_dir else None
+    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=6",
+               'train.early_stop="logloss"', "train.patience=2", run_dir=run_dir)
+    # Pass 2 is the best; passes 3 and 4 do not improve on it (3 ties pass 2: no strict
+    # improvement); pass 5 would have been the best but is never trained.
+    rep, b = _run_valid(cfg, [0.6, 0.7, 0.7, 0.65, 0.9, 0.9])
+    per_pass = 2 * ROWS_PER_DAY
+    assert len(_trained(b)) == 4 * 2 and b.calls.count(("close",)) == 1
+    assert [v["decision"] for v in rep["valid"]] == ["improved", "improved", "wait", "stop"]
+    assert [v["best_pass"] for v in rep["valid"]] == [1, 2, 2, 2]
+    assert rep["train"]["early_stopped"] and rep["train"]["best_pass"] == 2
+    assert rep["train"]["passes"] == 4 and rep["train"]["rows"] == 4 * per_pass
+    # The best pass's state is put back before the test pass scores the model.
+    calls = b.calls
+    test_at = calls.index(("evaluate", "4", 1, True))
+    assert calls[test_at - 1] == ("restore", 2 * per_pass)
+    if with_run_dir:
+        assert not [c for c in calls if c[0] == "snapshot"]
+        assert _events(run_dir) == (["train_day", "train_day", "valid"] * 4) + ["test"]
+        from psfm.checkpoint import latest_checkpoint, resume_checkpoint
+
+        assert resume_checkpoint(str(run_dir)).endswith("pass=4.day=2")
+        assert latest_checkpoint(str(run_dir)).endswith("pass=2.day=2")
+    else:
+        assert [c for c in calls if c[0] == "snapshot"] == [("snapshot", per_pass),
+                                                            ("snapshot", 2 * per_pass)]
+    assert "pass 4: valid logloss 0.430783, no better than 0.356675 of pass 2 for 2 pass(es) " \
+           "(patience 2): stop" in caplog.text
+
+
+def test_a_run_resumed_after_early_stopping_does_not_train_again(data4, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=6",
+               'train.early_stop="auc"', "train.patience=1", run_dir=run_dir)
+    first, _ = _run_valid(cfg, [0.7, 0.8, 0.6, 0.9])  # AUC: 1.0 at 0.7 and 0.8 (no gain)
+    assert first["train"]["passes"] == 2 and first["train"]["best_pass"] == 1
+    rep, b = _run_valid(cfg, [], resume=True)
+    assert not _trained(b) and not [c for c in b.calls if c[0] == "validate"]
+    per_pass = 2 * ROWS_PER_DAY
+    assert [c for c in b.calls if c[0] == "restore"] == [("restore", 2 * per_pass),
+                                                         ("restore", per_pass)]
+    assert rep["valid"] == first["valid"] and rep["train"]["best_pass"] == 1
+    assert rep["train"]["per_day"] == first["train"]["per_day"]
+
+
+def test_a_run_resumed_between_passes_continues_at_the_next_pass(data4, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=3",
+               run_dir=run_dir)
+    full, _ = _run_valid(cfg, [0.6, 0.7, 0.8])
+    for name in ("pass=2.day=2", "pass=3.day=1", "pass=3.day=2"):  # a crash in pass 2
+        shutil.rmtree(run_dir / "checkpoints" / name)
+    rep, b = _run_valid(cfg, [0.7, 0.8], resume=True)
+    assert [c[1] for c in _trained(b)] == ["2", "1", "2"]
+    assert ("restore", 3 * ROWS_PER_DAY) in b.calls and b.rows == 6 * ROWS_PER_DAY
+    assert [(d["pass"], d["day"]) for d in rep["train"]["per_day"]] == [
+        (d["pass"], d["day"]) for d in full["train"]["per_day"]]
+    assert [v["pass"] for v in rep["valid"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("sets, match", [
+    (['data.train_days="1,1,1"'], r"'train_days' parameter of DataConfig must name each day "
+                                  r"once; .* train.passes .*Got '1,1,1' instead \(day '1'"),
+    (['data.train_days="1..2,2"'], r"day '2' named more than once"),
+    (['data.train_days="1..2"', 'data.valid_days="2..3"'],
+     r"'valid_days' parameter of DataConfig must not overlap the train days. Got '2..3' "
+     r"instead \(day '2' is also a train day\)"),
+    (['data.train_days="1"', 'data.valid_days="2,4"'],
+     r"must not overlap the test days. Got '2,4' instead \(day '4' is also a test day\)"),
+    (['data.valid_days="1..3"'], r"No training days"),
+])
+def test_bad_day_specs_are_refused_before_any_backend_starts(data4, sets, match):
+    made: list = []
+    with pytest.raises(DataError, match=match):
+        run(_cfg(data4, *sets), lambda c: made.append(c))
+    assert not made
+
+
+def test_default_training_days_leave_the_validation_days_out(data4):
+    rep, b = _run_valid(_cfg(data4, 'data.valid_days="3"'), [0.7])
+    assert rep["train"]["days"] == ["1", "2"] and rep["test"]["days"] == ["4"]
+    assert [v["days"] for v in rep["valid"]] == [["3"]]
+
+
+def test_early_stopping_decisions():
+    from psfm.passes import EarlyStopping, StopDecision
+
+    def hist(values, metric):
+        return [{"pass": i + 1, metric: v} for i, v in enumerate(values)]
+
+    ll = EarlyStopping("logloss", patience=2)
+    assert ll.decide(hist([0.5], "logloss")) is StopDecision.IMPROVED
+    assert ll.decide(hist([0.5, 0.4], "logloss")) is StopDecision.IMPROVED
+    assert ll.decide(hist([0.5, 0.4, 0.4], "logloss")) is StopDecision.WAIT  # a tie
+    assert ll.decide(hist([0.5, 0.4, 0.4, 0.45], "logloss")) is StopDecision.STOP
+    auc = EarlyStopping("auc", patience=1)
+    assert auc.decide(hist([0.7, 0.75], "auc")) is StopDecision.IMPROVED
+    assert auc.decide(hist([0.7, 0.65], "auc")) is StopDecision.STOP
+    assert auc.decide(hist([0.7, float("nan")], "auc")) is StopDecision.STOP  # never better
+    assert auc.best(hist([float("nan"), 0.6], "auc"))["pass"] == 2

@@ -79,7 +79,7 @@ def test_one_and_four_shards_train_bitwise_identical_models(small_data, tmp_path
 def test_report_run_dir_and_checkpoints(small_data, tmp_path):
     run = tmp_path / "run"
     rep = _train(small_data, 'model.kind="rafm"', "model.ranks=[1,2,4]", run_dir=run)
-    assert set(rep) == {"test", "model", "train", "config"}
+    assert set(rep) == {"test", "model", "train", "valid", "config"}
     assert {"auc", "logloss", "ne", "calibration", "rows", "auc_low"} <= set(rep["test"])
     assert {"kind", "ranks", "nonzero_params", "nonzero_w", "factor_rows_per_level",
             "ps_bytes"} <= set(rep["model"])
@@ -223,3 +223,161 @@ def test_too_few_steps_per_pass_are_warned_about(small_data, caplog):
     few = run(4096)  # 20k rows: 5 steps
     assert any("data.batch_size = 4096" in m and "5 FTRL steps" in m for m in few), few
     assert not any("FTRL steps" in m for m in run(128))  # 157 steps
+
+
+# ------------------------------------------------------------------ passes and early stopping
+
+
+def _recording(monkeypatch) -> list[str]:
+    """The uids of the units the in-process worker trains, in order."""
+    from psfm.worker import Worker
+
+    trained: list[str] = []
+    run_unit = Worker.run_unit
+
+    def recording(self, unit, client, train, *args, **kwargs):
+        if train:
+            trained.append(unit.uid)
+        return run_unit(self, unit, client, train, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "run_unit", recording)
+    return trained
+
+
+def test_a_second_pass_trains_every_row_again_in_a_seeded_unit_order(small_data, monkeypatch):
+    from psfm.data.parquet import work_units
+    from psfm.passes import pass_units
+
+    trained = _recording(monkeypatch)
+    days = [work_units(str(small_data), d, 4096) for d in ("1", "2")]
+    file_order = [u.uid for units in days for u in units]
+    second = {}
+    for seed in (0, 1):
+        trained.clear()
+        rep = _train(small_data, 'model.kind="lr"', 'data.train_days="1..2"', "train.passes=2",
+                     "data.rows_per_unit=4096", f"train.seed={seed}")
+        assert rep["train"]["rows"] == 2 * 40_000 and len(trained) == 2 * 10
+        assert trained[:10] == file_order  # pass 1: today's order
+        # Pass 2: the days in order, each day's units shuffled by (seed, pass, day).
+        second[seed] = trained[10:]
+        assert second[seed] == [u.uid for i, units in enumerate(days)
+                                for u in pass_units(units, seed, 2, i)]
+        assert second[seed] != file_order
+    assert second[0] != second[1]
+
+
+def test_static_levels_count_each_occurrence_once_whatever_the_passes(small_data):
+    reps = [_train(small_data, 'model.kind="rafm"', "model.ranks=[1,2,4]",
+                   'data.train_days="1"', f"train.passes={p}") for p in (1, 3)]
+    one, three = (r["model"] for r in reps)
+    # Static levels come from the statistics pass alone: counted three times, keys seen
+    # once or twice would have moved to higher levels.
+    assert one["keys"] == three["keys"]
+    assert one["factor_rows_per_level"] == three["factor_rows_per_level"]
+    assert reps[1]["train"]["rows"] == 3 * reps[0]["train"]["rows"]
+
+
+def test_validation_lines_appear_once_per_pass(small_data, tmp_path):
+    run = tmp_path / "run"
+    rep = _train(small_data, 'model.kind="fm"', 'data.train_days="1..2"',
+                 'data.valid_days="3"', "train.passes=2", run_dir=run)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["train_day", "train_day", "valid"] * 2 + ["test"]
+    valid = [x for x in lines if x["event"] == "valid"]
+    assert [v["pass"] for v in valid] == [1, 2] and all(v["rows"] == 20_000 for v in valid)
+    assert all(0.5 < v["auc"] < 1 and v["logloss"] > 0 for v in valid)
+    assert [{k: v for k, v in x.items() if k != "event"} for x in valid] == rep["valid"]
+    assert json.loads((run / "report.json").read_text())["valid"] == rep["valid"]
+    assert rep["test"]["days"] == ["4"] and rep["train"]["rows"] == 80_000
+
+
+# A tiny log and large FTRL rates: the validation logloss is best after pass 2 and worse
+# after each later pass. Every FTRL setting is pinned, so the case does not move with the
+# defaults.
+OVERFIT = ['model.kind="fm"', "model.init_std=0.05", 'ftrl.accumulate="square_of_sum"',
+           "ftrl.linear.alpha=0.07", "ftrl.factor.alpha=0.07", "ftrl.linear.beta=1.0",
+           "ftrl.factor.beta=1.0", "ftrl.linear.l1=0.0", "ftrl.factor.l1=0.0",
+           "ftrl.linear.l2=1.0", "ftrl.factor.l2=1.0", "data.batch_size=16",
+           "data.rows_per_unit=500", 'data.train_days="1"', 'data.valid_days="2"',
+           'data.test_days="3"', "train.passes=6", 'train.early_stop="logloss"',
+           "train.patience=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    generate(root, days=3, rows_per_day=2000, spec=GenSpec.small(), seed=7, row_group_rows=500)
+    return root
+
+
+def _score_checkpoint(root, run, name):
+    """The test day scored by the model of ``checkpoints/NAME``, restored on its own."""
+    from psfm.ps.client import LocalClient
+    from psfm.trainer import evaluate, load_run_config, make_shards
+    from psfm.worker import Worker
+
+    cfg = load_run_config(str(run))
+    client = LocalClient(make_shards(cfg))
+    client.restore(load_checkpoint(run / "checkpoints" / name)[0])
+    return evaluate(cfg, Worker(cfg), client, str(root), ["3"])
+
+
+def test_early_stopping_tests_and_exports_the_best_pass(tiny_data, tmp_path, monkeypatch):
+    from psfm.checkpoint import latest_checkpoint
+
+    run = tmp_path / "run"
+    rep = _train(tiny_data, *OVERFIT, run_dir=run)
+    ll = [v["logloss"] for v in rep["valid"]]
+    # Pass 2 is the best, passes 3 and 4 really are worse: patience 2 stops after pass 4.
+    assert len(ll) == 4 and ll[1] < ll[0] and ll[1] < ll[2] < ll[3], ll
+    assert rep["train"]["early_stopped"] and rep["train"]["best_pass"] == 2
+    assert rep["train"]["passes"] == 4 and rep["train"]["rows"] == 4 * 2000
+    assert [v["decision"] for v in rep["valid"]] == ["improved", "improved", "wait", "stop"]
+    # The reported test metrics are those of pass 2's checkpoint, scored on its own ...
+    best = _score_checkpoint(tiny_data, run, "pass=2.day=1")
+    last = _score_checkpoint(tiny_data, run, "pass=4.day=1")
+    for k in ("auc", "logloss", "ne", "calibration", "auc_low"):
+        assert abs(rep["test"][k] - best[k]) <= 1e-12, k
+    assert abs(last["logloss"] - best["logloss"]) > 1e-4  # ... which differ from the last's
+    # ... which `psfm export` and `psfm evaluate` read as the run's model.
+    assert latest_checkpoint(str(run)) == str(run / "checkpoints" / "pass=2.day=1")
+    # Without a run directory the best state is kept in memory: the same test metrics.
+    mem = _train(tiny_data, *OVERFIT)
+    assert mem["train"]["best_pass"] == 2
+    for k in ("auc", "logloss", "ne", "auc_low"):
+        assert abs(mem["test"][k] - rep["test"][k]) <= 1e-12, k
+    # A run resumed after it stopped does not train again, and tests the same best state.
+    trained = _recording(monkeypatch)
+    again = _train(tiny_data, *OVERFIT, run_dir=run, resume=True)
+    assert trained == [] and again["test"]["logloss"] == rep["test"]["logloss"]
+    assert again["valid"] == rep["valid"] and again["train"]["best_pass"] == 2
+
+
+def test_resume_between_passes_gives_the_uninterrupted_model(small_data, tmp_path,
+                                                             monkeypatch):
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    sets = ('model.kind="rafm"', "model.ranks=[1,2]", 'data.train_days="1..2"',
+            'data.valid_days="3"', "train.passes=2", "data.rows_per_unit=4096")
+    ref = _train(small_data, *sets, run_dir=full)
+    # A crash during day 2 of pass 2: its checkpoint, the last lines and the report were
+    # never written.
+    shutil.copytree(full, crashed)
+    shutil.rmtree(crashed / "checkpoints" / "pass=2.day=2")
+    (crashed / "report.json").unlink()
+    lines = (crashed / "metrics.jsonl").read_text().splitlines()
+    (crashed / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    rep = _train(small_data, *sets, run_dir=crashed, resume=True)
+    events = [json.loads(x)["event"] for x in (crashed / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert events == ["train_day", "train_day", "valid"] * 2 + ["test"]
+    assert [(d["pass"], d["day"]) for d in rep["train"]["per_day"]] == [
+        (1, "1"), (1, "2"), (2, "1"), (2, "2")]
+    a, b = _final_model(full), _final_model(crashed)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert rep["test"]["auc"] == ref["test"]["auc"] and rep["valid"] == ref["valid"]
+    # Resumed after its last pass, a run trains nothing more.
+    trained = _recording(monkeypatch)
+    again = _train(small_data, *sets, run_dir=full, resume=True)
+    assert trained == [] and again["test"]["auc"] == ref["test"]["auc"]
+    assert again["train"]["per_day"] == ref["train"]["per_day"]

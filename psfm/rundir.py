@@ -1,0 +1,152 @@
+"""The run directory and the report (DESIGN §7, §10): ``run_dir/`` with the resolved config,
+``metrics.jsonl``, ``checkpoints/`` and ``report.json``, the checks a resumed run makes
+against it, and the records the run loop (:mod:`psfm.runloop`) writes into both.
+
+``metrics.jsonl`` has one line per event: ``train_day`` (a ``train.per_day`` record),
+``valid`` (after each pass, when ``data.valid_days`` is set: a ``valid`` record) and
+``test``. ``report.json`` is DESIGN §10's layout, plus ``valid`` (one record per pass) and,
+in ``train``, ``passes`` (how many were trained), ``best_pass`` (the pass whose end state
+was tested: the best by validation under early stopping, else the last) and
+``early_stopped``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from typing import Any
+
+from psfm.checkpoint import read_bytes, resolve, write_bytes
+from psfm.config import Config, config_from_dict, to_dict
+from psfm.errors import CheckpointError
+from psfm.metrics import MetricAccumulator
+from psfm.ps.messages import ShardStats
+
+__all__ = ["RunDir", "check_resume_config", "load_run_config", "day_record",
+           "next_day_record", "model_report", "build_report"]
+
+log = logging.getLogger(__name__)
+
+
+class RunDir:
+    """``run_dir/``: config.json, metrics.jsonl, checkpoints/, report.json (local or a
+    ``pyarrow.fs`` URI)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self._metrics: list[str] = []
+
+    def file(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
+
+    def write_config(self, cfg: Config) -> None:
+        write_bytes(self.file("config.json"), json.dumps(to_dict(cfg), indent=1).encode())
+
+    def keep_metrics(self) -> None:
+        """On resume: continue the existing metrics.jsonl."""
+        try:
+            self._metrics = read_bytes(self.file("metrics.jsonl")).decode().splitlines()
+        except CheckpointError:
+            self._metrics = []
+
+    def metric(self, record: dict[str, Any]) -> None:
+        self._metrics.append(json.dumps(record))
+        write_bytes(self.file("metrics.jsonl"), ("\n".join(self._metrics) + "\n").encode())
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        write_bytes(self.file("report.json"), json.dumps(report, indent=1).encode())
+
+    def checkpoint_dir(self, name: str) -> str:
+        """``checkpoints/NAME``: ``day=stats``, ``day=D`` or ``pass=P.day=D``."""
+        return self.file("checkpoints", name)
+
+    def clear_checkpoints(self) -> None:
+        """A fresh (not resumed) run must never resume from an older run's checkpoints."""
+        fs, p = resolve(self.file("checkpoints"))
+        fs.delete_dir_contents(p, missing_dir_ok=True)
+
+
+def check_resume_config(cfg: Config, saved: dict[str, Any], where: str) -> None:
+    """A resumed run must train the model its checkpoint holds: same model, FTRL, levels,
+    shard count and seed."""
+    now = to_dict(cfg)
+    for section in ("model", "ftrl", "levels"):
+        if now[section] != saved.get(section):
+            raise CheckpointError(f"--resume: the '{section}' section differs from the one "
+                                  f"the checkpoint '{where}' was trained with.")
+    for section, key in (("ps", "shards"), ("train", "seed")):
+        if now[section][key] != saved.get(section, {}).get(key):
+            raise CheckpointError(f"--resume: {section}.{key} = {now[section][key]!r} but the "
+                                  f"checkpoint '{where}' has "
+                                  f"{saved.get(section, {}).get(key)!r}.")
+
+
+def load_run_config(run_dir: str) -> Config:
+    raw = read_bytes(posixpath.join(str(run_dir), "config.json"))
+    return config_from_dict(json.loads(raw))
+
+
+def day_record(day: str, pass_no: int, rows: int, skipped: int, nbytes: int,
+               acc: MetricAccumulator, seconds: float) -> dict[str, Any]:
+    """One ``train.per_day`` entry (also a metrics.jsonl line): day ``day`` of pass
+    ``pass_no``, its rows and its progressive metrics ``acc``."""
+    r = acc.result()
+    rec = {"day": day, "pass": pass_no, "rows": rows, "skipped_rows": skipped,
+           "seconds": seconds, "samples_per_s": rows / max(seconds, 1e-9),
+           "progressive_auc": r["auc"], "logloss": r["logloss"], "ne": r["ne"],
+           "calibration": r["calibration"], "bytes": nbytes}
+    log.info("day %s%s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",
+             day, f" of pass {pass_no}" if pass_no > 1 else "", rows, seconds,
+             rec["samples_per_s"], r["logloss"], r["auc"])
+    return rec
+
+
+def next_day_record(day: str, test: dict[str, Any]) -> dict[str, Any]:
+    log.info("next day %s: auc %.4f, logloss %.4f", day, test["auc"], test["logloss"])
+    return {"day": day, "auc": test["auc"], "logloss": test["logloss"], "rows": test["rows"]}
+
+
+def model_report(cfg: Config, s: ShardStats) -> dict[str, Any]:
+    """The report's ``model`` section: model size over all shards."""
+    return {
+        "kind": cfg.model.kind,
+        "ranks": list(cfg.model.ranks),
+        "keys": s.keys,
+        "nonzero_params": s.nonzero_params,
+        "nonzero_w": s.nonzero_w,
+        "nonzero_factors": s.nonzero_factors,
+        "factor_rows_per_level": s.factor_rows_per_level,
+        "ps_bytes": s.ps_bytes,
+        "raw_bytes": s.raw_bytes,
+    }
+
+
+def build_report(cfg: Config, test: dict[str, Any], model: dict[str, Any],
+                 train_days: list[str], per_day: list[dict[str, Any]],
+                 wall_seconds: float, valid: list[dict[str, Any]] | None = None,
+                 best_pass: int | None = None, early_stopped: bool = False
+                 ) -> dict[str, Any]:
+    """The ``report.json`` layout of DESIGN §10, with the ``valid`` records (one per pass)
+    and, in ``train``, the passes trained, the pass whose state was tested (``best_pass``;
+    default: the last trained) and whether early stopping ended the run."""
+    rows = sum(d["rows"] for d in per_day)
+    seconds = sum(d["seconds"] for d in per_day)
+    passes = max((int(d.get("pass", 1)) for d in per_day), default=0)
+    return {
+        "test": test,
+        "model": model,
+        "train": {
+            "days": list(train_days),
+            "rows": rows,
+            "samples_per_s": rows / max(seconds, 1e-9),
+            "bytes_per_sample": sum(d.get("bytes", 0) for d in per_day) / max(rows, 1),
+            "per_day": per_day,
+            "wall_seconds": wall_seconds,
+            "passes": passes,
+            "best_pass": passes if best_pass is None else best_pass,
+            "early_stopped": early_stopped,
+        },
+        "valid": list(valid or []),
+        "config": to_dict(cfg),
+    }
