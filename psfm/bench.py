@@ -113,8 +113,11 @@ def _timed(fn: Callable[[], Any], reps: int) -> tuple[float, list[float], Any]:
 
 
 def _config(root: str, model: str, *extra: str) -> Config:
+    # The engine at the batch size large logs train with (data.batch_size = 0 would give this
+    # 2M-row day 1024-row batches: psfm.steps), so figures compare across versions.
     return load_config(None, [f"data.root={json.dumps(root)}", 'data.train_days="1"',
-                              'data.test_days="2"', "ps.shards=1", *MODELS[model], *extra])
+                              'data.test_days="2"', "ps.shards=1", "data.batch_size=4096",
+                              *MODELS[model], *extra])
 
 
 def _proc_bytes(path: str, field: str) -> int | None:

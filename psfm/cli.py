@@ -53,10 +53,10 @@ _KNOBS = [
     ("data.batch_size", "rows per FTRL step; 0 = auto: enough steps per pass (psfm.steps)"),
     ("ftrl.accumulate", "how a batch grows FTRL's n: square_of_sum | sum_of_squares | "
                         "count_scaled"),
-    ("ftrl.linear.alpha", "learning rate of the linear weights"),
+    ("ftrl.linear.alpha", "learning rate of the linear weights; 0 = auto from the batch size"),
     ("ftrl.linear.l1", "L1 of the linear weights (sparsity)"),
     ("ftrl.linear.l2", "L2 of the linear weights"),
-    ("ftrl.factor.alpha", "learning rate of the factors"),
+    ("ftrl.factor.alpha", "learning rate of the factors; 0 = auto from the batch size"),
     ("ftrl.factor.l1", "L1 of the factors"),
     ("ftrl.factor.l2", "L2 of the factors"),
     ("model.init_std", "standard deviation of new factors"),
@@ -192,11 +192,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     cfg = load_config(None, [f"data.root={json.dumps(str(data))}", 'model.kind="rafm"',
                              f"train.run_dir={json.dumps(str(work / 'run'))}",
                              "ps.shards=2", "train.workers=2",
-                             # a compact, dense log: the holdout search's best factor rate
-                             "ftrl.factor.alpha=0.1",
-                             # 200k rows a day: units of one row group give both workers
-                             # work, and batches of 2048 rows twice the updates
-                             "data.rows_per_unit=65536", "data.batch_size=2048", *args.set])
+                             # 200k rows a day: units of one row group give both workers work
+                             "data.rows_per_unit=65536", *args.set])
     where = "in this process" if args.in_process else "a local Ray (2 shards, 2 workers)"
     print(f"training RaFM ranks {list(cfg.model.ranks)} on days 1..{args.days - 1} on {where}, "
           f"testing on day {args.days} ...")

@@ -186,11 +186,14 @@ class FtrlConfig:
     ``sum_of_squares`` (per-sample FTRL with weights frozen within the batch),
     ``square_of_sum`` (a batch is one step) or ``count_scaled``.
 
-    Defaults were chosen by a holdout search on generated data (see README, "Defaults").
+    Defaults were chosen by a holdout search on generated data (see README, "Defaults"); a
+    group's ``alpha = 0`` (the default) takes the rate measured best for the run's batch size
+    (:func:`psfm.steps.auto_alpha`).
     """
 
-    linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.1, 1.0, 1.0, 1.0))
-    factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.1, 1.0, 0.1, 1.0))
+    # alpha 0 = auto: chosen from the batch size (psfm.steps.auto_alpha)
+    linear: FtrlParams = field(default_factory=lambda: FtrlParams(0.0, 1.0, 1.0, 1.0))
+    factor: FtrlParams = field(default_factory=lambda: FtrlParams(0.0, 1.0, 0.1, 1.0))
     accumulate: str = "square_of_sum"
 
     def __post_init__(self) -> None:

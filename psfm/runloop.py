@@ -65,7 +65,7 @@ from psfm.rundir import (
     model_report,
     next_day_record,
 )
-from psfm.steps import auto_batch_size, steps_warning
+from psfm.steps import auto_batch_size, resolve_ftrl, steps_warning
 
 __all__ = [
     "run", "Backend", "UnitReport", "Decision", "FailurePolicy", "RunDir", "Tally",
@@ -340,7 +340,11 @@ class _Run:
             warning = steps_warning(rows, data.batch_size)
             if warning:
                 log.warning("%s", warning)
-        return dataclasses.replace(cfg, data=data)
+        ftrl = resolve_ftrl(cfg.ftrl, data.batch_size)
+        if ftrl != cfg.ftrl:
+            log.info("ftrl alpha = 0 (auto): linear %g, factor %g for batches of %d rows",
+                     ftrl.linear.alpha, ftrl.factor.alpha, data.batch_size)
+        return dataclasses.replace(cfg, data=data, ftrl=ftrl)
 
     def go(self, make_backend: Callable[[Config], Backend]) -> dict[str, Any]:
         t_start = time.perf_counter()

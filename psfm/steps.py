@@ -25,13 +25,25 @@ steps.
 
 from __future__ import annotations
 
-__all__ = ["AUTO_MAX_BATCH", "AUTO_MIN_BATCH", "AUTO_MIN_STEPS", "FEW_STEPS", "auto_batch_size",
-           "steps_warning"]
+import dataclasses
+
+from psfm.config import FtrlConfig
+
+__all__ = ["AUTO_ALPHA", "AUTO_MAX_BATCH", "AUTO_MIN_BATCH", "AUTO_MIN_STEPS", "FEW_STEPS",
+           "auto_alpha", "auto_batch_size", "resolve_ftrl", "steps_warning"]
 
 AUTO_MIN_STEPS = 1000  # steps per pass that data.batch_size = 0 aims for
 AUTO_MIN_BATCH = 64  # smaller batches cost more in calls than they gain (close to per-sample)
 AUTO_MAX_BATCH = 4096  # the throughput plateau: bigger batches gain little speed
 FEW_STEPS = 100  # under this many steps per pass a minibatch clearly falls short
+
+# The FTRL rates (linear alpha, factor alpha) that ftrl.*.alpha = 0 takes, by batch size: the
+# largest batch each row covers. With square_of_sum a batch is one step of about alpha per
+# key, and the larger the batch the less noisy (the more aligned) its gradient sums, so the
+# same alpha moves further per step: the best rate falls as the batch grows. Measured (README,
+# "How the defaults were chosen"): up to 512 rows by tools/tune_defaults.py on six logs; 1024
+# and 4096 on a 2M-row day of the 39-field log (2048: between them, not measured on its own).
+AUTO_ALPHA = ((512, 0.1, 0.1), (2048, 0.05, 0.05), (AUTO_MAX_BATCH, 0.05, 0.03))
 
 
 def auto_batch_size(rows_per_pass: int) -> int:
@@ -39,6 +51,29 @@ def auto_batch_size(rows_per_pass: int) -> int:
     target = max(rows_per_pass // AUTO_MIN_STEPS, 1)
     b = 1 << (target.bit_length() - 1)  # largest power of two <= target
     return min(max(b, AUTO_MIN_BATCH), AUTO_MAX_BATCH)
+
+
+def auto_alpha(batch_size: int) -> tuple[float, float]:
+    """(linear alpha, factor alpha) for a batch size; sizes above the table take its last row.
+
+    >>> auto_alpha(64), auto_alpha(1024), auto_alpha(4096)
+    ((0.1, 0.1), (0.05, 0.05), (0.05, 0.03))
+    """
+    for upto, lin, fac in AUTO_ALPHA:
+        if batch_size <= upto:
+            return lin, fac
+    return AUTO_ALPHA[-1][1:]
+
+
+def resolve_ftrl(ftrl: FtrlConfig, batch_size: int) -> FtrlConfig:
+    """``ftrl`` with every ``alpha = 0`` (auto) replaced by :func:`auto_alpha` of the batch
+    size (0, a batch size left to the run loop, counts as :data:`AUTO_MAX_BATCH`)."""
+    lin, fac = auto_alpha(batch_size or AUTO_MAX_BATCH)
+    groups = {}
+    for name, alpha in (("linear", lin), ("factor", fac)):
+        p = getattr(ftrl, name)
+        groups[name] = dataclasses.replace(p, alpha=alpha) if p.alpha == 0 else p
+    return dataclasses.replace(ftrl, **groups)
 
 
 def steps_warning(rows_per_pass: int, batch_size: int) -> str | None:

@@ -87,20 +87,29 @@ def _psfm_params(cfg: Config) -> dict[str, Any]:
     return {**_ref_params(cfg), **({"accumulate": rule} if rule is not None else {})}
 
 
+def _sets_of(resolved: dict[str, Any]) -> list[str]:
+    """``--set`` strings pinning a resolved config's FTRL rates."""
+    f = resolved["ftrl"]
+    return [f"ftrl.linear.alpha={f['linear']['alpha']}",
+            f"ftrl.factor.alpha={f['factor']['alpha']}"]
+
+
 def compare_case(root: Path, model: str, sets: list[str], ref_sets: list[str]) -> dict[str, Any]:
     """Reference and psfm on one log; returns the result record."""
     base = [f"data.root={json.dumps(str(root))}", *MODELS[model]]
     cfg = load_config(None, [*base, *sets])
-    ref_cfg = load_config(None, [*base, *sets, *ref_sets])
+    t0 = time.perf_counter()
+    rep = train_local(cfg)
+    psfm_s = time.perf_counter() - t0
+    # the reference takes psfm's resolved hyper-parameters (auto rates chosen for its batch)
+    resolved = rep["config"]
+    ref_cfg = load_config(None, [*base, *_sets_of(resolved), *sets, *ref_sets])
     if ref_cfg.model.kind not in MODELS:
         raise SystemExit(f"--ref-set: the reference trains lr or fm, not {ref_cfg.model.kind!r}")
     dim = ref_cfg.model.ranks[0] if ref_cfg.model.kind == "fm" else 0
     train_days, test_days = split_days(list_days(str(root)), cfg.data.train_days,
                                        cfg.data.test_days)
     ref = run_reference(str(root), train_days, test_days, dim=dim, config=ref_cfg)
-    t0 = time.perf_counter()
-    rep = train_local(cfg)
-    psfm_s = time.perf_counter() - t0
     return {
         "rows": ref["train_rows"],
         "test_rows": ref["rows"],
@@ -112,7 +121,7 @@ def compare_case(root: Path, model: str, sets: list[str], ref_sets: list[str]) -
                  "seconds": psfm_s, "train_rows": rep["train"]["rows"],
                  "samples_per_s": rep["train"]["samples_per_s"],
                  "nonzero_params": rep["model"]["nonzero_params"],
-                 "params": _psfm_params(cfg),
+                 "params": _psfm_params(load_config(None, [*base, *_sets_of(resolved)])),
                  "batch_size": rep["config"]["data"]["batch_size"]},
         "delta_auc": rep["test"]["auc"] - ref["auc"],
         "delta_logloss": rep["test"]["logloss"] - ref["logloss"],

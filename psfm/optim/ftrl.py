@@ -58,7 +58,10 @@ __all__ = ["FtrlParams", "ftrl_weight", "ftrl_update", "ftrl_init_z"]
 @dataclass(frozen=True)
 class FtrlParams:
     """Hyperparameters of one FTRL-Proximal group (linear part or factors). The class defaults
-    are alphaFM's; psfm's own, per group, are ``FtrlConfig``'s (README, "Defaults")."""
+    are alphaFM's; psfm's own, per group, are ``FtrlConfig``'s (README, "Defaults").
+
+    ``alpha = 0`` means *auto*: the rate is chosen from the batch size before training
+    (:func:`psfm.steps.resolve_ftrl`); the update functions below need a resolved rate."""
 
     alpha: float = 0.05
     beta: float = 1.0
@@ -66,13 +69,14 @@ class FtrlParams:
     l2: float = 5.0
 
     def __post_init__(self) -> None:
-        for name, low, strict in (("alpha", 0.0, True), ("beta", 0.0, True),
+        for name, low, strict in (("alpha", 0.0, False), ("beta", 0.0, True),
                                   ("l1", 0.0, False), ("l2", 0.0, False)):
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             ok = ok and np.isfinite(value) and (value > low if strict else value >= low)
             if not ok:
                 rule = f"> {low:g}" if strict else f">= {low:g}"
+                rule += " (0 = auto)" if name == "alpha" else ""
                 raise ConfigError(
                     f"The '{name}' parameter of FtrlParams must be a float {rule}. "
                     f"Got {value!r} instead."

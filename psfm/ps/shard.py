@@ -29,6 +29,7 @@ from psfm.ps.routing import table_members
 from psfm.ps.shm import MessageFile
 from psfm.ps.table import KeyTable
 from psfm.ps.wire import pack_into, pad, unpack
+from psfm.steps import resolve_ftrl
 
 __all__ = ["ParameterShard"]
 
@@ -129,6 +130,9 @@ class ParameterShard:
         shard_id: int = 0,
         n_shards: int = 1,
     ) -> None:
+        # a rate left to auto (alpha 0) is resolved by the run loop from the batch size; a
+        # shard made outside a run takes the large-batch rate, as a worker takes that size
+        ftrl = resolve_ftrl(ftrl, 0)
         self.model, self.ftrl, self.levels = model, ftrl, levels
         self.seed, self.shard_id, self.n_shards = seed, shard_id, n_shards
         self.ranks = tuple(model.ranks)

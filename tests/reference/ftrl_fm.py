@@ -62,6 +62,7 @@ from psfm.errors import ConfigError, DataError
 from psfm.metrics import auc_exact, logloss
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z
 from psfm.ps.levels import init_factors
+from psfm.steps import resolve_ftrl
 
 __all__ = ["PerSampleFtrlFM", "Rows", "rows_of_batch", "iter_rows", "run_reference"]
 
@@ -377,9 +378,10 @@ def run_reference(
     if cfg.model.loss != "logistic":
         raise ConfigError(f"The reference trains the logistic loss only. Got model.loss = "
                           f"{cfg.model.loss!r} instead.")
+    ftrl = resolve_ftrl(cfg.ftrl, 1)  # rates left to auto: those of the smallest batches
     model = PerSampleFtrlFM(
-        cfg.ftrl.linear if linear is None else linear,
-        cfg.ftrl.factor if factor is None else factor,
+        ftrl.linear if linear is None else linear,
+        ftrl.factor if factor is None else factor,
         dim,
         cfg.model.init_std if init_std is None else init_std,
         cfg.train.seed if seed is None else seed,

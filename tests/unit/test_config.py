@@ -71,8 +71,8 @@ def test_resolved_config_round_trips():
 
 # The documented defaults of FtrlConfig (README, "Defaults"), written out here on purpose: a
 # test that read them from FtrlConfig() would pass whatever the defaults were.
-LINEAR = FtrlParams(alpha=0.1, beta=1.0, l1=1.0, l2=1.0)
-FACTOR = FtrlParams(alpha=0.1, beta=1.0, l1=0.1, l2=1.0)
+LINEAR = FtrlParams(alpha=0.0, beta=1.0, l1=1.0, l2=1.0)  # alpha 0: auto from the batch size
+FACTOR = FtrlParams(alpha=0.0, beta=1.0, l1=0.1, l2=1.0)
 
 
 @pytest.mark.parametrize("group,documented", [("linear", LINEAR), ("factor", FACTOR)])
@@ -128,7 +128,7 @@ def test_full_round_trip_after_partial_tables():
     cfg = load_config(None, ["ftrl.factor.l1=0.2", "ftrl.linear.alpha=0.5", 'model.kind="fm"'])
     assert config_from_dict(to_dict(cfg)) == cfg
     assert config_from_dict(apply_overrides(to_dict(cfg), ["ftrl.factor.l2=2"])).ftrl.factor == (
-        FtrlParams(0.1, 1.0, 0.2, 2.0)
+        FtrlParams(0.0, 1.0, 0.2, 2.0)
     )
 
 

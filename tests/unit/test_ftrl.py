@@ -88,7 +88,7 @@ def test_converges_to_the_minimiser_of_a_quadratic():
     np.testing.assert_allclose(ftrl_weight(z, n, p), target, atol=1e-3)
 
 
-@pytest.mark.parametrize("name,value", [("alpha", 0.0), ("l1", -0.1), ("l2", float("nan"))])
+@pytest.mark.parametrize("name,value", [("alpha", -0.1), ("l1", -0.1), ("l2", float("nan"))])
 def test_bad_hyperparameters_are_named(name, value):
     with pytest.raises(ConfigError, match=f"'{name}' parameter of FtrlParams"):
         FtrlParams(**{name: value})

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for tests.reference
 
-from psfm.config import load_config  # noqa: E402
+from psfm.config import config_from_dict, load_config  # noqa: E402
 from psfm.data.gen import GenSpec, generate  # noqa: E402
 from psfm.trainer import train_local  # noqa: E402
 from tests.reference.ftrl_fm import run_reference  # noqa: E402
@@ -39,7 +39,10 @@ def test_fm_at_defaults_is_within_0_005_auc_of_per_sample_ftrl(tmp_path, spec, r
     generate(root, days=3, rows_per_day=rows // 2, spec=SPECS[spec](), seed=0)
     cfg = load_config(None, [f"data.root={json.dumps(str(root))}", 'model.kind="fm"'])
     rep = train_local(cfg)  # days 1-2, tests day 3 (the defaults' split)
-    ref = run_reference(str(root), ["1", "2"], ["3"], dim=8, config=cfg)
+    # the reference takes the hyper-parameters psfm resolved (rates chosen for its batch size)
+    resolved = config_from_dict(rep["config"])
+    assert resolved.ftrl.linear.alpha > 0 and resolved.ftrl.factor.alpha > 0
+    ref = run_reference(str(root), ["1", "2"], ["3"], dim=8, config=resolved)
     assert rep["train"]["rows"] == ref["train_rows"] == rows
     assert rep["test"]["auc"] >= ref["auc"] - 0.005, (rep["test"]["auc"], ref["auc"])
     assert rep["test"]["logloss"] <= ref["logloss"] + 0.005, (rep["test"]["logloss"],

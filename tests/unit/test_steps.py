@@ -32,3 +32,22 @@ def test_few_steps_warning_names_the_setting_and_the_auto_size():
 
 def test_docstring_examples():
     assert doctest.testmod(psfm.steps).failed == 0
+
+
+def test_auto_rates_fall_with_the_batch_and_explicit_rates_stay():
+    from psfm.config import FtrlConfig
+    from psfm.optim.ftrl import FtrlParams
+    from psfm.steps import AUTO_ALPHA, auto_alpha, resolve_ftrl
+
+    assert auto_alpha(64) == (0.1, 0.1) and auto_alpha(4096) == AUTO_ALPHA[-1][1:]
+    rates = [auto_alpha(b) for b in (64, 128, 256, 512, 1024, 2048, 4096, 8192)]
+    assert all(a >= b for x, y in zip(rates, rates[1:]) for a, b in zip(x, y))
+    ftrl = FtrlConfig()
+    assert ftrl.linear.alpha == 0 and ftrl.factor.alpha == 0  # the defaults are auto
+    small, large = resolve_ftrl(ftrl, 64), resolve_ftrl(ftrl, 0)  # 0: the largest size
+    assert (small.linear.alpha, small.factor.alpha) == auto_alpha(64)
+    assert (large.linear.alpha, large.factor.alpha) == auto_alpha(4096)
+    assert small.linear.l1 == ftrl.linear.l1 and small.accumulate == ftrl.accumulate
+    mine = FtrlConfig(linear=FtrlParams(0.3, 1.0, 1.0, 1.0), factor=FtrlParams(0.0, 1.0, 0.1, 1.0))
+    got = resolve_ftrl(mine, 64)
+    assert got.linear.alpha == 0.3 and got.factor.alpha == 0.1  # only the auto one moves

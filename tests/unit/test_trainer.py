@@ -204,6 +204,11 @@ def test_batch_size_zero_is_resolved_from_the_pass_and_recorded(small_data, tmp_
     assert want == 64 and rep["config"]["data"]["batch_size"] == want
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["data"]["batch_size"] == want
+    # and the FTRL rates left to auto are the ones measured for that batch size
+    from psfm.steps import auto_alpha
+
+    assert (saved["ftrl"]["linear"]["alpha"], saved["ftrl"]["factor"]["alpha"]) == (
+        auto_alpha(want))
 
 
 def test_too_few_steps_per_pass_are_warned_about(small_data, caplog):
