@@ -124,9 +124,17 @@ def summary(report: dict[str, Any]) -> str:
         f"train      days {', '.join(tr['days'])}: {tr['rows']:,} rows, "
         f"{tr['samples_per_s']:,.0f} samples/s, {tr['bytes_per_sample']:,.0f} bytes/sample",
     ]
+    passes = tr.get("passes", 1) > 1
     for d in tr["per_day"]:
-        lines.append(f"  day {d['day']:>4}  progressive auc {d['progressive_auc']:.4f}  "
+        where = f"pass {d.get('pass', 1)} day {d['day']:>4}" if passes else f"day {d['day']:>4}"
+        lines.append(f"  {where}  progressive auc {d['progressive_auc']:.4f}  "
                      f"logloss {d['logloss']:.4f}  {d['seconds']:.1f}s")
+    for v in report.get("valid", []):
+        best = "  (best: tested)" if v["pass"] == tr.get("best_pass") else ""
+        lines.append(f"valid      pass {v['pass']}: auc {v['auc']:.4f}  logloss "
+                     f"{v['logloss']:.4f}{best}")
+    if tr.get("early_stopped"):
+        lines.append(f"           stopped early after pass {len(report.get('valid', []))}")
     lines += [
         f"size       {m['nonzero_params']:,} non-zero parameters ({m['nonzero_w']:,} linear, "
         f"factor rows per level {m['factor_rows_per_level']}), {m['ps_bytes'] / 2**20:.1f} MiB "

@@ -386,3 +386,23 @@ def test_resume_between_passes_gives_the_uninterrupted_model(small_data, tmp_pat
     again = _train(small_data, *sets, run_dir=full, resume=True)
     assert trained == [] and again["test"]["auc"] == ref["test"]["auc"]
     assert again["train"]["per_day"] == ref["train"]["per_day"]
+
+
+def test_summary_names_the_pass_of_each_day_and_the_validation_of_each_pass(small_data):
+    """With several passes the printed summary says which pass a day line belongs to and shows
+    each pass's validation, marking the pass that was tested; one pass prints as before."""
+    from psfm.cli import summary
+    from psfm.trainer import train_local
+
+    base = [f"data.root={json.dumps(str(small_data))}", 'model.kind="lr"',
+            'data.train_days="1"', 'data.test_days="4"']
+    one = summary(train_local(load_config(None, base)))
+    assert "  day    1  progressive auc" in one and "pass" not in one and "valid" not in one
+    rep = train_local(load_config(None, [*base, 'data.valid_days="2"', "train.passes=2"]))
+    text = summary(rep)
+    assert "  pass 1 day    1  progressive auc" in text
+    assert "  pass 2 day    1  progressive auc" in text
+    assert "valid      pass 1: auc" in text and "valid      pass 2: auc" in text
+    best = rep["train"]["best_pass"]
+    assert f"valid      pass {best}: auc" in text.split("(best: tested)")[0].splitlines()[-1]
+    assert text.splitlines()[-1].startswith("test AUC")
