@@ -306,6 +306,7 @@ class _Run:
         roles = day_roles(self.all_days, cfg.data.train_days, cfg.data.test_days,
                           cfg.data.valid_days)
         self.train_days, self.valid_days, self.test_days = roles.train, roles.valid, roles.test
+        self._units: dict[str, list[WorkUnit]] = {}
         self.cfg = self._resolve(cfg)
         self.steps = schedule(self.train_days, cfg.train.passes)
         self.stopper = (EarlyStopping(cfg.train.early_stop, cfg.train.patience)
@@ -321,6 +322,13 @@ class _Run:
                 self.run.clear_checkpoints()
             self.run.write_config(self.cfg)
 
+    def _units_of(self, day: str) -> list[WorkUnit]:
+        """A training day's work units, listed once per run (every file's footer is read: the
+        batch-size resolution, the statistics pass and each pass over the day share them)."""
+        if day not in self._units:
+            self._units[day] = work_units(self.root, day, self.cfg.data.rows_per_unit)
+        return self._units[day]
+
     def _resolve(self, cfg: Config) -> Config:
         """What the config leaves to the data, settled before any worker starts and written
         into the run directory: the layout of the files, and the batch size
@@ -330,8 +338,7 @@ class _Run:
 
         days = self.train_days + self.test_days
         data = resolve_layout(cfg.data, day_files(self.root, days[0])[0]) if days else cfg.data
-        rows = sum(u.rows for d in self.train_days
-                   for u in work_units(self.root, d, cfg.data.rows_per_unit))
+        rows = sum(u.rows for d in self.train_days for u in self._units_of(d))
         if data.batch_size == 0:
             data = dataclasses.replace(data, batch_size=auto_batch_size(rows))
             log.info("data.batch_size = 0 (auto): %d rows per update for a pass of %d rows",
@@ -397,8 +404,7 @@ class _Run:
         """Count every training day once, before pass 1: counts are occurrences in the log,
         whatever the number of passes."""
         t0 = time.perf_counter()
-        units = [u for d in self.train_days
-                 for u in work_units(self.root, d, self.cfg.data.rows_per_unit)]
+        units = [u for d in self.train_days for u in self._units_of(d)]
         rows = backend.count(units)
         info = backend.finish_counts()
         log.info("statistics pass: %d rows, %d keys (%d not admitted) in %.1fs", rows,
@@ -455,7 +461,7 @@ class _Run:
     def _day(self, backend: Backend, step: Step) -> dict[str, Any]:
         """Train ``step``'s day, end it on the shards, score the next day if asked."""
         day = step.day
-        units = pass_units(work_units(self.root, day, self.cfg.data.rows_per_unit),
+        units = pass_units(self._units_of(day),
                            self.cfg.train.seed, step.pass_no, step.index)
         what = f"day {day}" + (f" of pass {step.pass_no}" if step.pass_no > 1 else "")
         tally = Tally(what, sum(u.rows for u in units), self.cfg.train.log_every_s,

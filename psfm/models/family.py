@@ -307,12 +307,12 @@ def forward_backward(
         parts = dep_rows[:k - 1] + [free_rows[k - 1]]
         parts += [torch.zeros((n_rows, ranks[p]), dtype=acc, device=ga.device)
                   for p in range(k, m)]
-        scal = torch.cat(dep_scal[:k - 1] + [ga] + [zero] * (m - k), 1)  # (B, m)
-        r = torch.cat(parts, 1)  # (B, width)
-        cols = [r, scal]
+        row = torch.cat(parts + dep_scal[:k - 1] + [ga] + [zero] * (m - k), 1)  # (B, width + m)
         if spec.sum_sq:
-            cols += [r * r, torch.repeat_interleave(scal, rep, 1) * r, scal * scal]
-        variants.append(torch.cat(cols, 1))
+            r, scal = row[:, :width], row[:, width:]
+            row = torch.cat([row, r * r, torch.repeat_interleave(scal, rep, 1) * r,
+                             scal * scal], 1)
+        variants.append(row)
     table = torch.cat(variants) if m > 1 else variants[0]  # (m B, cols)
     groups = [(width, 1), (m, 2)] + ([(width, 2), (width, 3), (m, 4)] if spec.sum_sq else [])
     out = _bag_powers(table, idx, uo, x_ord, groups)  # (U, cols)

@@ -173,17 +173,7 @@ def test_in_process_training_honours_rows_per_unit(small_data, monkeypatch):
     # 20,000 rows a day in row groups of 4096: one unit a day by default, five with
     # data.rows_per_unit = 4096 (whole row groups). The in-process trainer must hand out the
     # same units as the Ray driver does.
-    from psfm.worker import Worker
-
-    trained: list[str] = []
-    run_unit = Worker.run_unit
-
-    def counting(self, unit, client, train, *args, **kwargs):
-        if train:
-            trained.append(unit.uid)
-        return run_unit(self, unit, client, train, *args, **kwargs)
-
-    monkeypatch.setattr(Worker, "run_unit", counting)
+    trained = _recording(monkeypatch)
     rep = _train(small_data, 'model.kind="lr"', "data.rows_per_unit=4096")
     assert len(trained) == 3 * 5 and len(set(trained)) == 15
     assert rep["train"]["rows"] == 60_000
