@@ -50,10 +50,25 @@ from psfm.trainer import make_shards, needs_stats_pass, train_local
 from psfm.worker import Worker, push_request
 
 __all__ = [
-    "MODELS", "Sizes", "sizes", "machine_info", "make_data", "read_batches", "stage_costs",
-    "end_to_end", "message_cost", "ps_memory", "batch_scaling", "table_scaling",
-    "bandwidth_ceiling", "gpu_forward_backward", "targets", "run_bench", "render_markdown",
-    "add_cli", "main",
+    "MODELS",
+    "Sizes",
+    "sizes",
+    "machine_info",
+    "make_data",
+    "read_batches",
+    "stage_costs",
+    "end_to_end",
+    "message_cost",
+    "ps_memory",
+    "batch_scaling",
+    "table_scaling",
+    "bandwidth_ceiling",
+    "gpu_forward_backward",
+    "targets",
+    "run_bench",
+    "render_markdown",
+    "add_cli",
+    "main",
 ]
 
 MODELS: dict[str, list[str]] = {
@@ -64,8 +79,16 @@ MODELS: dict[str, list[str]] = {
 }
 FM, RAFM = "FM(8)", "RaFM({1,2,4,8})"
 LAYOUTS = ((1, 1), (1, 2), (2, 2))  # Ray shards x workers measured end to end
-STAGES = ["read -> keys", "unique/inverse", "routing (2 shards)", "pull", "forward/backward",
-          "push", "pickle pull answer", "pickle push args"]
+STAGES = [
+    "read -> keys",
+    "unique/inverse",
+    "routing (2 shards)",
+    "pull",
+    "forward/backward",
+    "push",
+    "pickle pull answer",
+    "pickle push args",
+]
 _U64_MAX = int(np.iinfo(np.uint64).max)
 
 
@@ -88,11 +111,29 @@ def sizes(quick: bool, rows: int | None = None) -> Sizes:
     """The full run (2M rows, 5 repetitions, up to 50M keys) or ``--quick``."""
     if quick:
         r = rows or 300_000
-        return Sizes(r, 32_768, min(r, 262_144), 3, min(r, 131_072), 2,
-                     (1024, 4096, 16384, 65536), (1_000_000,), 1)
+        return Sizes(
+            r,
+            32_768,
+            min(r, 262_144),
+            3,
+            min(r, 131_072),
+            2,
+            (1024, 4096, 16384, 65536),
+            (1_000_000,),
+            1,
+        )
     r = rows or 2_000_000
-    return Sizes(r, 65_536, min(r, 524_288), 5, min(r, 262_144), 3,
-                 (1024, 4096, 16384, 65536), (1_000_000, 10_000_000, 50_000_000), 3)
+    return Sizes(
+        r,
+        65_536,
+        min(r, 524_288),
+        5,
+        min(r, 262_144),
+        3,
+        (1024, 4096, 16384, 65536),
+        (1_000_000, 10_000_000, 50_000_000),
+        3,
+    )
 
 
 _T0 = time.perf_counter()
@@ -115,9 +156,18 @@ def _timed(fn: Callable[[], Any], reps: int) -> tuple[float, list[float], Any]:
 def _config(root: str, model: str, *extra: str) -> Config:
     # The engine at the batch size large logs train with (data.batch_size = 0 would give this
     # 2M-row day 1024-row batches: psfm.steps), so figures compare across versions.
-    return load_config(None, [f"data.root={json.dumps(root)}", 'data.train_days="1"',
-                              'data.test_days="2"', "ps.shards=1", "data.batch_size=4096",
-                              *MODELS[model], *extra])
+    return load_config(
+        None,
+        [
+            f"data.root={json.dumps(root)}",
+            'data.train_days="1"',
+            'data.test_days="2"',
+            "ps.shards=1",
+            "data.batch_size=4096",
+            *MODELS[model],
+            *extra,
+        ],
+    )
 
 
 def _proc_bytes(path: str, field: str) -> int | None:
@@ -133,8 +183,7 @@ def _proc_bytes(path: str, field: str) -> int | None:
 
 def _mem_available() -> int:
     got = _proc_bytes("/proc/meminfo", "MemAvailable")
-    return got if got is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf(
-        "SC_PAGE_SIZE")
+    return got if got is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _rss() -> int:
@@ -148,25 +197,44 @@ def machine_info() -> dict[str, Any]:
 
     cpu = platform.processor()
     try:
-        cpu = next((ln.split(":", 1)[1].strip()
+        cpu = (
+            next(
+                (
+                    ln.split(":", 1)[1].strip()
                     for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu) or cpu
+                    if ln.startswith("model name")
+                ),
+                cpu,
+            )
+            or cpu
+        )
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "processor": cpu, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "pyarrow": pa.__version__, "ray": ray.__version__,
-            "memory_gb": _mem_available() / 1e9, "load_start": list(os.getloadavg()),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpus": os.cpu_count(),
+        "processor": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "ray": ray.__version__,
+        "memory_gb": _mem_available() / 1e9,
+        "load_start": list(os.getloadavg()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def make_data(root: str, sz: Sizes, seed: int = 1) -> None:
     """Day 1: ``sz.rows`` training rows; day 2: a small test day (same true model)."""
     generate(root, days=1, rows_per_day=sz.rows, seed=seed, spec=GenSpec())
     os.makedirs(f"{root}/day=2", exist_ok=True)
-    pq.write_table(generate_day(GenSpec(), 2, sz.test_rows, seed),
-                   f"{root}/day=2/part-00000.parquet", row_group_size=65_536,
-                   compression="none")
+    pq.write_table(
+        generate_day(GenSpec(), 2, sz.test_rows, seed),
+        f"{root}/day=2/part-00000.parquet",
+        row_group_size=65_536,
+        compression="none",
+    )
 
 
 def read_batches(root: str, cfg: Config, max_rows: int, batch_rows: int | None = None) -> list:
@@ -201,10 +269,16 @@ def stage_costs(root: str, sz: Sizes) -> dict[str, Any]:
     t_uniq, runs_uniq, _ = _timed(lambda: [unique_inverse_counts(f) for f in flats], sz.reps)
     per = 1e6 / rows
     shared = {"read -> keys": (t_read - t_uniq) * per, "unique/inverse": t_uniq * per}
-    out: dict[str, Any] = {"rows": rows, "batches": len(batches), "reps": sz.reps,
-                           "occurrences_per_sample": sum(f.size for f in flats) / rows,
-                           "unique_per_batch": float(np.mean([b.uniq.size for b in batches])),
-                           "models": {}, "runs_read_s": runs_read, "runs_unique_s": runs_uniq}
+    out: dict[str, Any] = {
+        "rows": rows,
+        "batches": len(batches),
+        "reps": sz.reps,
+        "occurrences_per_sample": sum(f.size for f in flats) / rows,
+        "unique_per_batch": float(np.mean([b.uniq.size for b in batches])),
+        "models": {},
+        "runs_read_s": runs_read,
+        "runs_unique_s": runs_uniq,
+    }
     for name in MODELS:
         _say(f"stages: {name}")
         out["models"][name] = _model_stages(_config(root, name), batches, sz.reps, per)
@@ -220,8 +294,9 @@ def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str
     grads, min_pull, min_push, rows = [], 0, 0, 0
     for b in batches:  # one training pass: creates keys, measures bytes, keeps the gradients
         pulled = client.pull(b.uniq, create=True)
-        req = push_request(b, pulled.level, forward_backward(worker.spec,
-                                                              worker._inputs(b, pulled)))
+        req = push_request(
+            b, pulled.level, forward_backward(worker.spec, worker._inputs(b, pulled))
+        )
         client.push(req)
         grads.append(req)
         fac = 4 * sum(t.size for t in pulled.tables)  # sum_p D_p * rows_p * 4 bytes
@@ -230,21 +305,29 @@ def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str
         if req.has_sq:  # and a sum of squared gradients per coordinate
             min_push += 4 * b.uniq.size + fac
         rows += b.size
-    bytes_ = {"pulled": client.bytes_pulled / rows, "min_pulled": min_pull / rows,
-              "pushed": client.bytes_pushed / rows, "min_pushed": min_push / rows,
-              "min_pulled_no_w": (min_pull - 4 * sum(b.uniq.size for b in batches)) / rows}
+    bytes_ = {
+        "pulled": client.bytes_pulled / rows,
+        "min_pulled": min_pull / rows,
+        "pushed": client.bytes_pushed / rows,
+        "min_pushed": min_push / rows,
+        "min_pulled_no_w": (min_pull - 4 * sum(b.uniq.size for b in batches)) / rows,
+    }
     bytes_["ratio"] = (bytes_["pulled"] + bytes_["pushed"]) / (
-        bytes_["min_pulled"] + bytes_["min_pushed"])
-    t_pull, r_pull, pulls = _timed(
-        lambda: [shard.pull(b.uniq, create=True) for b in batches], reps)
+        bytes_["min_pulled"] + bytes_["min_pushed"]
+    )
+    t_pull, r_pull, pulls = _timed(lambda: [shard.pull(b.uniq, create=True) for b in batches], reps)
     t_pk, _, _ = _timed(lambda: [pickle.loads(pickle.dumps(p, protocol=5)) for p in pulls], reps)
     args = grads  # the same keys and levels as these pulls
     t_pk2, _, _ = _timed(lambda: [pickle.loads(pickle.dumps(a, protocol=5)) for a in args], reps)
     parts = []
     for b, p in zip(batches, pulls):
         r = route(b.uniq, 2)
-        parts.append([PullResult(a.grad_w, a.level, a.grad_tables) for a in split_push(
-            r, PushRequest(b.uniq, b.counts, p.level, p.w, p.tables), tied)])
+        parts.append(
+            [
+                PullResult(a.grad_w, a.level, a.grad_tables)
+                for a in split_push(r, PushRequest(b.uniq, b.counts, p.level, p.w, p.tables), tied)
+            ]
+        )
 
     def routing() -> None:
         for b, ps, req in zip(batches, parts, grads):
@@ -256,9 +339,14 @@ def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str
     inputs = [worker._inputs(b, p) for b, p in zip(batches, pulls)]
     t_fb, r_fb, _ = _timed(lambda: [forward_backward(worker.spec, x) for x in inputs], reps)
     t_push, _, _ = _timed(lambda: [shard.push(a) for a in args], reps)
-    us = {"pull": t_pull * per, "forward/backward": t_fb * per, "push": t_push * per,
-          "routing (2 shards)": t_route * per, "pickle pull answer": t_pk * per,
-          "pickle push args": t_pk2 * per}
+    us = {
+        "pull": t_pull * per,
+        "forward/backward": t_fb * per,
+        "push": t_push * per,
+        "routing (2 shards)": t_route * per,
+        "pickle pull answer": t_pk * per,
+        "pickle push args": t_pk2 * per,
+    }
     keep = {"pulls": pulls, "fb_runs_s": r_fb, "pull_runs_s": r_pull}
     return {"us_per_sample": us, "bytes_per_sample": bytes_, "_keep": keep}
 
@@ -282,19 +370,30 @@ def end_to_end(root: str, reps: int = 1) -> dict[str, Any]:
         _say(f"end to end in-process: {name}")
         runs = [train_local(_config(root, name)) for _ in range(reps)]
         rep = _median_run(runs)
-        out[name] = {"local": rep["train"]["samples_per_s"], "model": rep["model"],
-                     "local_bytes_per_sample": rep["train"]["bytes_per_sample"],
-                     "test_auc": rep["test"]["auc"],
-                     "local_runs": [r["train"]["samples_per_s"] for r in runs]}
+        out[name] = {
+            "local": rep["train"]["samples_per_s"],
+            "model": rep["model"],
+            "local_bytes_per_sample": rep["train"]["bytes_per_sample"],
+            "test_auc": rep["test"]["auc"],
+            "local_runs": [r["train"]["samples_per_s"] for r in runs],
+        }
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env=ACTOR_ENV, _system_config=LOCAL_SYSTEM_CONFIG)
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=ACTOR_ENV,
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        )
     try:
         for s, w in LAYOUTS:
             for name in MODELS:
                 _say(f"end to end on Ray, {s} shard(s) + {w} worker(s): {name}")
-                runs = [train_ray(_config(root, name, f"ps.shards={s}", f"train.workers={w}"))
-                        for _ in range(reps)]
+                runs = [
+                    train_ray(_config(root, name, f"ps.shards={s}", f"train.workers={w}"))
+                    for _ in range(reps)
+                ]
                 rep, key = _median_run(runs), f"ray_{s}x{w}"
                 out[name][key] = rep["train"]["samples_per_s"]
                 out[name][f"{key}_bytes_per_sample"] = rep["train"]["bytes_per_sample"]
@@ -331,8 +430,13 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
             fn()
             t1, c1, s1 = time.perf_counter(), time.process_time(), cpu(actor)
             k = len(batches) - 1
-            runs.append({"wall_ms": 1e3 * (t1 - t0) / k, "caller_cpu_ms": 1e3 * (c1 - c0) / k,
-                         "shard_cpu_ms": 1e3 * (s1 - s0) / k})
+            runs.append(
+                {
+                    "wall_ms": 1e3 * (t1 - t0) / k,
+                    "caller_cpu_ms": 1e3 * (c1 - c0) / k,
+                    "shard_cpu_ms": 1e3 * (s1 - s0) / k,
+                }
+            )
         return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
     out: dict[str, Any] = {"batches": len(batches) - 1}
@@ -340,8 +444,10 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
         actor = ShardActor.remote(cfg.model, cfg.ftrl, cfg.levels)
         client = RayClient([actor], False, ranks=cfg.model.ranks, transport=transport)
         levels = [client.pull(b.uniq, create=True).level for b in batches]
-        grads = [_random_push(rng, cfg, b, lv, [(int((lv >= 1).sum()), 8)], 1e-3)
-                 for b, lv in zip(batches, levels)]
+        grads = [
+            _random_push(rng, cfg, b, lv, [(int((lv >= 1).sum()), 8)], 1e-3)
+            for b, lv in zip(batches, levels)
+        ]
 
         def calls(client=client, grads=grads) -> None:
             for t in range(len(batches) - 1):
@@ -391,10 +497,16 @@ def ps_memory(e2e: dict[str, Any]) -> dict[str, Any]:
         m = e2e[name]["model"]
         keys = max(m["keys"], 1)
         coords = sum(d * n for d, n in zip(m["ranks"], m["factor_rows_per_level"])) / keys
-        out[name] = {"keys": m["keys"], "ps_bytes": m["ps_bytes"], "raw_bytes": m["raw_bytes"],
-                     "ps_per_key": m["ps_bytes"] / keys, "raw_per_key": m["raw_bytes"] / keys,
-                     "state_per_key": 8 + 8 + 8 * coords,  # key, (z, n) per parameter
-                     "alphafm_per_key": 8 * (3 + 3 * coords), "factor_coords_per_key": coords}
+        out[name] = {
+            "keys": m["keys"],
+            "ps_bytes": m["ps_bytes"],
+            "raw_bytes": m["raw_bytes"],
+            "ps_per_key": m["ps_bytes"] / keys,
+            "raw_per_key": m["raw_bytes"] / keys,
+            "state_per_key": 8 + 8 + 8 * coords,  # key, (z, n) per parameter
+            "alphafm_per_key": 8 * (3 + 3 * coords),
+            "factor_coords_per_key": coords,
+        }
         out[name]["ps_over_raw"] = m["ps_bytes"] / max(m["raw_bytes"], 1)
         # The issue's "raw parameter + FTRL state bytes (keys included)": key, and per
         # parameter its weight plus z and n (psfm stores no weight: it is derived from z, n).
@@ -427,8 +539,9 @@ def _step_seconds(cfg: Config, batches: list, reps: int) -> float:
     return _timed(lambda: [worker.step(b, client, True) for b in batches], reps)[0]
 
 
-def _random_push(rng: np.random.Generator, cfg: Config, b, level: np.ndarray,
-                 shapes: list, scale: float) -> PushRequest:
+def _random_push(
+    rng: np.random.Generator, cfg: Config, b, level: np.ndarray, shapes: list, scale: float
+) -> PushRequest:
     """A push of random gradients (and sums of squares when the FTRL rule takes them)."""
     gw = rng.normal(0, scale, b.uniq.size).astype(np.float32)
     gt = [rng.normal(0, scale, sh).astype(np.float32) for sh in shapes]
@@ -437,8 +550,9 @@ def _random_push(rng: np.random.Generator, cfg: Config, b, level: np.ndarray,
     return PushRequest(b.uniq, b.counts, level, gw, gt, gw * gw, [g * g for g in gt])
 
 
-def _pull_push_seconds(shard, batches: list, pulls: list, grads: list,
-                       reps: int) -> tuple[float, float]:
+def _pull_push_seconds(
+    shard, batches: list, pulls: list, grads: list, reps: int
+) -> tuple[float, float]:
     """Median seconds of pulling and of pushing every batch (after one untimed pass)."""
     t_pull = _timed(lambda: [shard.pull(b.uniq, create=True) for b in batches], reps + 1)[1]
     t_push = _timed(lambda: [shard.push(g) for g in grads], reps + 1)[1]
@@ -457,8 +571,9 @@ def table_scaling(batches: list, sz: Sizes, root: str) -> dict[str, Any]:
     for size in sz.table_sizes:
         need = 2 * per_key * max(size - len(shard), 0)
         if need > 0.85 * _mem_available():
-            skipped.append({"keys": size, "need_gb": need / 1e9,
-                            "available_gb": _mem_available() / 1e9})
+            skipped.append(
+                {"keys": size, "need_gb": need / 1e9, "available_gb": _mem_available() / 1e9}
+            )
             continue
         _say(f"table size {size:,}: filling")
         t0 = time.perf_counter()
@@ -467,23 +582,37 @@ def table_scaling(batches: list, sz: Sizes, root: str) -> dict[str, Any]:
             shard.pull(rng.integers(1, _U64_MAX, n, dtype=np.uint64, endpoint=True), True)
         fill = time.perf_counter() - t0
         pulls = [shard.pull(b.uniq, create=True) for b in batches]
-        grads = [_random_push(rng, shard_cfg, b, p.level, [t.shape for t in p.tables], 1e-2)
-                 for b, p in zip(batches, pulls)]
+        grads = [
+            _random_push(rng, shard_cfg, b, p.level, [t.shape for t in p.tables], 1e-2)
+            for b, p in zip(batches, pulls)
+        ]
         t_pull, t_push = _pull_push_seconds(shard, batches, pulls, grads, sz.reps)
         st = shard.stats()
         per_key = st.ps_bytes / st.keys
-        points.append({"keys": st.keys, "ps_gb": st.ps_bytes / 1e9, "fill_s": fill,
-                       "rss_gb": _rss() / 1e9,
-                       "pull_us": t_pull * 1e6 / rows, "push_us": t_push * 1e6 / rows,
-                       "samples_per_s": rows / (t_pull + t_push)})
+        points.append(
+            {
+                "keys": st.keys,
+                "ps_gb": st.ps_bytes / 1e9,
+                "fill_s": fill,
+                "rss_gb": _rss() / 1e9,
+                "pull_us": t_pull * 1e6 / rows,
+                "push_us": t_push * 1e6 / rows,
+                "samples_per_s": rows / (t_pull + t_push),
+            }
+        )
     drop = 1 - points[-1]["samples_per_s"] / points[0]["samples_per_s"] if points else None
     return {"model": FM, "rows": rows, "points": points, "skipped": skipped, "drop": drop}
 
 
 # ---------------------------------------------------------------- 6: bandwidth ceiling
-def bandwidth_ceiling(occ_per_sample: float, unique_per_batch: float, batch: int = 4096,
-                      table_rows: int = 2_000_000, dim: int = 8,
-                      reps: int = 20) -> dict[str, Any]:
+def bandwidth_ceiling(
+    occ_per_sample: float,
+    unique_per_batch: float,
+    batch: int = 4096,
+    table_rows: int = 2_000_000,
+    dim: int = 8,
+    reps: int = 20,
+) -> dict[str, Any]:
     """Random gather and scatter-add of FM(8)'s per-batch factor traffic (one thread): the
     naive ceiling is one gather plus the fastest scatter-add per occurrence. psfm's own floor
     (``design_ceiling``): the PS reads and writes the (z, n) row of each unique key once, and
@@ -509,12 +638,14 @@ def bandwidth_ceiling(occ_per_sample: float, unique_per_batch: float, batch: int
         "torch.index_add_": (lambda: tt.index_add_(0, ti, src), reps),
         "torch.index_put_(accumulate)": (lambda: tt.index_put_((ti,), src, True), reps),
         "np.add.at": (lambda: np.add.at(table, idx, buf), 3),
-        f"torch.index_add_ into {batch} rows": (lambda: small.index_add_(0, ti % batch, src),
-                                                reps),
+        f"torch.index_add_ into {batch} rows": (lambda: small.index_add_(0, ti % batch, src), reps),
         f"PS: gather {u:,} (z, n) rows": (lambda: np.take(state, uidx, axis=0, out=ubuf), reps),
         f"PS: scatter {u:,} (z, n) rows": (lambda: state.__setitem__(uidx, ubuf), reps),
-        f"worker: embedding_bag of {n:,} rows of a {u:,}-row table":
-            (lambda: torch.nn.functional.embedding_bag(occ, local, offsets, mode="sum"), reps)}
+        f"worker: embedding_bag of {n:,} rows of a {u:,}-row table": (
+            lambda: torch.nn.functional.embedding_bag(occ, local, offsets, mode="sum"),
+            reps,
+        ),
+    }
     row, out = 4 * dim, {}
     for name, (fn, r) in ops.items():
         t = _timed(fn, r)[0]
@@ -533,39 +664,55 @@ def bandwidth_ceiling(occ_per_sample: float, unique_per_batch: float, batch: int
     bag = next(v["ms"] for k, v in out.items() if k.startswith("worker:")) / 1e3
     best = min(adds, key=lambda k: out[k]["ms"])
     g = out["gather"]["ms"] / 1e3
-    return {"occurrences": n, "table_rows": table_rows, "dim": dim, "batch": batch, "ops": out,
-            "copy_gbs": 2 * big.nbytes / t_c / 1e9, "best_scatter_add": best,
-            "ceiling_samples_per_s": batch / (g + out[best]["ms"] / 1e3),
-            "assign_ceiling_samples_per_s": batch / (g + out["scatter (assign)"]["ms"] / 1e3),
-            "unique_per_batch": u, "design_ceiling_samples_per_s": batch / (ps + 2 * bag)}
+    return {
+        "occurrences": n,
+        "table_rows": table_rows,
+        "dim": dim,
+        "batch": batch,
+        "ops": out,
+        "copy_gbs": 2 * big.nbytes / t_c / 1e9,
+        "best_scatter_add": best,
+        "ceiling_samples_per_s": batch / (g + out[best]["ms"] / 1e3),
+        "assign_ceiling_samples_per_s": batch / (g + out["scatter (assign)"]["ms"] / 1e3),
+        "unique_per_batch": u,
+        "design_ceiling_samples_per_s": batch / (ps + 2 * bag),
+    }
 
 
 # ---------------------------------------------------------------- 8: GPU
-def gpu_forward_backward(cfg: Config, batches: list, pulls: list, reps: int,
-                         device: str = "cuda") -> float:
+def gpu_forward_backward(
+    cfg: Config, batches: list, pulls: list, reps: int, device: str = "cuda"
+) -> float:
     """µs/sample of forward_backward on ``device``: each batch packed into one pinned host
     buffer, one host-to-device copy, gradients copied back."""
     dev = torch.device(device)
     pin = dev.type == "cuda"
     spec = Worker(cfg).spec
-    packs = [[np.ascontiguousarray(a) for a in (b.occ_sample, b.occ_uniq, b.occ_value,
-                                                 b.labels, p.w, p.level, *p.tables)]
-             for b, p in zip(batches, pulls)]
+    packs = [
+        [
+            np.ascontiguousarray(a)
+            for a in (b.occ_sample, b.occ_uniq, b.occ_value, b.labels, p.w, p.level, *p.tables)
+        ]
+        for b, p in zip(batches, pulls)
+    ]
     cap = max(sum(-(-a.nbytes // 64) * 64 for a in arrs) for arrs in packs)
     host = torch.empty(cap, dtype=torch.uint8, pin_memory=pin)
     hnp = host.numpy()
-    tdt = {np.dtype(np.int64): torch.int64, np.dtype(np.float32): torch.float32,
-           np.dtype(np.int8): torch.int8}
+    tdt = {
+        np.dtype(np.int64): torch.int64,
+        np.dtype(np.float32): torch.float32,
+        np.dtype(np.int8): torch.int8,
+    }
 
     def run() -> None:
         for arrs in packs:
             off, spans = 0, []
             for a in arrs:
-                hnp[off: off + a.nbytes] = a.reshape(-1).view(np.uint8)
+                hnp[off : off + a.nbytes] = a.reshape(-1).view(np.uint8)
                 spans.append((off, a))
                 off += -(-a.nbytes // 64) * 64
             d = host[:off].to(dev, non_blocking=True)
-            t = [d[o: o + a.nbytes].view(tdt[a.dtype]).view(a.shape) for o, a in spans]
+            t = [d[o : o + a.nbytes].view(tdt[a.dtype]).view(a.shape) for o, a in spans]
             x = FamilyInputs(t[0], t[1], t[2], t[3], None, t[4], t[5].to(torch.int64), t[6:])
             out = forward_backward(spec, x)
             out.grad_w.cpu()
@@ -585,39 +732,57 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
 
     def add(name: str, value: str, ok: bool | None) -> None:
-        out.append({"target": name, "measured": value,
-                    "result": "n/a" if ok is None else ("PASS" if ok else "FAIL")})
+        out.append(
+            {
+                "target": name,
+                "measured": value,
+                "result": "n/a" if ok is None else ("PASS" if ok else "FAIL"),
+            }
+        )
 
     for name, goal in ((FM, 300_000), ("LR", 550_000)):
         k, v = whole_machine(e2e[name])
-        add(f"{name} end to end >= {goal:,} samples/s (Ray, whole machine)",
-            f"{v:,.0f} ({_layout(k)}" + ("" if k == "ray_2x2" else
-                                          f"; 2+2: {e2e[name]['ray_2x2']:,.0f}") + ")",
-            v >= goal)
+        add(
+            f"{name} end to end >= {goal:,} samples/s (Ray, whole machine)",
+            f"{v:,.0f} ({_layout(k)}"
+            + ("" if k == "ray_2x2" else f"; 2+2: {e2e[name]['ray_2x2']:,.0f}")
+            + ")",
+            v >= goal,
+        )
     (kr, r), (kf, f) = whole_machine(e2e[RAFM]), whole_machine(e2e[FM])
     br, bf = e2e[RAFM][f"{kr}_bytes_per_sample"], e2e[FM][f"{kf}_bytes_per_sample"]
-    add("RaFM >= FM(8) samples/s with fewer bytes/sample (Ray, whole machine)",
-        f"{r:,.0f} ({_layout(kr)}) vs {f:,.0f} ({_layout(kf)}) samples/s; "
-        f"{br:,.0f} vs {bf:,.0f} B", r >= f and br < bf)
+    add(
+        "RaFM >= FM(8) samples/s with fewer bytes/sample (Ray, whole machine)",
+        f"{r:,.0f} ({_layout(kr)}) vs {f:,.0f} ({_layout(kf)}) samples/s; {br:,.0f} vs {bf:,.0f} B",
+        r >= f and br < bf,
+    )
     for name in MODELS:
         v = st[name]["bytes_per_sample"]["ratio"]
         add(f"{name} bytes pulled+pushed <= 1.3x active-factor minimum", f"{v:.3f}x", v <= 1.3)
     for name in MODELS:
         v = mem[name]["ps_over_raw_full"]
-        add(f"{name} PS memory <= 1.5x raw parameter + FTRL state bytes (keys included)",
-            f"{v:.3f}x ({mem[name]['ps_over_raw']:.3f}x the stored z, n and keys)", v <= 1.5)
+        add(
+            f"{name} PS memory <= 1.5x raw parameter + FTRL state bytes (keys included)",
+            f"{v:.3f}x ({mem[name]['ps_over_raw']:.3f}x the stored z, n and keys)",
+            v <= 1.5,
+        )
     v = mem["rafm_over_fm"]
     add("RaFM PS memory <= 40% of FM(8)'s", f"{100 * v:.1f}%", v <= 0.4)
     pts = tab["points"]
     if len(pts) >= 2:
         largest = pts[-1]["keys"]
         note = "" if largest >= 50_000_000 else f" (largest that fit: {largest:,} keys)"
-        add("FM(8) pull+push throughput falls <= 20% from 1M to 50M keys",
+        add(
+            "FM(8) pull+push throughput falls <= 20% from 1M to 50M keys",
             f"{100 * tab['drop']:.1f}% drop{note}",
-            tab["drop"] <= 0.2 if largest >= 50_000_000 else None)
+            tab["drop"] <= 0.2 if largest >= 50_000_000 else None,
+        )
     else:
-        add("FM(8) pull+push throughput falls <= 20% from 1M to 50M keys",
-            "only one table size measured", None)
+        add(
+            "FM(8) pull+push throughput falls <= 20% from 1M to 50M keys",
+            "only one table size measured",
+            None,
+        )
     return out
 
 
@@ -625,8 +790,12 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 def run_bench(sz: Sizes, data_dir: str | None = None, command: str = "") -> dict[str, Any]:
     """Every section; returns the JSON-ready results."""
     torch.set_num_threads(1)
-    res: dict[str, Any] = {"machine": machine_info(), "command": command, "sizes": asdict(sz),
-                           "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    res: dict[str, Any] = {
+        "machine": machine_info(),
+        "command": command,
+        "sizes": asdict(sz),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
         root = os.path.join(tmp, "data")
@@ -636,13 +805,15 @@ def run_bench(sz: Sizes, data_dir: str | None = None, command: str = "") -> dict
         st = stage_costs(root, sz)
         batches = st.pop("batches_obj")
         _say("bandwidth ceiling")
-        res["bandwidth"] = bandwidth_ceiling(st["occurrences_per_sample"],
-                                             st["unique_per_batch"])
+        res["bandwidth"] = bandwidth_ceiling(st["occurrences_per_sample"], st["unique_per_batch"])
         if torch.cuda.is_available():
             _say("GPU forward/backward")
-            res["gpu"] = {n: gpu_forward_backward(_config(root, n), batches,
-                                                  st["models"][n]["_keep"]["pulls"], sz.reps)
-                          for n in MODELS}
+            res["gpu"] = {
+                n: gpu_forward_backward(
+                    _config(root, n), batches, st["models"][n]["_keep"]["pulls"], sz.reps
+                )
+                for n in MODELS
+            }
         for m in st["models"].values():
             keep = m.pop("_keep")
             m["fb_runs_s"], m["pull_runs_s"] = keep["fb_runs_s"], keep["pull_runs_s"]
@@ -672,173 +843,307 @@ def render_markdown(res: dict[str, Any]) -> str:
     names = list(MODELS)
     ls, le = m["load_start"], m["load_end"]
     busy = ls[0] > 0.25 * (m["cpus"] or 1)
-    md = ["# psfm benchmarks\n",
-          "Written by `psfm bench` (`psfm/bench.py`); do not edit by hand.\n",
-          f"- machine: {m['cpus']} CPUs, {m['processor']}, {m['memory_gb']:.1f} GB available; "
-          f"{m['platform']}",
-          f"- versions: Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, "
-          f"pyarrow {m['pyarrow']}, ray {m['ray']}",
-          f"- load average (1/5/15 min): start {ls[0]:.2f} / {ls[1]:.2f} / {ls[2]:.2f}, end "
-          f"{le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}" + (
-              " — **the machine was busy when the run started; numbers are pessimistic**"
-              if busy else " (quiet at the start)"),
-          f"- command: `{res['command']}`; date {res['date']}; {res['seconds']:.0f} s in all",
-          f"- data: `GenSpec()` (13 numeric + 26 categorical fields, Zipf values), "
-          f"{sz['rows']:,} training rows (day 1), {sz['test_rows']:,} test rows; batch 4096; "
-          f"{st['occurrences_per_sample']:.1f} keys per sample, "
-          f"{st['unique_per_batch']:,.0f} unique keys per batch\n"]
+    md = [
+        "# psfm benchmarks\n",
+        "Written by `psfm bench` (`psfm/bench.py`); do not edit by hand.\n",
+        f"- machine: {m['cpus']} CPUs, {m['processor']}, {m['memory_gb']:.1f} GB available; "
+        f"{m['platform']}",
+        f"- versions: Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, "
+        f"pyarrow {m['pyarrow']}, ray {m['ray']}",
+        f"- load average (1/5/15 min): start {ls[0]:.2f} / {ls[1]:.2f} / {ls[2]:.2f}, end "
+        f"{le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}"
+        + (
+            " — **the machine was busy when the run started; numbers are pessimistic**"
+            if busy
+            else " (quiet at the start)"
+        ),
+        f"- command: `{res['command']}`; date {res['date']}; {res['seconds']:.0f} s in all",
+        f"- data: `GenSpec()` (13 numeric + 26 categorical fields, Zipf values), "
+        f"{sz['rows']:,} training rows (day 1), {sz['test_rows']:,} test rows; batch 4096; "
+        f"{st['occurrences_per_sample']:.1f} keys per sample, "
+        f"{st['unique_per_batch']:,.0f} unique keys per batch\n",
+    ]
     us = {n: st["models"][n]["us_per_sample"] for n in names}
     rows = [[s] + [f"{us[n][s]:.3f}" for n in names] for s in STAGES]
     core = STAGES[:6]
-    rows.append(["**sum of stages 1-6**"] + [f"**{sum(us[n][s] for s in core):.3f}**"
-                                             for n in names])
-    rows.append(["implied samples/s, one core"] + [f"{1e6 / sum(us[n][s] for s in core):,.0f}"
-                                                   for n in names])
-    md += [f"## 1. Stage costs (µs/sample, median of {st['reps']} runs over {st['rows']:,} "
-           f"rows in {st['batches']} batches)\n",
-           "One in-process shard (static levels from the statistics pass), pre-built batches, "
-           "torch CPU with 1 thread. *read -> keys* is read_unit + build_batch minus "
-           "*unique/inverse*; *routing* is route + merge_pulls + split_push for 2 shards; "
-           "*pull* and *push* are `ParameterShard.pull(create=True)` / `.push`. The pickle "
-           "rows (protocol 5, dumps + loads) are a proxy for crossing actors and are not in "
-           "the sum.\n", _table(["stage"] + names, rows)]
+    rows.append(
+        ["**sum of stages 1-6**"] + [f"**{sum(us[n][s] for s in core):.3f}**" for n in names]
+    )
+    rows.append(
+        ["implied samples/s, one core"]
+        + [f"{1e6 / sum(us[n][s] for s in core):,.0f}" for n in names]
+    )
+    md += [
+        f"## 1. Stage costs (µs/sample, median of {st['reps']} runs over {st['rows']:,} "
+        f"rows in {st['batches']} batches)\n",
+        "One in-process shard (static levels from the statistics pass), pre-built batches, "
+        "torch CPU with 1 thread. *read -> keys* is read_unit + build_batch minus "
+        "*unique/inverse*; *routing* is route + merge_pulls + split_push for 2 shards; "
+        "*pull* and *push* are `ParameterShard.pull(create=True)` / `.push`. The pickle "
+        "rows (protocol 5, dumps + loads) are a proxy for crossing actors and are not in "
+        "the sum.\n",
+        _table(["stage"] + names, rows),
+    ]
     e = res["end_to_end"]
-    rows = [[n, f"{e[n]['local']:,.0f}"]
-            + [f"{e[n][f'ray_{s}x{w}']:,.0f}" for s, w in LAYOUTS]
-            + [" / ".join(f"{e[n][f'ray_{s}x{w}_bytes_per_sample']:,.0f}" for s, w in LAYOUTS),
-               " / ".join(f"{x:.4f}" for x in [e[n]["test_auc"]] + [
-                   e[n][f"ray_{s}x{w}_auc"] for s, w in LAYOUTS])]
-            for n in names]
+    rows = [
+        [n, f"{e[n]['local']:,.0f}"]
+        + [f"{e[n][f'ray_{s}x{w}']:,.0f}" for s, w in LAYOUTS]
+        + [
+            " / ".join(f"{e[n][f'ray_{s}x{w}_bytes_per_sample']:,.0f}" for s, w in LAYOUTS),
+            " / ".join(
+                f"{x:.4f}"
+                for x in [e[n]["test_auc"]] + [e[n][f"ray_{s}x{w}_auc"] for s, w in LAYOUTS]
+            ),
+        ]
+        for n in names
+    ]
     reps = sz.get("e2e_reps", 1)
-    md += ["## 2. End-to-end training (samples/s of the training day)\n",
-           f"`report['train']['samples_per_s']` over day 1 ({sz['rows']:,} rows) streamed from "
-           f"Parquet, median of {reps} run(s) (every run is in `bench.json`); default config "
-           "(async, batch 4096, pipeline overlap, shared-memory messages); the statistics "
-           "pass and the test day are not in the figure. Ray: one local Ray, "
-           "`ray.init(num_cpus=4)`, reused; in async mode each worker reads batches of 4096 "
-           "rows, and one worker trains the first work unit alone (`ps.warmup_units`: on this "
-           "one-day log, an eighth of the day with one core mostly idle). "
-           "On two cores, 1 shard + 2 workers and 2 + 2 both use the whole machine; the "
-           "targets take the faster. The test AUC is that of the median run; FM(8)'s moves "
-           "by about ±0.003 with the init seed on this log (`train.seed` 0-6: 0.7676-0.7736).\n",
-           _table(["model", "in-process, 1 shard", "Ray 1 shard + 1 worker",
-                   "Ray 1 shard + 2 workers", "Ray 2 shards + 2 workers",
-                   "bytes/sample 1+1 / 1+2 / 2+2",
-                   "test AUC: in-process / 1+1 / 1+2 / 2+2"], rows)]
+    md += [
+        "## 2. End-to-end training (samples/s of the training day)\n",
+        f"`report['train']['samples_per_s']` over day 1 ({sz['rows']:,} rows) streamed from "
+        f"Parquet, median of {reps} run(s) (every run is in `bench.json`); default config "
+        "(async, batch 4096, pipeline overlap, shared-memory messages); the statistics "
+        "pass and the test day are not in the figure. Ray: one local Ray, "
+        "`ray.init(num_cpus=4)`, reused; in async mode each worker reads batches of 4096 "
+        "rows, and one worker trains the first work unit alone (`ps.warmup_units`: on this "
+        "one-day log, an eighth of the day with one core mostly idle). "
+        "On two cores, 1 shard + 2 workers and 2 + 2 both use the whole machine; the "
+        "targets take the faster. The test AUC is that of the median run; FM(8)'s moves "
+        "by about ±0.003 with the init seed on this log (`train.seed` 0-6: 0.7676-0.7736).\n",
+        _table(
+            [
+                "model",
+                "in-process, 1 shard",
+                "Ray 1 shard + 1 worker",
+                "Ray 1 shard + 2 workers",
+                "Ray 2 shards + 2 workers",
+                "bytes/sample 1+1 / 1+2 / 2+2",
+                "test AUC: in-process / 1+1 / 1+2 / 2+2",
+            ],
+            rows,
+        ),
+    ]
     msg = e.get("messages")
     if msg:
-        rows = [[label, f"{msg[k]['wall_ms']:.2f}", f"{msg[k]['caller_cpu_ms']:.2f}",
-                 f"{msg[k]['shard_cpu_ms']:.2f}",
-                 f"{msg[k]['caller_cpu_ms'] + msg[k]['shard_cpu_ms']:.2f}"]
-                for label, k in (("call with no payload", "bare"),
-                                 ("push_pull on Ray's messages (`ps.transport = \"ray\"`)",
-                                  "ray"),
-                                 ("push_pull on shared memory (`\"auto\"`, the default)",
-                                  "auto"))]
-        rows.append(["the shard's own work for the same push_pull, in-process", "",
-                     "", f"{msg['shard_work_ms']:.2f}", f"{msg['shard_work_ms']:.2f}"])
-        md += ["### Worker-shard message cost\n",
-               f"One FM(8) `push_pull` per batch (push batch t, pull batch t + 1: an async "
-               f"worker's one call per batch and shard) against one shard actor, "
-               f"{msg['batches']} batches of 4096 rows, median of 3 passes; the push "
-               f"arguments are {msg['message_mb']:.2f} MB and the answer about half that. "
-               "CPU is process time of the calling process and of the shard's.\n",
-               _table(["per call", "wall ms", "caller CPU ms", "shard CPU ms",
-                       "CPU ms in all"], rows)]
+        rows = [
+            [
+                label,
+                f"{msg[k]['wall_ms']:.2f}",
+                f"{msg[k]['caller_cpu_ms']:.2f}",
+                f"{msg[k]['shard_cpu_ms']:.2f}",
+                f"{msg[k]['caller_cpu_ms'] + msg[k]['shard_cpu_ms']:.2f}",
+            ]
+            for label, k in (
+                ("call with no payload", "bare"),
+                ('push_pull on Ray\'s messages (`ps.transport = "ray"`)', "ray"),
+                ('push_pull on shared memory (`"auto"`, the default)', "auto"),
+            )
+        ]
+        rows.append(
+            [
+                "the shard's own work for the same push_pull, in-process",
+                "",
+                "",
+                f"{msg['shard_work_ms']:.2f}",
+                f"{msg['shard_work_ms']:.2f}",
+            ]
+        )
+        md += [
+            "### Worker-shard message cost\n",
+            f"One FM(8) `push_pull` per batch (push batch t, pull batch t + 1: an async "
+            f"worker's one call per batch and shard) against one shard actor, "
+            f"{msg['batches']} batches of 4096 rows, median of 3 passes; the push "
+            f"arguments are {msg['message_mb']:.2f} MB and the answer about half that. "
+            "CPU is process time of the calling process and of the shard's.\n",
+            _table(["per call", "wall ms", "caller CPU ms", "shard CPU ms", "CPU ms in all"], rows),
+        ]
     rows = []
     for n in names:
         b = st["models"][n]["bytes_per_sample"]
-        rows.append([n, f"{b['pulled']:,.1f}", f"{b['min_pulled']:,.1f}",
-                     f"{b['pulled'] / b['min_pulled']:.3f}", f"{b['pushed']:,.1f}",
-                     f"{b['min_pushed']:,.1f}", f"{b['pushed'] / b['min_pushed']:.3f}",
-                     f"**{b['ratio']:.3f}**", f"{b['pulled'] / b['min_pulled_no_w']:.3f}"])
-    md += ["## 3. Bytes per sample (LocalClient counters, batch 4096)\n",
-           "Minimum per batch, pulled: 8 B per unique key + 4 B for its linear weight + "
-           "4 B × D_p for each stored row at level p; pushed: the same plus a 4-B count. The "
-           "last column leaves the linear weight out of the minimum (keys + factors only).\n",
-           _table(["model", "pulled", "min", "ratio", "pushed", "min", "ratio",
-                   "total ratio", "pull ratio, min without w"], rows)]
+        rows.append(
+            [
+                n,
+                f"{b['pulled']:,.1f}",
+                f"{b['min_pulled']:,.1f}",
+                f"{b['pulled'] / b['min_pulled']:.3f}",
+                f"{b['pushed']:,.1f}",
+                f"{b['min_pushed']:,.1f}",
+                f"{b['pushed'] / b['min_pushed']:.3f}",
+                f"**{b['ratio']:.3f}**",
+                f"{b['pulled'] / b['min_pulled_no_w']:.3f}",
+            ]
+        )
+    md += [
+        "## 3. Bytes per sample (LocalClient counters, batch 4096)\n",
+        "Minimum per batch, pulled: 8 B per unique key + 4 B for its linear weight + "
+        "4 B × D_p for each stored row at level p; pushed: the same plus a 4-B count. The "
+        "last column leaves the linear weight out of the minimum (keys + factors only).\n",
+        _table(
+            [
+                "model",
+                "pulled",
+                "min",
+                "ratio",
+                "pushed",
+                "min",
+                "ratio",
+                "total ratio",
+                "pull ratio, min without w",
+            ],
+            rows,
+        ),
+    ]
     mem = res["memory"]
-    rows = [[n, f"{mem[n]['keys']:,}", f"{mem[n]['ps_per_key']:.1f}",
-             f"{mem[n]['raw_full_per_key']:.1f}", f"{mem[n]['ps_over_raw_full']:.3f}",
-             f"{mem[n]['raw_per_key']:.1f}", f"{mem[n]['ps_over_raw']:.3f}",
-             f"{mem[n]['state_per_key']:.1f}", f"{mem[n]['alphafm_per_key']:.1f}",
-             f"{mem[n]['ps_per_key'] / mem[n]['alphafm_per_key']:.3f}",
-             f"{mem[n]['ps_bytes'] / 1e6:,.1f}"] for n in names]
-    md += ["## 4. Parameter-server bytes per stored key (after the in-process day)\n",
-           "*raw* is the issue's raw parameter + FTRL state: per key 8 B, and per parameter "
-           "(linear and factor) its weight, z and n, 12 B in float32. *stored* is "
-           "`ShardStats.raw_bytes`, what psfm keeps of it: keys and (z, n), since a weight is "
-           "the FTRL closed form of its (z, n); *state* is the same computed here from "
-           "the model's shape (they agree); *PS* adds the key index, counts, levels, last-seen "
-           "days, row indices and growth slack; alphaFM stores "
-           "8·(3 + 3k) bytes per feature, k = the model's factor coordinates per key "
-           f"(RaFM: its own use). RaFM / FM(8) PS memory: **{100 * mem['rafm_over_fm']:.1f}%**."
-           "\n", _table(["model", "keys", "PS B/key", "raw B/key", "PS/raw", "stored B/key",
-                         "PS/stored", "state B/key",
-                         "alphaFM B/key", "PS/alphaFM", "PS MB"], rows)]
+    rows = [
+        [
+            n,
+            f"{mem[n]['keys']:,}",
+            f"{mem[n]['ps_per_key']:.1f}",
+            f"{mem[n]['raw_full_per_key']:.1f}",
+            f"{mem[n]['ps_over_raw_full']:.3f}",
+            f"{mem[n]['raw_per_key']:.1f}",
+            f"{mem[n]['ps_over_raw']:.3f}",
+            f"{mem[n]['state_per_key']:.1f}",
+            f"{mem[n]['alphafm_per_key']:.1f}",
+            f"{mem[n]['ps_per_key'] / mem[n]['alphafm_per_key']:.3f}",
+            f"{mem[n]['ps_bytes'] / 1e6:,.1f}",
+        ]
+        for n in names
+    ]
+    md += [
+        "## 4. Parameter-server bytes per stored key (after the in-process day)\n",
+        "*raw* is the issue's raw parameter + FTRL state: per key 8 B, and per parameter "
+        "(linear and factor) its weight, z and n, 12 B in float32. *stored* is "
+        "`ShardStats.raw_bytes`, what psfm keeps of it: keys and (z, n), since a weight is "
+        "the FTRL closed form of its (z, n); *state* is the same computed here from "
+        "the model's shape (they agree); *PS* adds the key index, counts, levels, last-seen "
+        "days, row indices and growth slack; alphaFM stores "
+        "8·(3 + 3k) bytes per feature, k = the model's factor coordinates per key "
+        f"(RaFM: its own use). RaFM / FM(8) PS memory: **{100 * mem['rafm_over_fm']:.1f}%**."
+        "\n",
+        _table(
+            [
+                "model",
+                "keys",
+                "PS B/key",
+                "raw B/key",
+                "PS/raw",
+                "stored B/key",
+                "PS/stored",
+                "state B/key",
+                "alphaFM B/key",
+                "PS/alphaFM",
+                "PS MB",
+            ],
+            rows,
+        ),
+    ]
     bs = res["batch_scaling"]
     rows = [[k] + [f"{bs[n][k]:,.0f}" for n in names] for k in bs[names[0]]]
-    md += ["## 5. Scaling\n", f"In-process training step (pull + forward/backward + push, "
-           f"1 shard, 1 thread), samples/s over {sz['scale_rows']:,} rows, median of "
-           f"{sz['scale_reps']}:\n", _table(["batch size"] + names, rows)]
+    md += [
+        "## 5. Scaling\n",
+        f"In-process training step (pull + forward/backward + push, "
+        f"1 shard, 1 thread), samples/s over {sz['scale_rows']:,} rows, median of "
+        f"{sz['scale_reps']}:\n",
+        _table(["batch size"] + names, rows),
+    ]
     tab = res["table"]
     p0 = tab["points"][0]["samples_per_s"] if tab["points"] else 1.0
-    rows = [[f"{p['keys']:,}", f"{p['ps_gb']:.2f}", f"{p['rss_gb']:.2f}", f"{p['fill_s']:.0f}",
-             f"{p['pull_us']:.3f}", f"{p['push_us']:.3f}", f"{p['samples_per_s']:,.0f}",
-             f"{p['samples_per_s'] / p0:.3f}"] for p in tab["points"]]
-    md += [f"{tab['model']} pull + push of {tab['rows']:,} rows of real batches while the "
-           "shard holds N keys (random keys pre-filled with `pull(create=True)` in 1M-key "
-           f"chunks), median of {sz['reps']}:\n",
-           _table(["keys stored", "PS GB", "process RSS GB", "fill s", "pull µs/sample",
-                   "push µs/sample", "samples/s", "vs first"], rows)]
+    rows = [
+        [
+            f"{p['keys']:,}",
+            f"{p['ps_gb']:.2f}",
+            f"{p['rss_gb']:.2f}",
+            f"{p['fill_s']:.0f}",
+            f"{p['pull_us']:.3f}",
+            f"{p['push_us']:.3f}",
+            f"{p['samples_per_s']:,.0f}",
+            f"{p['samples_per_s'] / p0:.3f}",
+        ]
+        for p in tab["points"]
+    ]
+    md += [
+        f"{tab['model']} pull + push of {tab['rows']:,} rows of real batches while the "
+        "shard holds N keys (random keys pre-filled with `pull(create=True)` in 1M-key "
+        f"chunks), median of {sz['reps']}:\n",
+        _table(
+            [
+                "keys stored",
+                "PS GB",
+                "process RSS GB",
+                "fill s",
+                "pull µs/sample",
+                "push µs/sample",
+                "samples/s",
+                "vs first",
+            ],
+            rows,
+        ),
+    ]
     for s in tab["skipped"]:
-        md.append(f"- {s['keys']:,} keys did not fit: about {s['need_gb']:.1f} GB more needed, "
-                  f"{s['available_gb']:.1f} GB available.")
+        md.append(
+            f"- {s['keys']:,} keys did not fit: about {s['need_gb']:.1f} GB more needed, "
+            f"{s['available_gb']:.1f} GB available."
+        )
     if tab["drop"] is not None and len(tab["points"]) > 1:
-        md.append(f"- throughput drop from {tab['points'][0]['keys']:,} to "
-                  f"{tab['points'][-1]['keys']:,} keys: **{100 * tab['drop']:.1f}%**")
+        md.append(
+            f"- throughput drop from {tab['points'][0]['keys']:,} to "
+            f"{tab['points'][-1]['keys']:,} keys: **{100 * tab['drop']:.1f}%**"
+        )
     bw = res["bandwidth"]
     fm_key, fm_e2e = whole_machine(res["end_to_end"][FM])
-    md += ["\n## 6. Memory-bandwidth ceiling (one thread)\n",
-           f"float32 rows of {bw['dim']} over {bw['occurrences']:,} random indices "
-           f"({st['occurrences_per_sample']:.1f} keys/sample × batch {bw['batch']}) into a "
-           f"{bw['table_rows']:,}-row table; GB/s counts payload bytes (rows read and written, "
-           "8-B indices).\n",
-           _table(["operation", "ms per batch", "GB/s"],
-                  [[f"`{k}`", f"{v['ms']:.2f}", f"{v['gbs']:.2f}"] for k, v in bw["ops"].items()]
-                  + [["sequential copy (128 MB)", "", f"{bw['copy_gbs']:.2f}"]]),
-           f"Ceiling for FM(8) (one gather + one `{bw['best_scatter_add']}` per batch, one "
-           f"core): **{bw['ceiling_samples_per_s']:,.0f} samples/s** (with a plain scatter "
-           f"instead of the scatter-add: {bw['assign_ceiling_samples_per_s']:,.0f}); the Ray "
-           f"{_layout(fm_key)} end-to-end FM(8) figure ({fm_e2e:,.0f}) is "
-           f"**{100 * fm_e2e / bw['ceiling_samples_per_s']:.1f}%** of it.\n",
-           "psfm moves less than that: the PS reads and writes the (z, n) row of each of the "
-           f"batch's {bw['unique_per_batch']:,} unique keys once, and the worker sums rows per "
-           "sample and per key with one `embedding_bag` each way over the batch's own small "
-           "table. Those four operations bound FM(8) at "
-           f"**{bw['design_ceiling_samples_per_s']:,.0f} samples/s** on one core; the Ray "
-           f"{_layout(fm_key)} figure is "
-           f"**{100 * fm_e2e / bw['design_ceiling_samples_per_s']:.1f}%** of it, on "
-           "two cores. The rest is parsing and hashing, the unique sort, FTRL arithmetic, "
-           "the hash-table probes and Ray's messages (sections 1 and 2).\n"]
+    md += [
+        "\n## 6. Memory-bandwidth ceiling (one thread)\n",
+        f"float32 rows of {bw['dim']} over {bw['occurrences']:,} random indices "
+        f"({st['occurrences_per_sample']:.1f} keys/sample × batch {bw['batch']}) into a "
+        f"{bw['table_rows']:,}-row table; GB/s counts payload bytes (rows read and written, "
+        "8-B indices).\n",
+        _table(
+            ["operation", "ms per batch", "GB/s"],
+            [[f"`{k}`", f"{v['ms']:.2f}", f"{v['gbs']:.2f}"] for k, v in bw["ops"].items()]
+            + [["sequential copy (128 MB)", "", f"{bw['copy_gbs']:.2f}"]],
+        ),
+        f"Ceiling for FM(8) (one gather + one `{bw['best_scatter_add']}` per batch, one "
+        f"core): **{bw['ceiling_samples_per_s']:,.0f} samples/s** (with a plain scatter "
+        f"instead of the scatter-add: {bw['assign_ceiling_samples_per_s']:,.0f}); the Ray "
+        f"{_layout(fm_key)} end-to-end FM(8) figure ({fm_e2e:,.0f}) is "
+        f"**{100 * fm_e2e / bw['ceiling_samples_per_s']:.1f}%** of it.\n",
+        "psfm moves less than that: the PS reads and writes the (z, n) row of each of the "
+        f"batch's {bw['unique_per_batch']:,} unique keys once, and the worker sums rows per "
+        "sample and per key with one `embedding_bag` each way over the batch's own small "
+        "table. Those four operations bound FM(8) at "
+        f"**{bw['design_ceiling_samples_per_s']:,.0f} samples/s** on one core; the Ray "
+        f"{_layout(fm_key)} figure is "
+        f"**{100 * fm_e2e / bw['design_ceiling_samples_per_s']:.1f}%** of it, on "
+        "two cores. The rest is parsing and hashing, the unique sort, FTRL arithmetic, "
+        "the hash-table probes and Ray's messages (sections 1 and 2).\n",
+    ]
     md.append("## 7. GPU\n")
     if "gpu" in res:
         rows = [[n, f"{res['gpu'][n]:.3f}", f"{us[n]['forward/backward']:.3f}"] for n in names]
-        md += [f"{m['cuda']}: forward/backward with one pinned host buffer and one "
-               "host-to-device copy per batch, gradients copied back (µs/sample):\n",
-               _table(["model", "CUDA", "CPU, 1 thread"], rows)]
+        md += [
+            f"{m['cuda']}: forward/backward with one pinned host buffer and one "
+            "host-to-device copy per batch, gradients copied back (µs/sample):\n",
+            _table(["model", "CUDA", "CPU, 1 thread"], rows),
+        ]
     else:
         md.append("No GPU: torch sees no CUDA device on this machine.\n")
-    md += ["## Targets\n", _table(["target", "measured", "result"],
-                                  [[t["target"], t["measured"], f"**{t['result']}**"]
-                                   for t in res["targets"]])]
+    md += [
+        "## Targets\n",
+        _table(
+            ["target", "measured", "result"],
+            [[t["target"], t["measured"], f"**{t['result']}**"] for t in res["targets"]],
+        ),
+    ]
     return "\n".join(md)
 
 
 def _options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true",
-                   help="~300k rows, fewer repetitions, table sizes up to 1M keys")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="~300k rows, fewer repetitions, table sizes up to 1M keys",
+    )
     p.add_argument("--rows", type=int, help="training rows (default 2,000,000; quick 300,000)")
     p.add_argument("--out-md", default="BENCHMARKS.md", help="markdown report")
     p.add_argument("--out-json", default="bench.json", help="the same numbers as JSON")
@@ -852,8 +1157,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for out in (args.out_md, args.out_json):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_md).write_text(md)
-    Path(args.out_json).write_text(json.dumps(
-        res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+    Path(args.out_json).write_text(
+        json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        + "\n"
+    )
     print(md)
     _say(f"wrote {args.out_md} and {args.out_json}")
     return 0
@@ -861,8 +1168,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register ``bench`` on an ``argparse`` subparsers object; ``func(args)`` returns 0."""
-    p = subparsers.add_parser("bench", help="run the benchmark suite, write BENCHMARKS.md",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "bench",
+        help="run the benchmark suite, write BENCHMARKS.md",
+        description=__doc__.splitlines()[0],
+    )
     _options(p)
     p.set_defaults(func=_cmd_bench)
 

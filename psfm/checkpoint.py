@@ -85,8 +85,10 @@ def write_shard_state(path: str, state: dict[str, np.ndarray]) -> dict[str, Any]
 def write_manifest(ckpt_dir: str, files: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
     """The last write of a checkpoint: names every shard file with its size and checksum."""
     manifest = {"format": 1, "shards": len(files), "files": files, **meta}
-    write_bytes(posixpath.join(str(ckpt_dir), MANIFEST),
-                json.dumps(manifest, indent=1, sort_keys=True).encode())
+    write_bytes(
+        posixpath.join(str(ckpt_dir), MANIFEST),
+        json.dumps(manifest, indent=1, sort_keys=True).encode(),
+    )
 
 
 def save_checkpoint(
@@ -95,7 +97,8 @@ def save_checkpoint(
     """Write every shard's state from this process, then the manifest."""
     files = {
         f"shard-{i:05d}.npz": write_shard_state(
-            posixpath.join(str(ckpt_dir), f"shard-{i:05d}.npz"), s)
+            posixpath.join(str(ckpt_dir), f"shard-{i:05d}.npz"), s
+        )
         for i, s in enumerate(shard_states)
     }
     write_manifest(ckpt_dir, files, meta)
@@ -164,6 +167,8 @@ def latest_checkpoint(run_dir: str) -> str | None:
     try:
         json.loads(read_bytes(posixpath.join(best, MANIFEST)))
     except (CheckpointError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"Checkpoint '{last}' names '{name}' as the run's best "
-                              f"checkpoint, which has no readable manifest: {e}") from e
+        raise CheckpointError(
+            f"Checkpoint '{last}' names '{name}' as the run's best "
+            f"checkpoint, which has no readable manifest: {e}"
+        ) from e
     return best

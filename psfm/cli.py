@@ -20,39 +20,63 @@ log = logging.getLogger("psfm")
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (jobs/configs/*.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable)",
+    )
     p.add_argument("--data", help="data root with day=... partitions (data.root)")
     p.add_argument("--model", choices=["lr", "fm", "difacto", "rafm"], help="model.kind")
     p.add_argument("--ranks", help="comma list of ranks, e.g. 1,2,4,8 (model.ranks)")
     p.add_argument("--train-days", help="days to train on: '1..7' or '1,2,3' (data.train_days)")
     p.add_argument("--test-days", help="days to test on (data.test_days)")
-    p.add_argument("--passes", type=int, metavar="N",
-                   help="epochs over the training days (train.passes; later passes shuffle "
-                   "each day's work units)")
-    p.add_argument("--valid-days", metavar="SPEC",
-                   help="days scored after each pass, disjoint from the train and test days "
-                   "(data.valid_days)")
-    p.add_argument("--early-stop", choices=["logloss", "auc"],
-                   help="stop when this validation metric has not improved for "
-                   "train.patience passes; test the best pass (train.early_stop)")
+    p.add_argument(
+        "--passes",
+        type=int,
+        metavar="N",
+        help="epochs over the training days (train.passes; later passes shuffle "
+        "each day's work units)",
+    )
+    p.add_argument(
+        "--valid-days",
+        metavar="SPEC",
+        help="days scored after each pass, disjoint from the train and test days (data.valid_days)",
+    )
+    p.add_argument(
+        "--early-stop",
+        choices=["logloss", "auc"],
+        help="stop when this validation metric has not improved for "
+        "train.patience passes; test the best pass (train.early_stop)",
+    )
     p.add_argument("--run-dir", help="where config, metrics, checkpoints, report go")
     p.add_argument("--shards", type=int, help="parameter shards (ps.shards)")
     p.add_argument("--workers", type=int, help="workers (train.workers)")
-    p.add_argument("--batch-size", type=int, metavar="ROWS",
-                   help="rows per FTRL step (data.batch_size; 0 = auto from the pass size)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="ROWS",
+        help="rows per FTRL step (data.batch_size; 0 = auto from the pass size)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: "
-                   "RAY_ADDRESS, else a local Ray started by psfm")
-    p.add_argument("--in-process", action="store_true",
-                   help="no Ray: shards and one worker in this process")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to join ('auto', host:port); default: "
+        "RAY_ADDRESS, else a local Ray started by psfm",
+    )
+    p.add_argument(
+        "--in-process", action="store_true", help="no Ray: shards and one worker in this process"
+    )
 
 
 # The hyper-parameters a user tunes first, listed under `psfm train --help` with their defaults.
 _KNOBS = [
     ("data.batch_size", "rows per FTRL step; 0 = auto: enough steps per pass (psfm.steps)"),
-    ("ftrl.accumulate", "how a batch grows FTRL's n: square_of_sum | sum_of_squares | "
-                        "count_scaled"),
+    (
+        "ftrl.accumulate",
+        "how a batch grows FTRL's n: square_of_sum | sum_of_squares | count_scaled",
+    ),
     ("ftrl.linear.alpha", "learning rate of the linear weights; 0 = auto from the batch size"),
     ("ftrl.linear.l1", "L1 of the linear weights (sparsity)"),
     ("ftrl.linear.l2", "L2 of the linear weights"),
@@ -65,7 +89,7 @@ _KNOBS = [
     ("train.seed", "seed of the factor initialisation (and of the unit order of passes >= 2)"),
     ("train.passes", "epochs over the training days"),
     ("data.valid_days", "days (a SPEC) scored after each pass, for early stopping"),
-    ("train.early_stop", "off (\"\") | logloss | auc: the validation metric to stop on"),
+    ("train.early_stop", 'off ("") | logloss | auc: the validation metric to stop on'),
     ("train.patience", "passes without improvement before early stopping stops"),
 ]
 
@@ -127,12 +151,15 @@ def summary(report: dict[str, Any]) -> str:
     passes = tr.get("passes", 1) > 1
     for d in tr["per_day"]:
         where = f"pass {d.get('pass', 1)} day {d['day']:>4}" if passes else f"day {d['day']:>4}"
-        lines.append(f"  {where}  progressive auc {d['progressive_auc']:.4f}  "
-                     f"logloss {d['logloss']:.4f}  {d['seconds']:.1f}s")
+        lines.append(
+            f"  {where}  progressive auc {d['progressive_auc']:.4f}  "
+            f"logloss {d['logloss']:.4f}  {d['seconds']:.1f}s"
+        )
     for v in report.get("valid", []):
         best = "  (best: tested)" if v["pass"] == tr.get("best_pass") else ""
-        lines.append(f"valid      pass {v['pass']}: auc {v['auc']:.4f}  logloss "
-                     f"{v['logloss']:.4f}{best}")
+        lines.append(
+            f"valid      pass {v['pass']}: auc {v['auc']:.4f}  logloss {v['logloss']:.4f}{best}"
+        )
     if tr.get("early_stopped"):
         lines.append(f"           stopped early after pass {len(report.get('valid', []))}")
     lines += [
@@ -179,11 +206,14 @@ def _cmd_gen(args: argparse.Namespace) -> int:
 
     spec = GenSpec.small() if args.small else GenSpec()
     t0 = time.perf_counter()
-    paths = generate(args.out, days=args.days, rows_per_day=args.rows_per_day, seed=args.seed,
-                     spec=spec)
+    paths = generate(
+        args.out, days=args.days, rows_per_day=args.rows_per_day, seed=args.seed, spec=spec
+    )
     rows = args.days * args.rows_per_day
-    print(f"wrote {rows:,} rows in {len(paths)} files under {args.out} "
-          f"({rows / (time.perf_counter() - t0):,.0f} rows/s)")
+    print(
+        f"wrote {rows:,} rows in {len(paths)} files under {args.out} "
+        f"({rows / (time.perf_counter() - t0):,.0f} rows/s)"
+    )
     return 0
 
 
@@ -194,22 +224,33 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     data = work / "data"
     if not (data / "day=1").exists():
         print(f"generating {args.days} days x {args.rows_per_day:,} rows into {data} ...")
-        generate(data, days=args.days, rows_per_day=args.rows_per_day, seed=0,
-                 spec=GenSpec.small())
+        generate(data, days=args.days, rows_per_day=args.rows_per_day, seed=0, spec=GenSpec.small())
     gen = json.loads((data / "_gen.json").read_text())
-    cfg = load_config(None, [f"data.root={json.dumps(str(data))}", 'model.kind="rafm"',
-                             f"train.run_dir={json.dumps(str(work / 'run'))}",
-                             "ps.shards=2", "train.workers=2",
-                             # 200k rows a day: units of one row group give both workers work
-                             "data.rows_per_unit=65536", *args.set])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={json.dumps(str(data))}",
+            'model.kind="rafm"',
+            f"train.run_dir={json.dumps(str(work / 'run'))}",
+            "ps.shards=2",
+            "train.workers=2",
+            # 200k rows a day: units of one row group give both workers work
+            "data.rows_per_unit=65536",
+            *args.set,
+        ],
+    )
     where = "in this process" if args.in_process else "a local Ray (2 shards, 2 workers)"
-    print(f"training RaFM ranks {list(cfg.model.ranks)} on days 1..{args.days - 1} on {where}, "
-          f"testing on day {args.days} ...")
+    print(
+        f"training RaFM ranks {list(cfg.model.ranks)} on days 1..{args.days - 1} on {where}, "
+        f"testing on day {args.days} ..."
+    )
     report = run_training(cfg, False, args.address, args.in_process)
     print(summary(report))
     bayes = gen["per_day"][-1]["bayes_auc"]
-    print(f"(Bayes-optimal test AUC of the generator's true model: {bayes:.4f}; "
-          f"report: {work / 'run' / 'report.json'})")
+    print(
+        f"(Bayes-optimal test AUC of the generator's true model: {bayes:.4f}; "
+        f"report: {work / 'run' / 'report.json'})"
+    )
     return 0
 
 
@@ -217,8 +258,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from psfm.export import export_model
 
     info = export_model(args.run_dir, args.out)
-    print(f"exported {info['keys']:,} keys with non-zero parameters (dropped "
-          f"{info['dropped_zero_keys']:,} all-zero keys) of day {info['day']} to {info['file']}")
+    print(
+        f"exported {info['keys']:,} keys with non-zero parameters (dropped "
+        f"{info['dropped_zero_keys']:,} all-zero keys) of day {info['day']} to {info['file']}"
+    )
     return 0
 
 
@@ -237,9 +280,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     writer = None
     n = 0
     for day, file, rows, probs, labels in pred.iter_scores(args.data, days):
-        t = pa.table({"day": pa.array([day] * rows.size), "file": pa.array([file] * rows.size),
-                      "row": pa.array(rows), "prediction": pa.array(probs.astype(np.float64)),
-                      "label": pa.array(labels)})
+        t = pa.table(
+            {
+                "day": pa.array([day] * rows.size),
+                "file": pa.array([file] * rows.size),
+                "row": pa.array(rows),
+                "prediction": pa.array(probs.astype(np.float64)),
+                "label": pa.array(labels),
+            }
+        )
         writer = writer or pq.ParquetWriter(args.out, t.schema)
         writer.write_table(t)
         if pred.loss == "logistic":
@@ -248,8 +297,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if writer:
         writer.close()
     r = acc.result()
-    print(f"scored {n:,} rows into {args.out}" + (
-        f": AUC {r['auc']:.4f}, logloss {r['logloss']:.4f}" if pred.loss == "logistic" else ""))
+    print(
+        f"scored {n:,} rows into {args.out}"
+        + (f": AUC {r['auc']:.4f}, logloss {r['logloss']:.4f}" if pred.loss == "logistic" else "")
+    )
     return 0
 
 
@@ -297,9 +348,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="10 fields, small vocabularies")
     p.set_defaults(func=_cmd_gen)
 
-    p = sub.add_parser("train", help="train on the train days, evaluate the test days",
-                       epilog=_knobs_epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train on the train days, evaluate the test days",
+        epilog=_knobs_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _train_options(p)
     p.set_defaults(func=_cmd_train)
 

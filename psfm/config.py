@@ -52,9 +52,7 @@ _DEFAULT_RANKS = {"lr": (), "fm": (8,), "difacto": (1, 2, 4, 8), "rafm": (1, 2, 
 
 
 def _fail(section: str, name: str, rule: str, value: Any) -> typing.NoReturn:
-    raise ConfigError(
-        f"The '{name}' parameter of {section} must be {rule}. Got {value!r} instead."
-    )
+    raise ConfigError(f"The '{name}' parameter of {section} must be {rule}. Got {value!r} instead.")
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -140,14 +138,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("ModelConfig", "kind", self.kind, MODEL_KINDS)
         if self.loss == "squared":  # the model has it; the metrics need 0/1 labels, p in [0, 1]
-            _fail("ModelConfig", "loss",
-                  "'logistic' (regression with squared loss is not supported yet)", self.loss)
+            _fail(
+                "ModelConfig",
+                "loss",
+                "'logistic' (regression with squared loss is not supported yet)",
+                self.loss,
+            )
         _check_choice("ModelConfig", "loss", self.loss, ("logistic",))
         _check_positive("ModelConfig", "init_std", self.init_std, allow_zero=True)
         ranks = tuple(self.ranks) or _DEFAULT_RANKS[self.kind]
-        if any(not isinstance(r, int) or r < 1 for r in ranks) or list(ranks) != sorted(
-            set(ranks)
-        ):
+        if any(not isinstance(r, int) or r < 1 for r in ranks) or list(ranks) != sorted(set(ranks)):
             _fail("ModelConfig", "ranks", "strictly increasing positive ints", list(ranks))
         rule = {"lr": (0, 0), "fm": (1, 1), "difacto": (1, 64), "rafm": (1, 64)}[self.kind]
         if not rule[0] <= len(ranks) <= rule[1]:
@@ -305,8 +305,12 @@ class TrainConfig:
         _check_choice("TrainConfig", "early_stop", self.early_stop, ("", "logloss", "auc"))
         _check_choice("TrainConfig", "device", self.device, ("cpu", "cuda", "auto"))
         if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
-            _fail("TrainConfig", "torch_threads", "an int >= 0 (0 = torch default)",
-                  self.torch_threads)
+            _fail(
+                "TrainConfig",
+                "torch_threads",
+                "an int >= 0 (0 = torch default)",
+                self.torch_threads,
+            )
         _check_positive("TrainConfig", "log_every_s", self.log_every_s)
 
 
@@ -336,16 +340,19 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.train.early_stop and not self.data.valid_days.strip():
-            _fail("TrainConfig", "early_stop",
-                  "'' (off) while data.valid_days is empty: early stopping compares the "
-                  "validation days' metric between passes", self.train.early_stop)
+            _fail(
+                "TrainConfig",
+                "early_stop",
+                "'' (off) while data.valid_days is empty: early stopping compares the "
+                "validation days' metric between passes",
+                self.train.early_stop,
+            )
         t = self.levels.level_min_count
         if t and len(t) != self.model.levels:
             _fail(
                 "LevelConfig",
                 "level_min_count",
-                f"one threshold per level ({self.model.levels} for ranks "
-                f"{list(self.model.ranks)})",
+                f"one threshold per level ({self.model.levels} for ranks {list(self.model.ranks)})",
                 list(t),
             )
 
@@ -409,8 +416,9 @@ def _carried(cls: type, default: Any) -> dict[str, Any]:
     }
 
 
-def _build(cls: type, values: dict[str, Any], where: str, default: Any = dataclasses.MISSING
-           ) -> Any:
+def _build(
+    cls: type, values: dict[str, Any], where: str, default: Any = dataclasses.MISSING
+) -> Any:
     """``cls`` from a (possibly partial) table, merged over ``default`` (a ``cls`` value, the
     default value of the field the table is for) and at every depth over the default values of
     nested dataclass fields: ``[ftrl.factor] l1 = 0.2`` keeps the other documented factor

@@ -89,8 +89,11 @@ def export_model(run_dir: str, out: str) -> dict[str, Any]:
     keep = np.flatnonzero(nonzero)
     new_index = np.full(n, -1, dtype=np.int64)
     new_index[keep] = np.arange(keep.size)
-    cols = {"key": pa.array(m["keys"][keep]), "w": pa.array(m["w"][keep]),
-            "level": pa.array(m["level"][keep])}
+    cols = {
+        "key": pa.array(m["keys"][keep]),
+        "w": pa.array(m["w"][keep]),
+        "level": pa.array(m["level"][keep]),
+    }
     for p, (rows, v) in enumerate(rows_v, start=1):
         has = new_index[rows] >= 0
         d = ranks[p - 1]
@@ -99,21 +102,37 @@ def export_model(run_dir: str, out: str) -> dict[str, Any]:
         flat[new_index[rows[has]]] = v[has]
         valid[new_index[rows[has]]] = True
         offsets = pa.array(np.arange(keep.size + 1, dtype=np.int32) * d)
-        cols[f"v{p}"] = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)),
-                                                 mask=pa.array(~valid))
-    meta = {"model": to_dict(cfg.model), "data": to_dict(cfg.data),
-            "day": manifest.get("day"), "keys": int(keep.size)}
+        cols[f"v{p}"] = pa.ListArray.from_arrays(
+            offsets, pa.array(flat.reshape(-1)), mask=pa.array(~valid)
+        )
+    meta = {
+        "model": to_dict(cfg.model),
+        "data": to_dict(cfg.data),
+        "day": manifest.get("day"),
+        "keys": int(keep.size),
+    }
     table = pa.table(cols).replace_schema_metadata({_META: json.dumps(meta).encode()})
     fs, path = resolve(out)
     with fs.open_output_stream(path) as f:
         pq.write_table(table, f)
-    return {"keys": int(keep.size), "dropped_zero_keys": int(n - keep.size), "file": out,
-            "day": manifest.get("day")}
+    return {
+        "keys": int(keep.size),
+        "dropped_zero_keys": int(n - keep.size),
+        "file": out,
+        "day": manifest.get("day"),
+    }
 
 
-def numpy_forward(ranks: Sequence[int], occ_sample: np.ndarray, occ_uniq: np.ndarray,
-                  occ_value: np.ndarray, n_rows: int, w: np.ndarray, level: np.ndarray,
-                  views: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def numpy_forward(
+    ranks: Sequence[int],
+    occ_sample: np.ndarray,
+    occ_uniq: np.ndarray,
+    occ_value: np.ndarray,
+    n_rows: int,
+    w: np.ndarray,
+    level: np.ndarray,
+    views: Sequence[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits and RaFM-low logits (float64) of DESIGN §2; ``views[p-1]``: the level-p factors
     of the keys with level >= p, in key order."""
     x = occ_value.astype(np.float64)
@@ -126,8 +145,9 @@ def numpy_forward(ranks: Sequence[int], occ_sample: np.ndarray, occ_uniq: np.nda
         rows = (np.cumsum(level >= p) - 1)[occ_uniq[sel]]
         vx = views[p - 1][rows].astype(np.float64) * x[sel, None]  # (N_p, D_p)
         seg = occ_sample[sel] * 2 + (occ_level[sel] > p)
-        t = np.stack([np.bincount(seg, weights=vx[:, j], minlength=2 * n_rows)
-                      for j in range(d)], axis=1).reshape(n_rows, 2, d)
+        t = np.stack(
+            [np.bincount(seg, weights=vx[:, j], minlength=2 * n_rows) for j in range(d)], axis=1
+        ).reshape(n_rows, 2, d)
         q = np.bincount(seg, weights=(vx * vx).sum(1), minlength=2 * n_rows).reshape(n_rows, 2)
         s_dep, s_all = t[:, 1], t[:, 0] + t[:, 1]
         a_pp = 0.5 * ((s_all * s_all).sum(1) - q.sum(1))
@@ -152,8 +172,9 @@ class Predictor:
         self.kind = meta["model"]["kind"]
         self.ranks = tuple(meta["model"]["ranks"])
         self.loss = meta["model"]["loss"]
-        self.data = DataConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in meta["data"].items()})
+        self.data = DataConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items()}
+        )
         self.keys = table["key"].to_numpy()
         self.w = table["w"].to_numpy().astype(np.float64)
         self.level = table["level"].to_numpy().astype(np.int64)
@@ -191,15 +212,23 @@ class Predictor:
                 views.append(v)
             else:
                 views.append(self.tables[p - 1][member])
-        logit, low = numpy_forward(self.ranks, batch.occ_sample, batch.occ_uniq,
-                                   batch.occ_value, batch.size, w, level, views)
+        logit, low = numpy_forward(
+            self.ranks,
+            batch.occ_sample,
+            batch.occ_uniq,
+            batch.occ_value,
+            batch.size,
+            w,
+            level,
+            views,
+        )
         if self.loss == "logistic":
             return 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-low))
         return logit, low
 
-    def iter_scores(self, root: str, days: Sequence[str] | None = None,
-                    batch_size: int = 65536) -> Iterator[tuple[str, str, np.ndarray,
-                                                               np.ndarray, np.ndarray]]:
+    def iter_scores(
+        self, root: str, days: Sequence[str] | None = None, batch_size: int = 65536
+    ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(day, file, first_row, probabilities, labels)`` per batch."""
         for day in days or list_days(root):
             for u in work_units(root, day):
@@ -207,10 +236,13 @@ class Predictor:
                 schema = resolve_schema(self.data, pf.schema_arrow, u.file)
                 starts = np.asarray(row_group_starts(pf))
                 for t, _, first in read_unit(u, batch_size, schema.columns):
-                    b = build_batch(t, schema, self.loss, self.data.bad_rows,
-                                    f"File '{u.file}'", first, starts)
+                    b = build_batch(
+                        t, schema, self.loss, self.data.bad_rows, f"File '{u.file}'", first, starts
+                    )
                     if b.skipped:
-                        raise DataError(f"File '{u.file}': {b.skipped} bad rows; predict "
-                                        "needs every row scored.")
+                        raise DataError(
+                            f"File '{u.file}': {b.skipped} bad rows; predict "
+                            "needs every row scored."
+                        )
                     probs, _ = self.score_batch(b)
                     yield day, u.file, np.arange(first, first + b.size), probs, b.labels

@@ -29,8 +29,7 @@ __all__ = ["LocalBackend", "make_shards", "report_unit", "pipeline_of"]
 
 def make_shards(cfg: Config) -> list[ParameterShard]:
     n = cfg.ps.shards
-    return [ParameterShard(cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n)
-            for i in range(n)]
+    return [ParameterShard(cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n) for i in range(n)]
 
 
 def pipeline_of(cfg: Config) -> str:
@@ -40,19 +39,31 @@ def pipeline_of(cfg: Config) -> str:
     return cfg.ps.pipeline if cfg.ps.mode == "async" else "none"
 
 
-def report_unit(worker: Worker, client: PsClient, unit: WorkUnit, train: bool,
-                keep_predictions: bool, pipeline: str) -> UnitReport:
+def report_unit(
+    worker: Worker,
+    client: PsClient,
+    unit: WorkUnit,
+    train: bool,
+    keep_predictions: bool,
+    pipeline: str,
+) -> UnitReport:
     """Train on (or score) ``unit`` with ``worker`` against ``client``; the unit's metrics,
     bytes and (when kept) predictions as one :class:`UnitReport`."""
     acc, acc_low = MetricAccumulator(), MetricAccumulator()
     p0, q0 = client.bytes_pulled, client.bytes_pushed
-    res = worker.run_unit(unit, client, train, acc, acc_low, keep_predictions,
-                          pipeline=pipeline)
+    res = worker.run_unit(unit, client, train, acc, acc_low, keep_predictions, pipeline=pipeline)
     return UnitReport(
-        unit=unit.uid, rows=res.rows, skipped=res.skipped, loss=res.loss,
-        seconds=res.seconds, acc_state=acc.state(), acc_low_state=acc_low.state(),
-        bytes_pulled=client.bytes_pulled - p0, bytes_pushed=client.bytes_pushed - q0,
-        predictions=np.concatenate(res.predictions, axis=1) if res.predictions else None)
+        unit=unit.uid,
+        rows=res.rows,
+        skipped=res.skipped,
+        loss=res.loss,
+        seconds=res.seconds,
+        acc_state=acc.state(),
+        acc_low_state=acc_low.state(),
+        bytes_pulled=client.bytes_pulled - p0,
+        bytes_pushed=client.bytes_pushed - q0,
+        predictions=np.concatenate(res.predictions, axis=1) if res.predictions else None,
+    )
 
 
 class LocalBackend:
@@ -66,8 +77,9 @@ class LocalBackend:
 
     workers = 1
 
-    def __init__(self, cfg: Config, worker: Worker | None = None,
-                 client: LocalClient | None = None) -> None:
+    def __init__(
+        self, cfg: Config, worker: Worker | None = None, client: LocalClient | None = None
+    ) -> None:
         self.cfg = cfg
         self.worker, self.client = worker, client
         self.pipeline = pipeline_of(cfg)
@@ -103,8 +115,7 @@ class LocalBackend:
     def train(self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit) -> None:
         self._run(units, True, False, on_unit)
 
-    def evaluate(self, units: Sequence[WorkUnit], keep_predictions: bool,
-                 on_unit: OnUnit) -> None:
+    def evaluate(self, units: Sequence[WorkUnit], keep_predictions: bool, on_unit: OnUnit) -> None:
         self._run(units, False, keep_predictions, on_unit)
 
     def end_day(self, days_done: int) -> None:

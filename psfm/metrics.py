@@ -374,11 +374,12 @@ class StreamingAUC:
         codes = np.concatenate([c for c, _ in self._pending])
         weights = None
         if any(w is not None for _, w in self._pending):
-            weights = np.concatenate([np.ones(c.shape[0]) if w is None else w
-                                      for c, w in self._pending])
+            weights = np.concatenate(
+                [np.ones(c.shape[0]) if w is None else w for c, w in self._pending]
+            )
         hist = np.bincount(codes, weights=weights, minlength=2 * self.n_bins)
         self._neg += hist[: self.n_bins]
-        self._pos += hist[self.n_bins:]
+        self._pos += hist[self.n_bins :]
         self._pending, self._pending_rows = [], 0
 
     def update(

@@ -34,8 +34,15 @@ import numpy as np
 
 from psfm.data.parquet import WorkUnit
 
-__all__ = ["Step", "schedule", "checkpoint_name", "pass_units", "StopDecision",
-           "EarlyStopping", "valid_record"]
+__all__ = [
+    "Step",
+    "schedule",
+    "checkpoint_name",
+    "pass_units",
+    "StopDecision",
+    "EarlyStopping",
+    "valid_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +62,11 @@ class Step:
 def schedule(train_days: Sequence[str], passes: int) -> list[Step]:
     """Every (pass, day) step in training order."""
     n = len(train_days)
-    return [Step(p, i, d, (p - 1) * n + i, i == n - 1)
-            for p in range(1, passes + 1) for i, d in enumerate(train_days)]
+    return [
+        Step(p, i, d, (p - 1) * n + i, i == n - 1)
+        for p in range(1, passes + 1)
+        for i, d in enumerate(train_days)
+    ]
 
 
 def checkpoint_name(step: Step) -> str:
@@ -64,8 +74,9 @@ def checkpoint_name(step: Step) -> str:
     return f"day={step.day}" if step.pass_no == 1 else f"pass={step.pass_no}.day={step.day}"
 
 
-def pass_units(units: Sequence[WorkUnit], seed: int, pass_no: int,
-               day_index: int) -> list[WorkUnit]:
+def pass_units(
+    units: Sequence[WorkUnit], seed: int, pass_no: int, day_index: int
+) -> list[WorkUnit]:
     """A day's units in the order pass ``pass_no`` trains them: file order in pass 1, a
     permutation seeded from (``seed``, ``pass_no``, ``day_index``) after.
 
@@ -114,23 +125,49 @@ class EarlyStopping:
         p, b = last["pass"], best["pass"]
         m = self.metric
         if b == p:
-            log.info("pass %d: valid %s %.6f is the best so far: %s", p, m, last[m],
-                     StopDecision.IMPROVED.value)
+            log.info(
+                "pass %d: valid %s %.6f is the best so far: %s",
+                p,
+                m,
+                last[m],
+                StopDecision.IMPROVED.value,
+            )
             return StopDecision.IMPROVED
         since = p - b
         decision = StopDecision.STOP if since >= self.patience else StopDecision.WAIT
-        log.info("pass %d: valid %s %.6f, no better than %.6f of pass %d for %d pass(es) "
-                 "(patience %d): %s", p, m, last[m], best[m], b, since, self.patience,
-                 decision.value)
+        log.info(
+            "pass %d: valid %s %.6f, no better than %.6f of pass %d for %d pass(es) "
+            "(patience %d): %s",
+            p,
+            m,
+            last[m],
+            best[m],
+            b,
+            since,
+            self.patience,
+            decision.value,
+        )
         return decision
 
 
 def valid_record(pass_no: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """One ``valid`` entry of the report (and a metrics.jsonl line): the pass and the
     validation days' predict-only metrics."""
-    rec = {"pass": pass_no, "days": metrics["days"], "rows": metrics["rows"],
-           "auc": metrics["auc"], "logloss": metrics["logloss"], "ne": metrics["ne"],
-           "calibration": metrics["calibration"]}
-    log.info("pass %d: valid days %s: auc %.4f, logloss %.4f over %d rows", pass_no,
-             ",".join(metrics["days"]), rec["auc"], rec["logloss"], rec["rows"])
+    rec = {
+        "pass": pass_no,
+        "days": metrics["days"],
+        "rows": metrics["rows"],
+        "auc": metrics["auc"],
+        "logloss": metrics["logloss"],
+        "ne": metrics["ne"],
+        "calibration": metrics["calibration"],
+    }
+    log.info(
+        "pass %d: valid days %s: auc %.4f, logloss %.4f over %d rows",
+        pass_no,
+        ",".join(metrics["days"]),
+        rec["auc"],
+        rec["logloss"],
+        rec["rows"],
+    )
     return rec

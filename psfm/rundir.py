@@ -23,8 +23,15 @@ from psfm.errors import CheckpointError
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
 
-__all__ = ["RunDir", "check_resume_config", "load_run_config", "day_record",
-           "next_day_record", "model_report", "build_report"]
+__all__ = [
+    "RunDir",
+    "check_resume_config",
+    "load_run_config",
+    "day_record",
+    "next_day_record",
+    "model_report",
+    "build_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +80,17 @@ def check_resume_config(cfg: Config, saved: dict[str, Any], where: str) -> None:
     now = to_dict(cfg)
     for section in ("model", "ftrl", "levels"):
         if now[section] != saved.get(section):
-            raise CheckpointError(f"--resume: the '{section}' section differs from the one "
-                                  f"the checkpoint '{where}' was trained with.")
+            raise CheckpointError(
+                f"--resume: the '{section}' section differs from the one "
+                f"the checkpoint '{where}' was trained with."
+            )
     for section, key in (("ps", "shards"), ("train", "seed")):
         if now[section][key] != saved.get(section, {}).get(key):
-            raise CheckpointError(f"--resume: {section}.{key} = {now[section][key]!r} but the "
-                                  f"checkpoint '{where}' has "
-                                  f"{saved.get(section, {}).get(key)!r}.")
+            raise CheckpointError(
+                f"--resume: {section}.{key} = {now[section][key]!r} but the "
+                f"checkpoint '{where}' has "
+                f"{saved.get(section, {}).get(key)!r}."
+            )
 
 
 def load_run_config(run_dir: str) -> Config:
@@ -87,18 +98,41 @@ def load_run_config(run_dir: str) -> Config:
     return config_from_dict(json.loads(raw))
 
 
-def day_record(day: str, pass_no: int, rows: int, skipped: int, nbytes: int,
-               acc: MetricAccumulator, seconds: float) -> dict[str, Any]:
+def day_record(
+    day: str,
+    pass_no: int,
+    rows: int,
+    skipped: int,
+    nbytes: int,
+    acc: MetricAccumulator,
+    seconds: float,
+) -> dict[str, Any]:
     """One ``train.per_day`` entry (also a metrics.jsonl line): day ``day`` of pass
     ``pass_no``, its rows and its progressive metrics ``acc``."""
     r = acc.result()
-    rec = {"day": day, "pass": pass_no, "rows": rows, "skipped_rows": skipped,
-           "seconds": seconds, "samples_per_s": rows / max(seconds, 1e-9),
-           "progressive_auc": r["auc"], "logloss": r["logloss"], "ne": r["ne"],
-           "calibration": r["calibration"], "bytes": nbytes}
-    log.info("day %s%s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",
-             day, f" of pass {pass_no}" if pass_no > 1 else "", rows, seconds,
-             rec["samples_per_s"], r["logloss"], r["auc"])
+    rec = {
+        "day": day,
+        "pass": pass_no,
+        "rows": rows,
+        "skipped_rows": skipped,
+        "seconds": seconds,
+        "samples_per_s": rows / max(seconds, 1e-9),
+        "progressive_auc": r["auc"],
+        "logloss": r["logloss"],
+        "ne": r["ne"],
+        "calibration": r["calibration"],
+        "bytes": nbytes,
+    }
+    log.info(
+        "day %s%s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",
+        day,
+        f" of pass {pass_no}" if pass_no > 1 else "",
+        rows,
+        seconds,
+        rec["samples_per_s"],
+        r["logloss"],
+        r["auc"],
+    )
     return rec
 
 
@@ -122,11 +156,17 @@ def model_report(cfg: Config, s: ShardStats) -> dict[str, Any]:
     }
 
 
-def build_report(cfg: Config, test: dict[str, Any], model: dict[str, Any],
-                 train_days: list[str], per_day: list[dict[str, Any]],
-                 wall_seconds: float, valid: list[dict[str, Any]] | None = None,
-                 best_pass: int | None = None, early_stopped: bool = False
-                 ) -> dict[str, Any]:
+def build_report(
+    cfg: Config,
+    test: dict[str, Any],
+    model: dict[str, Any],
+    train_days: list[str],
+    per_day: list[dict[str, Any]],
+    wall_seconds: float,
+    valid: list[dict[str, Any]] | None = None,
+    best_pass: int | None = None,
+    early_stopped: bool = False,
+) -> dict[str, Any]:
     """The ``report.json`` layout of DESIGN §10, with the ``valid`` records (one per pass)
     and, in ``train``, the passes trained, the pass whose state was tested (``best_pass``;
     default: the last trained) and whether early stopping ended the run."""

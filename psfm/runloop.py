@@ -68,9 +68,22 @@ from psfm.rundir import (
 from psfm.steps import auto_batch_size, resolve_ftrl, steps_warning
 
 __all__ = [
-    "run", "Backend", "UnitReport", "Decision", "FailurePolicy", "RunDir", "Tally",
-    "needs_stats_pass", "check_resume_config", "load_run_config", "evaluate_days",
-    "test_metrics", "model_report", "build_report", "EXACT_AUC_MAX_ROWS", "MAX_RETRIES_PER_DAY",
+    "run",
+    "Backend",
+    "UnitReport",
+    "Decision",
+    "FailurePolicy",
+    "RunDir",
+    "Tally",
+    "needs_stats_pass",
+    "check_resume_config",
+    "load_run_config",
+    "evaluate_days",
+    "test_metrics",
+    "model_report",
+    "build_report",
+    "EXACT_AUC_MAX_ROWS",
+    "MAX_RETRIES_PER_DAY",
 ]
 
 States = list[dict[str, np.ndarray]]
@@ -138,8 +151,9 @@ class Backend(Protocol):
 
     def train(self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit) -> None: ...
 
-    def evaluate(self, units: Sequence[WorkUnit], keep_predictions: bool,
-                 on_unit: OnUnit) -> None: ...
+    def evaluate(
+        self, units: Sequence[WorkUnit], keep_predictions: bool, on_unit: OnUnit
+    ) -> None: ...
 
     def end_day(self, days_done: int) -> None: ...
 
@@ -182,16 +196,32 @@ class FailurePolicy:
             log.error("day %s: %s; not a lost shard or worker: giving up", day, what)
             return Decision.GIVE_UP
         if not self.can_restore:
-            log.error("day %s: %s (%s); no run directory with checkpoints to restore from: "
-                      "giving up", day, reason, what)
+            log.error(
+                "day %s: %s (%s); no run directory with checkpoints to restore from: giving up",
+                day,
+                reason,
+                what,
+            )
             return Decision.GIVE_UP
         if attempt > self.max_retries_per_day:
-            log.error("day %s: %s (%s) on attempt %d; %d retries per day spent: giving up",
-                      day, reason, what, attempt, self.max_retries_per_day)
+            log.error(
+                "day %s: %s (%s) on attempt %d; %d retries per day spent: giving up",
+                day,
+                reason,
+                what,
+                attempt,
+                self.max_retries_per_day,
+            )
             return Decision.GIVE_UP
-        log.warning("day %s: %s (%s); restoring the last checkpoint and replaying the day "
-                    "(retry %d of %d for this day)", day, reason, what, attempt,
-                    self.max_retries_per_day)
+        log.warning(
+            "day %s: %s (%s); restoring the last checkpoint and replaying the day "
+            "(retry %d of %d for this day)",
+            day,
+            reason,
+            what,
+            attempt,
+            self.max_retries_per_day,
+        )
         return Decision.RETRY_DAY
 
 
@@ -209,7 +239,11 @@ class Tally:
 
     def __init__(self, what: str, total_rows: int, every_s: float, show_metrics: bool) -> None:
         self.what, self.total, self.every_s, self.show_metrics = (
-            what, total_rows, every_s, show_metrics)
+            what,
+            total_rows,
+            every_s,
+            show_metrics,
+        )
         self.rows = self.skipped = self.bytes = 0
         self.acc, self.acc_low = MetricAccumulator(), MetricAccumulator()
         self.predictions: list[np.ndarray] = []
@@ -240,8 +274,9 @@ class Tally:
         log.info("%s, ETA %.0fs", msg, eta)
 
 
-def evaluate_days(cfg: Config, backend: Backend, days: Sequence[str],
-                  root: str | None = None, what: str = "test") -> dict[str, Any]:
+def evaluate_days(
+    cfg: Config, backend: Backend, days: Sequence[str], root: str | None = None, what: str = "test"
+) -> dict[str, Any]:
     """Predict-only pass over ``days`` (no keys created, no updates): AUC (histogram, and
     exact when the rows fit), logloss, normalized entropy, calibration, and the RaFM-low AUC
     (``sum w x + B_{1,1}``). ``what`` names the pass in progress lines."""
@@ -251,37 +286,60 @@ def evaluate_days(cfg: Config, backend: Backend, days: Sequence[str],
     keep = total <= EXACT_AUC_MAX_ROWS
     tally = Tally(what, total, cfg.train.log_every_s, show_metrics=False)
     backend.evaluate(units, keep, tally.add)
-    return test_metrics(list(days), tally.rows, tally.skipped, tally.acc, tally.acc_low,
-                        tally.predictions if keep else None)
+    return test_metrics(
+        list(days),
+        tally.rows,
+        tally.skipped,
+        tally.acc,
+        tally.acc_low,
+        tally.predictions if keep else None,
+    )
 
 
-def test_metrics(days: list[str], rows: int, skipped: int, acc: MetricAccumulator,
-                 acc_low: MetricAccumulator, preds: list[np.ndarray] | None) -> dict[str, Any]:
+def test_metrics(
+    days: list[str],
+    rows: int,
+    skipped: int,
+    acc: MetricAccumulator,
+    acc_low: MetricAccumulator,
+    preds: list[np.ndarray] | None,
+) -> dict[str, Any]:
     """The report's ``test`` section; exact AUCs when the predictions were kept (they must
     agree with the histogram AUC to 1e-4)."""
     r, r_low = acc.result(), acc_low.result()
-    out = {"days": list(days), "rows": rows, "skipped_rows": skipped, "auc": r["auc"],
-           "auc_hist": r["auc"], "logloss": r["logloss"], "ne": r["ne"],
-           "calibration": r["calibration"], "ctr": r["ctr"], "auc_low": r_low["auc"]}
+    out = {
+        "days": list(days),
+        "rows": rows,
+        "skipped_rows": skipped,
+        "auc": r["auc"],
+        "auc_hist": r["auc"],
+        "logloss": r["logloss"],
+        "ne": r["ne"],
+        "calibration": r["calibration"],
+        "ctr": r["ctr"],
+        "auc_low": r_low["auc"],
+    }
     if preds:
         allp = np.concatenate(preds, axis=1)
         out["auc"] = auc_exact(allp[2], allp[0])
         out["auc_low"] = auc_exact(allp[2], allp[1])
         if abs(out["auc"] - out["auc_hist"]) > 1e-4:
-            log.warning("histogram AUC %.6f and exact AUC %.6f differ by more than 1e-4",
-                        out["auc_hist"], out["auc"])
+            log.warning(
+                "histogram AUC %.6f and exact AUC %.6f differ by more than 1e-4",
+                out["auc_hist"],
+                out["auc"],
+            )
     return out
 
 
-def run(cfg: Config, make_backend: Callable[[Config], Backend],
-        resume: bool = False) -> dict[str, Any]:
+def run(
+    cfg: Config, make_backend: Callable[[Config], Backend], resume: bool = False
+) -> dict[str, Any]:
     """Train and evaluate ``cfg`` on the backend ``make_backend(cfg)`` builds; returns the
     report (also written to the run directory). The backend is built only after the days
     and the run directory are settled, so a bad day spec or a missing checkpoint fails
     before any worker starts."""
     return _Run(cfg, resume).go(make_backend)
-
-
 
 
 @dataclass(frozen=True)
@@ -303,14 +361,18 @@ class _Run:
     def __init__(self, cfg: Config, resume: bool) -> None:
         self.cfg, self.root = cfg, cfg.data.root
         self.all_days = list_days(self.root)
-        roles = day_roles(self.all_days, cfg.data.train_days, cfg.data.test_days,
-                          cfg.data.valid_days)
+        roles = day_roles(
+            self.all_days, cfg.data.train_days, cfg.data.test_days, cfg.data.valid_days
+        )
         self.train_days, self.valid_days, self.test_days = roles.train, roles.valid, roles.test
         self._units: dict[str, list[WorkUnit]] = {}
         self.cfg = self._resolve(cfg)
         self.steps = schedule(self.train_days, cfg.train.passes)
-        self.stopper = (EarlyStopping(cfg.train.early_stop, cfg.train.patience)
-                        if cfg.train.early_stop else None)
+        self.stopper = (
+            EarlyStopping(cfg.train.early_stop, cfg.train.patience)
+            if cfg.train.early_stop
+            else None
+        )
         log.info("config: %s", json.dumps(to_dict(self.cfg)))
         self.run = RunDir(cfg.train.run_dir) if cfg.train.run_dir else None
         if resume and (self.run is None or resume_checkpoint(self.run.path) is None):
@@ -341,16 +403,23 @@ class _Run:
         rows = sum(u.rows for d in self.train_days for u in self._units_of(d))
         if data.batch_size == 0:
             data = dataclasses.replace(data, batch_size=auto_batch_size(rows))
-            log.info("data.batch_size = 0 (auto): %d rows per update for a pass of %d rows",
-                     data.batch_size, rows)
+            log.info(
+                "data.batch_size = 0 (auto): %d rows per update for a pass of %d rows",
+                data.batch_size,
+                rows,
+            )
         else:
             warning = steps_warning(rows, data.batch_size)
             if warning:
                 log.warning("%s", warning)
         ftrl = resolve_ftrl(cfg.ftrl, data.batch_size)
         if ftrl != cfg.ftrl:
-            log.info("ftrl alpha = 0 (auto): linear %g, factor %g for batches of %d rows",
-                     ftrl.linear.alpha, ftrl.factor.alpha, data.batch_size)
+            log.info(
+                "ftrl alpha = 0 (auto): linear %g, factor %g for batches of %d rows",
+                ftrl.linear.alpha,
+                ftrl.factor.alpha,
+                data.batch_size,
+            )
         return dataclasses.replace(cfg, data=data, ftrl=ftrl)
 
     def go(self, make_backend: Callable[[Config], Backend]) -> dict[str, Any]:
@@ -359,21 +428,40 @@ class _Run:
         try:
             backend.start()
             prog = self._restore_or_start(backend)
-            at = (f"pass {self.steps[prog.next].pass_no} day {self.steps[prog.next].day}"
-                  if prog.next < len(self.steps) and not prog.stopped else "-")
-            log.info("train days %s x %d pass(es) (from %s), valid days %s, test days %s, "
-                     "%d shards, %d workers, %s mode", self.train_days, self.cfg.train.passes,
-                     at, self.valid_days, self.test_days, self.cfg.ps.shards, backend.workers,
-                     self.cfg.ps.mode)
+            at = (
+                f"pass {self.steps[prog.next].pass_no} day {self.steps[prog.next].day}"
+                if prog.next < len(self.steps) and not prog.stopped
+                else "-"
+            )
+            log.info(
+                "train days %s x %d pass(es) (from %s), valid days %s, test days %s, "
+                "%d shards, %d workers, %s mode",
+                self.train_days,
+                self.cfg.train.passes,
+                at,
+                self.valid_days,
+                self.test_days,
+                self.cfg.ps.shards,
+                backend.workers,
+                self.cfg.ps.mode,
+            )
             prog = self._train(backend, prog)
             tested = self._restore_best(backend, prog)
             test = evaluate_days(self.cfg, backend, self.test_days)
             model = model_report(self.cfg, backend.stats())
         finally:
             backend.close()
-        report = build_report(self.cfg, test, model, self.train_days, prog.per_day,
-                              time.perf_counter() - t_start, valid=prog.valid,
-                              best_pass=tested, early_stopped=prog.stopped)
+        report = build_report(
+            self.cfg,
+            test,
+            model,
+            self.train_days,
+            prog.per_day,
+            time.perf_counter() - t_start,
+            valid=prog.valid,
+            best_pass=tested,
+            early_stopped=prog.stopped,
+        )
         if self.run:
             self.run.metric({"event": "test", **test})
             self.run.write_report(report)
@@ -390,14 +478,26 @@ class _Run:
         states, manifest = load_checkpoint(ckpt)
         check_resume_config(self.cfg, manifest.get("config", {}), ckpt)
         if len(states) != self.cfg.ps.shards:
-            raise CheckpointError(f"Checkpoint '{ckpt}' has {len(states)} shards; the run has "
-                                  f"ps.shards = {self.cfg.ps.shards}.")
+            raise CheckpointError(
+                f"Checkpoint '{ckpt}' has {len(states)} shards; the run has "
+                f"ps.shards = {self.cfg.ps.shards}."
+            )
         backend.restore(states)
-        prog = _Progress(int(manifest["day_index"]) + 1, list(manifest.get("per_day", [])),
-                         list(manifest.get("valid", [])), bool(manifest.get("stopped")))
-        log.info("restored %s: %d of %d training days (%d x %d passes) done%s", ckpt,
-                 prog.next, len(self.steps), len(self.train_days), self.cfg.train.passes,
-                 "; early stopping ended training" if prog.stopped else "")
+        prog = _Progress(
+            int(manifest["day_index"]) + 1,
+            list(manifest.get("per_day", [])),
+            list(manifest.get("valid", [])),
+            bool(manifest.get("stopped")),
+        )
+        log.info(
+            "restored %s: %d of %d training days (%d x %d passes) done%s",
+            ckpt,
+            prog.next,
+            len(self.steps),
+            len(self.train_days),
+            self.cfg.train.passes,
+            "; early stopping ended training" if prog.stopped else "",
+        )
         return prog
 
     def _stats_pass(self, backend: Backend) -> None:
@@ -407,12 +507,18 @@ class _Run:
         units = [u for d in self.train_days for u in self._units_of(d)]
         rows = backend.count(units)
         info = backend.finish_counts()
-        log.info("statistics pass: %d rows, %d keys (%d not admitted) in %.1fs", rows,
-                 info["keys"], info["not_admitted"], time.perf_counter() - t0)
+        log.info(
+            "statistics pass: %d rows, %d keys (%d not admitted) in %.1fs",
+            rows,
+            info["keys"],
+            info["not_admitted"],
+            time.perf_counter() - t0,
+        )
         if self.run:  # so that a crash during day 1 resumes without a second counting pass
-            backend.checkpoint(self.run.checkpoint_dir("day=stats"),
-                               {"day": None, "day_index": -1, "per_day": [],
-                                "config": to_dict(self.cfg)})
+            backend.checkpoint(
+                self.run.checkpoint_dir("day=stats"),
+                {"day": None, "day_index": -1, "per_day": [], "config": to_dict(self.cfg)},
+            )
 
     def _train(self, backend: Backend, prog: _Progress) -> _Progress:
         """Every step of the schedule from ``prog.next`` until the last or until early
@@ -425,8 +531,11 @@ class _Run:
                 nxt, rec = self._step(backend, step, prog)
             except Exception as e:
                 failures[step.seq] += 1
-                label = step.day if self.cfg.train.passes == 1 else (
-                    f"{step.day} of pass {step.pass_no}")
+                label = (
+                    step.day
+                    if self.cfg.train.passes == 1
+                    else (f"{step.day} of pass {step.pass_no}")
+                )
                 if policy.decide(e, label, failures[step.seq]) is Decision.GIVE_UP:
                     raise
                 backend.close()
@@ -440,8 +549,9 @@ class _Run:
             prog = nxt
         return prog
 
-    def _step(self, backend: Backend, step: Step,
-              prog: _Progress) -> tuple[_Progress, dict[str, Any]]:
+    def _step(
+        self, backend: Backend, step: Step, prog: _Progress
+    ) -> tuple[_Progress, dict[str, Any]]:
         """Train one day of one pass; at a pass's end, validate and let early stopping
         decide; checkpoint. Returns where the run then stands and the day's record."""
         rec = self._day(backend, step)
@@ -450,9 +560,14 @@ class _Run:
             nxt = self._validate(backend, step, nxt)
         if self.run:
             meta: dict[str, Any] = {
-                "day": step.day, "pass": step.pass_no, "day_index": step.seq,
-                "per_day": nxt.per_day, "valid": nxt.valid, "stopped": nxt.stopped,
-                "config": to_dict(self.cfg)}
+                "day": step.day,
+                "pass": step.pass_no,
+                "day_index": step.seq,
+                "per_day": nxt.per_day,
+                "valid": nxt.valid,
+                "stopped": nxt.stopped,
+                "config": to_dict(self.cfg),
+            }
             if self.stopper and nxt.valid:  # the run's model for export / evaluate
                 meta["best_checkpoint"] = self._best_name(nxt.valid)
             backend.checkpoint(self.run.checkpoint_dir(checkpoint_name(step)), meta)
@@ -461,15 +576,22 @@ class _Run:
     def _day(self, backend: Backend, step: Step) -> dict[str, Any]:
         """Train ``step``'s day, end it on the shards, score the next day if asked."""
         day = step.day
-        units = pass_units(self._units_of(day),
-                           self.cfg.train.seed, step.pass_no, step.index)
+        units = pass_units(self._units_of(day), self.cfg.train.seed, step.pass_no, step.index)
         what = f"day {day}" + (f" of pass {step.pass_no}" if step.pass_no > 1 else "")
-        tally = Tally(what, sum(u.rows for u in units), self.cfg.train.log_every_s,
-                      show_metrics=True)
+        tally = Tally(
+            what, sum(u.rows for u in units), self.cfg.train.log_every_s, show_metrics=True
+        )
         t0 = time.perf_counter()
         backend.train(units, self.cfg.ps.warmup_units if step.seq == 0 else 0, tally.add)
-        rec = day_record(day, step.pass_no, tally.rows, tally.skipped, tally.bytes, tally.acc,
-                         time.perf_counter() - t0)
+        rec = day_record(
+            day,
+            step.pass_no,
+            tally.rows,
+            tally.skipped,
+            tally.bytes,
+            tally.acc,
+            time.perf_counter() - t0,
+        )
         backend.end_day(step.seq + 1)
         k = self.all_days.index(day) + 1
         if self.cfg.train.eval_next_day and k < len(self.all_days):
@@ -481,8 +603,9 @@ class _Run:
         """Score the validation days after pass ``step.pass_no``; with early stopping, decide
         (:class:`~psfm.passes.StopDecision`, logged with its numbers) and, without a run
         directory, keep a new best pass's state in memory."""
-        rec = valid_record(step.pass_no, evaluate_days(self.cfg, backend, self.valid_days,
-                                                       what="valid"))
+        rec = valid_record(
+            step.pass_no, evaluate_days(self.cfg, backend, self.valid_days, what="valid")
+        )
         if self.stopper is None:
             return dataclasses.replace(prog, valid=[*prog.valid, rec])
         history = [*prog.valid, rec]
@@ -491,8 +614,12 @@ class _Run:
         best_states = prog.best_states
         if decision is StopDecision.IMPROVED and self.run is None:
             best_states = backend.snapshot()
-        return dataclasses.replace(prog, valid=[*prog.valid, rec], best_states=best_states,
-                                   stopped=decision is StopDecision.STOP)
+        return dataclasses.replace(
+            prog,
+            valid=[*prog.valid, rec],
+            best_states=best_states,
+            stopped=decision is StopDecision.STOP,
+        )
 
     def _best_name(self, valid: list[dict[str, Any]]) -> str:
         """The checkpoint folder of the best validated pass's last day."""
@@ -510,8 +637,14 @@ class _Run:
         if best["pass"] == last["pass"]:
             return best["pass"]
         m = self.stopper.metric
-        log.info("testing pass %d's state (valid %s %.6f), not the last pass %d's (%.6f)",
-                 best["pass"], m, best[m], last["pass"], last[m])
+        log.info(
+            "testing pass %d's state (valid %s %.6f), not the last pass %d's (%.6f)",
+            best["pass"],
+            m,
+            best[m],
+            last["pass"],
+            last[m],
+        )
         if self.run:
             states, _ = load_checkpoint(self.run.checkpoint_dir(self._best_name(prog.valid)))
         else:

@@ -29,8 +29,17 @@ import dataclasses
 
 from psfm.config import FtrlConfig
 
-__all__ = ["AUTO_ALPHA", "AUTO_MAX_BATCH", "AUTO_MIN_BATCH", "AUTO_MIN_STEPS", "FEW_STEPS",
-           "auto_alpha", "auto_batch_size", "resolve_ftrl", "steps_warning"]
+__all__ = [
+    "AUTO_ALPHA",
+    "AUTO_MAX_BATCH",
+    "AUTO_MIN_BATCH",
+    "AUTO_MIN_STEPS",
+    "FEW_STEPS",
+    "auto_alpha",
+    "auto_batch_size",
+    "resolve_ftrl",
+    "steps_warning",
+]
 
 AUTO_MIN_STEPS = 1000  # steps per pass that data.batch_size = 0 aims for
 AUTO_MIN_BATCH = 64  # smaller batches cost more in calls than they gain (close to per-sample)
@@ -82,7 +91,9 @@ def steps_warning(rows_per_pass: int, batch_size: int) -> str | None:
     steps = -(-rows_per_pass // batch_size)
     if steps >= FEW_STEPS:
         return None
-    return (f"A pass over the training days is {rows_per_pass:,} rows: with data.batch_size = "
-            f"{batch_size} that is {steps} FTRL steps, fewer than {FEW_STEPS}, and the model will "
-            f"learn clearly worse than a per-sample FTRL trainer. Set data.batch_size = 0 (auto: "
-            f"{auto_batch_size(rows_per_pass)} here) or a smaller batch size.")
+    return (
+        f"A pass over the training days is {rows_per_pass:,} rows: with data.batch_size = "
+        f"{batch_size} that is {steps} FTRL steps, fewer than {FEW_STEPS}, and the model will "
+        f"learn clearly worse than a per-sample FTRL trainer. Set data.batch_size = 0 (auto: "
+        f"{auto_batch_size(rows_per_pass)} here) or a smaller batch size."
+    )

@@ -49,8 +49,9 @@ def train_local(cfg: Config, resume: bool = False) -> dict[str, Any]:
     return run(cfg, LocalBackend, resume=resume)
 
 
-def evaluate(cfg: Config, worker: Worker, client: LocalClient, root: str,
-             days: list[str]) -> dict[str, Any]:
+def evaluate(
+    cfg: Config, worker: Worker, client: LocalClient, root: str, days: list[str]
+) -> dict[str, Any]:
     """Predict-only pass over ``days`` of ``root`` with ``worker`` and ``client``: AUC
     (histogram, and exact when it fits), logloss, normalized entropy, calibration, and the
     RaFM-low AUC (``sum w x + B_{1,1}``). No keys are created."""

@@ -45,20 +45,31 @@ def resolve_device(device: str) -> torch.device:
 
 def family_spec(cfg: Config) -> FamilySpec:
     m = cfg.model
-    return FamilySpec(tuple(m.ranks), m.tied, tuple(m.dependent_lr_coef), m.loss,
-                      exact_sums=cfg.ps.mode == "sync",
-                      sum_sq=cfg.ftrl.accumulate == "sum_of_squares")
+    return FamilySpec(
+        tuple(m.ranks),
+        m.tied,
+        tuple(m.dependent_lr_coef),
+        m.loss,
+        exact_sums=cfg.ps.mode == "sync",
+        sum_sq=cfg.ftrl.accumulate == "sum_of_squares",
+    )
 
 
 def push_request(batch: Batch, level: np.ndarray, out: FamilyOutput) -> PushRequest:
     """The push of a batch's backward pass (``level``: what its pull returned)."""
+
     def host(t: torch.Tensor) -> np.ndarray:
         return t.cpu().numpy()
 
     return PushRequest(
-        batch.uniq, batch.counts, level, host(out.grad_w), [host(g) for g in out.grad_tables],
+        batch.uniq,
+        batch.counts,
+        level,
+        host(out.grad_w),
+        [host(g) for g in out.grad_tables],
         None if out.sq_w is None else host(out.sq_w),
-        None if out.sq_tables is None else [host(g) for g in out.sq_tables])
+        None if out.sq_tables is None else [host(g) for g in out.sq_tables],
+    )
 
 
 @dataclass
@@ -88,7 +99,8 @@ class Worker:
     def schema_of(self, file: str) -> FeatureSchema:
         if file not in self._schemas:
             self._schemas[file] = resolve_schema(
-                self.cfg.data, open_parquet(file).schema_arrow, file)
+                self.cfg.data, open_parquet(file).schema_arrow, file
+            )
         return self._schemas[file]
 
     def batches(
@@ -108,8 +120,7 @@ class Worker:
         size = self.batch_rows
         chunk_rows = size * max(1, _CHUNK_ROWS // size)
         for table, cursor, first in read_unit(unit, chunk_rows, schema.columns, start, pf):
-            rows = decode_rows(table, schema, self.cfg.model.loss, d.bad_rows, where, first,
-                               starts)
+            rows = decode_rows(table, schema, self.cfg.model.loss, d.bad_rows, where, first, starts)
             n = rows.num_rows
             for lo in range(0, n, size):
                 hi = min(lo + size, n)
@@ -144,8 +155,9 @@ class Worker:
             unit_values=batch.unit_values,
         )
 
-    def _score(self, batch: Batch, pulled: PullResult, train: bool
-               ) -> tuple[tuple[np.ndarray, np.ndarray, float], PushRequest | None]:
+    def _score(
+        self, batch: Batch, pulled: PullResult, train: bool
+    ) -> tuple[tuple[np.ndarray, np.ndarray, float], PushRequest | None]:
         """Forward (and backward) of a batch on the weights it pulled. Returns (predictions,
         RaFM-low predictions, summed loss) and, when training, the push arguments."""
         with warnings.catch_warnings():  # pulled arrays may be read-only (Ray object store)
@@ -154,14 +166,18 @@ class Worker:
         out = forward_backward(self.spec, x, compute_grad=train)
         push = push_request(batch, pulled.level, out) if train else None
         if self.spec.loss == "logistic":
-            preds = (torch.sigmoid(out.logits).cpu().numpy(),
-                     torch.sigmoid(out.logits_low).cpu().numpy(), out.loss)
+            preds = (
+                torch.sigmoid(out.logits).cpu().numpy(),
+                torch.sigmoid(out.logits_low).cpu().numpy(),
+                out.loss,
+            )
         else:
             preds = out.logits.cpu().numpy(), out.logits_low.cpu().numpy(), out.loss
         return preds, push
 
-    def step(self, batch: Batch, client: PsClient, train: bool
-             ) -> tuple[np.ndarray, np.ndarray, float]:
+    def step(
+        self, batch: Batch, client: PsClient, train: bool
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """One batch: pull, score, and (training) push. Returns (predictions, RaFM-low
         predictions, summed loss); the predictions use the weights pulled *before* the
         update (progressive validation)."""
@@ -173,8 +189,9 @@ class Worker:
             client.push(push)
         return preds
 
-    def _record(self, res: UnitResult, batch: Batch, cursor: Cursor, out, acc, acc_low,
-                keep: bool) -> None:
+    def _record(
+        self, res: UnitResult, batch: Batch, cursor: Cursor, out, acc, acc_low, keep: bool
+    ) -> None:
         probs, low, loss = out
         res.skipped += batch.skipped
         res.rows += batch.size
@@ -214,6 +231,7 @@ class Worker:
                 out = self.step(batch, client, train)
                 self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
         else:
+
             def pull(item):
                 return client.pull_async(item[0].uniq, create=train) if item[0].size else None
 

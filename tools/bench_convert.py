@@ -55,8 +55,13 @@ def _write_csv(path: Path, chunks, header: bool, delimiter: str) -> None:
     with pa.OSFile(str(path), "wb") as f:
         first = True
         for t in chunks:
-            pcsv.write_csv(t, f, pcsv.WriteOptions(include_header=header and first,
-                                                   delimiter=delimiter, quoting_style="none"))
+            pcsv.write_csv(
+                t,
+                f,
+                pcsv.WriteOptions(
+                    include_header=header and first, delimiter=delimiter, quoting_style="none"
+                ),
+            )
             first = False
 
 
@@ -81,8 +86,17 @@ def write_criteo(path: Path, n: int, seed: int = 0) -> None:
     _write_csv(path, chunks(), header=False, delimiter="\t")
 
 
-_AVAZU_STR = ("site_id", "site_domain", "site_category", "app_id", "app_domain", "app_category",
-              "device_id", "device_ip", "device_model")
+_AVAZU_STR = (
+    "site_id",
+    "site_domain",
+    "site_category",
+    "app_id",
+    "app_domain",
+    "app_category",
+    "device_id",
+    "device_ip",
+    "device_model",
+)
 
 
 def write_avazu(path: Path, n: int, seed: int = 0) -> None:
@@ -96,8 +110,12 @@ def write_avazu(path: Path, n: int, seed: int = 0) -> None:
             m = min(_CHUNK, n - s)
             pos = (np.arange(s, s + m) * hours.size) // n
             t = {
-                "id": pa.array((np.arange(s, s + m, dtype=np.uint64) * np.uint64(1000003)
-                                + np.uint64(10**18)).astype(np.uint64)),
+                "id": pa.array(
+                    (
+                        np.arange(s, s + m, dtype=np.uint64) * np.uint64(1000003)
+                        + np.uint64(10**18)
+                    ).astype(np.uint64)
+                ),
                 "click": pa.array((rng.random(m) < 0.17).astype(np.int8)),
                 "hour": pa.array(hours[pos], pa.string()),
                 "C1": pa.array(1005 + rng.integers(0, 3, m)),
@@ -121,13 +139,17 @@ def write_libfm(path: Path, n: int, seed: int = 0, features: int = 39) -> None:
     def chunks():
         for s in range(0, n, _CHUNK):
             m = min(_CHUNK, n - s)
-            parts = [pa.array(np.where(rng.random(m) < 0.25, "1", "-1").astype(object),
-                              pa.string())]
+            parts = [
+                pa.array(np.where(rng.random(m) < 0.25, "1", "-1").astype(object), pa.string())
+            ]
             for j in range(features):
                 idx = j * 100_000 + (rng.zipf(1.3, m) % 100_000)
                 val = "1" if j >= 13 else "0.5"
-                parts.append(pc.binary_join_element_wise(
-                    pc.cast(pa.array(idx), pa.string()), pa.scalar(val), ":"))
+                parts.append(
+                    pc.binary_join_element_wise(
+                        pc.cast(pa.array(idx), pa.string()), pa.scalar(val), ":"
+                    )
+                )
             yield pa.table({"line": pc.binary_join_element_wise(*parts, " ")})
 
     _write_csv(path, chunks(), header=False, delimiter="\x1f")
@@ -153,9 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     n = args.rows
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    print(f"rows per format {n:,}, median of {args.repeat}; pyarrow {pa.__version__}, "
-          f"CPU affinity {cpus} of {os.cpu_count()} cores, load average "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"rows per format {n:,}, median of {args.repeat}; pyarrow {pa.__version__}, "
+        f"CPU affinity {cpus} of {os.cpu_count()} cores, load average "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     work = Path(tempfile.mkdtemp(prefix="psfm-bench-convert-", dir=args.dir))
     try:
         src = work / "src"
@@ -164,28 +188,59 @@ def main(argv: list[str] | None = None) -> None:
         jobs = []
         if "criteo" in formats:
             write_criteo(src / "day_0", n)
-            jobs.append(("criteo (1TB day_N file)", lambda t: convert_criteo(
-                [str(src / "day_0")], out, use_threads=t, overwrite=True)))
-            jobs.append(("criteo (Kaggle, --days 7, lines counted)", lambda t: convert_criteo(
-                [str(src / "day_0")], out, days=7, use_threads=t, overwrite=True)))
+            jobs.append(
+                (
+                    "criteo (1TB day_N file)",
+                    lambda t: convert_criteo(
+                        [str(src / "day_0")], out, use_threads=t, overwrite=True
+                    ),
+                )
+            )
+            jobs.append(
+                (
+                    "criteo (Kaggle, --days 7, lines counted)",
+                    lambda t: convert_criteo(
+                        [str(src / "day_0")], out, days=7, use_threads=t, overwrite=True
+                    ),
+                )
+            )
         if "avazu" in formats:
             write_avazu(src / "train.csv", n)
-            jobs.append(("avazu", lambda t: convert_avazu(
-                [str(src / "train.csv")], out, use_threads=t, overwrite=True)))
+            jobs.append(
+                (
+                    "avazu",
+                    lambda t: convert_avazu(
+                        [str(src / "train.csv")], out, use_threads=t, overwrite=True
+                    ),
+                )
+            )
         if "libfm" in formats:
             write_libfm(src / "train.libfm", n)
             write_libfm(src / "test.libfm", 1000, seed=1)
-            jobs.append(("libfm (39 features/line)", lambda t: convert_libfm(
-                str(src / "train.libfm"), str(src / "test.libfm"), out, use_threads=t,
-                overwrite=True)))
+            jobs.append(
+                (
+                    "libfm (39 features/line)",
+                    lambda t: convert_libfm(
+                        str(src / "train.libfm"),
+                        str(src / "test.libfm"),
+                        out,
+                        use_threads=t,
+                        overwrite=True,
+                    ),
+                )
+            )
         for f in sorted(src.iterdir()):
-            print(f"  input {f.name}: {f.stat().st_size / 2**20:,.0f} MiB, "
-                  f"{count_lines(str(f)):,} lines")
+            print(
+                f"  input {f.name}: {f.stat().st_size / 2**20:,.0f} MiB, "
+                f"{count_lines(str(f)):,} lines"
+            )
         for name, fn in jobs:
-            for threads in ([False] if args.no_threads else [False, True]):
+            for threads in [False] if args.no_threads else [False, True]:
                 rate, secs = _median_rate(lambda fn=fn, t=threads: fn(t), n, args.repeat)
-                print(f"{name:<44} threads={'yes' if threads else 'no ':<4} {rate:>10,.0f} rows/s"
-                      f"   (runs {', '.join(f'{s:.2f}s' for s in secs)})")
+                print(
+                    f"{name:<44} threads={'yes' if threads else 'no ':<4} {rate:>10,.0f} rows/s"
+                    f"   (runs {', '.join(f'{s:.2f}s' for s in secs)})"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -38,8 +38,9 @@ MODELS = {
 
 
 def bench_model(root: str, sets: list[str], batch: int, reps: int) -> dict:
-    cfg = load_config(None, [f"data.root={json.dumps(root)}", f"data.batch_size={batch}",
-                             "ps.shards=1", *sets])
+    cfg = load_config(
+        None, [f"data.root={json.dumps(root)}", f"data.batch_size={batch}", "ps.shards=1", *sets]
+    )
     worker, client = Worker(cfg), LocalClient(make_shards(cfg))
     units = work_units(root, "1")
     batches = [b for u in units for b, _ in worker.batches(u)]
@@ -64,9 +65,13 @@ def bench_model(root: str, sets: list[str], batch: int, reps: int) -> dict:
             forward_backward(worker.spec, x)
         times.append((time.perf_counter() - t0) / rows)
     med = statistics.median(times)
-    return {"us_per_sample": med * 1e6, "samples_per_s": 1 / med,
-            "factor_work_per_sample": work / rows, "floats_pulled_per_sample": floats / rows,
-            "runs": [t * 1e6 for t in times]}
+    return {
+        "us_per_sample": med * 1e6,
+        "samples_per_s": 1 / med,
+        "factor_work_per_sample": work / rows,
+        "floats_pulled_per_sample": floats / rows,
+        "runs": [t * 1e6 for t in times],
+    }
 
 
 def main() -> None:
@@ -81,13 +86,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         generate(d, days=1, rows_per_day=args.rows, spec=GenSpec(), seed=0)
         res = {name: bench_model(d, sets, args.batch, args.reps) for name, sets in MODELS.items()}
-    print(f"forward+backward, {args.rows:,} rows of 39 fields, batch {args.batch}, "
-          f"{args.threads} torch thread(s), median of {args.reps}")
-    print(f"{'model':<12} {'us/sample':>10} {'samples/s':>12} {'factor work':>12} "
-          f"{'floats pulled':>14}")
+    print(
+        f"forward+backward, {args.rows:,} rows of 39 fields, batch {args.batch}, "
+        f"{args.threads} torch thread(s), median of {args.reps}"
+    )
+    print(
+        f"{'model':<12} {'us/sample':>10} {'samples/s':>12} {'factor work':>12} "
+        f"{'floats pulled':>14}"
+    )
     for name, r in res.items():
-        print(f"{name:<12} {r['us_per_sample']:>10.2f} {r['samples_per_s']:>12,.0f} "
-              f"{r['factor_work_per_sample']:>12.1f} {r['floats_pulled_per_sample']:>14.1f}")
+        print(
+            f"{name:<12} {r['us_per_sample']:>10.2f} {r['samples_per_s']:>12,.0f} "
+            f"{r['factor_work_per_sample']:>12.1f} {r['floats_pulled_per_sample']:>14.1f}"
+        )
     ratio = res["rafm1248"]["us_per_sample"] / res["fm8"]["us_per_sample"]
     print(f"RaFM / FM(8) time per sample: {ratio:.2f}")
     if args.json:

@@ -77,8 +77,12 @@ def _bayes_auc(root: Path, days: list[str]) -> float | None:
 
 def _ref_params(cfg: Config) -> dict[str, Any]:
     d = to_dict(cfg)
-    return {"linear": d["ftrl"]["linear"], "factor": d["ftrl"]["factor"],
-            "init_std": cfg.model.init_std, "seed": cfg.train.seed}
+    return {
+        "linear": d["ftrl"]["linear"],
+        "factor": d["ftrl"]["factor"],
+        "init_std": cfg.model.init_std,
+        "seed": cfg.train.seed,
+    }
 
 
 def _psfm_params(cfg: Config) -> dict[str, Any]:
@@ -90,8 +94,10 @@ def _psfm_params(cfg: Config) -> dict[str, Any]:
 def _sets_of(resolved: dict[str, Any]) -> list[str]:
     """``--set`` strings pinning a resolved config's FTRL rates."""
     f = resolved["ftrl"]
-    return [f"ftrl.linear.alpha={f['linear']['alpha']}",
-            f"ftrl.factor.alpha={f['factor']['alpha']}"]
+    return [
+        f"ftrl.linear.alpha={f['linear']['alpha']}",
+        f"ftrl.factor.alpha={f['factor']['alpha']}",
+    ]
 
 
 def compare_case(root: Path, model: str, sets: list[str], ref_sets: list[str]) -> dict[str, Any]:
@@ -107,22 +113,34 @@ def compare_case(root: Path, model: str, sets: list[str], ref_sets: list[str]) -
     if ref_cfg.model.kind not in MODELS:
         raise SystemExit(f"--ref-set: the reference trains lr or fm, not {ref_cfg.model.kind!r}")
     dim = ref_cfg.model.ranks[0] if ref_cfg.model.kind == "fm" else 0
-    train_days, test_days = split_days(list_days(str(root)), cfg.data.train_days,
-                                       cfg.data.test_days)
+    train_days, test_days = split_days(
+        list_days(str(root)), cfg.data.train_days, cfg.data.test_days
+    )
     ref = run_reference(str(root), train_days, test_days, dim=dim, config=ref_cfg)
     return {
         "rows": ref["train_rows"],
         "test_rows": ref["rows"],
         "bayes_auc": _bayes_auc(root, test_days),
-        "ref": {"auc": ref["auc"], "logloss": ref["logloss"], "seconds": ref["seconds"],
-                "us_per_row": ref["us_per_row"], "progressive_auc": ref["progressive_auc"],
-                "keys": ref["keys"], "dim": dim, "params": _ref_params(ref_cfg)},
-        "psfm": {"auc": rep["test"]["auc"], "logloss": rep["test"]["logloss"],
-                 "seconds": psfm_s, "train_rows": rep["train"]["rows"],
-                 "samples_per_s": rep["train"]["samples_per_s"],
-                 "nonzero_params": rep["model"]["nonzero_params"],
-                 "params": _psfm_params(load_config(None, [*base, *_sets_of(resolved)])),
-                 "batch_size": rep["config"]["data"]["batch_size"]},
+        "ref": {
+            "auc": ref["auc"],
+            "logloss": ref["logloss"],
+            "seconds": ref["seconds"],
+            "us_per_row": ref["us_per_row"],
+            "progressive_auc": ref["progressive_auc"],
+            "keys": ref["keys"],
+            "dim": dim,
+            "params": _ref_params(ref_cfg),
+        },
+        "psfm": {
+            "auc": rep["test"]["auc"],
+            "logloss": rep["test"]["logloss"],
+            "seconds": psfm_s,
+            "train_rows": rep["train"]["rows"],
+            "samples_per_s": rep["train"]["samples_per_s"],
+            "nonzero_params": rep["model"]["nonzero_params"],
+            "params": _psfm_params(load_config(None, [*base, *_sets_of(resolved)])),
+            "batch_size": rep["config"]["data"]["batch_size"],
+        },
         "delta_auc": rep["test"]["auc"] - ref["auc"],
         "delta_logloss": rep["test"]["logloss"] - ref["logloss"],
     }
@@ -133,27 +151,34 @@ def _git() -> dict[str, Any]:
     here = Path(__file__).resolve().parents[1]
 
     def run(*a: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", *a], cwd=here, text=True,
-                              capture_output=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", "--no-optional-locks", *a], cwd=here, text=True, capture_output=True, timeout=30
+        ).stdout.strip()
 
     try:
-        return {"commit": run("rev-parse", "HEAD"),
-                "psfm_dirty": bool(run("status", "--porcelain", "--", "psfm"))}
+        return {
+            "commit": run("rev-parse", "HEAD"),
+            "psfm_dirty": bool(run("status", "--porcelain", "--", "psfm")),
+        }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "psfm_dirty": None}
 
 
-_HEAD = (f"{'case':<22}{'rows':>9}{'bayes':>7} | {'ref auc':>8}{'logloss':>8}{'s':>7}"
-         f"{'us/row':>7} | {'psfm auc':>8}{'logloss':>8}{'s':>7} | {'dAUC':>8}{'dLL':>8}")
+_HEAD = (
+    f"{'case':<22}{'rows':>9}{'bayes':>7} | {'ref auc':>8}{'logloss':>8}{'s':>7}"
+    f"{'us/row':>7} | {'psfm auc':>8}{'logloss':>8}{'s':>7} | {'dAUC':>8}{'dLL':>8}"
+)
 
 
 def _line(case: str, r: dict[str, Any]) -> str:
     b = f"{r['bayes_auc']:.4f}" if r["bayes_auc"] is not None else "-"
     f, p = r["ref"], r["psfm"]
-    return (f"{case:<22}{r['rows']:>9,}{b:>7} | {f['auc']:>8.4f}{f['logloss']:>8.4f}"
-            f"{f['seconds']:>7.1f}{f['us_per_row']:>7.0f} | {p['auc']:>8.4f}"
-            f"{p['logloss']:>8.4f}{p['seconds']:>7.1f} | {r['delta_auc']:>+8.4f}"
-            f"{r['delta_logloss']:>+8.4f}")
+    return (
+        f"{case:<22}{r['rows']:>9,}{b:>7} | {f['auc']:>8.4f}{f['logloss']:>8.4f}"
+        f"{f['seconds']:>7.1f}{f['us_per_row']:>7.0f} | {p['auc']:>8.4f}"
+        f"{p['logloss']:>8.4f}{p['seconds']:>7.1f} | {r['delta_auc']:>+8.4f}"
+        f"{r['delta_logloss']:>+8.4f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,10 +187,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--specs", default="dense,zipf39", help=f"of {', '.join(SPECS)}")
     ap.add_argument("--models", default="fm", help=f"of {', '.join(MODELS)}")
     ap.add_argument("--seed", type=int, default=0, help="generator seed")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="psfm config override (the reference reads its hyperparameters from it)")
-    ap.add_argument("--ref-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override for the reference only (ftrl.*, model.init_std, train.seed)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="psfm config override (the reference reads its hyperparameters from it)",
+    )
+    ap.add_argument(
+        "--ref-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override for the reference only (ftrl.*, model.init_std, train.seed)",
+    )
     ap.add_argument("--data-dir", default=None, help="cache generated logs here across runs")
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args(argv)
@@ -179,14 +214,26 @@ def main(argv: list[str] | None = None) -> None:
     if any(s < 2 for s in sizes):
         ap.error(f"--sizes must be ints >= 2. Got {sizes!r}.")
     record: dict[str, Any] = {
-        "args": {"sizes": sizes, "specs": specs, "models": models, "seed": args.seed,
-                 "set": args.set, "ref_set": args.ref_set, "days": DAYS},
-        "git": _git(), "cpus": os.cpu_count(), "results": []}
+        "args": {
+            "sizes": sizes,
+            "specs": specs,
+            "models": models,
+            "seed": args.seed,
+            "set": args.set,
+            "ref_set": args.ref_set,
+            "days": DAYS,
+        },
+        "git": _git(),
+        "cpus": os.cpu_count(),
+        "results": [],
+    }
     out = Path(args.out)
     probe = load_config(None, [*MODELS[models[0]], *args.set])
     rule = to_dict(probe)["ftrl"].get("accumulate", "(none: one step per batch)")
-    print(f"psfm: data.batch_size={probe.data.batch_size}, ftrl.accumulate={rule}, "
-          f"--set {args.set}; reference --ref-set {args.ref_set}")
+    print(
+        f"psfm: data.batch_size={probe.data.batch_size}, ftrl.accumulate={rule}, "
+        f"--set {args.set}; reference --ref-set {args.ref_set}"
+    )
     print(_HEAD, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         parent = Path(args.data_dir) if args.data_dir else Path(tmp)
@@ -196,8 +243,9 @@ def main(argv: list[str] | None = None) -> None:
                 for model in models:
                     case = f"{spec}/{size // 1000}k/{model}"
                     r = compare_case(root, model, args.set, args.ref_set)
-                    record["results"].append({"case": case, "spec": spec, "size": size,
-                                              "model": model, **r})
+                    record["results"].append(
+                        {"case": case, "spec": spec, "size": size, "model": model, **r}
+                    )
                     out.write_text(json.dumps(record, indent=1) + "\n")  # partial results too
                     print(_line(case, r), flush=True)
     print(f"wrote {out.name}")

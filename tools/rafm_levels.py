@@ -35,13 +35,16 @@ def run(root: str, name: str, seeds: list[int], *extra: str) -> dict:
     """One model trained once per seed: the first seed's size and speed, every seed's AUC."""
     reps = [train_local(_config(root, name, f"train.seed={s}", *extra)) for s in seeds]
     m = reps[0]["model"]
-    return {"auc": statistics.mean(r["test"]["auc"] for r in reps),
-            "auc_by_seed": {str(s): r["test"]["auc"] for s, r in zip(seeds, reps)},
-            "logloss": statistics.mean(r["test"]["logloss"] for r in reps),
-            "nonzero_params": m["nonzero_params"], "ps_bytes": m["ps_bytes"],
-            "factor_rows_per_level": m["factor_rows_per_level"],
-            "samples_per_s": statistics.median(r["train"]["samples_per_s"] for r in reps),
-            "bytes_per_sample": reps[0]["train"]["bytes_per_sample"]}
+    return {
+        "auc": statistics.mean(r["test"]["auc"] for r in reps),
+        "auc_by_seed": {str(s): r["test"]["auc"] for s, r in zip(seeds, reps)},
+        "logloss": statistics.mean(r["test"]["logloss"] for r in reps),
+        "nonzero_params": m["nonzero_params"],
+        "ps_bytes": m["ps_bytes"],
+        "factor_rows_per_level": m["factor_rows_per_level"],
+        "samples_per_s": statistics.median(r["train"]["samples_per_s"] for r in reps),
+        "bytes_per_sample": reps[0]["train"]["bytes_per_sample"],
+    }
 
 
 def main() -> None:
@@ -60,18 +63,23 @@ def main() -> None:
         for c in args.c:
             out["rafm"][str(c)] = run(root, RAFM, args.seeds, f"levels.count_per_dim={c}")
     fm = out["fm"]
-    print(f"{args.rows:,} training rows; test day 65,536 rows; in-process, 1 thread; "
-          f"seeds {args.seeds}")
-    print(f"{'model':<14} {'AUC':>7} {'range':>15} {'logloss':>8} {'nonzero':>11} "
-          f"{'PS MB':>7} {'vs FM':>6} {'samples/s':>10}  factor rows per level")
-    rows = [("FM(8)", fm)] + [(f"RaFM c={c:g}", r) for c, r in
-                              zip(args.c, out["rafm"].values())]
+    print(
+        f"{args.rows:,} training rows; test day 65,536 rows; in-process, 1 thread; "
+        f"seeds {args.seeds}"
+    )
+    print(
+        f"{'model':<14} {'AUC':>7} {'range':>15} {'logloss':>8} {'nonzero':>11} "
+        f"{'PS MB':>7} {'vs FM':>6} {'samples/s':>10}  factor rows per level"
+    )
+    rows = [("FM(8)", fm)] + [(f"RaFM c={c:g}", r) for c, r in zip(args.c, out["rafm"].values())]
     for label, r in rows:
         a = r["auc_by_seed"].values()
-        print(f"{label:<14} {r['auc']:>7.4f} {min(a):>7.4f}-{max(a):.4f} {r['logloss']:>8.4f} "
-              f"{r['nonzero_params']:>11,} {r['ps_bytes'] / 1e6:>7.1f} "
-              f"{r['ps_bytes'] / fm['ps_bytes']:>6.2f} {r['samples_per_s']:>10,.0f}  "
-              f"{r['factor_rows_per_level']}")
+        print(
+            f"{label:<14} {r['auc']:>7.4f} {min(a):>7.4f}-{max(a):.4f} {r['logloss']:>8.4f} "
+            f"{r['nonzero_params']:>11,} {r['ps_bytes'] / 1e6:>7.1f} "
+            f"{r['ps_bytes'] / fm['ps_bytes']:>6.2f} {r['samples_per_s']:>10,.0f}  "
+            f"{r['factor_rows_per_level']}"
+        )
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -26,8 +26,7 @@ import psfm.dist.driver as drv
 from psfm.config import load_config
 
 TICK = os.sysconf("SC_CLK_TCK")
-MODELS = {"lr": ['model.kind="lr"', "model.ranks=[]"],
-          "fm": ['model.kind="fm"', "model.ranks=[8]"]}
+MODELS = {"lr": ['model.kind="lr"', "model.ranks=[]"], "fm": ['model.kind="fm"', "model.ranks=[8]"]}
 
 
 def cpu_of(path: str) -> float:
@@ -59,20 +58,30 @@ def snapshot() -> dict:
         if "ray::" in name or "raylet" in name or "gcs_server" in name or pid == os.getpid():
             try:
                 for t in os.listdir(f"/proc/{pid}/task"):
-                    threads[(pid, int(t))] = (comm(pid, int(t)),
-                                              cpu_of(f"/proc/{pid}/task/{t}/stat"))
+                    threads[(pid, int(t))] = (
+                        comm(pid, int(t)),
+                        cpu_of(f"/proc/{pid}/task/{t}/stat"),
+                    )
             except OSError:
                 pass
     total = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    return {"procs": procs, "threads": threads, "t": time.perf_counter(),
-            "cpu_total": [int(x) / TICK for x in total]}
+    return {
+        "procs": procs,
+        "threads": threads,
+        "t": time.perf_counter(),
+        "cpu_total": [int(x) / TICK for x in total],
+    }
 
 
 def role(name: str, pid: int) -> str:
     if pid == os.getpid():
         return "driver"
-    for key, r in (("ParameterShard", "shard"), ("WorkerRunner", "worker"),
-                   ("raylet", "raylet"), ("gcs_server", "gcs")):
+    for key, r in (
+        ("ParameterShard", "shard"),
+        ("WorkerRunner", "worker"),
+        ("raylet", "raylet"),
+        ("gcs_server", "gcs"),
+    ):
         if key in name:
             return r
     if "ray::" in name or "ray/" in name or "/ray" in name:
@@ -95,12 +104,25 @@ def wrap(profile: str | None, rate: int, idle: bool):
                 r = role(name, pid)
                 if r in ("shard", "worker"):
                     out = f"{profile}/{r}-{pid}.txt"
-                    cmd = ["py-spy", "record", "--pid", str(pid), "--rate", str(rate),
-                           "--nonblocking", "--format", "raw", "-o", out, "--threads"]
+                    cmd = [
+                        "py-spy",
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        str(rate),
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "-o",
+                        out,
+                        "--threads",
+                    ]
                     if idle:
                         cmd.append("--idle")
-                    spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                                  stderr=subprocess.DEVNULL))
+                    spies.append(
+                        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    )
             time.sleep(1.0)
         rows = [0]
 
@@ -140,19 +162,26 @@ def breakdown(s0: dict, s1: dict) -> dict:
         thr[key] = thr.get(key, 0.0) + (c1 - c0)
     tot = [b - a for a, b in zip(s0["cpu_total"], s1["cpu_total"])]
     # user nice system idle iowait irq softirq steal
-    return {"wall_s": dt, "per_role": {k: round(v, 2) for k, v in sorted(per_role.items())},
-            "per_proc": sorted(per_proc, key=lambda x: -x[2])[:12],
-            "threads": {k: round(v, 2) for k, v in sorted(thr.items(), key=lambda x: -x[1])
-                        if v > 0.05},
-            "machine_busy_s": round(sum(tot[:3]) + sum(tot[5:8]), 2),
-            "machine_idle_s": round(tot[3] + tot[4], 2)}
+    return {
+        "wall_s": dt,
+        "per_role": {k: round(v, 2) for k, v in sorted(per_role.items())},
+        "per_proc": sorted(per_proc, key=lambda x: -x[2])[:12],
+        "threads": {
+            k: round(v, 2) for k, v in sorted(thr.items(), key=lambda x: -x[1]) if v > 0.05
+        },
+        "machine_busy_s": round(sum(tot[:3]) + sum(tot[5:8]), 2),
+        "machine_idle_s": round(tot[3] + tot[4], 2),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="fm", choices=sorted(MODELS))
-    ap.add_argument("--root", required=True,
-                    help="data root with day=1 (train) and day=2 (test), e.g. from psfm gen")
+    ap.add_argument(
+        "--root",
+        required=True,
+        help="data root with day=1 (train) and day=2 (test), e.g. from psfm gen",
+    )
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", action="append", default=[])
@@ -163,11 +192,26 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
     wrap(a.profile, a.rate, a.idle)
-    cfg = load_config(None, [f"data.root={json.dumps(a.root)}", 'data.train_days="1"',
-                             'data.test_days="2"', *MODELS[a.model], f"ps.shards={a.shards}",
-                             f"train.workers={a.workers}", *a.set])
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env=drv.ACTOR_ENV, _system_config=drv.LOCAL_SYSTEM_CONFIG)
+    cfg = load_config(
+        None,
+        [
+            f"data.root={json.dumps(a.root)}",
+            'data.train_days="1"',
+            'data.test_days="2"',
+            *MODELS[a.model],
+            f"ps.shards={a.shards}",
+            f"train.workers={a.workers}",
+            *a.set,
+        ],
+    )
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env=drv.ACTOR_ENV,
+        _system_config=drv.LOCAL_SYSTEM_CONFIG,
+    )
     results = []
     try:
         for i in range(a.runs):
@@ -179,14 +223,19 @@ def main() -> None:
             b["rows"] = rec["rows"]
             b["auc"] = rep["test"]["auc"]
             results.append(b)
-            print(f"run {i}: {sps:,.0f} samples/s  wall {b['wall_s']:.2f}s  "
-                  f"roles {b['per_role']}  busy {b['machine_busy_s']} idle "
-                  f"{b['machine_idle_s']}  auc {b['auc']:.4f}", flush=True)
+            print(
+                f"run {i}: {sps:,.0f} samples/s  wall {b['wall_s']:.2f}s  "
+                f"roles {b['per_role']}  busy {b['machine_busy_s']} idle "
+                f"{b['machine_idle_s']}  auc {b['auc']:.4f}",
+                flush=True,
+            )
     finally:
         ray.shutdown()
     sps = [r["samples_per_s"] for r in results]
-    print(f"median {statistics.median(sps):,.0f} samples/s, runs "
-          f"{[round(x / 1e3, 1) for x in sps]}k", flush=True)
+    print(
+        f"median {statistics.median(sps):,.0f} samples/s, runs {[round(x / 1e3, 1) for x in sps]}k",
+        flush=True,
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1, default=str))
 

@@ -1,6 +1,6 @@
 """Summarise py-spy raw profiles (``tools/rayprobe.py --profile DIR``) into stage shares.
 
-    python tools/rayprobe_prof.py DIR [--rate 200] [--top 25]
+python tools/rayprobe_prof.py DIR [--rate 200] [--top 25]
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ import re
 RULES = [
     ("ray: (de)serialize", lambda f: "ray/_private/serialization.py" in f),
     ("ray: submit .remote()", lambda f: "ray/actor.py" in f),
-    ("ray: get/wait", lambda f: "ray/_private/worker.py" in f and re.match(
-        r"(get|wait|Worker.get_objects) ", f) is not None),
+    (
+        "ray: get/wait",
+        lambda f: (
+            "ray/_private/worker.py" in f
+            and re.match(r"(get|wait|Worker.get_objects) ", f) is not None
+        ),
+    ),
     ("ray: metrics", lambda f: "ray/util/metrics.py" in f),
     ("wire pack/unpack", lambda f: "psfm/ps/wire.py" in f),
     ("routing/merge/split", lambda f: "psfm/ps/routing.py" in f),
@@ -29,8 +34,10 @@ RULES = [
     ("shard pull", lambda f: re.match(r"ParameterShard\.pull ", f) is not None),
     ("shard other psfm", lambda f: "psfm/ps/shard.py" in f),
     ("worker other psfm", lambda f: "psfm/" in f),
-    ("ray: task exec/return", lambda f: "function_manager.py" in f or "_raylet" in f
-     or "tracing_helper" in f),
+    (
+        "ray: task exec/return",
+        lambda f: "function_manager.py" in f or "_raylet" in f or "tracing_helper" in f,
+    ),
     ("ray: idle main loop", lambda f: "main_loop" in f),
 ]
 

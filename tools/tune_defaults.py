@@ -54,13 +54,24 @@ def _logs(parent: Path, specs: list[str], sizes: list[int], seed: int) -> dict[s
 
 
 def _case(root: Path, sets: list[str]) -> dict[str, float]:
-    cfg = load_config(None, [f"data.root={json.dumps(str(root))}", 'model.kind="fm"',
-                             'data.train_days="1"', 'data.test_days="2"', *sets])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={json.dumps(str(root))}",
+            'model.kind="fm"',
+            'data.train_days="1"',
+            'data.test_days="2"',
+            *sets,
+        ],
+    )
     t0 = time.perf_counter()
     rep = train_local(cfg)
-    return {"logloss": rep["test"]["logloss"], "auc": rep["test"]["auc"],
-            "batch_size": rep["config"]["data"]["batch_size"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "logloss": rep["test"]["logloss"],
+        "auc": rep["test"]["auc"],
+        "batch_size": rep["config"]["data"]["batch_size"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -80,17 +91,29 @@ def main() -> None:
         for values in itertools.product(*GRID.values()):
             sets = [f"{k}={v}" for k, v in zip(keys, values)]
             cases = {name: _case(root, sets) for name, root in logs.items()}
-            row = {"params": dict(zip(keys, values)), "cases": cases,
-                   "mean_logloss": sum(c["logloss"] for c in cases.values()) / len(cases),
-                   "mean_auc": sum(c["auc"] for c in cases.values()) / len(cases)}
+            row = {
+                "params": dict(zip(keys, values)),
+                "cases": cases,
+                "mean_logloss": sum(c["logloss"] for c in cases.values()) / len(cases),
+                "mean_auc": sum(c["auc"] for c in cases.values()) / len(cases),
+            }
             results.append(row)
-            print(json.dumps({"params": row["params"], "mean_logloss": round(
-                row["mean_logloss"], 5), "mean_auc": round(row["mean_auc"], 4),
-                "auc": {n: round(c["auc"], 4) for n, c in cases.items()}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "params": row["params"],
+                        "mean_logloss": round(row["mean_logloss"], 5),
+                        "mean_auc": round(row["mean_auc"], 4),
+                        "auc": {n: round(c["auc"], 4) for n, c in cases.items()},
+                    }
+                ),
+                flush=True,
+            )
     results.sort(key=lambda r: r["mean_logloss"])
     recorded = {**vars(args), "out": Path(args.out).name, "data_dir": None}
-    Path(args.out).write_text(json.dumps({"args": recorded, "grid": GRID, "ranked": results},
-                                         indent=1))
+    Path(args.out).write_text(
+        json.dumps({"args": recorded, "grid": GRID, "ranked": results}, indent=1)
+    )
     print("\nbest settings (mean holdout logloss over the logs):")
     for r in results[:8]:
         print(f"  {r['mean_logloss']:.5f}  auc {r['mean_auc']:.4f}  {r['params']}")

@@ -126,20 +126,34 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
     def typ(col: str) -> pa.DataType:
         return schema.field(col).type if col in names else pa.null()
 
-    need(cfg.label, pa.types.is_integer(typ(cfg.label)) or pa.types.is_floating(
-        typ(cfg.label)) or pa.types.is_boolean(typ(cfg.label)), "the label must be numeric")
+    need(
+        cfg.label,
+        pa.types.is_integer(typ(cfg.label))
+        or pa.types.is_floating(typ(cfg.label))
+        or pa.types.is_boolean(typ(cfg.label)),
+        "the label must be numeric",
+    )
     if cfg.weight:
-        need(cfg.weight, pa.types.is_floating(typ(cfg.weight)) or pa.types.is_integer(
-            typ(cfg.weight)), "an importance weight must be numeric")
+        need(
+            cfg.weight,
+            pa.types.is_floating(typ(cfg.weight)) or pa.types.is_integer(typ(cfg.weight)),
+            "an importance weight must be numeric",
+        )
     hashed = cfg.layout == "hashed" or (
-        not cfg.categorical and not cfg.numeric and "keys" in names
-        and (pa.types.is_list(typ("keys")) or pa.types.is_large_list(typ("keys"))))
+        not cfg.categorical
+        and not cfg.numeric
+        and "keys" in names
+        and (pa.types.is_list(typ("keys")) or pa.types.is_large_list(typ("keys")))
+    )
     if hashed:  # named, or inferred from a list-typed 'keys' column (psfm convert libfm)
         t = typ("keys")
         need("keys", pa.types.is_list(t) or pa.types.is_large_list(t), "keys must be list<uint64>")
         if "values" in names:
-            need("values", pa.types.is_list(typ("values")) or pa.types.is_large_list(
-                typ("values")), "values must be list<float>")
+            need(
+                "values",
+                pa.types.is_list(typ("values")) or pa.types.is_large_list(typ("values")),
+                "values must be list<float>",
+            )
         return FeatureSchema("hashed", cfg.label, cfg.weight)
     skip = {cfg.label, cfg.weight, *cfg.ignore}
     cat, num = list(cfg.categorical), list(cfg.numeric)
@@ -154,12 +168,16 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
     for c in cat:
         need(c, _is_int(typ(c)) or _is_str(typ(c)), "a categorical column must be int or string")
     for c in num:
-        need(c, pa.types.is_floating(typ(c)) or pa.types.is_integer(typ(c)),
-             "a numeric column must be int or float")
+        need(
+            c,
+            pa.types.is_floating(typ(c)) or pa.types.is_integer(typ(c)),
+            "a numeric column must be int or float",
+        )
     if not cat and not num:
         raise DataError(f"File '{file}': no feature columns (columns: {', '.join(names)}).")
-    return FeatureSchema("columns", cfg.label, cfg.weight, tuple(cat), tuple(num),
-                         cfg.numeric_transform)
+    return FeatureSchema(
+        "columns", cfg.label, cfg.weight, tuple(cat), tuple(num), cfg.numeric_transform
+    )
 
 
 _LO32 = np.uint64(0xFFFFFFFF)
@@ -239,7 +257,7 @@ class _Bad:
             raise DataError(
                 f"{self.where}, row {row}{rg}, column '{col}': value {v!r} breaks the "
                 f"rule: {rule} ({int(bad.sum())} such rows here; set "
-                f"data.bad_rows = \"skip\" to drop them)."
+                f'data.bad_rows = "skip" to drop them).'
             )
         self.rows |= bad
 
@@ -283,15 +301,18 @@ def decode_rows(
     bad = _Bad(n, bad_rows, where, first_row, rg_starts)
     labels = _float_col(table, schema.label)  # nulls -> nan
     if loss == "logistic":
-        bad.check(~((labels == 0) | (labels == 1)), schema.label, labels,
-                  "labels must be 0 or 1")
+        bad.check(~((labels == 0) | (labels == 1)), schema.label, labels, "labels must be 0 or 1")
     else:
         bad.check(~np.isfinite(labels), schema.label, labels, "labels must be finite")
     weights = None
     if schema.weight:
         weights = _float_col(table, schema.weight)
-        bad.check(~(np.isfinite(weights) & (weights >= 0)), schema.weight, weights,
-                  "weights must be finite and >= 0")
+        bad.check(
+            ~(np.isfinite(weights) & (weights >= 0)),
+            schema.weight,
+            weights,
+            "weights must be finite and >= 0",
+        )
     if schema.layout == "hashed":
         keys, mask, values = _hashed_matrix(table, bad)
     else:
@@ -385,9 +406,7 @@ def _column_matrix(
     return keys, mask, values
 
 
-def _hashed_matrix(
-    table: pa.Table, bad: _Bad
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _hashed_matrix(table: pa.Table, bad: _Bad) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     n = table.num_rows
     karr = table.column("keys").combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(karr), 0).to_numpy().astype(np.int64)

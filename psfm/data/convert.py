@@ -94,7 +94,10 @@ CRITEO_COLUMNS: tuple[str, ...] = (
     ("label",) + tuple(f"I{i}" for i in range(1, 14)) + tuple(f"C{i}" for i in range(1, 27))
 )
 AVAZU_INT_COLUMNS: tuple[str, ...] = (
-    "C1", "banner_pos", "device_type", "device_conn_type",
+    "C1",
+    "banner_pos",
+    "device_type",
+    "device_conn_type",
     *(f"C{i}" for i in range(14, 22)),
 )
 _LIBFM_NAMES = ("LIBFM_FIELD", "convert_libfm", "convert_libfm_files")
@@ -128,22 +131,29 @@ class _Options:
 
 
 def _options(
-    fn: str, bad_rows: str, row_group_rows: int, rows_per_file: int, use_threads: bool,
-    block_size: int, compression: str,
+    fn: str,
+    bad_rows: str,
+    row_group_rows: int,
+    rows_per_file: int,
+    use_threads: bool,
+    block_size: int,
+    compression: str,
 ) -> _Options:
     def fail(name: str, rule: str, value: Any) -> None:
         raise ConfigError(f"The '{name}' parameter of {fn} must be {rule}. Got {value!r} instead.")
 
     if bad_rows not in ("fail", "skip"):
         fail("bad_rows", "one of 'fail', 'skip'", bad_rows)
-    for name, v in (("row_group_rows", row_group_rows), ("rows_per_file", rows_per_file),
-                    ("block_size", block_size)):
+    for name, v in (
+        ("row_group_rows", row_group_rows),
+        ("rows_per_file", rows_per_file),
+        ("block_size", block_size),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             fail(name, "an int >= 1", v)
     # whole row groups per file
     per_file = -(-rows_per_file // row_group_rows) * row_group_rows
-    return _Options(bad_rows, row_group_rows, per_file, bool(use_threads), block_size,
-                    compression)
+    return _Options(bad_rows, row_group_rows, per_file, bool(use_threads), block_size, compression)
 
 
 class _NeedSerial(Exception):
@@ -192,9 +202,18 @@ class _TextStream:
     """One delimited text file as record batches of good rows, with exact line numbers."""
 
     def __init__(
-        self, path: str, names: Sequence[str], *, delimiter: str, header_lines: int,
-        opts: _Options, use_threads: bool, include: Sequence[str] | None = None,
-        quote: bool = False, strings_can_be_null: bool = True, columns_rule: str = "",
+        self,
+        path: str,
+        names: Sequence[str],
+        *,
+        delimiter: str,
+        header_lines: int,
+        opts: _Options,
+        use_threads: bool,
+        include: Sequence[str] | None = None,
+        quote: bool = False,
+        strings_can_be_null: bool = True,
+        columns_rule: str = "",
     ) -> None:
         self.path = path
         self.names = list(names)
@@ -230,21 +249,33 @@ class _TextStream:
     def batches(self) -> Iterator[tuple[pa.RecordBatch, int]]:
         """``(batch, g0)``: a batch of good rows and the index of its first good row."""
         read = pcsv.ReadOptions(
-            column_names=self.names, skip_rows=self.header_lines, block_size=self.opts.block_size,
-            use_threads=self.use_threads)
+            column_names=self.names,
+            skip_rows=self.header_lines,
+            block_size=self.opts.block_size,
+            use_threads=self.use_threads,
+        )
         parse = pcsv.ParseOptions(
-            delimiter=self.delimiter, quote_char='"' if self.quote else False,
-            double_quote=self.quote, escape_char=False, newlines_in_values=False,
-            ignore_empty_lines=False, invalid_row_handler=self._on_invalid)
+            delimiter=self.delimiter,
+            quote_char='"' if self.quote else False,
+            double_quote=self.quote,
+            escape_char=False,
+            newlines_in_values=False,
+            ignore_empty_lines=False,
+            invalid_row_handler=self._on_invalid,
+        )
         convert = pcsv.ConvertOptions(
-            column_types={c: pa.string() for c in self.names}, include_columns=self.include,
-            strings_can_be_null=self.strings_can_be_null, null_values=[""],
-            quoted_strings_can_be_null=False)
+            column_types={c: pa.string() for c in self.names},
+            include_columns=self.include,
+            strings_can_be_null=self.strings_can_be_null,
+            null_values=[""],
+            quoted_strings_can_be_null=False,
+        )
         stream = _open_input(self.path)
         try:
             try:
-                reader = pcsv.open_csv(stream, read_options=read, parse_options=parse,
-                                       convert_options=convert)
+                reader = pcsv.open_csv(
+                    stream, read_options=read, parse_options=parse, convert_options=convert
+                )
             except pa.ArrowInvalid as e:
                 if "Empty CSV file" in str(e):
                     log.warning("File '%s' has no data lines.", self.path)
@@ -257,8 +288,8 @@ class _TextStream:
                     break
                 except (pa.ArrowInvalid, OSError) as e:
                     raise DataError(
-                        f"File '{self.path}', after line {self.physical_lines}: cannot be "
-                        f"read: {e}") from e
+                        f"File '{self.path}', after line {self.physical_lines}: cannot be read: {e}"
+                    ) from e
                 if self._unknown:
                     raise _NeedSerial()
                 g0 = self.rows
@@ -288,8 +319,11 @@ class _TextStream:
 
     def take_invalid(self, upto: int | None) -> tuple[int, int]:
         """Malformed lines ``<= upto`` (all with None) not yet taken: (count, first line)."""
-        end = len(self._invalid) if upto is None else bisect.bisect_right(
-            self._invalid, upto, lo=self._reported)
+        end = (
+            len(self._invalid)
+            if upto is None
+            else bisect.bisect_right(self._invalid, upto, lo=self._reported)
+        )
         k = end - self._reported
         first = self._invalid[self._reported] if k else 0
         self._reported = end
@@ -301,7 +335,8 @@ class _TextStream:
         got = f"{fields} fields" if fields >= 0 else "a malformed line"
         return DataError(
             f"File '{self.path}', line {line}: {got} ({shown!r}) breaks the rule: "
-            f"{self.columns_rule}; {_HINT}.")
+            f"{self.columns_rule}; {_HINT}."
+        )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -315,8 +350,9 @@ class _RowErrors:
         self.first: tuple[int, str, Any, str] | None = None  # (row, column, value, rule)
         self.by_rule: Counter[str] = Counter()
 
-    def add(self, bad: np.ndarray, column: str, values: pa.Array | pa.ChunkedArray,
-            rule: str) -> None:
+    def add(
+        self, bad: np.ndarray, column: str, values: pa.Array | pa.ChunkedArray, rule: str
+    ) -> None:
         if not bad.any():
             return
         rows = np.flatnonzero(bad)
@@ -422,11 +458,17 @@ class _DayWriter:
         if self.writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.tmp = self.folder / f"_{self._name()}.inprogress"
-            stats = [f.name for f in part.schema
-                     if not (pa.types.is_string(f.type) or pa.types.is_list(f.type))]
+            stats = [
+                f.name
+                for f in part.schema
+                if not (pa.types.is_string(f.type) or pa.types.is_list(f.type))
+            ]
             self.writer = pq.ParquetWriter(
-                self.tmp, part.schema, compression=self.opts.compression,
-                write_statistics=stats or False)
+                self.tmp,
+                part.schema,
+                compression=self.opts.compression,
+                write_statistics=stats or False,
+            )
         self.writer.write_table(part, row_group_size=part.num_rows)
         self.file_rows += part.num_rows
         if self.file_rows >= self.opts.rows_per_file:
@@ -511,8 +553,9 @@ class _Result:
     lines: int
 
 
-Transform = Callable[[pa.RecordBatch, _RowErrors, Callable[[], np.ndarray]],
-                     tuple[pa.Table, "str | np.ndarray"]]
+Transform = Callable[
+    [pa.RecordBatch, _RowErrors, Callable[[], np.ndarray]], tuple[pa.Table, "str | np.ndarray"]
+]
 
 
 def _run_stream(stream: _TextStream, sink: _Sink, transform: Transform) -> _Result:
@@ -540,7 +583,8 @@ def _run_stream(stream: _TextStream, sink: _Sink, transform: Transform) -> _Resu
             _, col, value, rule = errs.first
             raise DataError(
                 f"File '{stream.path}', line {row_line}, column '{col}': value {value!r} breaks "
-                f"the rule: {rule} ({int(errs.bad.sum())} bad lines in this block; {_HINT}).")
+                f"the rule: {rule} ({int(errs.bad.sum())} bad lines in this block; {_HINT})."
+            )
         skipped["wrong number of fields"] += k
         skipped.update(errs.by_rule)
         if errs.bad.any():
@@ -560,16 +604,20 @@ def _run_stream(stream: _TextStream, sink: _Sink, transform: Transform) -> _Resu
     return _Result(sink.rows(), sink.files(), +skipped, stream.physical_lines)
 
 
-def _convert_input(make: Callable[[bool], _TextStream], sink: _Sink,
-                   transform: Transform) -> _Result:
+def _convert_input(
+    make: Callable[[bool], _TextStream], sink: _Sink, transform: Transform
+) -> _Result:
     """One input; with threads, a malformed line restarts it on the serial parser."""
     stream = make(sink.opts.use_threads)
     try:
         return _run_stream(stream, sink, transform)
     except _NeedSerial:
         sink.abort()
-        log.info("File '%s' has malformed lines: converting it again with the serial parser "
-                 "for exact line numbers.", stream.path)
+        log.info(
+            "File '%s' has malformed lines: converting it again with the serial parser "
+            "for exact line numbers.",
+            stream.path,
+        )
         try:
             return _run_stream(make(False), sink, transform)
         except BaseException:
@@ -591,10 +639,13 @@ def _require_rows(path: str, res: _Result, opts: _Options, empty_ok: bool = True
             f"File '{path}': all {sum(res.skipped.values()):,} data lines were skipped as bad "
             f"(bad_rows={opts.bad_rows!r}; by rule: {why}), so it gives no rows. Check the "
             "file's format against the converter's (run without --bad-rows skip to see the "
-            "first bad line).")
+            "first bad line)."
+        )
     if not empty_ok:
-        raise DataError(f"File '{path}' has no data lines; every input must give rows (an "
-                        "empty input would leave its day out and move the test day).")
+        raise DataError(
+            f"File '{path}' has no data lines; every input must give rows (an "
+            "empty input would leave its day out and move the test day)."
+        )
 
 
 def _prepare_out(out: str, overwrite: bool) -> Path:
@@ -607,7 +658,8 @@ def _prepare_out(out: str, overwrite: bool) -> Path:
             raise DataError(
                 f"Output '{out}' already has day partitions ({', '.join(p.name for p in old[:5])}"
                 f"{', ...' if len(old) > 5 else ''}); choose an empty directory or pass "
-                "overwrite=True (--overwrite) to replace them.")
+                "overwrite=True (--overwrite) to replace them."
+            )
         for p in old:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     root.mkdir(parents=True, exist_ok=True)
@@ -618,8 +670,14 @@ def _day_key(day: str) -> tuple[int, int | str]:
     return (0, int(day)) if re.fullmatch(r"-?\d+", day) else (1, day)
 
 
-def _finish(fmt: str, root: Path, inputs: Sequence[str], results: list[_Result],
-            t0: float, extra: dict[str, Any]) -> dict[str, Any]:
+def _finish(
+    fmt: str,
+    root: Path,
+    inputs: Sequence[str],
+    results: list[_Result],
+    t0: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     rows: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     files: list[str] = []
@@ -644,8 +702,15 @@ def _finish(fmt: str, root: Path, inputs: Sequence[str], results: list[_Result],
         **extra,
     }
     (root / "_convert.json").write_text(json.dumps(summary, indent=1) + "\n")
-    log.info("converted %d rows (%d skipped) of %s into %d days under %s in %.1fs", total,
-             summary["skipped"], fmt, len(rows), root, seconds)
+    log.info(
+        "converted %d rows (%d skipped) of %s into %d days under %s in %.1fs",
+        total,
+        summary["skipped"],
+        fmt,
+        len(rows),
+        root,
+        seconds,
+    )
     return summary
 
 
@@ -674,8 +739,9 @@ def _criteo_transform(day: str | None, bounds: np.ndarray, offset: int) -> Trans
     ``#{d : bounds[d] <= i} - 1``."""
     int_rule = "integer fields must be integers (optionally negative) or empty"
 
-    def transform(batch: pa.RecordBatch, errs: _RowErrors,
-                  lines: Callable[[], np.ndarray]) -> tuple[pa.Table, Any]:
+    def transform(
+        batch: pa.RecordBatch, errs: _RowErrors, lines: Callable[[], np.ndarray]
+    ) -> tuple[pa.Table, Any]:
         _empty_lines(batch, errs, "label")
         cols: dict[str, pa.Array] = {"label": _binary_label(batch.column(0), errs, "label")}
         for i in range(1, 14):
@@ -712,12 +778,20 @@ def convert_criteo(
     ``rows``, ``skipped`` (and ``skipped_by_rule``), ``days`` (rows per day), ``files``,
     ``seconds``, ``rows_per_s``, ``lines``.
     """
-    opts = _options("convert_criteo", bad_rows, row_group_rows, rows_per_file, use_threads,
-                    block_size, compression)
+    opts = _options(
+        "convert_criteo",
+        bad_rows,
+        row_group_rows,
+        rows_per_file,
+        use_threads,
+        block_size,
+        compression,
+    )
     inputs = [str(p) for p in inputs]
     if not inputs:
-        raise ConfigError("The 'inputs' parameter of convert_criteo must name at least one file. "
-                          "Got [] instead.")
+        raise ConfigError(
+            "The 'inputs' parameter of convert_criteo must name at least one file. Got [] instead."
+        )
     if days is None:
         names = [_DAY_FILE_RE.match(Path(p).name) for p in inputs]
         unnamed = [p for p, m in zip(inputs, names) if m is None]
@@ -725,11 +799,13 @@ def convert_criteo(
             raise ConfigError(
                 "The 'days' parameter of convert_criteo must be given (e.g. days=7 for Kaggle's "
                 "train.txt) unless every input is named day_N like the 1TB dataset's files. "
-                f"Got days=None with {', '.join(repr(p) for p in unnamed[:3])}.")
+                f"Got days=None with {', '.join(repr(p) for p in unnamed[:3])}."
+            )
         day_of: list[str | None] = [str(int(m.group(1))) for m in names if m is not None]
     elif not isinstance(days, int) or isinstance(days, bool) or days < 1:
-        raise ConfigError(f"The 'days' parameter of convert_criteo must be an int >= 1. "
-                          f"Got {days!r} instead.")
+        raise ConfigError(
+            f"The 'days' parameter of convert_criteo must be an int >= 1. Got {days!r} instead."
+        )
     t0 = time.perf_counter()
     root = _prepare_out(out, overwrite)
     extra: dict[str, Any] = {}
@@ -740,11 +816,12 @@ def convert_criteo(
             rows = sum(count_lines(p) for p in inputs)
             log.info("counted %d lines in %.1fs", rows, time.perf_counter() - t1)
         if not isinstance(rows, int) or rows < days:
-            raise ConfigError(f"The 'rows' parameter of convert_criteo must be an int >= days "
-                              f"({days}). Got {rows!r} instead.")
+            raise ConfigError(
+                f"The 'rows' parameter of convert_criteo must be an int >= days "
+                f"({days}). Got {rows!r} instead."
+            )
         bounds = (np.arange(days, dtype=np.int64) * rows) // days
-        extra = {"split": {"days": days, "lines": rows,
-                           "first_line_of_day": (bounds + 1).tolist()}}
+        extra = {"split": {"days": days, "lines": rows, "first_line_of_day": (bounds + 1).tolist()}}
     results: list[_Result] = []
     offset = 0  # lines of the previous inputs (split mode)
     rule = "criteo lines have 40 tab-separated fields (label, I1..I13, C1..C26)"
@@ -752,16 +829,28 @@ def convert_criteo(
         transform = _criteo_transform(day_of[idx] if days is None else None, bounds, offset)
 
         def make(threads: bool, path: str = path) -> _TextStream:
-            return _TextStream(path, CRITEO_COLUMNS, delimiter="\t", header_lines=0, opts=opts,
-                               use_threads=threads, columns_rule=rule)
+            return _TextStream(
+                path,
+                CRITEO_COLUMNS,
+                delimiter="\t",
+                header_lines=0,
+                opts=opts,
+                use_threads=threads,
+                columns_rule=rule,
+            )
 
         res = _convert_input(make, _Sink(root, idx, opts), transform)
         _require_rows(path, res, opts)
         results.append(res)
         offset += res.lines
     if days is not None and offset != rows:
-        log.warning("the inputs have %d lines, not rows=%d: the day ranges were computed for "
-                    "%d lines (lines past them went to the last day)", offset, rows, rows)
+        log.warning(
+            "the inputs have %d lines, not rows=%d: the day ranges were computed for "
+            "%d lines (lines past them went to the last day)",
+            offset,
+            rows,
+            rows,
+        )
     return _finish("criteo", root, inputs, results, t0, extra)
 
 
@@ -769,8 +858,9 @@ def convert_criteo(
 
 
 def _avazu_transform(out_names: list[str]) -> Transform:
-    def transform(batch: pa.RecordBatch, errs: _RowErrors,
-                  lines: Callable[[], np.ndarray]) -> tuple[pa.Table, Any]:
+    def transform(
+        batch: pa.RecordBatch, errs: _RowErrors, lines: Callable[[], np.ndarray]
+    ) -> tuple[pa.Table, Any]:
         _empty_lines(batch, errs, "click")
         label = _binary_label(batch.column("click"), errs, "click")
         hour = batch.column("hour")
@@ -778,7 +868,8 @@ def _avazu_transform(out_names: list[str]) -> Transform:
         ok = _mask(pc.and_(pc.is_valid(ts), pc.equal(pc.utf8_length(hour), 8)))
         errs.add(~ok, "hour", hour, "hour must be YYMMDDHH (a valid date and hour)")
         hour_int = pc.cast(pc.if_else(pa.array(ok), hour, "0"), pa.int64()).to_numpy(
-            zero_copy_only=False)
+            zero_copy_only=False
+        )
         cols: dict[str, pa.Array] = {
             "label": label,
             "hour_of_day": pa.array((hour_int % 100).astype(np.int8)),
@@ -812,22 +903,36 @@ def convert_avazu(
     ``id`` and ``hour`` dropped, the rest kept (int64 for :data:`AVAZU_INT_COLUMNS`, string
     otherwise). Returns the summary (see :func:`convert_criteo`).
     """
-    opts = _options("convert_avazu", bad_rows, row_group_rows, rows_per_file, use_threads,
-                    block_size, compression)
+    opts = _options(
+        "convert_avazu",
+        bad_rows,
+        row_group_rows,
+        rows_per_file,
+        use_threads,
+        block_size,
+        compression,
+    )
     inputs = [str(p) for p in inputs]
     if not inputs:
-        raise ConfigError("The 'inputs' parameter of convert_avazu must name at least one file. "
-                          "Got [] instead.")
+        raise ConfigError(
+            "The 'inputs' parameter of convert_avazu must name at least one file. Got [] instead."
+        )
     headers = [_read_header(p) for p in inputs]
     for path, names in zip(inputs, headers):
-        for need, why in (("click", "the label; Avazu's test file has no 'click' and cannot be "
-                                    "used for training or evaluation"),
-                          ("hour", "it gives the day partition")):
+        for need, why in (
+            (
+                "click",
+                "the label; Avazu's test file has no 'click' and cannot be "
+                "used for training or evaluation",
+            ),
+            ("hour", "it gives the day partition"),
+        ):
             if need not in names:
                 raise DataError(
                     f"File '{path}', line 1 (header), column '{need}': missing (header: "
                     f"{','.join(names)[:300]}) breaks the rule: Avazu data needs '{need}' "
-                    f"({why}).")
+                    f"({why})."
+                )
         dup = [c for c, k in Counter(names).items() if k > 1]
         if dup:
             raise DataError(f"File '{path}', line 1 (header): columns {dup} appear twice.")
@@ -837,15 +942,29 @@ def convert_avazu(
     for idx, (path, names) in enumerate(zip(inputs, headers)):
         keep = [c for c in names if c not in ("id", "click", "hour")]
         if keep and idx and keep != [c for c in headers[0] if c not in ("id", "click", "hour")]:
-            raise DataError(f"File '{path}', line 1 (header): columns differ from those of "
-                            f"'{inputs[0]}'.")
+            raise DataError(
+                f"File '{path}', line 1 (header): columns differ from those of '{inputs[0]}'."
+            )
         rule = f"avazu lines have {len(names)} comma-separated fields (as the header)"
 
-        def make(threads: bool, path: str = path, names: list[str] = names,
-                 keep: list[str] = keep, rule: str = rule) -> _TextStream:
-            return _TextStream(path, names, delimiter=",", header_lines=1, opts=opts,
-                               use_threads=threads, include=["click", "hour", *keep],
-                               quote=True, columns_rule=rule)
+        def make(
+            threads: bool,
+            path: str = path,
+            names: list[str] = names,
+            keep: list[str] = keep,
+            rule: str = rule,
+        ) -> _TextStream:
+            return _TextStream(
+                path,
+                names,
+                delimiter=",",
+                header_lines=1,
+                opts=opts,
+                use_threads=threads,
+                include=["click", "hour", *keep],
+                quote=True,
+                columns_rule=rule,
+            )
 
         res = _convert_input(make, _Sink(root, idx, opts), _avazu_transform(keep))
         _require_rows(path, res, opts)
@@ -858,31 +977,49 @@ def convert_avazu(
 
 def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output root (gets day=... partitions)")
-    p.add_argument("--bad-rows", choices=["fail", "skip"], default="fail",
-                   help="malformed lines: stop with an error (default) or count and skip")
-    p.add_argument("--row-group-rows", type=int, default=131072,
-                   help="rows per Parquet row group (default 131072)")
-    p.add_argument("--rows-per-file", type=int, default=1 << 22,
-                   help="rows per Parquet file (default 4194304)")
-    p.add_argument("--threads", action="store_true",
-                   help="multi-threaded CSV parsing (default: one thread)")
-    p.add_argument("--block-size", type=int, default=1 << 22,
-                   help="bytes per CSV block (default 4 MiB)")
+    p.add_argument(
+        "--bad-rows",
+        choices=["fail", "skip"],
+        default="fail",
+        help="malformed lines: stop with an error (default) or count and skip",
+    )
+    p.add_argument(
+        "--row-group-rows",
+        type=int,
+        default=131072,
+        help="rows per Parquet row group (default 131072)",
+    )
+    p.add_argument(
+        "--rows-per-file", type=int, default=1 << 22, help="rows per Parquet file (default 4194304)"
+    )
+    p.add_argument(
+        "--threads", action="store_true", help="multi-threaded CSV parsing (default: one thread)"
+    )
+    p.add_argument(
+        "--block-size", type=int, default=1 << 22, help="bytes per CSV block (default 4 MiB)"
+    )
     p.add_argument("--compression", default="snappy", help="Parquet codec (default snappy)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing day=... partitions under --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing day=... partitions under --out"
+    )
 
 
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"bad_rows": args.bad_rows, "row_group_rows": args.row_group_rows,
-            "rows_per_file": args.rows_per_file, "use_threads": args.threads,
-            "block_size": args.block_size, "compression": args.compression,
-            "overwrite": args.overwrite}
+    return {
+        "bad_rows": args.bad_rows,
+        "row_group_rows": args.row_group_rows,
+        "rows_per_file": args.rows_per_file,
+        "use_threads": args.threads,
+        "block_size": args.block_size,
+        "compression": args.compression,
+        "overwrite": args.overwrite,
+    }
 
 
 def _cmd_criteo(args: argparse.Namespace) -> int:
-    s = convert_criteo(args.inputs, args.out, days=args.days, rows=args.rows,
-                       **_common_kwargs(args))
+    s = convert_criteo(
+        args.inputs, args.out, days=args.days, rows=args.rows, **_common_kwargs(args)
+    )
     print(format_summary(s))
     return 0
 
@@ -897,15 +1034,22 @@ def add_cli(subparsers: Any) -> None:
     """Register ``convert criteo|avazu|libfm`` on an ``argparse`` subparsers object; each
     command's ``func(args)`` returns an exit code."""
     p = subparsers.add_parser(
-        "convert", help="convert Criteo / Avazu / libFM text logs into day-partitioned Parquet",
-        description="Convert public CTR datasets into psfm's day=... Parquet layout.")
+        "convert",
+        help="convert Criteo / Avazu / libFM text logs into day-partitioned Parquet",
+        description="Convert public CTR datasets into psfm's day=... Parquet layout.",
+    )
     sub = p.add_subparsers(dest="convert_format", required=True, metavar="FORMAT")
 
     c = sub.add_parser("criteo", help="Criteo TSV: the 1TB day_N files or Kaggle's train.txt")
-    c.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="day_0 .. day_23 (optionally .gz), or train.txt with --days")
-    c.add_argument("--days", type=int,
-                   help="split the inputs into this many equal line ranges (Kaggle: 7)")
+    c.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="day_0 .. day_23 (optionally .gz), or train.txt with --days",
+    )
+    c.add_argument(
+        "--days", type=int, help="split the inputs into this many equal line ranges (Kaggle: 7)"
+    )
     c.add_argument("--rows", type=int, help="total line count, if known (skips counting)")
     _common_options(c)
     c.set_defaults(func=_cmd_criteo)

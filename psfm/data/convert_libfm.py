@@ -103,8 +103,10 @@ _BLANKS = re.compile(r"[ \t\n\v\f\r]+")  # what pc.ascii_split_whitespace splits
 _RESERVED = ("label", "keys", "values")
 _MAX_IDX = 2**53  # indices are parsed as float64: exact below this
 _F32_MAX = float(np.finfo(np.float32).max)
-_FIELD_RULE = ("a field name is a column name (letters, digits and '_', not starting with a "
-               f"digit) and not one of {', '.join(_RESERVED)}")
+_FIELD_RULE = (
+    "a field name is a column name (letters, digits and '_', not starting with a "
+    f"digit) and not one of {', '.join(_RESERVED)}"
+)
 
 
 # ----------------------------------------------------------------------------- field maps
@@ -145,8 +147,10 @@ def read_field_map(path: str) -> FieldMap:
         raise DataError(f"Field map '{path}' is not UTF-8 text: {e}.") from e
     lines = pa.array(text.split("\n"), pa.string())
     s = pc.ascii_trim_whitespace(lines)
-    keep = ~(pc.equal(pc.utf8_length(s), 0).to_numpy(zero_copy_only=False)
-             | pc.starts_with(s, "#").to_numpy(zero_copy_only=False))
+    keep = ~(
+        pc.equal(pc.utf8_length(s), 0).to_numpy(zero_copy_only=False)
+        | pc.starts_with(s, "#").to_numpy(zero_copy_only=False)
+    )
     line_no = np.flatnonzero(keep) + 1
     s = s.filter(pa.array(keep))
     if len(s) == 0:
@@ -155,14 +159,14 @@ def read_field_map(path: str) -> FieldMap:
     two = pc.list_value_length(tok).to_numpy(zero_copy_only=False) == 2
     idx_s = pc.list_element(tok.filter(pa.array(two)), 0)
     ok_idx = np.zeros(len(s), dtype=bool)
-    ok_idx[two] = pc.match_substring_regex(idx_s, r"^[0-9]{1,16}$").to_numpy(
-        zero_copy_only=False)
+    ok_idx[two] = pc.match_substring_regex(idx_s, r"^[0-9]{1,16}$").to_numpy(zero_copy_only=False)
     if not ok_idx.all():
         k = int(np.flatnonzero(~ok_idx)[0])
         raise DataError(
             f"Field map '{path}', line {line_no[k]}: {s[k].as_py()[:200]!r} breaks the rule: a "
             "field-map line is 'idx field' (blank- or tab-separated, idx an integer >= 0 below "
-            "2^53; '#' starts a comment line).")
+            "2^53; '#' starts a comment line)."
+        )
     idx = pc.cast(pc.list_element(tok, 0), pa.int64()).to_numpy(zero_copy_only=False)
     enc = pc.dictionary_encode(pc.list_element(tok, 1))  # fields in order of first appearance
     names = tuple(enc.dictionary.to_pylist())
@@ -171,8 +175,10 @@ def read_field_map(path: str) -> FieldMap:
     big = idx >= _MAX_IDX
     if big.any():
         k = int(np.flatnonzero(big)[0])
-        raise DataError(f"Field map '{path}', line {line_no[k]}: index {idx[k]} breaks the rule: "
-                        "indices must be below 2^53.")
+        raise DataError(
+            f"Field map '{path}', line {line_no[k]}: index {idx[k]} breaks the rule: "
+            "indices must be below 2^53."
+        )
     order = np.argsort(idx, kind="stable")
     idx, fid, line_no = idx[order], fid[order], line_no[order]
     same = idx[1:] == idx[:-1]
@@ -182,7 +188,8 @@ def read_field_map(path: str) -> FieldMap:
         raise DataError(
             f"Field map '{path}', lines {line_no[k]} and {line_no[k + 1]}: index {idx[k]} is "
             f"given to fields {names[fid[k]]!r} and {names[fid[k + 1]]!r}; an index belongs to "
-            "one field.")
+            "one field."
+        )
     first = np.concatenate([[True], ~same])
     return FieldMap(names, idx[first], idx[first], fid[first], str(path))
 
@@ -191,8 +198,9 @@ def parse_field_ranges(spec: str) -> FieldMap:
     """``"user:0-999,item:1000-1999,tag:2000"`` -> :class:`FieldMap` (a short CLI spec)."""
 
     def fail(rule: str) -> ConfigError:
-        return ConfigError(f"The 'field_ranges' parameter of convert_libfm must be {rule}. "
-                           f"Got {spec!r} instead.")
+        return ConfigError(
+            f"The 'field_ranges' parameter of convert_libfm must be {rule}. Got {spec!r} instead."
+        )
 
     names: list[str] = []
     rows: list[tuple[int, int, int]] = []
@@ -218,10 +226,13 @@ def parse_field_ranges(spec: str) -> FieldMap:
     if over.any():
         k = int(np.flatnonzero(over)[0])
         a, b = arr[k], arr[k + 1]
-        raise fail(f"made of disjoint ranges ({names[a[2]]}:{a[0]}-{a[1]} and "
-                   f"{names[b[2]]}:{b[0]}-{b[1]} overlap)")
-    return FieldMap(tuple(names), arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(),
-                    f"field_ranges={spec!r}")
+        raise fail(
+            f"made of disjoint ranges ({names[a[2]]}:{a[0]}-{a[1]} and "
+            f"{names[b[2]]}:{b[0]}-{b[1]} overlap)"
+        )
+    return FieldMap(
+        tuple(names), arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), f"field_ranges={spec!r}"
+    )
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -231,10 +242,13 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets relative to the first string) of a ``string`` array, zero-copy."""
     n = len(arr)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1 + arr.offset)
-    offsets = offsets[arr.offset:].astype(np.int64)
+    offsets = offsets[arr.offset :].astype(np.int64)
     start, end = int(offsets[0]), int(offsets[-1])
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=end)[start:] if end else (
-        np.zeros(0, np.uint8))
+    data = (
+        np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=end)[start:]
+        if end
+        else (np.zeros(0, np.uint8))
+    )
     return data, offsets - start
 
 
@@ -319,15 +333,27 @@ def _parse(column: pa.Array, errs: _RowErrors) -> _Features:
     flat = pc.list_flatten(tokens)
     x, bad_x = _floats(flat)  # every token is a number: label, idx, [value], idx, ...
     first = np.cumsum(ntok) - ntok
-    errs.add(np.diff(_string_buffers(text)[1]) == 0, "label", text,
-             "lines must not be empty (empty line)")
+    errs.add(
+        np.diff(_string_buffers(text)[1]) == 0,
+        "label",
+        text,
+        "lines must not be empty (empty line)",
+    )
     y = x[first]
-    errs.add(~((y == 1) | (y == 0) | (y == -1)), "label", flat.take(pa.array(first)),
-             "labels must be -1, 0 or 1")
+    errs.add(
+        ~((y == 1) | (y == 0) | (y == -1)),
+        "label",
+        flat.take(pa.array(first)),
+        "labels must be -1, 0 or 1",
+    )
     bad_layout, run_colon = _layout_checks(text, ntok)
-    errs.add(bad_layout, "features", text,
-             "a line is 'label idx[:value] idx[:value] ...' (blank-separated, at most one ':' "
-             "per feature)")
+    errs.add(
+        bad_layout,
+        "features",
+        text,
+        "a line is 'label idx[:value] idx[:value] ...' (blank-separated, at most one ':' "
+        "per feature)",
+    )
     is_val = np.zeros(x.size, dtype=bool)  # the token follows a colon: a value
     is_idx = np.ones(x.size, dtype=bool)
     is_idx[first] = False
@@ -348,12 +374,17 @@ def _parse(column: pa.Array, errs: _RowErrors) -> _Features:
     vpos = np.where(has_val, pos + 1, pos)
     ix = x[pos]
     val = np.where(has_val, x[vpos], 1.0)
-    bad = (bad_x[pos] | bad_x[vpos] | ~(ix >= 0) | (ix != np.floor(ix)) | (ix >= _MAX_IDX)
-           | (np.abs(val) > _F32_MAX))  # values are written as float32
+    bad = (
+        bad_x[pos]
+        | bad_x[vpos]
+        | ~(ix >= 0)
+        | (ix != np.floor(ix))
+        | (ix >= _MAX_IDX)
+        | (np.abs(val) > _F32_MAX)
+    )  # values are written as float32
     row = np.repeat(np.arange(n), nfeat)
     f = _Features(y, row, np.where(bad, 0, ix).astype(np.int64), val, text)
-    _note_feature(errs, f, bad, "idx must be an integer >= 0 and value a finite (float32) "
-                  "number")
+    _note_feature(errs, f, bad, "idx must be an integer >= 0 and value a finite (float32) number")
     return _drop_bad(f, errs) if bad.any() else f
 
 
@@ -362,8 +393,12 @@ def _field_columns(f: _Features, fmap: FieldMap, errs: _RowErrors) -> dict[str, 
     n = len(f.text)
     fid = fmap.lookup(f.idx)
     _note_feature(errs, f, fid < 0, "with a field map every index must be in the map")
-    _note_feature(errs, f, f.val != 1,
-                  "with a field map every value must be 1 (per-field columns are categorical)")
+    _note_feature(
+        errs,
+        f,
+        f.val != 1,
+        "with a field map every value must be 1 (per-field columns are categorical)",
+    )
     good = ~errs.bad[f.row]
     row, idx, fid = f.row[good], f.idx[good], fid[good]
     nf = len(fmap.names)
@@ -377,15 +412,17 @@ def _field_columns(f: _Features, fmap: FieldMap, errs: _RowErrors) -> dict[str, 
         mask = np.zeros(n, dtype=bool)
         mask[row[at]] = True
         same = idx[(row == r) & (fid == k)]
-        both = f"{same[0]} and {same[1]}" + (f" (and {same.size - 2} more)" if same.size > 2
-                                              else "")
-        errs.note(r, fmap.names[k], both,
-                  "with a field map a line has at most one index per field", mask)
+        both = f"{same[0]} and {same[1]}" + (
+            f" (and {same.size - 2} more)" if same.size > 2 else ""
+        )
+        errs.note(
+            r, fmap.names[k], both, "with a field map a line has at most one index per field", mask
+        )
     by_field = np.argsort(fid, kind="stable")
     bounds = np.searchsorted(fid[by_field], np.arange(nf + 1))
     cols: dict[str, pa.Array] = {}
     for k, name in enumerate(fmap.names):  # a loop over fields, not rows
-        sel = by_field[bounds[k]:bounds[k + 1]]
+        sel = by_field[bounds[k] : bounds[k + 1]]
         col = np.zeros(n, dtype=np.int64)
         present = np.zeros(n, dtype=bool)
         col[row[sel]] = idx[sel]
@@ -395,8 +432,9 @@ def _field_columns(f: _Features, fmap: FieldMap, errs: _RowErrors) -> dict[str, 
 
 
 def _libfm_transform(day: str, fmap: FieldMap | None) -> Transform:
-    def transform(batch: pa.RecordBatch, errs: _RowErrors,
-                  lines: Callable[[], np.ndarray]) -> tuple[pa.Table, Any]:
+    def transform(
+        batch: pa.RecordBatch, errs: _RowErrors, lines: Callable[[], np.ndarray]
+    ) -> tuple[pa.Table, Any]:
         f = _parse(batch.column(0), errs)
         label = pa.array((f.y == 1).astype(np.int8))
         if fmap is not None:
@@ -418,10 +456,12 @@ def _day_labels(days: Sequence[int] | None, n: int) -> list[str]:
         return [str(i + 1) for i in range(n)]
     days = list(days)
     if len(days) != n or not all(
-            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
-            for d in days):
-        raise ConfigError(f"The 'days' parameter of convert_libfm must be one int >= 0 per "
-                          f"input ({n} inputs). Got {days!r} instead.")
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in days
+    ):
+        raise ConfigError(
+            f"The 'days' parameter of convert_libfm must be one int >= 0 per "
+            f"input ({n} inputs). Got {days!r} instead."
+        )
     return [str(int(d)) for d in days]
 
 
@@ -444,27 +484,50 @@ def convert_libfm_files(
     (module docstring). Returns the summary of :func:`psfm.data.convert.convert_criteo` with
     ``input_days`` (one per input), ``day_of_input``, ``layout``, ``key`` and, with a map,
     ``fields`` and ``field_map``."""
-    opts = _options("convert_libfm", bad_rows, row_group_rows, rows_per_file, use_threads,
-                    block_size, compression)
+    opts = _options(
+        "convert_libfm",
+        bad_rows,
+        row_group_rows,
+        rows_per_file,
+        use_threads,
+        block_size,
+        compression,
+    )
     inputs = [str(p) for p in inputs]
     if not inputs:
-        raise ConfigError("The 'inputs' parameter of convert_libfm must name at least one file. "
-                          "Got [] instead.")
+        raise ConfigError(
+            "The 'inputs' parameter of convert_libfm must name at least one file. Got [] instead."
+        )
     labels = _day_labels(days, len(inputs))
     if field_map is not None and field_ranges is not None:
-        raise ConfigError("The 'field_ranges' parameter of convert_libfm must be None when "
-                          f"'field_map' is given. Got {field_ranges!r} instead.")
-    fmap = (read_field_map(field_map) if field_map is not None
-            else parse_field_ranges(field_ranges) if field_ranges is not None else None)
+        raise ConfigError(
+            "The 'field_ranges' parameter of convert_libfm must be None when "
+            f"'field_map' is given. Got {field_ranges!r} instead."
+        )
+    fmap = (
+        read_field_map(field_map)
+        if field_map is not None
+        else parse_field_ranges(field_ranges)
+        if field_ranges is not None
+        else None
+    )
     t0 = time.perf_counter()
     root = _prepare_out(out, overwrite)
     results = []
     rule = "a libFM line is 'label idx[:value] ...' and holds no \\x1f byte"
     for i, (path, day) in enumerate(zip(inputs, labels)):
+
         def make(threads: bool, path: str = path) -> _TextStream:
-            return _TextStream(path, ["line"], delimiter=_UNIT_SEP, header_lines=0, opts=opts,
-                               use_threads=threads, strings_can_be_null=False,
-                               columns_rule=rule)
+            return _TextStream(
+                path,
+                ["line"],
+                delimiter=_UNIT_SEP,
+                header_lines=0,
+                opts=opts,
+                use_threads=threads,
+                strings_can_be_null=False,
+                columns_rule=rule,
+            )
 
         res = _convert_input(make, _Sink(root, i, opts), _libfm_transform(day, fmap))
         _require_rows(path, res, opts, empty_ok=False)
@@ -473,8 +536,12 @@ def convert_libfm_files(
     if fmap is None:
         extra.update(layout="hashed", key=f"field_keys({LIBFM_FIELD!r}, idx)")
     else:
-        extra.update(layout="columns", key="field_keys(field, idx)", fields=list(fmap.names),
-                     field_map=fmap.source)
+        extra.update(
+            layout="columns",
+            key="field_keys(field, idx)",
+            fields=list(fmap.names),
+            field_map=fmap.source,
+        )
     return _finish("libfm", root, inputs, results, t0, extra)
 
 
@@ -497,9 +564,18 @@ def convert_libfm(
     ``day=2`` without ``valid``): :func:`convert_libfm_files` on ``[train, valid, test]``."""
     inputs = [str(train)] + ([str(valid)] if valid else []) + [str(test)]
     return convert_libfm_files(
-        inputs, out, field_map=field_map, field_ranges=field_ranges, bad_rows=bad_rows,
-        row_group_rows=row_group_rows, rows_per_file=rows_per_file, use_threads=use_threads,
-        block_size=block_size, compression=compression, overwrite=overwrite)
+        inputs,
+        out,
+        field_map=field_map,
+        field_ranges=field_ranges,
+        bad_rows=bad_rows,
+        row_group_rows=row_group_rows,
+        rows_per_file=rows_per_file,
+        use_threads=use_threads,
+        block_size=block_size,
+        compression=compression,
+        overwrite=overwrite,
+    )
 
 
 # ----------------------------------------------------------------------------- command line
@@ -512,7 +588,8 @@ def _days_arg(text: str) -> list[int]:
         days = [-1]
     if any(d < 0 for d in days):
         raise argparse.ArgumentTypeError(
-            f"--days must be comma-separated integers >= 0, one per input; got {text!r}")
+            f"--days must be comma-separated integers >= 0, one per input; got {text!r}"
+        )
     return days
 
 
@@ -523,44 +600,69 @@ def _cmd(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "psfm convert libfm takes either INPUT files or --train and --test (with an "
                 f"optional --valid). Got INPUT={args.inputs}, --train={args.train!r}, "
-                f"--valid={args.valid!r}, --test={args.test!r}.")
+                f"--valid={args.valid!r}, --test={args.test!r}."
+            )
         inputs = [p for p in legacy if p]
     elif args.inputs:
         inputs = args.inputs
     else:
         raise ConfigError("psfm convert libfm needs INPUT files (or --train and --test).")
-    s = convert_libfm_files(inputs, args.out, days=args.days, field_map=args.field_map,
-                            field_ranges=args.field_ranges, **_common_kwargs(args))
+    s = convert_libfm_files(
+        inputs,
+        args.out,
+        days=args.days,
+        field_map=args.field_map,
+        field_ranges=args.field_ranges,
+        **_common_kwargs(args),
+    )
     print(format_summary(s))
     if s["layout"] == "hashed":
         print(f'train with: psfm train --data {args.out} --set data.layout="hashed"')
     else:
         print(f"fields: {', '.join(s['fields'])} (categorical int64 columns)")
-        print(f"train with: psfm train --data {args.out}   (per-field stats: psfm stats "
-              f"--data {args.out})")
+        print(
+            f"train with: psfm train --data {args.out}   (per-field stats: psfm stats "
+            f"--data {args.out})"
+        )
     return 0
 
 
 def add_cli(subparsers: Any) -> None:
     """Register ``libfm`` on the subparsers of ``psfm convert``."""
     f = subparsers.add_parser(
-        "libfm", help="libFM/libSVM text -> hashed keys/values, or per-field columns with a map",
+        "libfm",
+        help="libFM/libSVM text -> hashed keys/values, or per-field columns with a map",
         description="libFM/libSVM text ('label idx[:value] ...'; a bare idx has value 1) -> "
-                    "day=... Parquet. The i-th INPUT becomes day=i+1 unless --days says "
-                    "otherwise; --train/--valid/--test are days 1/2/3.")
-    f.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="libFM files in day order (optionally .gz): the i-th becomes day=i+1")
-    f.add_argument("--days", type=_days_arg, metavar="D,D,...",
-                   help="one day per INPUT, e.g. 1,1,2,3 (several files may share a day)")
+        "day=... Parquet. The i-th INPUT becomes day=i+1 unless --days says "
+        "otherwise; --train/--valid/--test are days 1/2/3.",
+    )
+    f.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="libFM files in day order (optionally .gz): the i-th becomes day=i+1",
+    )
+    f.add_argument(
+        "--days",
+        type=_days_arg,
+        metavar="D,D,...",
+        help="one day per INPUT, e.g. 1,1,2,3 (several files may share a day)",
+    )
     f.add_argument("--train", help="training file (day=1); instead of INPUT")
     f.add_argument("--valid", help="validation file (day=2)")
     f.add_argument("--test", help="test file (the last day: 3, or 2 without --valid)")
     m = f.add_mutually_exclusive_group()
-    m.add_argument("--field-map", metavar="FILE",
-                   help="one 'idx field' pair per line (blank- or tab-separated; '#' comments): "
-                        "write one categorical int64 column per field instead of hashed keys; "
-                        "every index must be mapped, at most one per field and line, values 1")
-    m.add_argument("--field-ranges", metavar="SPEC",
-                   help="the field map as ranges, e.g. 'user:0-999,item:1000-1999,tag:2000'")
+    m.add_argument(
+        "--field-map",
+        metavar="FILE",
+        help="one 'idx field' pair per line (blank- or tab-separated; '#' comments): "
+        "write one categorical int64 column per field instead of hashed keys; "
+        "every index must be mapped, at most one per field and line, values 1",
+    )
+    m.add_argument(
+        "--field-ranges",
+        metavar="SPEC",
+        help="the field map as ranges, e.g. 'user:0-999,item:1000-1999,tag:2000'",
+    )
     _common_options(f)
     f.set_defaults(func=_cmd)

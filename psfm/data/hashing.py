@@ -67,8 +67,10 @@ def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     bufs = arr.buffers()
     offsets = np.frombuffer(bufs[1], dtype=off_dtype, count=n + 1 + arr.offset)[arr.offset :]
     start, end = int(offsets[0]), int(offsets[-1])
-    data = np.frombuffer(bufs[2], dtype=np.uint8, count=end)[start:end] if end > start else (
-        np.zeros(0, np.uint8)
+    data = (
+        np.frombuffer(bufs[2], dtype=np.uint8, count=end)[start:end]
+        if end > start
+        else (np.zeros(0, np.uint8))
     )
     rel = offsets.astype(np.int64) - start
     # C[t] = sum_{t'<t} data[t'] * P^t'  (prefix sums with wraparound)

@@ -139,8 +139,9 @@ class DayRoles:
     test: list[str]
 
 
-def day_roles(days: Sequence[str], train_spec: str, test_spec: str,
-              valid_spec: str = "") -> DayRoles:
+def day_roles(
+    days: Sequence[str], train_spec: str, test_spec: str, valid_spec: str = ""
+) -> DayRoles:
     """Train, validation and test days. Defaults: train on every day but the last (and but
     the validation days), test on the last, validate on none.
 
@@ -160,13 +161,16 @@ def day_roles(days: Sequence[str], train_spec: str, test_spec: str,
                 f"The 'train_days' parameter of DataConfig must name each day once; to train "
                 f"on the days more than once set train.passes (--passes N). Got "
                 f"{train_spec!r} instead (day {', '.join(repr(d) for d in twice)} "
-                f"named more than once).")
+                f"named more than once)."
+            )
         train = named
     else:
         train = [d for d in days[:-1] if d not in valid]
         if not train and len(days) > 1:
-            raise DataError(f"No training days: every day but the last is a validation day "
-                            f"({valid_spec!r}); name train_days explicitly.")
+            raise DataError(
+                f"No training days: every day but the last is a validation day "
+                f"({valid_spec!r}); name train_days explicitly."
+            )
     test = select_days(days, test_spec, "test_days") if test_spec else [days[-1]]
     if not train_spec and len(days) == 1:
         raise DataError(
@@ -178,7 +182,8 @@ def day_roles(days: Sequence[str], train_spec: str, test_spec: str,
             raise DataError(
                 f"The 'valid_days' parameter of DataConfig must not overlap the {role} days. "
                 f"Got {valid_spec!r} instead (day {', '.join(repr(d) for d in both)} is also "
-                f"a {role} day).")
+                f"a {role} day)."
+            )
     return DayRoles(train, valid, test)
 
 
@@ -254,8 +259,10 @@ def split_tail(units: list[WorkUnit], parts: int) -> list[WorkUnit]:
             out.append(u)
             continue
         starts = row_group_starts(open_parquet(u.file))
-        out += [WorkUnit(u.day, u.file, rg, rg + 1, starts[rg + 1] - starts[rg])
-                for rg in range(u.rg_start, u.rg_end)]
+        out += [
+            WorkUnit(u.day, u.file, rg, rg + 1, starts[rg + 1] - starts[rg])
+            for rg in range(u.rg_start, u.rg_end)
+        ]
     return out
 
 

@@ -52,8 +52,14 @@ from psfm.errors import ConfigError, PsfmError
 from psfm.ps.levels import level_thresholds, levels_from_counts
 from psfm.ps.table import KeyTable
 
-__all__ = ["MissingDependency", "count_features", "feature_stats", "format_stats", "plot_stats",
-           "add_cli"]
+__all__ = [
+    "MissingDependency",
+    "count_features",
+    "feature_stats",
+    "format_stats",
+    "plot_stats",
+    "add_cli",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +80,9 @@ def _resolve_data(root: str, day: str, data: DataConfig | None) -> DataConfig:
     return data
 
 
-def _resolve_days(root: str, days: str | Sequence[str] | None, data: DataConfig | None
-                  ) -> list[str]:
+def _resolve_days(
+    root: str, days: str | Sequence[str] | None, data: DataConfig | None
+) -> list[str]:
     all_days = list_days(root)
     if days is None:
         if len(all_days) == 1:
@@ -115,7 +122,8 @@ def count_features(
                 slots = table.insert(batch.uniq)
                 if len(table) > counts.size:
                     counts = np.concatenate(
-                        [counts, np.zeros(max(len(table), 2 * counts.size) - counts.size)])
+                        [counts, np.zeros(max(len(table), 2 * counts.size) - counts.size)]
+                    )
                 counts[slots] += batch.counts  # uniq is unique: no repeated slot
                 day_rows += batch.size
                 skipped += batch.skipped
@@ -124,8 +132,14 @@ def count_features(
     keys = table.keys.copy()
     counts = counts[: keys.size]
     feat = keys != BIAS_KEY
-    info = {"root": root, "days": chosen, "rows": rows, "skipped": skipped, "per_day": per_day,
-            "layout": d.layout}
+    info = {
+        "root": root,
+        "days": chosen,
+        "rows": rows,
+        "skipped": skipped,
+        "per_day": per_day,
+        "layout": d.layout,
+    }
     return keys[feat], counts[feat], info
 
 
@@ -153,15 +167,19 @@ def feature_stats(
     """
     ranks = [int(r) for r in ranks]
     if any(r < 1 for r in ranks):
-        raise ConfigError(f"The 'ranks' parameter of feature_stats must be ints >= 1. "
-                          f"Got {ranks!r} instead.")
+        raise ConfigError(
+            f"The 'ranks' parameter of feature_stats must be ints >= 1. Got {ranks!r} instead."
+        )
     if not count_per_dim > 0:
-        raise ConfigError(f"The 'count_per_dim' parameter of feature_stats must be a number > 0. "
-                          f"Got {count_per_dim!r} instead.")
+        raise ConfigError(
+            f"The 'count_per_dim' parameter of feature_stats must be a number > 0. "
+            f"Got {count_per_dim!r} instead."
+        )
     if level_min_count and len(level_min_count) != len(ranks):
         raise ConfigError(
             f"The 'level_min_count' parameter of feature_stats must have one threshold per "
-            f"rank ({len(ranks)}). Got {list(level_min_count)!r} instead.")
+            f"rank ({len(ranks)}). Got {list(level_min_count)!r} instead."
+        )
     t0 = time.perf_counter()
     keys, n, info = count_features(root, days, data, loss, batch_rows)
 
@@ -170,8 +188,12 @@ def feature_stats(
     f_bin = np.bincount(bins, minlength=nb)
     o_bin = np.bincount(bins, weights=n, minlength=nb)
     histogram = [
-        {"lo": 1 << b, "hi": (1 << (b + 1)) - 1, "features": int(f_bin[b]),
-         "occurrences": int(o_bin[b])}
+        {
+            "lo": 1 << b,
+            "hi": (1 << (b + 1)) - 1,
+            "features": int(f_bin[b]),
+            "occurrences": int(o_bin[b]),
+        }
         for b in range(nb)
     ]
 
@@ -184,8 +206,13 @@ def feature_stats(
     o_lev = np.bincount(lev, weights=na, minlength=m + 1)
     dims = np.concatenate([[0], np.asarray(ranks, dtype=np.int64)])  # D_0 = 0
     per_level = [
-        {"level": k, "rank": int(dims[k]), "min_count": float(thresholds[k - 1]) if k else 0.0,
-         "features": int(f_lev[k]), "occurrences": int(o_lev[k])}
+        {
+            "level": k,
+            "rank": int(dims[k]),
+            "min_count": float(thresholds[k - 1]) if k else 0.0,
+            "features": int(f_lev[k]),
+            "occurrences": int(o_lev[k]),
+        }
         for k in range(m + 1)
     ]
     k_count = int(admitted.sum())
@@ -207,9 +234,13 @@ def feature_stats(
         "admit_min_count": int(admit_min_count),
         "admitted_features": k_count,
         "histogram": histogram,
-        "levels": {"ranks": ranks, "count_per_dim": float(count_per_dim),
-                   "level_min_count": [float(x) for x in level_min_count],
-                   "thresholds": thresholds.tolist(), "per_level": per_level},
+        "levels": {
+            "ranks": ranks,
+            "count_per_dim": float(count_per_dim),
+            "level_min_count": [float(x) for x in level_min_count],
+            "thresholds": thresholds.tolist(),
+            "per_level": per_level,
+        },
         "params": params,
         "seconds": time.perf_counter() - t0,
     }
@@ -234,38 +265,50 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     for h in s["histogram"]:
         rng = f"{h['lo']:,}" if h["lo"] == h["hi"] else f"{h['lo']:,}-{h['hi']:,}"
-        lines.append(f"  {rng:>17}  {h['features']:>12,} {_pct(h['features'], nf)}  "
-                     f"{h['occurrences']:>15,} {_pct(h['occurrences'], no)}")
+        lines.append(
+            f"  {rng:>17}  {h['features']:>12,} {_pct(h['features'], nf)}  "
+            f"{h['occurrences']:>15,} {_pct(h['occurrences'], no)}"
+        )
     lv = s["levels"]
-    rule = (f"level_min_count {lv['level_min_count']}" if lv["level_min_count"]
-            else f"RaFM Eq. 17, count_per_dim {lv['count_per_dim']:g}")
+    rule = (
+        f"level_min_count {lv['level_min_count']}"
+        if lv["level_min_count"]
+        else f"RaFM Eq. 17, count_per_dim {lv['count_per_dim']:g}"
+    )
     lines += [
         "",
         f"levels     ranks {lv['ranks']}, {rule}: thresholds "
         f"[{', '.join(f'{t:g}' for t in lv['thresholds'])}]"
-        + (f"; admitted keys (count >= {s['admit_min_count']}): {s['admitted_features']:,}"
-           if s["admit_min_count"] > 1 else ""),
+        + (
+            f"; admitted keys (count >= {s['admit_min_count']}): {s['admitted_features']:,}"
+            if s["admit_min_count"] > 1
+            else ""
+        ),
         f"  {'level':>5} {'rank':>5} {'count >=':>9}  {'features':>12} {'% feat':>7}  "
         f"{'occurrences':>15} {'% occ':>7}",
     ]
     na = s["admitted_features"]
     for p in lv["per_level"]:
         t = "-" if p["level"] == 0 else f"{p['min_count']:g}"
-        lines.append(f"  {p['level']:>5} {p['rank']:>5} {t:>9}  {p['features']:>12,} "
-                     f"{_pct(p['features'], na)}  {p['occurrences']:>15,} "
-                     f"{_pct(p['occurrences'], no)}")
+        lines.append(
+            f"  {p['level']:>5} {p['rank']:>5} {t:>9}  {p['features']:>12,} "
+            f"{_pct(p['features'], na)}  {p['occurrences']:>15,} "
+            f"{_pct(p['occurrences'], no)}"
+        )
     pr = s["params"]
     ranks = lv["ranks"]
-    lines += ["", "parameters (stored, before FTRL sparsity)",
-              f"  {'LR':<22} {pr['lr']:>15,}"]
+    lines += ["", "parameters (stored, before FTRL sparsity)", f"  {'LR':<22} {pr['lr']:>15,}"]
     for f in pr["fm"]:
         lines.append(f"  {'FM(' + str(f['rank']) + ')':<22} {f['params']:>15,}")
     if ranks:
         label = "{" + ",".join(str(r) for r in ranks) + "}"
-        lines.append(f"  {'DiFacto' + label:<22} {pr['difacto']:>15,}   rows per level "
-                     f"{pr['difacto_rows_per_level']}")
-        lines.append(f"  {'RaFM' + label:<22} {pr['rafm']:>15,}   rows per level "
-                     f"{pr['rafm_rows_per_level']}")
+        lines.append(
+            f"  {'DiFacto' + label:<22} {pr['difacto']:>15,}   rows per level "
+            f"{pr['difacto_rows_per_level']}"
+        )
+        lines.append(
+            f"  {'RaFM' + label:<22} {pr['rafm']:>15,}   rows per level {pr['rafm_rows_per_level']}"
+        )
     return "\n".join(lines)
 
 
@@ -280,13 +323,16 @@ def plot_stats(stats: dict[str, Any], path: str) -> None:
     except ImportError as e:
         raise MissingDependency(
             "plot_stats needs matplotlib, which is not installed: pip install 'psfm[plot]' "
-            "(or pip install matplotlib).") from e
+            "(or pip install matplotlib)."
+        ) from e
     h = stats["histogram"]
     x = np.arange(len(h))
     labels = [str(b["lo"]) if b["lo"] == b["hi"] else f"{b['lo']}-{b['hi']}" for b in h]
     fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(h) + 2), 7), sharex=True)
-    for ax, what, color in ((axes[0], "features", "tab:blue"),
-                            (axes[1], "occurrences", "tab:orange")):
+    for ax, what, color in (
+        (axes[0], "features", "tab:blue"),
+        (axes[1], "occurrences", "tab:orange"),
+    ):
         ax.bar(x, [b[what] for b in h], color=color)
         ax.set_yscale("log")
         ax.set_ylabel(what)
@@ -300,8 +346,9 @@ def plot_stats(stats: dict[str, Any], path: str) -> None:
     axes[1].set_xticks(x)
     axes[1].set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
     axes[1].set_xlabel("occurrences per feature")
-    axes[0].set_title(f"{stats['root']}: {stats['features']:,} features, "
-                      f"{stats['occurrences']:,} occurrences")
+    axes[0].set_title(
+        f"{stats['root']}: {stats['features']:,} features, {stats['occurrences']:,} occurrences"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -321,9 +368,14 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     data = load_config(None, list(args.set)).data if args.set else None
     ranks = [int(x) for x in _floats_list(args.ranks, "ranks")]
     stats = feature_stats(
-        args.data, args.days, ranks=ranks, count_per_dim=args.count_per_dim,
+        args.data,
+        args.days,
+        ranks=ranks,
+        count_per_dim=args.count_per_dim,
         level_min_count=_floats_list(args.level_min_count or "", "level-min-count"),
-        admit_min_count=args.admit_min_count, data=data)
+        admit_min_count=args.admit_min_count,
+        data=data,
+    )
     print(format_stats(stats))
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=1) + "\n")
@@ -338,19 +390,31 @@ def add_cli(subparsers: Any) -> None:
     """Register ``stats`` on an ``argparse`` subparsers object; ``func(args)`` returns an
     exit code."""
     p = subparsers.add_parser(
-        "stats", help="feature counts, log2 histogram, RaFM levels and model sizes of a log",
+        "stats",
+        help="feature counts, log2 histogram, RaFM levels and model sizes of a log",
         description="Count every feature key of the chosen days (exactly as training builds "
-                    "them) and report the histogram, levels and implied parameter counts.")
+        "them) and report the histogram, levels and implied parameter counts.",
+    )
     p.add_argument("--data", required=True, help="data root with day=... partitions")
     p.add_argument("--days", help="day SPEC (default: the training days, all but the last)")
     p.add_argument("--ranks", default="1,2,4,8", help="comma list of ranks D_1..D_m")
-    p.add_argument("--count-per-dim", type=float, default=1.0,
-                   help="c in RaFM Eq. 17 (levels.count_per_dim)")
+    p.add_argument(
+        "--count-per-dim", type=float, default=1.0, help="c in RaFM Eq. 17 (levels.count_per_dim)"
+    )
     p.add_argument("--level-min-count", help="explicit thresholds t_1..t_m (comma list)")
-    p.add_argument("--admit-min-count", type=int, default=1,
-                   help="keys seen fewer times get no parameters (levels.admit_min_count)")
-    p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="data options as in training, e.g. data.layout=\"hashed\"")
+    p.add_argument(
+        "--admit-min-count",
+        type=int,
+        default=1,
+        help="keys seen fewer times get no parameters (levels.admit_min_count)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help='data options as in training, e.g. data.layout="hashed"',
+    )
     p.add_argument("--plot", metavar="FILE", help="write a PNG of the histogram (matplotlib)")
     p.add_argument("--json", metavar="FILE", help="write the statistics as JSON")
     p.set_defaults(func=_cmd_stats)

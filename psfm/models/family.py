@@ -124,30 +124,35 @@ def level_views(
     return views
 
 
-def _bag(table: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor,
-         weights: torch.Tensor | None) -> torch.Tensor:
+def _bag(
+    table: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
     """Per-bag sums ``out[b] = sum_{i in bag b} weights[i] * table[idx[i]]``: one fused gather
     and reduce (``embedding_bag``), several times faster on CPU than a gather followed by a
     scatter-add."""
     return F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=weights)
 
 
-def _bag_powers(table: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor,
-                x: torch.Tensor | None, groups: Sequence[tuple[int, int]]) -> torch.Tensor:
+def _bag_powers(
+    table: torch.Tensor,
+    idx: torch.Tensor,
+    offsets: torch.Tensor,
+    x: torch.Tensor | None,
+    groups: Sequence[tuple[int, int]],
+) -> torch.Tensor:
     """Bags of a table whose column groups ``(width, power)`` are weighted by ``x**power``:
     one bag when every x is 1, one per group otherwise."""
     if x is None:
         return _bag(table, idx, offsets, None)
     outs, lo = [], 0
     for width, power in groups:
-        xp = x if power == 1 else x ** power
-        outs.append(_bag(table[:, lo:lo + width].contiguous(), idx, offsets, xp))
+        xp = x if power == 1 else x**power
+        outs.append(_bag(table[:, lo : lo + width].contiguous(), idx, offsets, xp))
         lo += width
     return torch.cat(outs, 1)
 
 
-def _sq_sums(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, v: torch.Tensor
-             ) -> torch.Tensor:
+def _sq_sums(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``sum_i (x_i r_i - x_i^2 s_i v)^2`` per key from the bags ``a = sum x^2 r^2``,
     ``b = sum x^3 s r`` and ``c = sum x^4 s^2`` (s broadcast to v's columns), clamped at 0
     against rounding."""
@@ -170,19 +175,28 @@ def _groups(x: FamilyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return so, order, uo
 
 
-def _bag2(table: torch.Tensor, split: int, idx: torch.Tensor, offsets: torch.Tensor,
-          xv: torch.Tensor | None, xsq: torch.Tensor | None) -> torch.Tensor:
+def _bag2(
+    table: torch.Tensor,
+    split: int,
+    idx: torch.Tensor,
+    offsets: torch.Tensor,
+    xv: torch.Tensor | None,
+    xsq: torch.Tensor | None,
+) -> torch.Tensor:
     """Bags of a table whose first ``split`` columns are weighted by x and the rest by x^2:
     one bag when every x is 1, two otherwise."""
     if xv is None:
         return _bag(table, idx, offsets, None)
-    return torch.cat([_bag(table[:, :split].contiguous(), idx, offsets, xv),
-                      _bag(table[:, split:].contiguous(), idx, offsets, xsq)], 1)
+    return torch.cat(
+        [
+            _bag(table[:, :split].contiguous(), idx, offsets, xv),
+            _bag(table[:, split:].contiguous(), idx, offsets, xsq),
+        ],
+        1,
+    )
 
 
-def forward_backward(
-    spec: FamilySpec, x: FamilyInputs, compute_grad: bool = True
-) -> FamilyOutput:
+def forward_backward(spec: FamilySpec, x: FamilyInputs, compute_grad: bool = True) -> FamilyOutput:
     """Predict a batch and, if asked, the summed gradients of every pulled parameter.
 
     All levels are computed together on one *wide* row per key, ``[v^(1) | ... | v^(m) |
@@ -211,29 +225,30 @@ def forward_backward(
         members = [torch.nonzero(x.level >= p).squeeze(1) for p in range(1, m + 1)]
         wide = views[0].new_zeros((n_keys, width + m))  # [v^(1..m) | |v^(p)|^2]
         for p in range(1, m + 1):
-            wide[:, offs[p - 1]:offs[p]].index_copy_(0, members[p - 1], views[p - 1])
-            v = wide[:, offs[p - 1]:offs[p]]
+            wide[:, offs[p - 1] : offs[p]].index_copy_(0, members[p - 1], views[p - 1])
+            v = wide[:, offs[p - 1] : offs[p]]
             wide[:, width + p - 1] = (v * v).sum(1)
         sums = _bag2(wide, width, x.occ_uniq, so, xv, xsq)  # (B, width + m)
         if m > 1:
             # Rows masked to the dependent levels of each key (p < k): one pattern per level k.
             pattern = torch.zeros((m + 1, width + m), dtype=wide.dtype, device=wide.device)
             for k in range(2, m + 1):
-                pattern[k, :offs[k - 1]] = 1
-                pattern[k, width:width + k - 1] = 1
+                pattern[k, : offs[k - 1]] = 1
+                pattern[k, width : width + k - 1] = 1
             # The top level has no dependent part: bag only the columns below it.
             lo, cols = offs[m - 1], list(range(offs[m - 1])) + list(range(width, width + m - 1))
             cols_t = torch.tensor(cols, device=wide.device)
-            dep = (wide.index_select(1, cols_t) * pattern.index_select(1, cols_t)
-                   .index_select(0, x.level))
+            dep = wide.index_select(1, cols_t) * pattern.index_select(1, cols_t).index_select(
+                0, x.level
+            )
             part = _bag2(dep, lo, x.occ_uniq, so, xv, xsq)  # (B, lo + m - 1)
             dsums = torch.zeros_like(sums)
             dsums[:, :lo] = part[:, :lo]
-            dsums[:, width:width + m - 1] = part[:, lo:]
+            dsums[:, width : width + m - 1] = part[:, lo:]
         else:  # FM: no dependent features
             dsums = torch.zeros_like(sums)
-        s_all = [sums[:, offs[p]:offs[p + 1]] for p in range(m)]
-        s_dep = [dsums[:, offs[p]:offs[p + 1]] for p in range(m)]
+        s_all = [sums[:, offs[p] : offs[p + 1]] for p in range(m)]
+        s_dep = [dsums[:, offs[p] : offs[p + 1]] for p in range(m)]
         a_diag = 0.5 * (torch.stack([(t * t).sum(1) for t in s_all]) - sums[:, width:].T)
         a_next = 0.5 * (torch.stack([(t * t).sum(1) for t in s_dep]) - dsums[:, width:].T)
         c = torch.cumsum(a_diag - a_next, 0)  # (m, B)
@@ -245,7 +260,8 @@ def forward_backward(
     if spec.loss == "logistic":
         prob = torch.sigmoid(logits)
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, x.labels, reduction="none")
+            logits, x.labels, reduction="none"
+        )
         g = prob - x.labels
     else:
         losses = 0.5 * (logits - x.labels) ** 2
@@ -268,8 +284,7 @@ def forward_backward(
     grad_w = _bag(ga, s_ord, uo, x_ord)[:, 0].to(out_dt)
     sq_w = _bag(ga * ga, s_ord, uo, xsq_ord)[:, 0].to(out_dt) if spec.sum_sq else None
     if not m:
-        return FamilyOutput(logits, logits_low, grad_w, [], loss, sq_w,
-                            [] if spec.sum_sq else None)
+        return FamilyOutput(logits, logits_low, grad_w, [], loss, sq_w, [] if spec.sum_sq else None)
     link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
     free_rows, dep_rows, dep_scal = [], [], []
     zero = torch.zeros_like(ga)
@@ -298,45 +313,57 @@ def forward_backward(
         k_occ = torch.clamp(x.level, min=1).index_select(0, u_ord) - 1
         idx = s_ord + n_rows * k_occ
     if spec.tied:
-        grad_tables, sq_tables = _tied_backward(spec, x, ga, dep_rows, free_rows, idx, uo,
-                                                x_ord, acc, out_dt)
+        grad_tables, sq_tables = _tied_backward(
+            spec, x, ga, dep_rows, free_rows, idx, uo, x_ord, acc, out_dt
+        )
         return FamilyOutput(logits, logits_low, grad_w, grad_tables, loss, sq_w, sq_tables)
     rep = torch.tensor(ranks, device=ga.device)
     variants = []
     for k in range(1, m + 1):
-        parts = dep_rows[:k - 1] + [free_rows[k - 1]]
-        parts += [torch.zeros((n_rows, ranks[p]), dtype=acc, device=ga.device)
-                  for p in range(k, m)]
-        row = torch.cat(parts + dep_scal[:k - 1] + [ga] + [zero] * (m - k), 1)  # (B, width + m)
+        parts = dep_rows[: k - 1] + [free_rows[k - 1]]
+        parts += [torch.zeros((n_rows, ranks[p]), dtype=acc, device=ga.device) for p in range(k, m)]
+        row = torch.cat(parts + dep_scal[: k - 1] + [ga] + [zero] * (m - k), 1)  # (B, width + m)
         if spec.sum_sq:
             r, scal = row[:, :width], row[:, width:]
-            row = torch.cat([row, r * r, torch.repeat_interleave(scal, rep, 1) * r,
-                             scal * scal], 1)
+            row = torch.cat([row, r * r, torch.repeat_interleave(scal, rep, 1) * r, scal * scal], 1)
         variants.append(row)
     table = torch.cat(variants) if m > 1 else variants[0]  # (m B, cols)
     groups = [(width, 1), (m, 2)] + ([(width, 2), (width, 3), (m, 4)] if spec.sum_sq else [])
     out = _bag_powers(table, idx, uo, x_ord, groups)  # (U, cols)
     v = wide[:, :width].to(acc)
-    scal = torch.repeat_interleave(out[:, width:width + m], rep, 1)
+    scal = torch.repeat_interleave(out[:, width : width + m], rep, 1)
     grad_wide = out[:, :width] - v * scal
 
     def per_level(t: torch.Tensor) -> list[torch.Tensor]:
-        return [t[:, offs[p - 1]:offs[p]].index_select(0, members[p - 1]).to(out_dt)
-                for p in range(1, m + 1)]
+        return [
+            t[:, offs[p - 1] : offs[p]].index_select(0, members[p - 1]).to(out_dt)
+            for p in range(1, m + 1)
+        ]
 
     sq_tables = None
     if spec.sum_sq:
         lo = width + m
-        sq = _sq_sums(out[:, lo:lo + width], out[:, lo + width:lo + 2 * width],
-                      torch.repeat_interleave(out[:, lo + 2 * width:], rep, 1), v)
+        sq = _sq_sums(
+            out[:, lo : lo + width],
+            out[:, lo + width : lo + 2 * width],
+            torch.repeat_interleave(out[:, lo + 2 * width :], rep, 1),
+            v,
+        )
         sq_tables = per_level(sq)
     return FamilyOutput(logits, logits_low, grad_w, per_level(grad_wide), loss, sq_w, sq_tables)
 
 
 def _tied_backward(
-    spec: FamilySpec, x: FamilyInputs, ga: torch.Tensor, dep_rows: list[torch.Tensor],
-    free_rows: list[torch.Tensor], idx: torch.Tensor, uo: torch.Tensor,
-    x_ord: torch.Tensor | None, acc: torch.dtype, out_dt: torch.dtype,
+    spec: FamilySpec,
+    x: FamilyInputs,
+    ga: torch.Tensor,
+    dep_rows: list[torch.Tensor],
+    free_rows: list[torch.Tensor],
+    idx: torch.Tensor,
+    uo: torch.Tensor,
+    x_ord: torch.Tensor | None,
+    acc: torch.dtype,
+    out_dt: torch.dtype,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """DiFacto: the gradient of a stored vector u (level k, size D_k) is the sum of its
     prefixes' gradients. Per sample the level rows are folded onto u's coordinates first,
@@ -349,8 +376,8 @@ def _tied_backward(
     variants = []
     for k in range(1, m + 1):
         r = torch.zeros((n_rows, top), dtype=acc, device=ga.device)
-        for p, rows in enumerate(dep_rows[:k - 1] + [free_rows[k - 1]], start=1):
-            r[:, :ranks[p - 1]] += rows
+        for p, rows in enumerate(dep_rows[: k - 1] + [free_rows[k - 1]], start=1):
+            r[:, : ranks[p - 1]] += rows
         cols = [r, ga]
         if spec.sum_sq:
             cols += [r * r, ga * r, ga * ga]
@@ -361,16 +388,18 @@ def _tied_backward(
     u = x.tables[0].new_zeros((x.level.shape[0], top)).to(acc)  # stored vectors, padded
     at = [torch.nonzero(x.level == k).squeeze(1) for k in range(1, m + 1)]
     for k in range(1, m + 1):
-        u[at[k - 1], :ranks[k - 1]] = x.tables[k - 1].to(acc)
-    grad = out[:, :top] - u * out[:, top:top + 1]
+        u[at[k - 1], : ranks[k - 1]] = x.tables[k - 1].to(acc)
+    grad = out[:, :top] - u * out[:, top : top + 1]
 
     def per_level(t: torch.Tensor) -> list[torch.Tensor]:
-        return [t.index_select(0, at[k - 1])[:, :ranks[k - 1]].to(out_dt)
-                for k in range(1, m + 1)]
+        return [t.index_select(0, at[k - 1])[:, : ranks[k - 1]].to(out_dt) for k in range(1, m + 1)]
 
     sq = None
     if spec.sum_sq:
         lo = top + 1
-        sq = per_level(_sq_sums(out[:, lo:lo + top], out[:, lo + top:lo + 2 * top],
-                                out[:, lo + 2 * top:], u))
+        sq = per_level(
+            _sq_sums(
+                out[:, lo : lo + top], out[:, lo + top : lo + 2 * top], out[:, lo + 2 * top :], u
+            )
+        )
     return per_level(grad), sq

@@ -69,8 +69,12 @@ class FtrlParams:
     l2: float = 5.0
 
     def __post_init__(self) -> None:
-        for name, low, strict in (("alpha", 0.0, False), ("beta", 0.0, True),
-                                  ("l1", 0.0, False), ("l2", 0.0, False)):
+        for name, low, strict in (
+            ("alpha", 0.0, False),
+            ("beta", 0.0, True),
+            ("l1", 0.0, False),
+            ("l2", 0.0, False),
+        ):
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             ok = ok and np.isfinite(value) and (value > low if strict else value >= low)
@@ -102,7 +106,10 @@ def ftrl_weight(z: np.ndarray, n: np.ndarray, p: FtrlParams) -> np.ndarray:
 
 
 def ftrl_update(
-    z: np.ndarray, n: np.ndarray, g: np.ndarray, p: FtrlParams,
+    z: np.ndarray,
+    n: np.ndarray,
+    g: np.ndarray,
+    p: FtrlParams,
     g2: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One FTRL-Proximal step with gradient ``g``; returns the new ``(z, n)``.

@@ -74,8 +74,7 @@ class LocalClient:
             self.bytes_pushed += part.nbytes
             shard.push(part)
 
-    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False
-                  ) -> PullResult:
+    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False) -> PullResult:
         self.push(req)
         return self.pull(keys, create)
 

@@ -74,4 +74,4 @@ def init_factors(
     np.multiply(r, np.cos(a), out=out[:, :, 0])
     np.multiply(r, np.sin(a), out=out[:, :, 1])
     lo = first_col - 2 * p0
-    return out.reshape(keys.size, -1)[:, lo: lo + dim]
+    return out.reshape(keys.size, -1)[:, lo : lo + dim]

@@ -91,10 +91,11 @@ class PushRequest:
     def from_arrays(cls, a: Sequence[np.ndarray], m: int) -> PushRequest:
         """The request of :attr:`arrays` for a model of ``m`` levels."""
         if len(a) == 5 + 2 * m:
-            return cls(a[0], a[1], a[2], a[3], list(a[4:4 + m]), a[4 + m], list(a[5 + m:]))
+            return cls(a[0], a[1], a[2], a[3], list(a[4 : 4 + m]), a[4 + m], list(a[5 + m :]))
         if len(a) != 4 + m:
-            raise ValueError(f"a push of a {m}-level model has {4 + m} or {5 + 2 * m} arrays; "
-                             f"got {len(a)}")
+            raise ValueError(
+                f"a push of a {m}-level model has {4 + m} or {5 + 2 * m} arrays; got {len(a)}"
+            )
         return cls(a[0], a[1], a[2], a[3], list(a[4:]))
 
     def take(self, idx: np.ndarray, rows: Sequence[np.ndarray]) -> PushRequest:
@@ -103,9 +104,14 @@ class PushRequest:
         if self.sq_tables is not None:
             sq = [t[r] for t, r in zip(self.sq_tables, rows)]
         return PushRequest(
-            self.keys[idx], self.counts[idx], self.level[idx], self.grad_w[idx],
+            self.keys[idx],
+            self.counts[idx],
+            self.level[idx],
+            self.grad_w[idx],
             [t[r] for t, r in zip(self.grad_tables, rows)],
-            None if self.sq_w is None else self.sq_w[idx], sq)
+            None if self.sq_w is None else self.sq_w[idx],
+            sq,
+        )
 
 
 @dataclass
@@ -131,8 +137,9 @@ class ShardStats:
         return cls(
             keys=sum(p.keys for p in parts),
             nonzero_w=sum(p.nonzero_w for p in parts),
-            factor_rows_per_level=[sum(p.factor_rows_per_level[i] for p in parts)
-                                   for i in range(m)],
+            factor_rows_per_level=[
+                sum(p.factor_rows_per_level[i] for p in parts) for i in range(m)
+            ],
             nonzero_factors=sum(p.nonzero_factors for p in parts),
             ps_bytes=sum(p.ps_bytes for p in parts),
             raw_bytes=sum(p.raw_bytes for p in parts),

@@ -81,6 +81,7 @@ def split_push(r: Route, req: PushRequest, tied: bool) -> list[PushRequest]:
     out = []
     for idx in r.index:
         lev = req.level[idx]
-        out.append(req.take(idx, [rows[p - 1][idx[table_members(lev, p, tied)]]
-                                  for p in range(1, m + 1)]))
+        out.append(
+            req.take(idx, [rows[p - 1][idx[table_members(lev, p, tied)]] for p in range(1, m + 1)])
+        )
     return out

@@ -138,15 +138,15 @@ class ParameterShard:
         self.ranks = tuple(model.ranks)
         self.m = len(self.ranks)
         self.tied = model.tied
-        self.thresholds = level_thresholds(
-            self.ranks, levels.count_per_dim, levels.level_min_count
-        )
+        self.thresholds = level_thresholds(self.ranks, levels.count_per_dim, levels.level_min_count)
         self._bias_params = FtrlParams(ftrl.linear.alpha, ftrl.linear.beta, 0.0, 0.0)
         self.table = KeyTable()
         self._cap = 0
         self._slot1 = self.m > 0 and not self.tied and float(self.thresholds[0]) <= 1
-        self._per_key: dict[str, tuple[type, int]] = {"z_w": (np.float32, 0),
-                                                      "n_w": (np.float32, 0)}
+        self._per_key: dict[str, tuple[type, int]] = {
+            "z_w": (np.float32, 0),
+            "n_w": (np.float32, 0),
+        }
         if self.m:
             self._per_key["level"] = (np.int8, 0)
             if self.tied:
@@ -159,8 +159,9 @@ class ParameterShard:
             self._per_key["last_day"] = (np.uint16, 0)
         for name, (dtype, _) in self._per_key.items():
             setattr(self, name, np.zeros(0, dtype))
-        self.fac = [_Rows(d, linked=not self.tied and p < self.m)
-                    for p, d in enumerate(self.ranks, start=1)]
+        self.fac = [
+            _Rows(d, linked=not self.tied and p < self.m) for p, d in enumerate(self.ranks, start=1)
+        ]
         self.day = 0
         self.sketch: CountMinSketch | None = None
         self._buffer: list[tuple] = []
@@ -216,8 +217,7 @@ class ParameterShard:
         if self._slot1:
             self.fac[0].reset(new)
 
-    def _target_level(self, slots: np.ndarray, seen: bool, counts: np.ndarray | None
-                      ) -> np.ndarray:
+    def _target_level(self, slots: np.ndarray, seen: bool, counts: np.ndarray | None) -> np.ndarray:
         if counts is None:
             counts = self.count[slots] if self._counting else np.zeros(slots.size, np.float32)
         lev = levels_from_counts(np.maximum(counts, 1) if seen else counts, self.thresholds)
@@ -228,8 +228,9 @@ class ParameterShard:
         """Level-1 rows of ``slots`` (untied; every slot must have level >= 1)."""
         return slots if self._slot1 else self.row0[slots].astype(np.int64)
 
-    def _promote(self, slots: np.ndarray, seen: bool = False,
-                 counts: np.ndarray | None = None) -> None:
+    def _promote(
+        self, slots: np.ndarray, seen: bool = False, counts: np.ndarray | None = None
+    ) -> None:
         """Raise ``level`` of ``slots`` to their count's level (``counts`` if given, else
         the stored ones), creating factor rows."""
         if self.m == 0 or slots.size == 0:
@@ -247,12 +248,14 @@ class ParameterShard:
                 rows = np.full(slots.size, -1, np.int64)
                 had = old >= p
                 if had.any():
-                    rows[had] = (self._level1_rows(slots[had]) if p == 1
-                                 else self.fac[p - 2].up[below[had]])
+                    rows[had] = (
+                        self._level1_rows(slots[had]) if p == 1 else self.fac[p - 2].up[below[had]]
+                    )
                 gets = (old < p) & (new >= p)
                 if gets.any():
-                    v0 = init_factors(keys[gets], p, self.ranks[p - 1], self.model.init_std,
-                                      self.seed)
+                    v0 = init_factors(
+                        keys[gets], p, self.ranks[p - 1], self.model.init_std, self.seed
+                    )
                     z0 = ftrl_init_z(v0, self.ftrl.factor)
                     if p == 1 and self._slot1:
                         f.reset(slots[gets], z0)
@@ -379,8 +382,9 @@ class ParameterShard:
         present = slots >= 0
         s = slots[present]
         if s.size:
-            self._update_linear(s, req.grad_w[present], keys[present],
-                                None if inc_w is None else inc_w[present])
+            self._update_linear(
+                s, req.grad_w[present], keys[present], None if inc_w is None else inc_w[present]
+            )
             self._update_factors(slots, req.level, req.grad_tables, inc_tables)
             if self._counting:
                 self.count[s] += req.counts[present]
@@ -391,8 +395,7 @@ class ParameterShard:
                 self._admit(keys[~present], req.counts[~present])
             self._promote(s)
 
-    def _n_increments(self, req: PushRequest
-                      ) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
+    def _n_increments(self, req: PushRequest) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
         """What each coordinate's ``n`` grows by (:mod:`psfm.optim.ftrl`, ``accumulate``):
         None for the square of the summed gradient, the request's sums of squares, or the
         squared sum over the key's batch count."""
@@ -402,8 +405,10 @@ class ParameterShard:
             return None, none
         if rule == "sum_of_squares":
             if not req.has_sq:
-                raise PsfmError(f"Shard {self.shard_id}: ftrl.accumulate = 'sum_of_squares' "
-                                "but the push carries no sums of squared gradients.")
+                raise PsfmError(
+                    f"Shard {self.shard_id}: ftrl.accumulate = 'sum_of_squares' "
+                    "but the push carries no sums of squared gradients."
+                )
             return req.sq_w, list(req.sq_tables or [])
         c = np.maximum(req.counts, np.float32(1))
         inc_w = req.grad_w * req.grad_w / c
@@ -422,8 +427,9 @@ class ParameterShard:
                 return slots
         return self.table.lookup(keys)
 
-    def push_pull(self, req: PushRequest, pull_keys: np.ndarray,
-                  create: bool = False) -> PullResult:
+    def push_pull(
+        self, req: PushRequest, pull_keys: np.ndarray, create: bool = False
+    ) -> PullResult:
         """:meth:`push` one batch, then :meth:`pull` the next: one actor call instead of two."""
         self.push(req)
         return self.pull(pull_keys, create)
@@ -441,8 +447,7 @@ class ParameterShard:
         return self.push_pull(PushRequest.from_arrays(a[:-2], self.m), a[-2], bool(a[-1][0]))
 
     # ------------------------------------------------------------------ same-node messages
-    def shm_attach(self, name: str, path: str, token: bytes, slots: int,
-                   slot_bytes: int) -> bool:
+    def shm_attach(self, name: str, path: str, token: bytes, slots: int, slot_bytes: int) -> bool:
         """Map a worker's message file (:mod:`psfm.ps.shm`) as ``name``; False when the file
         cannot be opened here (another node) or is not the worker's."""
         f = MessageFile.attach(path, token, slots, slot_bytes)
@@ -474,7 +479,7 @@ class ParameterShard:
             out = self._push_pull_message(a)
         else:
             raise PsfmError(f"Shard {self.shard_id}: unknown message op {op!r}.")
-        return pack_into(out.arrays, buf[pad(length):])
+        return pack_into(out.arrays, buf[pad(length) :])
 
     def push_buffered(self, worker: int, req: PushRequest) -> None:
         """Sync mode: hold one worker's gradients of the current step until
@@ -506,9 +511,14 @@ class ParameterShard:
             member = self._table_members(level, p)
             rows = np.cumsum(member) - 1
             members.append(int(member.sum()))
-            idx.append(np.concatenate([
-                rows[inv[offsets[i]: offsets[i + 1]][self._table_members(r.level, p)]]
-                for i, r in enumerate(reqs)]))
+            idx.append(
+                np.concatenate(
+                    [
+                        rows[inv[offsets[i] : offsets[i + 1]][self._table_members(r.level, p)]]
+                        for i, r in enumerate(reqs)
+                    ]
+                )
+            )
 
         def per_row(tables: list[list[np.ndarray]]) -> list[np.ndarray]:
             out = []
@@ -519,31 +529,44 @@ class ParameterShard:
             return out
 
         has_sq = all(r.has_sq for r in reqs)
-        self.push(PushRequest(
-            uniq, per_key([r.counts for r in reqs]), level, per_key([r.grad_w for r in reqs]),
-            per_row([r.grad_tables for r in reqs]),
-            per_key([r.sq_w for r in reqs]) if has_sq else None,
-            per_row([r.sq_tables for r in reqs]) if has_sq else None))
+        self.push(
+            PushRequest(
+                uniq,
+                per_key([r.counts for r in reqs]),
+                level,
+                per_key([r.grad_w for r in reqs]),
+                per_row([r.grad_tables for r in reqs]),
+                per_key([r.sq_w for r in reqs]) if has_sq else None,
+                per_row([r.sq_tables for r in reqs]) if has_sq else None,
+            )
+        )
 
     def save_state(self, path: str) -> dict[str, int | str]:
         """Write this shard's checkpoint file; returns its size and SHA-256."""
         return write_shard_state(path, self.snapshot())
 
-    def _update_linear(self, s: np.ndarray, g: np.ndarray, keys: np.ndarray,
-                       inc: np.ndarray | None) -> None:
+    def _update_linear(
+        self, s: np.ndarray, g: np.ndarray, keys: np.ndarray, inc: np.ndarray | None
+    ) -> None:
         bias = keys == BIAS_KEY
         if bias.any():  # the bias is an ordinary key, but not regularised
             sb = s[bias]
             self.z_w[sb], self.n_w[sb] = ftrl_update(
-                self.z_w[sb], self.n_w[sb], g[bias], self._bias_params,
-                None if inc is None else inc[bias])
+                self.z_w[sb],
+                self.n_w[sb],
+                g[bias],
+                self._bias_params,
+                None if inc is None else inc[bias],
+            )
             s, g = s[~bias], g[~bias]
             inc = None if inc is None else inc[~bias]
-        self.z_w[s], self.n_w[s] = ftrl_update(self.z_w[s], self.n_w[s], g, self.ftrl.linear,
-                                               inc)
+        self.z_w[s], self.n_w[s] = ftrl_update(self.z_w[s], self.n_w[s], g, self.ftrl.linear, inc)
 
     def _update_factors(
-        self, slots: np.ndarray, level: np.ndarray, grad_tables: list[np.ndarray],
+        self,
+        slots: np.ndarray,
+        level: np.ndarray,
+        grad_tables: list[np.ndarray],
         inc_tables: list[np.ndarray | None],
     ) -> None:
         if self.m == 0:
@@ -554,8 +577,9 @@ class ParameterShard:
             grad_tables = [g[k] for g, k in zip(grad_tables, keep)]
             inc_tables = [None if i is None else i[k] for i, k in zip(inc_tables, keep)]
             level = np.where(gone, 0, level).astype(np.int8)
-        for p, (f, r, g, inc) in enumerate(zip(self.fac, self._member_rows(slots, level),
-                                               grad_tables, inc_tables), start=1):
+        for p, (f, r, g, inc) in enumerate(
+            zip(self.fac, self._member_rows(slots, level), grad_tables, inc_tables), start=1
+        ):
             if not self.tied:
                 st = np.take(f.s, r, axis=0)
                 st[:, 0], st[:, 1] = ftrl_update(st[:, 0], st[:, 1], g, self.ftrl.factor, inc)
@@ -569,8 +593,12 @@ class ParameterShard:
                 fk = self.fac[k - 1]
                 rk = self.row[sl[at]]
                 fk.z[rk, :d], fk.nn[rk, :d] = ftrl_update(
-                    fk.z[rk, :d], fk.nn[rk, :d], g[at], self.ftrl.factor,
-                    None if inc is None else inc[at])
+                    fk.z[rk, :d],
+                    fk.nn[rk, :d],
+                    g[at],
+                    self.ftrl.factor,
+                    None if inc is None else inc[at],
+                )
 
     def _admit(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Count not-yet-admitted keys in the sketch; store those that reach the bar."""
@@ -593,7 +621,8 @@ class ParameterShard:
             if day > np.iinfo(np.uint16).max:
                 raise CheckpointError(
                     f"Keys' last-seen days are stored as uint16: with ttl_days a run has at "
-                    f"most {np.iinfo(np.uint16).max} days. Got day index {day} instead.")
+                    f"most {np.iinfo(np.uint16).max} days. Got day index {day} instead."
+                )
             keep = (day - self.last_day[:n].astype(np.int64)) <= self.levels.ttl_days
             keep |= self.table.keys == BIAS_KEY
             evicted = self._retain(keep)
@@ -721,7 +750,7 @@ class ParameterShard:
                 f"{self.shard_id}/{self.n_shards} with ranks {list(self.ranks)}."
             )
         self.table = KeyTable.restore(
-            {k[len("table."):]: v for k, v in state.items() if k.startswith("table.")}
+            {k[len("table.") :]: v for k, v in state.items() if k.startswith("table.")}
         )
         n = len(self.table)
         self.day = int(meta[3])
@@ -755,16 +784,16 @@ class ParameterShard:
                 self.fac[p - 2].up[below[has]] = r[has]
             below = r
         if "sketch" in state:
-            self.sketch = CountMinSketch(width=state["sketch"].shape[1],
-                                         depth=state["sketch"].shape[0], seed=self.seed)
+            self.sketch = CountMinSketch(
+                width=state["sketch"].shape[1], depth=state["sketch"].shape[0], seed=self.seed
+            )
             self.sketch.table[:] = state["sketch"]
 
     def _rows_per_level(self) -> list[int]:
         if self.m == 0:
             return []
         lev = self.level[: len(self.table)]
-        return [int(np.count_nonzero(self._table_members(lev, p)))
-                for p in range(1, self.m + 1)]
+        return [int(np.count_nonzero(self._table_members(lev, p))) for p in range(1, self.m + 1)]
 
     def stats(self) -> ShardStats:
         """Model size: keys, non-zero weights, factor rows per level, bytes."""
@@ -775,9 +804,8 @@ class ParameterShard:
         for f, r in zip(self.fac, self._slot_rows()):
             r = r[r >= 0]
             for lo in range(0, r.size, 1 << 20):
-                st = f.s[r[lo: lo + (1 << 20)]]
-                nz_f += int(np.count_nonzero(ftrl_weight(st[:, 0], st[:, 1],
-                                                         self.ftrl.factor)))
+                st = f.s[r[lo : lo + (1 << 20)]]
+                nz_f += int(np.count_nonzero(ftrl_weight(st[:, 0], st[:, 1], self.ftrl.factor)))
         ps_bytes = self.table.nbytes + sum(getattr(self, k).nbytes for k in self._per_key)
         ps_bytes += sum(f.nbytes for f in self.fac)
         ps_bytes += self.sketch.nbytes if self.sketch is not None else 0
@@ -792,8 +820,11 @@ class ParameterShard:
         of level p for the keys in ``rows{p}`` (indices into ``keys``). For export."""
         n = len(self.table)
         s = np.arange(n)
-        out = {"keys": self.table.keys.copy(), "w": self._weights(s, self.table.keys),
-               "level": self.level[:n].copy() if self.m else np.zeros(n, np.int8)}
+        out = {
+            "keys": self.table.keys.copy(),
+            "w": self._weights(s, self.table.keys),
+            "level": self.level[:n].copy() if self.m else np.zeros(n, np.int8),
+        }
         for p, (f, r) in enumerate(zip(self.fac, self._slot_rows()), start=1):
             has = np.flatnonzero(r >= 0)
             out[f"rows{p}"] = has

@@ -102,7 +102,7 @@ class MessageFile:
         if not 0 <= i < self.slots:
             raise IndexError(f"slot {i} of a {self.slots}-slot message file")
         lo = _HEADER + i * self.slot_bytes
-        return self.buf[lo: lo + self.slot_bytes]
+        return self.buf[lo : lo + self.slot_bytes]
 
     def unlink(self) -> None:
         """Remove the name; both mappings stay valid until dropped."""

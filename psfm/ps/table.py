@@ -272,7 +272,8 @@ class KeyTable:
             n1 = n0 + 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1]))  # exact count
             if n1 > self._index.size // 2:  # grow by half at least: amortized O(1) rehash
                 self._set_index_capacity(
-                    max(_index_capacity_for(n1), self._index.size + self._index.size // 2))
+                    max(_index_capacity_for(n1), self._index.size + self._index.size // 2)
+                )
                 self._rebuild_index(check_duplicates=False)
                 start = _home(new, self._index.size)
                 known_free = False

@@ -32,8 +32,10 @@ def _header(arrays: Sequence[np.ndarray]) -> np.ndarray:
     head = [len(arrays)]
     for a in arrays:
         if a.dtype not in _CODE or a.ndim not in (1, 2):
-            raise TypeError(f"pack carries 1-D/2-D arrays of {[str(d) for d in _DTYPES]}; got "
-                            f"{a.dtype} with shape {a.shape}")
+            raise TypeError(
+                f"pack carries 1-D/2-D arrays of {[str(d) for d in _DTYPES]}; got "
+                f"{a.dtype} with shape {a.shape}"
+            )
         head += [_CODE[a.dtype], a.shape[0], a.shape[1] if a.ndim == 2 else 0]
     return np.asarray(head, np.int64)
 
@@ -53,7 +55,7 @@ def pack_into(arrays: Sequence[np.ndarray], out: np.ndarray) -> int:
     out[: hdr.nbytes] = hdr.view(np.uint8)
     off = hdr.nbytes
     for a in arrays:
-        out[off: off + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        out[off : off + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
         off += pad(a.nbytes)
     return size
 
@@ -71,7 +73,7 @@ def unpack(buf: np.ndarray) -> list[np.ndarray]:
     hdr = np.frombuffer(buf, np.int64, 1 + 3 * k)
     off, out = hdr.nbytes, []
     for i in range(k):
-        code, rows, cols = (int(v) for v in hdr[1 + 3 * i: 4 + 3 * i])
+        code, rows, cols = (int(v) for v in hdr[1 + 3 * i : 4 + 3 * i])
         dt = _DTYPES[code]
         n = rows * max(cols, 1)
         a = np.frombuffer(buf, dt, n, off)

@@ -18,9 +18,16 @@ def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_p
     sz = dataclasses.replace(sizes(True, rows=120_000), table_sizes=(300_000,))
     res = run_bench(sz, data_dir=str(tmp_path), command="test")
     md = render_markdown(res)
-    for head in ("## 1. Stage costs", "## 2. End-to-end", "### Worker-shard message cost",
-                 "## 3. Bytes per sample", "## 4. Parameter-server bytes", "## 5. Scaling",
-                 "## 6. Memory-bandwidth ceiling", "## Targets"):
+    for head in (
+        "## 1. Stage costs",
+        "## 2. End-to-end",
+        "### Worker-shard message cost",
+        "## 3. Bytes per sample",
+        "## 4. Parameter-server bytes",
+        "## 5. Scaling",
+        "## 6. Memory-bandwidth ceiling",
+        "## Targets",
+    ):
         assert head in md, head
     e2e = res["end_to_end"]
     for name in ("LR", "FM(8)", "RaFM({1,2,4,8})"):

@@ -35,8 +35,14 @@ SCRIPT = REPO / "cluster" / "local_cluster.sh"
 if not sys.platform.startswith("linux") or shutil.which("setsid") is None:
     pytest.skip("local_cluster.sh needs Linux and setsid", allow_module_level=True)
 
-_RAY_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-             "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+_RAY_VARS = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+)
 
 
 def _base_env(home: Path) -> dict[str, str]:
@@ -50,8 +56,9 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 def _script(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _state(cluster_dir: Path) -> dict[str, str]:
@@ -70,7 +77,7 @@ def _cluster_processes(sids: set[int], root: str) -> list[str]:
             continue
         try:
             stat = Path(f"/proc/{d}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             cmdline = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError, UnicodeDecodeError):
             continue
@@ -110,13 +117,25 @@ def test_local_cluster_script(tmp_path: Path) -> None:
     home.mkdir()
     env = _base_env(home)
     # A process that looks like Ray to name-based killers (`ray stop`); stop must spare it.
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
-                                  "raylet", "gcs_server", "ray::IDLE"])
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", "raylet", "gcs_server", "ray::IDLE"]
+    )
     sids: set[int] = set()
     root = ""
     try:
-        start = _script(env, "start", "--workers", "2", "--cpus-per-node", "1",
-                        "--dir", str(cluster_dir), "--timeout", "60", timeout=80)
+        start = _script(
+            env,
+            "start",
+            "--workers",
+            "2",
+            "--cpus-per-node",
+            "1",
+            "--dir",
+            str(cluster_dir),
+            "--timeout",
+            "60",
+            timeout=80,
+        )
         assert start.returncode == 0, start.stdout + start.stderr
         state = _state(cluster_dir)
         root = state["RAY_TMP_ROOT"]
@@ -133,27 +152,52 @@ def test_local_cluster_script(tmp_path: Path) -> None:
 
         # Refused clients (in the background while the good client runs): no token at all, and
         # token mode with a wrong token. Few GCS connect retries so a refusal is quick.
-        refused_env = dict(env, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-                           RAY_NUM_REDIS_GET_RETRIES="3")
+        refused_env = dict(
+            env, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_NUM_REDIS_GET_RETRIES="3"
+        )
         wrong_env = dict(refused_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
-        refused = [subprocess.Popen([sys.executable, "-c", CLIENT_REFUSED, address], env=e,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                   for e in (refused_env, wrong_env)]
+        refused = [
+            subprocess.Popen(
+                [sys.executable, "-c", CLIENT_REFUSED, address],
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for e in (refused_env, wrong_env)
+        ]
 
         # The good client takes its environment from `local_cluster.sh env`.
         ok = subprocess.run(
-            ["bash", "-c", 'eval "$(bash "$0" env --dir "$1")" && exec "$2" -c "$3"',
-             str(SCRIPT), str(cluster_dir), sys.executable, CLIENT_OK],
-            env=env, capture_output=True, text=True, timeout=60)
+            [
+                "bash",
+                "-c",
+                'eval "$(bash "$0" env --dir "$1")" && exec "$2" -c "$3"',
+                str(SCRIPT),
+                str(cluster_dir),
+                sys.executable,
+                CLIENT_OK,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ok.returncode == 0, ok.stdout + ok.stderr
-        result = json.loads(next(line for line in ok.stdout.splitlines()
-                                 if line.startswith("RESULT "))[len("RESULT "):])
+        result = json.loads(
+            next(line for line in ok.stdout.splitlines() if line.startswith("RESULT "))[
+                len("RESULT ") :
+            ]
+        )
         nodes = [n for n in result["nodes"] if n["alive"]]
         assert len(nodes) == 3, result
         assert {n["ip"] for n in nodes} == {"127.0.0.1"}
         heads = [n for n in nodes if n["resources"].get("psfm_driver") == 1]
-        workers = [n for n in nodes if n["resources"].get("psfm_shard") == 1
-                   and n["resources"].get("psfm_worker") == 1]
+        workers = [
+            n
+            for n in nodes
+            if n["resources"].get("psfm_shard") == 1 and n["resources"].get("psfm_worker") == 1
+        ]
         assert len(heads) == 1 and "psfm_shard" not in heads[0]["resources"]
         assert len(workers) == 2 and all(n["resources"]["CPU"] == 1 for n in workers)
         assert result["task_node"] in {n["id"] for n in workers}
@@ -161,8 +205,11 @@ def test_local_cluster_script(tmp_path: Path) -> None:
         for proc in refused:
             out, _ = proc.communicate(timeout=60)
             assert proc.returncode == 3, out
-            assert "REFUSED" in out and ("Unauthenticated" in out or "InvalidAuthToken" in out
-                                         or "AuthenticationError" in out), out
+            assert "REFUSED" in out and (
+                "Unauthenticated" in out
+                or "InvalidAuthToken" in out
+                or "AuthenticationError" in out
+            ), out
 
         # The dashboard (job API) wants the token too.
         url = f"{state['DASHBOARD_URL']}/api/version"

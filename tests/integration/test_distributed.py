@@ -21,28 +21,32 @@ from psfm.export import Predictor, export_model, restore_model
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("logs")
-    generate(root, days=5, rows_per_day=25_000, spec=GenSpec.small(), seed=3,
-             row_group_rows=8192)
+    generate(root, days=5, rows_per_day=25_000, spec=GenSpec.small(), seed=3, row_group_rows=8192)
     return root
 
 
 @pytest.fixture(scope="module")
 def data_big(tmp_path_factory):
     root = tmp_path_factory.mktemp("logs_big")
-    generate(root, days=4, rows_per_day=100_000, spec=GenSpec.small(), seed=5,
-             row_group_rows=8192)
+    generate(root, days=4, rows_per_day=100_000, spec=GenSpec.small(), seed=5, row_group_rows=8192)
     return root
 
 
 def _cfg(root, run_dir, *sets):
-    return load_config(None, [f"data.root={json.dumps(str(root))}",
-                              f"train.run_dir={json.dumps(str(run_dir))}",
-                              'model.kind="rafm"', "model.ranks=[1,2,4]",
-                              "ftrl.factor.alpha=0.1",  # the compact log's best rate
-                              # these tests check distribution, not defaults: few, large
-                              # steps keep them fast (the automatic size would take 64 rows)
-                              "data.batch_size=4096",
-                              *sets])
+    return load_config(
+        None,
+        [
+            f"data.root={json.dumps(str(root))}",
+            f"train.run_dir={json.dumps(str(run_dir))}",
+            'model.kind="rafm"',
+            "model.ranks=[1,2,4]",
+            "ftrl.factor.alpha=0.1",  # the compact log's best rate
+            # these tests check distribution, not defaults: few, large
+            # steps keep them fast (the automatic size would take 64 rows)
+            "data.batch_size=4096",
+            *sets,
+        ],
+    )
 
 
 def _train(root, run_dir, *sets, resume=False):
@@ -53,7 +57,7 @@ def _train(root, run_dir, *sets, resume=False):
 
 def test_one_and_three_shards_sync_one_worker_are_bitwise_identical(ray_local, data, tmp_path):
     for n in (1, 3):
-        _train(data, tmp_path / f"s{n}", "ps.mode=\"sync\"", "train.workers=1", f"ps.shards={n}")
+        _train(data, tmp_path / f"s{n}", 'ps.mode="sync"', "train.workers=1", f"ps.shards={n}")
     a, b = restore_model(str(tmp_path / "s1"))[1], restore_model(str(tmp_path / "s3"))[1]
     assert a["keys"].size > 1000
     for k in a:
@@ -63,8 +67,9 @@ def test_one_and_three_shards_sync_one_worker_are_bitwise_identical(ray_local, d
 def test_two_sync_workers_equal_one_up_to_summation_order(ray_local, data, tmp_path):
     reps = {}
     for k in (1, 2):
-        reps[k] = _train(data, tmp_path / f"w{k}", "ps.mode=\"sync\"", f"train.workers={k}",
-                         "ps.shards=2")
+        reps[k] = _train(
+            data, tmp_path / f"w{k}", 'ps.mode="sync"', f"train.workers={k}", "ps.shards=2"
+        )
     a, b = restore_model(str(tmp_path / "w1"))[1], restore_model(str(tmp_path / "w2"))[1]
     assert np.array_equal(a["keys"], b["keys"]) and np.array_equal(a["level"], b["level"])
     diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a if k.startswith(("w", "v")))
@@ -74,9 +79,15 @@ def test_two_sync_workers_equal_one_up_to_summation_order(ray_local, data, tmp_p
 
 def test_async_auc_is_within_0_005_of_sync(ray_local, data_big, tmp_path):
     units = "data.rows_per_unit=16384"  # many units a day: both workers take some
-    sync = _train(data_big, tmp_path / "sync", "ps.mode=\"sync\"", "train.workers=2", units)
-    asyn = _train(data_big, tmp_path / "async", "ps.mode=\"async\"", "train.workers=2",
-                  "ps.max_in_flight=2", units)
+    sync = _train(data_big, tmp_path / "sync", 'ps.mode="sync"', "train.workers=2", units)
+    asyn = _train(
+        data_big,
+        tmp_path / "async",
+        'ps.mode="async"',
+        "train.workers=2",
+        "ps.max_in_flight=2",
+        units,
+    )
     assert abs(sync["test"]["auc"] - asyn["test"]["auc"]) <= 0.005
     assert asyn["test"]["auc"] > 0.80
 
@@ -100,13 +111,18 @@ def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tm
     client = LocalClient(make_shards(cfg))
     client.restore(load_checkpoint(latest_checkpoint(str(run)))[0])
     worker = Worker(cfg)
-    mine = np.concatenate([
-        np.concatenate(worker.run_unit(u, client, train=False, keep_predictions=True)
-                       .predictions, axis=1)[0]
-        for u in work_units(str(data), "5")])
+    mine = np.concatenate(
+        [
+            np.concatenate(
+                worker.run_unit(u, client, train=False, keep_predictions=True).predictions, axis=1
+            )[0]
+            for u in work_units(str(data), "5")
+        ]
+    )
     # ... and the exported model's, with numpy alone.
-    theirs = np.concatenate([p for _, _, _, p, _ in Predictor(str(model)).iter_scores(
-        str(data), ["5"])])
+    theirs = np.concatenate(
+        [p for _, _, _, p, _ in Predictor(str(model)).iter_scores(str(data), ["5"])]
+    )
     assert mine.shape == theirs.shape == (25_000,)
     assert np.max(np.abs(mine - theirs)) <= 1e-6
     from psfm.metrics import auc_exact
@@ -116,17 +132,36 @@ def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tm
 
 
 def test_driver_crash_after_day_2_then_resume_gives_the_uninterrupted_model(
-        ray_local, data, tmp_path):
-    sets = ["ps.mode=\"sync\"", "train.workers=1", "ps.shards=2"]
+    ray_local, data, tmp_path
+):
+    sets = ['ps.mode="sync"', "train.workers=1", "ps.shards=2"]
     _train(data, tmp_path / "full", *sets)
     run = tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "psfm.cli", "train", "--data", str(data), "--run-dir", str(run),
-           "--model", "rafm", "--ranks", "1,2,4", *[a for s in sets for a in ("--set", s)],
-           "--set", "train.log_every_s=1", "--set", "ftrl.factor.alpha=0.1",
-           "--batch-size", "4096"]  # as _cfg: the resumed days train with it
+    cmd = [
+        sys.executable,
+        "-m",
+        "psfm.cli",
+        "train",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run),
+        "--model",
+        "rafm",
+        "--ranks",
+        "1,2,4",
+        *[a for s in sets for a in ("--set", s)],
+        "--set",
+        "train.log_every_s=1",
+        "--set",
+        "ftrl.factor.alpha=0.1",
+        "--batch-size",
+        "4096",
+    ]  # as _cfg: the resumed days train with it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     manifest = run / "checkpoints" / "day=2" / "MANIFEST.json"
     try:
         deadline = time.time() + 120
@@ -144,14 +179,13 @@ def test_driver_crash_after_day_2_then_resume_gives_the_uninterrupted_model(
         assert np.array_equal(a[k], b[k]), k
 
 
-def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data, tmp_path,
-                                                                 caplog):
+def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data, tmp_path, caplog):
     import logging
     import threading
 
     import ray
 
-    sets = ["ps.mode=\"sync\"", "train.workers=1", "ps.shards=2"]
+    sets = ['ps.mode="sync"', "train.workers=1", "ps.shards=2"]
     _train(data, tmp_path / "full", *sets)
     run = tmp_path / "killed"
     result: dict = {}
@@ -186,8 +220,14 @@ def test_shared_memory_and_ray_messages_train_the_same_model(ray_local, data, tm
     """ps.transport: shared-memory messages (the default on one node) and Ray's messages give a
     bitwise equal model (sync, one worker, 2 shards)."""
     for t in ("auto", "ray"):
-        _train(data, tmp_path / t, 'ps.mode="sync"', "train.workers=1", "ps.shards=2",
-               f'ps.transport="{t}"')
+        _train(
+            data,
+            tmp_path / t,
+            'ps.mode="sync"',
+            "train.workers=1",
+            "ps.shards=2",
+            f'ps.transport="{t}"',
+        )
     a, b = restore_model(str(tmp_path / "auto"))[1], restore_model(str(tmp_path / "ray"))[1]
     assert a["keys"].size > 1000
     for k in a:
@@ -276,27 +316,38 @@ def _structure(x):
 
 
 def test_in_process_and_ray_with_one_worker_write_the_same_lines_and_report(
-        ray_local, data, tmp_path):
+    ray_local, data, tmp_path
+):
     """One run loop: ``--in-process`` trains the same work units as Ray with one worker
     (``data.rows_per_unit`` honoured, the same shuffled order in pass 2) and writes the same
     metrics.jsonl events with the same keys and a report.json of the same shape; a run with
     early stopping and no run directory keeps the best pass in memory on both backends."""
     from psfm.trainer import train_local
 
-    sets = ["train.workers=1", "ps.shards=2", "data.rows_per_unit=8192",
-            "train.eval_next_day=true", 'data.train_days="1..3"', 'data.valid_days="4"',
-            "train.passes=2", 'train.early_stop="logloss"', "train.patience=2"]
-    reps = {"local": train_local(_cfg(data, tmp_path / "local", *sets)),
-            "ray": _train(data, tmp_path / "ray", *sets)}
-    lines = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text()
-                 .splitlines()] for k in reps}
-    assert [x["event"] for x in lines["local"]] == (["train_day"] * 3 + ["valid"]) * 2 + [
-        "test"]
+    sets = [
+        "train.workers=1",
+        "ps.shards=2",
+        "data.rows_per_unit=8192",
+        "train.eval_next_day=true",
+        'data.train_days="1..3"',
+        'data.valid_days="4"',
+        "train.passes=2",
+        'train.early_stop="logloss"',
+        "train.patience=2",
+    ]
+    reps = {
+        "local": train_local(_cfg(data, tmp_path / "local", *sets)),
+        "ray": _train(data, tmp_path / "ray", *sets),
+    }
+    lines = {
+        k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
+        for k in reps
+    }
+    assert [x["event"] for x in lines["local"]] == (["train_day"] * 3 + ["valid"]) * 2 + ["test"]
     assert [x["event"] for x in lines["ray"]] == [x["event"] for x in lines["local"]]
     assert [_structure(x) for x in lines["ray"]] == [_structure(x) for x in lines["local"]]
     on_disk = {k: json.loads((tmp_path / k / "report.json").read_text()) for k in reps}
-    assert _structure(on_disk["ray"]) == _structure(on_disk["local"]) == _structure(
-        reps["local"])
+    assert _structure(on_disk["ray"]) == _structure(on_disk["local"]) == _structure(reps["local"])
     assert reps["local"]["train"]["rows"] == reps["ray"]["train"]["rows"] == 150_000
     assert reps["local"]["valid"] == reps["ray"]["valid"]
     a, b = restore_model(str(tmp_path / "local"))[1], restore_model(str(tmp_path / "ray"))[1]
@@ -305,11 +356,22 @@ def test_in_process_and_ray_with_one_worker_write_the_same_lines_and_report(
         assert np.array_equal(a[k], b[k]), k
     # Large rates on one day: pass 2 validates worse, and the test scores pass 1's state,
     # kept by RayBackend.snapshot() / LocalBackend.snapshot() (no run directory).
-    sets = ["train.workers=1", "ps.shards=2", 'train.run_dir=""', 'data.train_days="1"',
-            'data.valid_days="4"', "train.passes=2", 'train.early_stop="logloss"',
-            "ftrl.linear.alpha=1.0", "ftrl.factor.alpha=1.0", "data.batch_size=128"]
-    mem = {"local": train_local(_cfg(data, tmp_path / "unused", *sets)),
-           "ray": _train(data, tmp_path / "unused", *sets)}
+    sets = [
+        "train.workers=1",
+        "ps.shards=2",
+        'train.run_dir=""',
+        'data.train_days="1"',
+        'data.valid_days="4"',
+        "train.passes=2",
+        'train.early_stop="logloss"',
+        "ftrl.linear.alpha=1.0",
+        "ftrl.factor.alpha=1.0",
+        "data.batch_size=128",
+    ]
+    mem = {
+        "local": train_local(_cfg(data, tmp_path / "unused", *sets)),
+        "ray": _train(data, tmp_path / "unused", *sets),
+    }
     assert mem["local"]["train"]["best_pass"] == mem["ray"]["train"]["best_pass"] == 1
     assert mem["ray"]["valid"][1]["logloss"] > mem["ray"]["valid"][0]["logloss"]
     assert mem["ray"]["test"] == mem["local"]["test"]

@@ -17,12 +17,17 @@ SCRIPT = REPO / "cluster" / "local_cluster.sh"
 
 
 def _env_from_script(state: Path) -> dict[str, str]:
-    out = subprocess.run([str(SCRIPT), "env", "--dir", str(state)], capture_output=True,
-                         text=True, check=True, timeout=30).stdout
+    out = subprocess.run(
+        [str(SCRIPT), "env", "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     env = dict(os.environ)
     for line in out.splitlines():
         if line.startswith("export "):
-            k, _, v = line[len("export "):].partition("=")
+            k, _, v = line[len("export ") :].partition("=")
             env[k] = shlex.split(v)[0] if v else ""
     return env
 
@@ -31,27 +36,46 @@ def test_ray_job_submit_trains_on_a_head_and_two_worker_nodes(tmp_path):
     data, run, state = tmp_path / "logs", tmp_path / "run", tmp_path / "cluster"
     generate(data, days=3, rows_per_day=50_000, spec=GenSpec.small(), seed=11)
     gen = json.loads((data / "_gen.json").read_text())
-    start = subprocess.run([str(SCRIPT), "start", "--workers", "2", "--dir", str(state)],
-                           capture_output=True, text=True, timeout=180)
+    start = subprocess.run(
+        [str(SCRIPT), "start", "--workers", "2", "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert start.returncode == 0, start.stderr[-3000:]
     try:
         env = _env_from_script(state)
-        cmd = ["ray", "job", "submit", "--working-dir", str(REPO),
-               "--runtime-env-json", json.dumps({"excludes": [".git", "tests", "*.parquet"]}),
-               "--", "python", "jobs/train.py", "--config", "jobs/configs/rafm.toml",
-               "--set", f"data.root={json.dumps(str(data))}",
-               "--set", f"train.run_dir={json.dumps(str(run))}",
-               "--set", "ps.shards=2", "--set", "train.workers=2",
-               "--set", "ftrl.factor.alpha=0.1"]
-        job = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
-                             cwd=REPO)
+        cmd = [
+            "ray",
+            "job",
+            "submit",
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps({"excludes": [".git", "tests", "*.parquet"]}),
+            "--",
+            "python",
+            "jobs/train.py",
+            "--config",
+            "jobs/configs/rafm.toml",
+            "--set",
+            f"data.root={json.dumps(str(data))}",
+            "--set",
+            f"train.run_dir={json.dumps(str(run))}",
+            "--set",
+            "ps.shards=2",
+            "--set",
+            "train.workers=2",
+            "--set",
+            "ftrl.factor.alpha=0.1",
+        ]
+        job = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
         out = job.stdout + job.stderr
         assert job.returncode == 0, out[-4000:]
         assert "succeeded" in out.lower(), out[-4000:]
         assert "test AUC" in out
     finally:
-        subprocess.run([str(SCRIPT), "stop", "--dir", str(state)], capture_output=True,
-                       timeout=120)
+        subprocess.run([str(SCRIPT), "stop", "--dir", str(state)], capture_output=True, timeout=120)
     report = json.loads((run / "report.json").read_text())
     floor = gen["per_day"][-1]["linear_auc"] + 0.05  # better than any LR on the true model
     assert report["test"]["auc"] > floor, (report["test"]["auc"], floor)

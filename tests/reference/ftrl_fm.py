@@ -107,8 +107,10 @@ class Rows:
             vs = [np.asarray(v, dtype=np.float64).reshape(-1) for v in values_list]
             bad = [i for i in range(n) if i >= len(vs) or vs[i].shape != ks[i].shape]
             if len(vs) != n or bad:
-                raise DataError(f"values_list must match keys_list row by row. Row "
-                                f"{bad[0] if bad else n} differs.")
+                raise DataError(
+                    f"values_list must match keys_list row by row. Row "
+                    f"{bad[0] if bad else n} differs."
+                )
         keep = [k != BIAS_KEY for k in ks]
         flat = np.concatenate([k[m] for k, m in zip(ks, keep)] or [np.zeros(0, np.uint64)])
         vals = None
@@ -132,8 +134,9 @@ def rows_of_batch(batch: Batch) -> Rows:
     return Rows(flat[keep], values, offsets, batch.labels.astype(np.float64), weights)
 
 
-def iter_rows(cfg: Config, root: str, days: Sequence[str],
-              chunk_rows: int = CHUNK_ROWS) -> Iterator[Rows]:
+def iter_rows(
+    cfg: Config, root: str, days: Sequence[str], chunk_rows: int = CHUNK_ROWS
+) -> Iterator[Rows]:
     """The rows of ``days`` in psfm's order (days, then files, then rows), decoded by psfm's
     reader with ``cfg.data`` (layout, columns, ``bad_rows``), ``chunk_rows`` at a time."""
     for day in days:
@@ -142,8 +145,15 @@ def iter_rows(cfg: Config, root: str, days: Sequence[str],
             schema = resolve_schema(cfg.data, pf.schema_arrow, unit.file)
             starts = np.asarray(row_group_starts(pf))
             for table, _cursor, first in read_unit(unit, chunk_rows, schema.columns, None, pf):
-                decoded = decode_rows(table, schema, cfg.model.loss, cfg.data.bad_rows,
-                                      f"File '{unit.file}'", first, starts)
+                decoded = decode_rows(
+                    table,
+                    schema,
+                    cfg.model.loss,
+                    cfg.data.bad_rows,
+                    f"File '{unit.file}'",
+                    first,
+                    starts,
+                )
                 yield rows_of_batch(batch_of(decoded))
 
 
@@ -165,15 +175,23 @@ class PerSampleFtrlFM:
     ``fit`` returns the progressive predictions (each row scored before its update);
     ``predict`` never changes the state."""
 
-    def __init__(self, linear: FtrlParams, factor: FtrlParams, dim: int = 8,
-                 init_std: float = 0.05, seed: int = 0) -> None:
+    def __init__(
+        self,
+        linear: FtrlParams,
+        factor: FtrlParams,
+        dim: int = 8,
+        init_std: float = 0.05,
+        seed: int = 0,
+    ) -> None:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
-            raise ConfigError(f"The 'dim' parameter of PerSampleFtrlFM must be an int >= 0. "
-                              f"Got {dim!r} instead.")
-        if not (isinstance(init_std, (int, float)) and math.isfinite(init_std)
-                and init_std >= 0):
-            raise ConfigError(f"The 'init_std' parameter of PerSampleFtrlFM must be a float "
-                              f">= 0. Got {init_std!r} instead.")
+            raise ConfigError(
+                f"The 'dim' parameter of PerSampleFtrlFM must be an int >= 0. Got {dim!r} instead."
+            )
+        if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
+            raise ConfigError(
+                f"The 'init_std' parameter of PerSampleFtrlFM must be a float "
+                f">= 0. Got {init_std!r} instead."
+            )
         self.linear, self.factor, self.dim = linear, factor, dim
         self.init_std, self.seed = float(init_std), int(seed)
         cols = [linear] + [factor] * dim  # per-column hyperparameters, (1 + D,)
@@ -215,14 +233,21 @@ class PerSampleFtrlFM:
 
     # ------------------------------------------------------------------------- public API
 
-    def fit(self, keys_list: Sequence[Sequence[int]],
-            values_list: Sequence[Sequence[float]] | None, labels: Sequence[float],
-            weights: Sequence[float] | None = None) -> np.ndarray:
+    def fit(
+        self,
+        keys_list: Sequence[Sequence[int]],
+        values_list: Sequence[Sequence[float]] | None,
+        labels: Sequence[float],
+        weights: Sequence[float] | None = None,
+    ) -> np.ndarray:
         """One pass over rows given as key lists (``values_list`` None: every x = 1)."""
         return self.fit_rows(Rows.from_lists(keys_list, values_list, labels, weights))
 
-    def predict(self, keys_list: Sequence[Sequence[int]],
-                values_list: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+    def predict(
+        self,
+        keys_list: Sequence[Sequence[int]],
+        values_list: Sequence[Sequence[float]] | None = None,
+    ) -> np.ndarray:
         """Click probabilities of rows given as key lists (predict-only)."""
         return self.predict_rows(Rows.from_lists(keys_list, values_list))
 
@@ -236,8 +261,13 @@ class PerSampleFtrlFM:
         out = [0.0] * rows.num_rows
         for r in range(rows.num_rows):
             a, b = off[r], off[r + 1]
-            out[r] = self._step(slots[a:b], None if xs is None else xs[a:b], ys[r],
-                                1.0 if ws is None else ws[r], r in dup_rows)
+            out[r] = self._step(
+                slots[a:b],
+                None if xs is None else xs[a:b],
+                ys[r],
+                1.0 if ws is None else ws[r],
+                r in dup_rows,
+            )
         return np.asarray(out)
 
     def predict_rows(self, rows: Rows) -> np.ndarray:
@@ -301,8 +331,9 @@ class PerSampleFtrlFM:
         dup = code[1:][code[1:] == code[:-1]]
         return slots, set((dup // max(uniq.size, 1)).tolist())
 
-    def _step(self, s: np.ndarray, x: np.ndarray | None, y: float, weight: float,
-              dup: bool) -> float:
+    def _step(
+        self, s: np.ndarray, x: np.ndarray | None, y: float, weight: float, dup: bool
+    ) -> float:
         """Score one row (slots ``s``, values ``x``), then one FTRL step; returns p."""
         st = np.take(self._state, s, axis=0)  # (k, 2, 1 + D), a copy
         z, nn = st[:, 0], st[:, 1]  # views into st
@@ -373,11 +404,14 @@ def run_reference(
     decoded. Returns test ``auc`` (exact), ``logloss``, ``rows``, and ``train_rows``,
     ``progressive_auc``, ``keys``, ``seconds`` (all), ``fit_seconds`` (the per-row loop, I/O
     excluded) and ``us_per_row`` (``fit_seconds`` per training row)."""
-    cfg = config if config is not None else load_config(
-        None, [f"data.root={json.dumps(str(root))}"])
+    cfg = (
+        config if config is not None else load_config(None, [f"data.root={json.dumps(str(root))}"])
+    )
     if cfg.model.loss != "logistic":
-        raise ConfigError(f"The reference trains the logistic loss only. Got model.loss = "
-                          f"{cfg.model.loss!r} instead.")
+        raise ConfigError(
+            f"The reference trains the logistic loss only. Got model.loss = "
+            f"{cfg.model.loss!r} instead."
+        )
     ftrl = resolve_ftrl(cfg.ftrl, 1)  # rates left to auto: those of the smallest batches
     model = PerSampleFtrlFM(
         ftrl.linear if linear is None else linear,
@@ -393,8 +427,10 @@ def run_reference(
         t1 = time.perf_counter()
         prog.append((rows.labels, model.fit_rows(rows), rows.weights))
         fit_s += time.perf_counter() - t1
-    test = [(rows.labels, model.predict_rows(rows), rows.weights)
-            for rows in iter_rows(cfg, str(root), test_days)]
+    test = [
+        (rows.labels, model.predict_rows(rows), rows.weights)
+        for rows in iter_rows(cfg, str(root), test_days)
+    ]
     seconds = time.perf_counter() - t0
 
     def cat(parts: list, i: int) -> np.ndarray | None:

@@ -26,8 +26,9 @@ from psfm.optim.ftrl import FtrlParams
 def test_toml_with_overrides(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[model]\nkind = "rafm"\nranks = [1, 2, 4]\n[ftrl.factor]\nalpha = 0.2\n')
-    cfg = load_config(f, ["ps.shards=3", "ftrl.factor.l1=0", 'data.root="/x"',
-                          "model.dependent_lr_coef=[0.5, 1]"])
+    cfg = load_config(
+        f, ["ps.shards=3", "ftrl.factor.l1=0", 'data.root="/x"', "model.dependent_lr_coef=[0.5, 1]"]
+    )
     assert cfg.model.ranks == (1, 2, 4) and cfg.ps.shards == 3
     assert cfg.ftrl.factor.alpha == 0.2 and cfg.ftrl.factor.l1 == 0.0
     assert cfg.model.dependent_lr_coef == (0.5, 1.0) and cfg.data.root == "/x"
@@ -37,23 +38,28 @@ def test_kind_defaults_and_rank_rules():
     assert ModelConfig(kind="fm").ranks == (8,)
     assert ModelConfig(kind="lr").ranks == ()
     assert ModelConfig(kind="rafm").dependent_lr_coef == (1.0, 1.0, 1.0)
-    with pytest.raises(ConfigError, match="'ranks' parameter of ModelConfig must be a list of "
-                                          "1..1 ranks for kind 'fm'. Got"):
+    with pytest.raises(
+        ConfigError,
+        match="'ranks' parameter of ModelConfig must be a list of 1..1 ranks for kind 'fm'. Got",
+    ):
         ModelConfig(kind="fm", ranks=(2, 4))
     with pytest.raises(ConfigError, match="strictly increasing"):
         ModelConfig(kind="rafm", ranks=(4, 2))
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("ps.shards=0", "'shards' parameter of PsConfig must be an int >= 1. Got 0 instead."),
-    ("ps.warmup_units=-1", "'warmup_units' parameter of PsConfig must be an int >= 0. Got -1"),
-    ("ftrl.linear.l1=-0.1", "'l1' parameter of FtrlParams must be a float >= 0. Got -0.1"),
-    ('model.kind="svm"', "'kind' parameter of ModelConfig must be one of"),
-    ("levels.level_min_count=[1, 5]", "one threshold per level"),
-    ("data.batch_size=0.5", "'data.batch_size' parameter must be of type int. Got 0.5"),
-    ("model.nonsense=1", "Unknown parameter 'model.nonsense'"),
-    ("ps=3", "'ps' section must be a table"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("ps.shards=0", "'shards' parameter of PsConfig must be an int >= 1. Got 0 instead."),
+        ("ps.warmup_units=-1", "'warmup_units' parameter of PsConfig must be an int >= 0. Got -1"),
+        ("ftrl.linear.l1=-0.1", "'l1' parameter of FtrlParams must be a float >= 0. Got -0.1"),
+        ('model.kind="svm"', "'kind' parameter of ModelConfig must be one of"),
+        ("levels.level_min_count=[1, 5]", "one threshold per level"),
+        ("data.batch_size=0.5", "'data.batch_size' parameter must be of type int. Got 0.5"),
+        ("model.nonsense=1", "Unknown parameter 'model.nonsense'"),
+        ("ps=3", "'ps' section must be a table"),
+    ],
+)
 def test_errors_name_the_parameter_rule_and_value(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
@@ -140,8 +146,10 @@ def test_squared_loss_is_refused_until_the_metrics_support_regression():
         "is not supported yet). Got 'squared' instead."
     )
     assert isinstance(e.value, ValueError)
-    with pytest.raises(ConfigError, match="'loss' parameter of ModelConfig must be one of "
-                                          "'logistic'. Got 'hinge' instead."):
+    with pytest.raises(
+        ConfigError,
+        match="'loss' parameter of ModelConfig must be one of 'logistic'. Got 'hinge' instead.",
+    ):
         ModelConfig(loss="hinge")
     assert ModelConfig(loss="logistic").loss == "logistic"
 
@@ -152,8 +160,12 @@ def _hashed_days(root, days=2, rows=64):
     for d in range(1, days + 1):
         (root / f"day={d}").mkdir(parents=True)
         keys = [list(rng.integers(1, 1000, size=3).astype(np.uint64)) for _ in range(rows)]
-        t = pa.table({"label": pa.array(rng.integers(0, 2, size=rows), pa.int8()),
-                      "keys": pa.array(keys, pa.list_(pa.uint64()))})
+        t = pa.table(
+            {
+                "label": pa.array(rng.integers(0, 2, size=rows), pa.int8()),
+                "keys": pa.array(keys, pa.list_(pa.uint64())),
+            }
+        )
         pq.write_table(t, root / f"day={d}" / "part-0.parquet")
 
 
@@ -176,8 +188,19 @@ def test_run_dir_config_records_the_layout_really_used(tmp_path, sets, monkeypat
     _hashed_days(tmp_path / "data")
     run = tmp_path / "run"
     with pytest.raises(_Stop):
-        main(["train", "--in-process", "--data", str(tmp_path / "data"), "--model", "lr",
-              "--run-dir", str(run), *sets])
+        main(
+            [
+                "train",
+                "--in-process",
+                "--data",
+                str(tmp_path / "data"),
+                "--model",
+                "lr",
+                "--run-dir",
+                str(run),
+                *sets,
+            ]
+        )
     assert json.loads((run / "config.json").read_text())["data"]["layout"] == "hashed"
 
 
@@ -192,37 +215,58 @@ def test_train_help_lists_the_common_knobs_with_their_defaults(capsys):
     cfg = Config()
     assert "--batch-size" in out
     out = out.split("common hyper-parameters", 1)[1]
-    for key, value in (("data.batch_size", cfg.data.batch_size),
-                       ("ftrl.linear.alpha", cfg.ftrl.linear.alpha),
-                       ("ftrl.factor.alpha", cfg.ftrl.factor.alpha),
-                       ("ftrl.factor.l1", cfg.ftrl.factor.l1),
-                       ("model.init_std", cfg.model.init_std)):
+    for key, value in (
+        ("data.batch_size", cfg.data.batch_size),
+        ("ftrl.linear.alpha", cfg.ftrl.linear.alpha),
+        ("ftrl.factor.alpha", cfg.ftrl.factor.alpha),
+        ("ftrl.factor.l1", cfg.ftrl.factor.l1),
+        ("model.init_std", cfg.model.init_std),
+    ):
         assert f"{key}" in out and f"[{value}]" in out.split(key, 1)[1].splitlines()[0]
 
 
-@pytest.mark.parametrize("name, value", [("passes", 0), ("passes", -1), ("passes", 1.5),
-                                         ("passes", True), ("patience", 0),
-                                         ("patience", "2")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("passes", 0),
+        ("passes", -1),
+        ("passes", 1.5),
+        ("passes", True),
+        ("patience", 0),
+        ("patience", "2"),
+    ],
+)
 def test_passes_and_patience_must_be_ints_of_at_least_one(name, value):
     from psfm.config import TrainConfig
 
-    with pytest.raises(ConfigError, match=rf"The '{name}' parameter of TrainConfig must be an "
-                                          rf"int >= 1. Got {value!r} instead."):
+    with pytest.raises(
+        ConfigError,
+        match=rf"The '{name}' parameter of TrainConfig must be an "
+        rf"int >= 1. Got {value!r} instead.",
+    ):
         TrainConfig(**{name: value})
 
 
 def test_early_stopping_names_a_metric_and_needs_validation_days():
     from psfm.config import TrainConfig
 
-    with pytest.raises(ConfigError, match="The 'early_stop' parameter of TrainConfig must be "
-                                          "one of '', 'logloss', 'auc'. Got 'loss' instead."):
+    with pytest.raises(
+        ConfigError,
+        match="The 'early_stop' parameter of TrainConfig must be "
+        "one of '', 'logloss', 'auc'. Got 'loss' instead.",
+    ):
         TrainConfig(early_stop="loss")
-    with pytest.raises(ConfigError, match=r"The 'early_stop' parameter of TrainConfig must be "
-                                          r"'' \(off\) while data.valid_days is empty.*Got "
-                                          r"'auc' instead."):
+    with pytest.raises(
+        ConfigError,
+        match=r"The 'early_stop' parameter of TrainConfig must be "
+        r"'' \(off\) while data.valid_days is empty.*Got "
+        r"'auc' instead.",
+    ):
         load_config(None, ['train.early_stop="auc"'])
-    cfg = load_config(None, ['train.early_stop="auc"', 'data.valid_days="5"', "train.passes=4",
-                             "train.patience=2"])
+    cfg = load_config(
+        None,
+        ['train.early_stop="auc"', 'data.valid_days="5"', "train.passes=4", "train.patience=2"],
+    )
     assert (cfg.train.passes, cfg.train.early_stop, cfg.train.patience) == (4, "auc", 2)
     assert cfg.data.valid_days == "5" and Config().train.passes == 1
 
@@ -230,9 +274,9 @@ def test_early_stopping_names_a_metric_and_needs_validation_days():
 def test_train_options_set_passes_validation_and_early_stopping():
     from psfm.cli import _parser, build_config
 
-    args = _parser().parse_args(["train", "--passes", "3", "--valid-days", "6..7",
-                                 "--early-stop", "logloss"])
+    args = _parser().parse_args(
+        ["train", "--passes", "3", "--valid-days", "6..7", "--early-stop", "logloss"]
+    )
     cfg = build_config(args)
-    assert (cfg.train.passes, cfg.data.valid_days, cfg.train.early_stop) == (3, "6..7",
-                                                                            "logloss")
+    assert (cfg.train.passes, cfg.data.valid_days, cfg.train.early_stop) == (3, "6..7", "logloss")
     assert build_config(_parser().parse_args(["train"])).train.passes == 1

@@ -43,10 +43,10 @@ def _criteo_rows(n: int, seed: int, first_line: int = 1) -> list[str]:
     label = (rng.random(n) < np.where(c1 < 10, 0.85, 0.15)).astype(int)
     out = []
     for r in range(n):
-        ints = [str(int(v)) if rng.random() > 0.2 else ""
-                for v in rng.integers(-3, 500, 13)]
-        cats = [_VOCAB[c1[r]]] + [_VOCAB[v] if rng.random() > 0.1 else ""
-                                  for v in rng.integers(0, 40, 24)]
+        ints = [str(int(v)) if rng.random() > 0.2 else "" for v in rng.integers(-3, 500, 13)]
+        cats = [_VOCAB[c1[r]]] + [
+            _VOCAB[v] if rng.random() > 0.1 else "" for v in rng.integers(0, 40, 24)
+        ]
         cats.append(f"{first_line + r:08x}")
         out.append("\t".join([str(label[r]), *ints, *cats]))
     return out
@@ -69,8 +69,10 @@ def _read_day(root, day):
 def _train(root, *sets):
     from psfm.trainer import train_local
 
-    cfg = load_config(None, [f"data.root={json.dumps(str(root))}", 'model.kind="fm"',
-                             "data.batch_size=128", *sets])  # small data: many small steps
+    cfg = load_config(
+        None,
+        [f"data.root={json.dumps(str(root))}", 'model.kind="fm"', "data.batch_size=128", *sets],
+    )  # small data: many small steps
     return train_local(cfg)
 
 
@@ -82,8 +84,11 @@ def test_criteo_1tb_day_files_plain_and_gzip_and_training(tmp_path):
     src.mkdir()
     per_day = {0: 1500, 1: 1200, 2: 1000}
     lines = {d: _criteo_rows(n, seed=d) for d, n in per_day.items()}
-    files = [_write(src / "day_0", lines[0]), _write(src / "day_1.gz", lines[1], gz=True),
-             _write(src / "day_2", lines[2])]
+    files = [
+        _write(src / "day_0", lines[0]),
+        _write(src / "day_1.gz", lines[1], gz=True),
+        _write(src / "day_2", lines[2]),
+    ]
     out = tmp_path / "out"
     s = convert_criteo(files, str(out), row_group_rows=512, rows_per_file=1000)
     assert s["rows"] == 3700 and s["skipped"] == 0
@@ -162,8 +167,11 @@ def test_criteo_bad_lines_name_file_line_column_value_or_are_skipped(tmp_path, t
         convert_criteo([src2], str(tmp_path / "b"), **kw)
     fixed[1999] = _criteo_rows(1, seed=1, first_line=2000)[0]
     _write(tmp_path / "day_5", fixed)
-    with pytest.raises(DataError, match=r"line 2500, column 'label': value '7' breaks the rule: "
-                                        r"labels must be 0 or 1"):
+    with pytest.raises(
+        DataError,
+        match=r"line 2500, column 'label': value '7' breaks the rule: "
+        r"labels must be 0 or 1",
+    ):
         convert_criteo([src2], str(tmp_path / "c"), **kw)
     # skip: counted per rule, every other row kept with its own line
     caplog.set_level("INFO", logger="psfm.data.convert")
@@ -171,10 +179,12 @@ def test_criteo_bad_lines_name_file_line_column_value_or_are_skipped(tmp_path, t
     # the threaded parser does not number malformed lines: the input is redone serially
     assert ("again with the serial parser" in caplog.text) == threads
     assert s["skipped"] == 4 and s["rows"] == 2996
-    assert s["skipped_by_rule"] == {"wrong number of fields": 1, "labels must be 0 or 1": 1,
-                                    "lines must not be empty (empty line)": 1,
-                                    "integer fields must be integers (optionally negative) "
-                                    "or empty": 1}
+    assert s["skipped_by_rule"] == {
+        "wrong number of fields": 1,
+        "labels must be 0 or 1": 1,
+        "lines must not be empty (empty line)": 1,
+        "integer fields must be integers (optionally negative) or empty": 1,
+    }
     got = [int(x, 16) for x in _read_day(tmp_path / "d", 4).column("C26").to_pylist()]
     assert got == [i for i in range(1, 3001) if i not in (100, 2000, 2500, 2800)]
 
@@ -218,9 +228,11 @@ def test_output_directory_with_days_needs_overwrite(tmp_path):
 
 # ------------------------------------------------------------------------------ avazu
 
-AVAZU_HEADER = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,"
-                "app_domain,app_category,device_id,device_ip,device_model,device_type,"
-                "device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")
+AVAZU_HEADER = (
+    "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,"
+    "app_domain,app_category,device_id,device_ip,device_model,device_type,"
+    "device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21"
+)
 
 
 def _avazu_rows(n: int, seed: int, hours: list[str], with_click: bool = True) -> list[str]:
@@ -229,12 +241,32 @@ def _avazu_rows(n: int, seed: int, hours: list[str], with_click: bool = True) ->
     click = (rng.random(n) < np.where(site < 6, 0.8, 0.1)).astype(int)
     out = []
     for r in range(n):
-        vals = [str(10000000000000000000 + r), *([str(click[r])] if with_click else []),
-                hours[r % len(hours)], "1005", str(rng.integers(0, 3)),
-                _VOCAB[site[r]], _VOCAB[site[r] + 1], "28905ebd", "ecad2386", "7801e8d9",
-                "07d7df22", "a99f214a", _VOCAB[rng.integers(0, 40)], "711ee120",
-                "1", "0", str(15000 + rng.integers(0, 30)), "320", "50",
-                str(1722 + rng.integers(0, 5)), "0", "35", "" if r % 7 == 0 else "-1", "79"]
+        vals = [
+            str(10000000000000000000 + r),
+            *([str(click[r])] if with_click else []),
+            hours[r % len(hours)],
+            "1005",
+            str(rng.integers(0, 3)),
+            _VOCAB[site[r]],
+            _VOCAB[site[r] + 1],
+            "28905ebd",
+            "ecad2386",
+            "7801e8d9",
+            "07d7df22",
+            "a99f214a",
+            _VOCAB[rng.integers(0, 40)],
+            "711ee120",
+            "1",
+            "0",
+            str(15000 + rng.integers(0, 30)),
+            "320",
+            "50",
+            str(1722 + rng.integers(0, 5)),
+            "0",
+            "35",
+            "" if r % 7 == 0 else "-1",
+            "79",
+        ]
         out.append(",".join(vals))
     return out
 
@@ -257,15 +289,16 @@ def test_avazu_days_from_hour_and_training(tmp_path):
     assert sorted(set(t.column("hour_of_day").to_pylist())) == [13, 23]
     assert set(t.column("weekday").to_pylist()) == {2}  # 2014-10-22 was a Wednesday
     assert set(_read_day(out, 141021).column("weekday").to_pylist()) == {1}
-    assert t.column("C20").null_count > 0 and set(t.column("C20").drop_null().to_pylist()) == {
-        -1}
+    assert t.column("C20").null_count > 0 and set(t.column("C20").drop_null().to_pylist()) == {-1}
     report = _train(out)
     assert report["test"]["days"] == ["141023"] and report["test"]["auc"] > 0.65
 
 
 def test_avazu_test_file_without_click_and_bad_lines(tmp_path):
-    src = _write(tmp_path / "test.csv",
-                 [AVAZU_HEADER.replace("click,", ""), *_avazu_rows(5, 0, ["14103100"], False)])
+    src = _write(
+        tmp_path / "test.csv",
+        [AVAZU_HEADER.replace("click,", ""), *_avazu_rows(5, 0, ["14103100"], False)],
+    )
     with pytest.raises(DataError, match=r"test.csv', line 1 \(header\), column 'click': missing"):
         convert_avazu([src], str(tmp_path / "o"))
     rows = _avazu_rows(800, 0, ["14102100"])
@@ -287,8 +320,9 @@ def test_avazu_test_file_without_click_and_bad_lines(tmp_path):
 # ------------------------------------------------------------------------------ libfm
 
 
-def _libfm_lines(n: int, seed: int, neg: str = "-1") -> tuple[list[str], list[int],
-                                                              list[list[int]]]:
+def _libfm_lines(
+    n: int, seed: int, neg: str = "-1"
+) -> tuple[list[str], list[int], list[list[int]]]:
     rng = np.random.default_rng(seed)
     labels, idxs, out = [], [], []
     for _ in range(n):
@@ -307,8 +341,11 @@ def test_libfm_train_valid_test_days_hashed_keys_and_training(tmp_path):
     tr, tr_y, tr_idx = _libfm_lines(4000, 0)
     va, _, _ = _libfm_lines(800, 1, neg="0")
     te, te_y, _ = _libfm_lines(1500, 2)
-    files = [_write(tmp_path / "a.libfm", tr, newline="\r\n"),
-             _write(tmp_path / "b.libfm", va), _write(tmp_path / "c.libfm.gz", te, gz=True)]
+    files = [
+        _write(tmp_path / "a.libfm", tr, newline="\r\n"),
+        _write(tmp_path / "b.libfm", va),
+        _write(tmp_path / "c.libfm.gz", te, gz=True),
+    ]
     out = tmp_path / "out"
     s = convert_libfm(files[0], files[2], str(out), valid=files[1], block_size=8192)
     assert s["days"] == {"1": 4000, "2": 800, "3": 1500}
@@ -317,8 +354,10 @@ def test_libfm_train_valid_test_days_hashed_keys_and_training(tmp_path):
     assert t.schema.field("values").type == pa.list_(pa.float32())
     assert t.column("label").to_pylist() == tr_y
     for r in (0, 17, 3999):
-        assert t.column("keys")[r].as_py() == field_keys(LIBFM_FIELD, np.array(
-            tr_idx[r], dtype=np.int64)).tolist()
+        assert (
+            t.column("keys")[r].as_py()
+            == field_keys(LIBFM_FIELD, np.array(tr_idx[r], dtype=np.int64)).tolist()
+        )
         assert t.column("values")[r].as_py() == [1.0 if i % 2 else 0.5 for i in tr_idx[r]]
     assert _read_day(out, 3).column("label").to_pylist() == te_y
     report = _train(out, 'data.layout="hashed"')
@@ -350,13 +389,25 @@ def test_add_cli_registers_the_convert_commands(tmp_path, capsys):
     ap = argparse.ArgumentParser(prog="psfm")
     add_cli(ap.add_subparsers(dest="cmd", required=True))
     src = _write(tmp_path / "train.txt", _criteo_rows(70, seed=1))
-    args = ap.parse_args(["convert", "criteo", src, "--out", str(tmp_path / "o"), "--days", "7",
-                          "--bad-rows", "skip"])
+    args = ap.parse_args(
+        [
+            "convert",
+            "criteo",
+            src,
+            "--out",
+            str(tmp_path / "o"),
+            "--days",
+            "7",
+            "--bad-rows",
+            "skip",
+        ]
+    )
     assert args.func(args) == 0
     assert "converted 70 rows of criteo into 7 day(s)" in capsys.readouterr().out
     lf = _write(tmp_path / "x.libfm", ["1 1:1", "-1 2:1"])
-    args = ap.parse_args(["convert", "libfm", "--train", lf, "--test", lf, "--out",
-                          str(tmp_path / "l")])
+    args = ap.parse_args(
+        ["convert", "libfm", "--train", lf, "--test", lf, "--out", str(tmp_path / "l")]
+    )
     assert args.func(args) == 0
 
 
@@ -376,8 +427,12 @@ def _libfm_reference(line: str):
             if m is None:
                 return None
             i, v = float(m.group(1)), float(m.group(2) or 1)
-            if not (abs(v) <= float(np.finfo(np.float32).max) and np.isfinite(i) and 0 <= i < 2**53
-                    and i == int(i)):
+            if not (
+                abs(v) <= float(np.finfo(np.float32).max)
+                and np.isfinite(i)
+                and 0 <= i < 2**53
+                and i == int(i)
+            ):
                 return None
             pairs.append((int(i), v))
     except ValueError:
@@ -408,7 +463,8 @@ def test_libfm_parser_agrees_with_a_line_by_line_reference(tmp_path):
     assert s["days"]["1"] == len(want) and 0 < len(want) < len(lines)
     assert t.column("label").to_pylist() == [y for y, _ in want]
     assert t.column("keys").to_pylist() == [
-        field_keys(LIBFM_FIELD, np.array([i for i, _ in p], np.int64)).tolist() for _, p in want]
+        field_keys(LIBFM_FIELD, np.array([i for i, _ in p], np.int64)).tolist() for _, p in want
+    ]
     assert t.column("values").to_pylist() == [[np.float32(v) for _, v in p] for _, p in want]
 
 
@@ -417,14 +473,21 @@ def test_libfm_parser_agrees_with_a_line_by_line_reference(tmp_path):
 
 def _hashed_rows(root, day):
     t = _read_day(root, day)
-    return list(zip(t.column("label").to_pylist(), t.column("keys").to_pylist(),
-                    t.column("values").to_pylist()))
+    return list(
+        zip(
+            t.column("label").to_pylist(),
+            t.column("keys").to_pylist(),
+            t.column("values").to_pylist(),
+        )
+    )
 
 
 def test_libfm_bare_indices_have_value_one_and_mix_with_idx_value(tmp_path):
     rng = np.random.default_rng(11)
-    idx = [sorted(rng.choice(5000, size=int(rng.integers(1, 6)), replace=False).tolist())
-           for _ in range(600)]
+    idx = [
+        sorted(rng.choice(5000, size=int(rng.integers(1, 6)), replace=False).tolist())
+        for _ in range(600)
+    ]
     ys = rng.choice(["1", "-1"], size=600).tolist()
     bare = [" ".join([y, *map(str, i)]) for y, i in zip(ys, idx)]  # the RaFM authors' files
     ones = [" ".join([y, *(f"{k}:1" for k in i)]) for y, i in zip(ys, idx)]
@@ -446,16 +509,19 @@ def test_libfm_bare_indices_have_value_one_and_mix_with_idx_value(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("line, token", [
-    ("1 3:4:5", "features"),  # field-aware libFFM: refused
-    ("1 :3:4", "features"),  # a colon in a blank run (read as '3:4' before issue 16)
-    ("1 3: 4", "features"),
-    ("1:1 3", "features"),  # a label with a value
-    ("1 3:x", "feature 1"),
-    ("1 2 -4", "feature 2"),
-    ("1 2.5", "feature 1"),
-    ("1 3:1e39", "feature 1"),  # not a float32
-])
+@pytest.mark.parametrize(
+    "line, token",
+    [
+        ("1 3:4:5", "features"),  # field-aware libFFM: refused
+        ("1 :3:4", "features"),  # a colon in a blank run (read as '3:4' before issue 16)
+        ("1 3: 4", "features"),
+        ("1:1 3", "features"),  # a label with a value
+        ("1 3:x", "feature 1"),
+        ("1 2 -4", "feature 2"),
+        ("1 2.5", "feature 1"),
+        ("1 3:1e39", "feature 1"),  # not a float32
+    ],
+)
 def test_libfm_malformed_tokens_name_file_line_and_token(tmp_path, line, token):
     src = _write(tmp_path / "tr", ["1 1 2", "0 3:1", line, "1 4"])
     with pytest.raises(DataError, match=rf"tr', line 3, column '{token}'"):
@@ -466,8 +532,9 @@ def test_libfm_malformed_tokens_name_file_line_and_token(tmp_path, line, token):
 
 def test_libfm_any_number_of_files_become_days(tmp_path, capsys):
     sizes = [300, 200, 150, 100]
-    files = [_write(tmp_path / f"f{i}.libfm", _libfm_lines(n, seed=i)[0])
-             for i, n in enumerate(sizes)]
+    files = [
+        _write(tmp_path / f"f{i}.libfm", _libfm_lines(n, seed=i)[0]) for i, n in enumerate(sizes)
+    ]
     s = convert_libfm_files(files, str(tmp_path / "a"), block_size=4096)
     assert s["days"] == {"1": 300, "2": 200, "3": 150, "4": 100}
     assert s["input_days"] == ["1", "2", "3", "4"]
@@ -485,18 +552,45 @@ def test_libfm_any_number_of_files_become_days(tmp_path, capsys):
     args = ap.parse_args(["convert", "libfm", *files, "--out", str(tmp_path / "d")])
     assert args.func(args) == 0
     assert json.loads((tmp_path / "d" / "_convert.json").read_text())["days"] == {
-        "1": 300, "2": 200, "3": 150, "4": 100}
-    args = ap.parse_args(["convert", "libfm", *files, "--days", "1,1,2,3", "--out",
-                          str(tmp_path / "e")])
+        "1": 300,
+        "2": 200,
+        "3": 150,
+        "4": 100,
+    }
+    args = ap.parse_args(
+        ["convert", "libfm", *files, "--days", "1,1,2,3", "--out", str(tmp_path / "e")]
+    )
     assert args.func(args) == 0
-    assert "day=3" in capsys.readouterr().out and list_days(str(tmp_path / "e")) == [
-        "1", "2", "3"]
-    args = ap.parse_args(["convert", "libfm", "--train", files[0], "--valid", files[1],
-                          "--test", files[2], "--out", str(tmp_path / "f")])
+    assert "day=3" in capsys.readouterr().out and list_days(str(tmp_path / "e")) == ["1", "2", "3"]
+    args = ap.parse_args(
+        [
+            "convert",
+            "libfm",
+            "--train",
+            files[0],
+            "--valid",
+            files[1],
+            "--test",
+            files[2],
+            "--out",
+            str(tmp_path / "f"),
+        ]
+    )
     assert args.func(args) == 0
     assert list_days(str(tmp_path / "f")) == ["1", "2", "3"]
-    args = ap.parse_args(["convert", "libfm", files[3], "--train", files[0], "--test",
-                          files[2], "--out", str(tmp_path / "g")])
+    args = ap.parse_args(
+        [
+            "convert",
+            "libfm",
+            files[3],
+            "--train",
+            files[0],
+            "--test",
+            files[2],
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     with pytest.raises(ConfigError, match="either INPUT files or --train and --test"):
         args.func(args)
     with pytest.raises(SystemExit):
@@ -562,33 +656,50 @@ def test_libfm_field_map_rules_unknown_index_two_per_field_non_one_value(tmp_pat
     fmap = _field_map_file(tmp_path / "fields.txt")
     good = ["1 3 510", "0 4 520 1501"]
     cases = [  # (line 3, error match, rule)
-        ("1 3 9999", r"line 3, column 'feature 2': value '9999'",
-         "with a field map every index must be in the map"),
-        ("1 510 3 12 1501", r"line 3, column 'user': value '3 and 12'",
-         "with a field map a line has at most one index per field"),
-        ("1 3:1 530:0.5", r"line 3, column 'feature 2': value '530:0.5'",
-         "with a field map every value must be 1 (per-field columns are categorical)"),
+        (
+            "1 3 9999",
+            r"line 3, column 'feature 2': value '9999'",
+            "with a field map every index must be in the map",
+        ),
+        (
+            "1 510 3 12 1501",
+            r"line 3, column 'user': value '3 and 12'",
+            "with a field map a line has at most one index per field",
+        ),
+        (
+            "1 3:1 530:0.5",
+            r"line 3, column 'feature 2': value '530:0.5'",
+            "with a field map every value must be 1 (per-field columns are categorical)",
+        ),
     ]
     for k, (line, match, rule) in enumerate(cases):
         src = _write(tmp_path / f"in{k}", [*good, line, "0 5 530"])
         with pytest.raises(DataError, match=rf"in{k}', {match} breaks the rule: {re.escape(rule)}"):
             convert_libfm_files([src], str(tmp_path / f"o{k}"), field_map=fmap)
-        s = convert_libfm_files([src], str(tmp_path / f"o{k}"), field_map=fmap,
-                                bad_rows="skip")
+        s = convert_libfm_files([src], str(tmp_path / f"o{k}"), field_map=fmap, bad_rows="skip")
         assert s["rows"] == 3 and s["skipped_by_rule"] == {rule: 1}
         assert _read_day(tmp_path / f"o{k}", 1).column("user").to_pylist() == [3, 4, 5]
 
 
-@pytest.mark.parametrize("lines, match", [
-    (["1 user", "2 label"], r"'label' breaks the rule: a field name is a column name"),
-    (["1 user", "2 item-id"], r"'item-id' breaks the rule"),
-    (["1 user", "2 9lives"], r"'9lives' breaks the rule"),
-    (["1 user", "x item"], r"line 2: 'x item' breaks the rule: a field-map line is 'idx field'"),
-    (["1 user", "", "2 item extra"], r"line 3: '2 item extra'"),
-    (["1 user", "2 item", "1 item"], r"lines 1 and 3: index 1 is given to fields 'user' and "
-                                     r"'item'"),
-    (["# nothing"], r"has no 'idx field' lines"),
-])
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (["1 user", "2 label"], r"'label' breaks the rule: a field name is a column name"),
+        (["1 user", "2 item-id"], r"'item-id' breaks the rule"),
+        (["1 user", "2 9lives"], r"'9lives' breaks the rule"),
+        (
+            ["1 user", "x item"],
+            r"line 2: 'x item' breaks the rule: a field-map line is 'idx field'",
+        ),
+        (["1 user", "", "2 item extra"], r"line 3: '2 item extra'"),
+        (
+            ["1 user", "2 item", "1 item"],
+            r"lines 1 and 3: index 1 is given to fields 'user' and "
+            r"'item'",
+        ),
+        (["# nothing"], r"has no 'idx field' lines"),
+    ],
+)
 def test_libfm_field_map_file_errors(tmp_path, lines, match):
     src = _write(tmp_path / "in", ["1 1 2"])
     fmap = _write(tmp_path / "map", lines)
@@ -597,13 +708,16 @@ def test_libfm_field_map_file_errors(tmp_path, lines, match):
     assert not (tmp_path / "o").exists()  # checked before anything is written
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("user:0-9,item:5-20", r"disjoint ranges \(user:0-9 and item:5-20 overlap\)"),
-    ("user:0-9,label:10-20", "valid field names"),
-    ("user:9-0", "lo <= hi"),
-    ("user=0-9", "'field:lo-hi'"),
-    ("", "at least one"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("user:0-9,item:5-20", r"disjoint ranges \(user:0-9 and item:5-20 overlap\)"),
+        ("user:0-9,label:10-20", "valid field names"),
+        ("user:9-0", "lo <= hi"),
+        ("user=0-9", "'field:lo-hi'"),
+        ("", "at least one"),
+    ],
+)
 def test_libfm_field_ranges_errors(tmp_path, spec, match):
     src = _write(tmp_path / "in", ["1 1 2"])
     with pytest.raises(ConfigError, match=match):
@@ -615,18 +729,29 @@ def test_libfm_field_ranges_errors(tmp_path, spec, match):
 def test_skipping_every_line_of_an_input_is_an_error_not_an_empty_success(tmp_path):
     good = _write(tmp_path / "good", ["1 1 2", "0 3"])
     awful = _write(tmp_path / "awful", ["1 3:4:5", "7 1", "", "1 x"])
-    with pytest.raises(DataError, match=r"awful': all 4 data lines were skipped as bad "
-                                        r"\(bad_rows='skip'; by rule: ") as e:
+    with pytest.raises(
+        DataError,
+        match=r"awful': all 4 data lines were skipped as bad "
+        r"\(bad_rows='skip'; by rule: ",
+    ) as e:
         convert_libfm_files([awful], str(tmp_path / "a"), bad_rows="skip")
-    for rule in ("empty line): 1", "labels must be -1, 0 or 1: 1", "one ':' per feature): 1",
-                 "finite (float32) number: 1"):
+    for rule in (
+        "empty line): 1",
+        "labels must be -1, 0 or 1: 1",
+        "one ':' per feature): 1",
+        "finite (float32) number: 1",
+    ):
         assert rule in str(e.value)
     assert not list((tmp_path / "a").rglob("*.parquet"))
     with pytest.raises(DataError, match=r"awful': all 4 data lines"):  # one file of several
         convert_libfm_files([good, awful, good], str(tmp_path / "b"), bad_rows="skip")
     with pytest.raises(DataError, match=r"'(.*)field_ok': all 2 data lines.*index must be in"):
-        convert_libfm_files([_write(tmp_path / "field_ok", ["1 1 2", "0 3"])],
-                            str(tmp_path / "c"), field_ranges="user:100-200", bad_rows="skip")
+        convert_libfm_files(
+            [_write(tmp_path / "field_ok", ["1 1 2", "0 3"])],
+            str(tmp_path / "c"),
+            field_ranges="user:100-200",
+            bad_rows="skip",
+        )
     empty = _write(tmp_path / "empty", [])
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(DataError, match=r"empty' has no data lines"):

@@ -31,21 +31,24 @@ from psfm.errors import DataError
 
 def _table(n=10, seed=0):
     rng = np.random.default_rng(seed)
-    return pa.table({
-        "label": pa.array(rng.integers(0, 2, n), pa.int8()),
-        "I1": pa.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 100, n)).tolist(),
-                       pa.float32()),
-        "C1": pa.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 5, n)).tolist(),
-                       pa.int64()),
-        "C2": pa.array([None if i % 4 == 0 else f"s{i % 3}" for i in range(n)], pa.string()),
-    })
+    return pa.table(
+        {
+            "label": pa.array(rng.integers(0, 2, n), pa.int8()),
+            "I1": pa.array(
+                np.where(rng.random(n) < 0.2, None, rng.integers(0, 100, n)).tolist(), pa.float32()
+            ),
+            "C1": pa.array(
+                np.where(rng.random(n) < 0.2, None, rng.integers(0, 5, n)).tolist(), pa.int64()
+            ),
+            "C2": pa.array([None if i % 4 == 0 else f"s{i % 3}" for i in range(n)], pa.string()),
+        }
+    )
 
 
 def _write_days(root: Path, days=(1, 2, 3), n=100, row_group=16):
     for d in days:
         (root / f"day={d}").mkdir(parents=True)
-        pq.write_table(_table(n, d), root / f"day={d}" / "part-0.parquet",
-                       row_group_size=row_group)
+        pq.write_table(_table(n, d), root / f"day={d}" / "part-0.parquet", row_group_size=row_group)
 
 
 def _schema(table, **kw):
@@ -54,16 +57,28 @@ def _schema(table, **kw):
 
 # ------------------------------------------------------------------------------ hashing
 
+
 def test_keys_are_stable_across_processes():
-    code = ("import numpy as np, pyarrow as pa; from psfm.data.hashing import field_keys;"
-            "print(field_keys('C1', np.arange(5)).tolist(),"
-            "field_keys('C2', pa.array(['a', 'bb', '', 'é'])).tolist())")
-    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout
-            for seed in (1, 2)]
+    code = (
+        "import numpy as np, pyarrow as pa; from psfm.data.hashing import field_keys;"
+        "print(field_keys('C1', np.arange(5)).tolist(),"
+        "field_keys('C2', pa.array(['a', 'bb', '', 'é'])).tolist())"
+    )
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(seed), "PATH": ""},
+        ).stdout
+        for seed in (1, 2)
+    ]
     assert outs[0] == outs[1]
-    here = f"{field_keys('C1', np.arange(5)).tolist()} " \
-           f"{field_keys('C2', pa.array(['a', 'bb', '', 'é'])).tolist()}\n"
+    here = (
+        f"{field_keys('C1', np.arange(5)).tolist()} "
+        f"{field_keys('C2', pa.array(['a', 'bb', '', 'é'])).tolist()}\n"
+    )
     assert outs[0] == here
 
 
@@ -82,11 +97,13 @@ def test_string_hash_is_per_string_and_fields_are_salted():
     single = [int(hash_strings(pa.array([w]))[0]) for w in words[:50]]
     assert single == h[:50].tolist()
     assert set(field_keys("A", pa.array(words[:100])).tolist()).isdisjoint(
-        field_keys("B", pa.array(words[:100])).tolist())
+        field_keys("B", pa.array(words[:100])).tolist()
+    )
     assert not np.any(field_keys("A", np.arange(100000)) == BIAS_KEY)
 
 
 # ------------------------------------------------------------------------------ days
+
 
 def test_days_sort_numerically_and_specs_select(tmp_path):
     _write_days(tmp_path, days=(1, 2, 10, 9))
@@ -115,6 +132,7 @@ def test_reader_batches_span_row_groups_and_resume_from_a_cursor(tmp_path):
 
 # ------------------------------------------------------------------------------ batches
 
+
 def test_batch_layout_matches_the_columns():
     t = _table(50)
     schema = _schema(t)
@@ -138,12 +156,24 @@ def test_batches_cut_from_decoded_rows_equal_batches_built_alone():
     for lo, hi in ((0, 32), (32, 64), (64, 100), (10, 11)):
         got = batch_of(rows, lo, hi)
         want = build_batch(t.slice(lo, hi - lo), schema, "logistic", "skip", "f")
-        for name in ("keys", "mask", "labels", "occ_sample", "occ_value", "uniq", "occ_uniq",
-                     "counts", "sample_offsets", "occ_order", "uniq_offsets"):
+        for name in (
+            "keys",
+            "mask",
+            "labels",
+            "occ_sample",
+            "occ_value",
+            "uniq",
+            "occ_uniq",
+            "counts",
+            "sample_offsets",
+            "occ_order",
+            "uniq_offsets",
+        ):
             assert np.array_equal(getattr(got, name), getattr(want, name)), name
         assert got.skipped == want.skipped and got.unit_values and want.unit_values
-        assert np.array_equal(got.uniq[got.occ_uniq[got.occ_order]],
-                              np.sort(got.uniq[got.occ_uniq]))  # grouped by key
+        assert np.array_equal(
+            got.uniq[got.occ_uniq[got.occ_order]], np.sort(got.uniq[got.occ_uniq])
+        )  # grouped by key
 
 
 def test_worker_cursors_equal_the_readers(tmp_path):
@@ -177,7 +207,8 @@ def test_split_tail_cuts_the_last_round_into_row_groups(tmp_path):
     out = split_tail(units, 2)
     assert out[:2] == units[:2] and [u.rg_end - u.rg_start for u in out[2:]] == [1] * 7
     assert [(u.rg_start, u.rows) for u in out[2:]] == [(8 + i, 70) for i in range(6)] + [
-        (14, 20)]  # every row once, same rows in all
+        (14, 20)
+    ]  # every row once, same rows in all
     assert sum(u.rows for u in out) == 1000 and split_tail(units, 1) == units
     t = [tb.num_rows for u in out for tb, _, _ in read_unit(u, 1000)]
     assert t == [u.rows for u in out]
@@ -197,9 +228,13 @@ def test_raw_numeric_and_hashed_layout():
     vals = b.occ_value.reshape(-1)
     assert len(np.unique(b.keys[:, 3][present])) == 1
     assert set(vals[vals != 1.0].tolist()) <= set(t["I1"].to_numpy(zero_copy_only=False).tolist())
-    h = pa.table({"label": pa.array([1, 0], pa.int8()),
-                  "keys": pa.array([[5, 6, 7], [6]], pa.list_(pa.uint64())),
-                  "values": pa.array([[1.0, 0.5, 2.0], [3.0]], pa.list_(pa.float32()))})
+    h = pa.table(
+        {
+            "label": pa.array([1, 0], pa.int8()),
+            "keys": pa.array([[5, 6, 7], [6]], pa.list_(pa.uint64())),
+            "values": pa.array([[1.0, 0.5, 2.0], [3.0]], pa.list_(pa.float32())),
+        }
+    )
     b = build_batch(h, _schema(h, layout="hashed"), "logistic", "fail", "f")
     assert b.mask.sum(1).tolist() == [4, 2]
     assert b.uniq.tolist() == [0, 5, 6, 7]
@@ -207,6 +242,7 @@ def test_raw_numeric_and_hashed_layout():
 
 
 # ------------------------------------------------------------------------------ bad input
+
 
 def test_missing_label_column_names_file_and_column():
     t = _table().drop(["label"])
@@ -217,18 +253,29 @@ def test_missing_label_column_names_file_and_column():
 def test_label_two_fails_with_row_and_value_or_is_skipped():
     t = _table(10).set_column(0, "label", pa.array([0, 1, 2, 0, 1, 0, 0, 1, 7, 0], pa.int8()))
     schema = _schema(t)
-    with pytest.raises(DataError, match=r"File 'f.parquet', row 102 \(row group 3\), column "
-                                        r"'label': value 2.0 breaks the rule: labels must be 0 "
-                                        r"or 1"):
-        build_batch(t, schema, "logistic", "fail", "File 'f.parquet'", first_row=100,
-                    rg_starts=np.array([0, 32, 64, 96, 128]))
+    with pytest.raises(
+        DataError,
+        match=r"File 'f.parquet', row 102 \(row group 3\), column "
+        r"'label': value 2.0 breaks the rule: labels must be 0 "
+        r"or 1",
+    ):
+        build_batch(
+            t,
+            schema,
+            "logistic",
+            "fail",
+            "File 'f.parquet'",
+            first_row=100,
+            rg_starts=np.array([0, 32, 64, 96, 128]),
+        )
     b = build_batch(t, schema, "logistic", "skip", "f")
     assert b.skipped == 2 and b.size == 8 and set(b.labels.tolist()) <= {0.0, 1.0}
 
 
 def test_nan_in_a_numeric_column_is_an_error_but_null_is_missing():
-    t = _table(6).set_column(1, "I1", pa.array([1.0, None, float("nan"), 4.0, 5.0, None],
-                                               pa.float32()))
+    t = _table(6).set_column(
+        1, "I1", pa.array([1.0, None, float("nan"), 4.0, 5.0, None], pa.float32())
+    )
     with pytest.raises(DataError, match=r"row 2, column 'I1': value nan breaks .* must be finite"):
         build_batch(t, _schema(t), "logistic", "fail", "f")
     b = build_batch(t, _schema(t), "logistic", "skip", "f")
@@ -269,8 +316,14 @@ def test_unique_inverse_counts_equals_numpy():
     twins = mixed.copy()
     twins[:40] = (twins[:40] & np.uint64(0xFFFFFFFF00000000)) | np.uint64(3)  # top-bit twins
     twins[40:80] = twins[:40] ^ np.uint64(1)
-    for x in (rng.integers(0, 50, 1000).astype(np.uint64), mixed, np.repeat(mixed[:300], 7),
-              twins, np.zeros(0, np.uint64), np.array([7], np.uint64)):
+    for x in (
+        rng.integers(0, 50, 1000).astype(np.uint64),
+        mixed,
+        np.repeat(mixed[:300], 7),
+        twins,
+        np.zeros(0, np.uint64),
+        np.array([7], np.uint64),
+    ):
         want = np.unique(x, return_inverse=True, return_counts=True)
         got = unique_inverse_counts(x)
         for a, b in zip(got[:3], want):

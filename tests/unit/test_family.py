@@ -11,8 +11,7 @@ from psfm.models.family import FamilyInputs, FamilySpec, forward_backward
 torch.set_default_dtype(torch.float64)
 
 
-def _random_case(rng, ranks, tied, n_keys=40, n_rows=24, max_per_row=9, level_mix=None,
-                 twins=True):
+def _random_case(rng, ranks, tied, n_keys=40, n_rows=24, max_per_row=9, level_mix=None, twins=True):
     m = len(ranks)
     level = rng.integers(0, m + 1, n_keys) if level_mix is None else level_mix(n_keys)
     level[0] = 0  # key 0 plays the bias: level 0, in every row
@@ -30,16 +29,24 @@ def _random_case(rng, ranks, tied, n_keys=40, n_rows=24, max_per_row=9, level_mi
     occ_value = torch.tensor(np.concatenate(vals))
     level_t = torch.tensor(level, dtype=torch.int64)
     if tied:
-        tables = [torch.tensor(rng.normal(size=(int((level == p).sum()), d)))
-                  for p, d in enumerate(ranks, 1)]
+        tables = [
+            torch.tensor(rng.normal(size=(int((level == p).sum()), d)))
+            for p, d in enumerate(ranks, 1)
+        ]
     else:
-        tables = [torch.tensor(rng.normal(size=(int((level >= p).sum()), d)))
-                  for p, d in enumerate(ranks, 1)]
+        tables = [
+            torch.tensor(rng.normal(size=(int((level >= p).sum()), d)))
+            for p, d in enumerate(ranks, 1)
+        ]
     x = FamilyInputs(
-        occ_sample=occ_sample, occ_uniq=occ_uniq, occ_value=occ_value,
+        occ_sample=occ_sample,
+        occ_uniq=occ_uniq,
+        occ_value=occ_value,
         labels=torch.tensor(rng.integers(0, 2, n_rows).astype(float)),
         weights=torch.tensor(rng.uniform(0.5, 2.0, n_rows)),
-        w=torch.tensor(rng.normal(size=n_keys)), level=level_t, tables=tables,
+        w=torch.tensor(rng.normal(size=n_keys)),
+        level=level_t,
+        tables=tables,
     )
     return x
 
@@ -130,9 +137,15 @@ def _one_sample(x, b):
     """Sample b of a batch as a batch of its own (same keys and tables)."""
     occ = x.occ_sample == b
     return FamilyInputs(
-        occ_sample=torch.zeros(int(occ.sum()), dtype=torch.int64), occ_uniq=x.occ_uniq[occ],
-        occ_value=x.occ_value[occ], labels=x.labels[b:b + 1], weights=x.weights[b:b + 1],
-        w=x.w, level=x.level, tables=x.tables)
+        occ_sample=torch.zeros(int(occ.sum()), dtype=torch.int64),
+        occ_uniq=x.occ_uniq[occ],
+        occ_value=x.occ_value[occ],
+        labels=x.labels[b : b + 1],
+        weights=x.weights[b : b + 1],
+        w=x.w,
+        level=x.level,
+        tables=x.tables,
+    )
 
 
 @pytest.mark.parametrize("spec", CASES, ids=lambda s: f"{s.ranks}-tied{s.tied}-{s.loss}")
@@ -153,9 +166,9 @@ def test_sums_of_squares_are_the_per_sample_gradients_squared(spec, unit):
     want_t = [torch.zeros_like(t) for t in out.grad_tables]
     for b in range(x.labels.shape[0]):
         one = forward_backward(spec, _one_sample(x, b))
-        want_w += one.grad_w ** 2
+        want_w += one.grad_w**2
         for acc, g in zip(want_t, one.grad_tables):
-            acc += g ** 2
+            acc += g**2
     torch.testing.assert_close(out.sq_w, want_w, rtol=1e-9, atol=1e-10)
     assert len(out.sq_tables) == len(want_t)
     for got, want in zip(out.sq_tables, want_t):
@@ -179,8 +192,9 @@ def test_every_level_mix_of_pairs_is_covered():
     # All (k_i, k_j) combinations appear: make each row hold one key of each level.
     spec = FamilySpec(ranks=(1, 2, 4), dependent_lr_coef=(1.0, 1.0))
     rng = np.random.default_rng(5)
-    x = _random_case(rng, spec.ranks, False, n_keys=60, max_per_row=20,
-                     level_mix=lambda n: np.arange(n) % 4)
+    x = _random_case(
+        rng, spec.ranks, False, n_keys=60, max_per_row=20, level_mix=lambda n: np.arange(n) % 4
+    )
     out = forward_backward(spec, x)
     y, gw, gt = _expected_grads(spec, x)
     torch.testing.assert_close(out.logits, y)
@@ -193,8 +207,9 @@ def test_rafm_with_every_feature_at_the_top_equals_fm_of_the_top_rank():
     rafm = FamilySpec(ranks=(2, 8), dependent_lr_coef=(1.0,))
     x = _random_case(rng, rafm.ranks, False, level_mix=lambda n: np.full(n, 2))
     fm = FamilySpec(ranks=(8,))
-    x_fm = FamilyInputs(**{**x.__dict__, "level": torch.clamp(x.level, max=1),
-                           "tables": [x.tables[1]]})
+    x_fm = FamilyInputs(
+        **{**x.__dict__, "level": torch.clamp(x.level, max=1), "tables": [x.tables[1]]}
+    )
     a, b = forward_backward(rafm, x), forward_backward(fm, x_fm)
     torch.testing.assert_close(a.logits, b.logits)
     torch.testing.assert_close(a.grad_tables[1], b.grad_tables[0])

@@ -25,7 +25,8 @@ from tests.reference.ftrl_fm import run_reference  # noqa: E402
 
 SPECS = {"dense": GenSpec.small, "zipf39": GenSpec}
 CASES = [
-    ("dense", 20_000), ("zipf39", 20_000),
+    ("dense", 20_000),
+    ("zipf39", 20_000),
     pytest.param("dense", 100_000, marks=pytest.mark.slow),
     pytest.param("zipf39", 100_000, marks=pytest.mark.slow),
     pytest.param("dense", 1_000_000, marks=pytest.mark.slow),
@@ -45,5 +46,7 @@ def test_fm_at_defaults_is_within_0_005_auc_of_per_sample_ftrl(tmp_path, spec, r
     ref = run_reference(str(root), ["1", "2"], ["3"], dim=8, config=resolved)
     assert rep["train"]["rows"] == ref["train_rows"] == rows
     assert rep["test"]["auc"] >= ref["auc"] - 0.005, (rep["test"]["auc"], ref["auc"])
-    assert rep["test"]["logloss"] <= ref["logloss"] + 0.005, (rep["test"]["logloss"],
-                                                              ref["logloss"])
+    assert rep["test"]["logloss"] <= ref["logloss"] + 0.005, (
+        rep["test"]["logloss"],
+        ref["logloss"],
+    )

@@ -63,8 +63,10 @@ def test_one_step_equals_hand_computation():
     want_bias = _step(0.0, 0.0, g, BIAS)
     want_lin = [_step(0.0, 0.0, g * x[i], LIN) for i in range(2)]
     other = [1, 0]
-    want_fac = [[_step(zf0[i, f], 0.0, g * x[i] * v[other[i], f] * x[other[i]], FAC)
-                 for f in range(dim)] for i in range(2)]
+    want_fac = [
+        [_step(zf0[i, f], 0.0, g * x[i] * v[other[i], f] * x[other[i]], FAC) for f in range(dim)]
+        for i in range(2)
+    ]
 
     m = PerSampleFtrlFM(LIN, FAC, dim=dim, init_std=std, seed=seed)
     got_p = m.fit([keys], [x], [y])
@@ -142,8 +144,10 @@ def test_several_steps_equal_pairwise_oracle():
 
 def test_dim0_equals_per_sample_ftrl_lr():
     rng = np.random.default_rng(1)
-    rows = [list(rng.choice(np.arange(1, 8), size=int(rng.integers(1, 5)), replace=False))
-            for _ in range(12)]
+    rows = [
+        list(rng.choice(np.arange(1, 8), size=int(rng.integers(1, 5)), replace=False))
+        for _ in range(12)
+    ]
     ys = [float(rng.integers(0, 2)) for _ in rows]
     bias, lin, want = (0.0, 0.0), {}, []
     for r, y in zip(rows, ys):
@@ -192,17 +196,22 @@ def test_learns_a_generated_log(tmp_path):
     assert res["logloss"] < 0.69
 
 
-@pytest.mark.parametrize("model", [["model.kind=\"fm\"", "model.ranks=[4]"],
-                                   ["model.kind=\"lr\""]])
+@pytest.mark.parametrize("model", [['model.kind="fm"', "model.ranks=[4]"], ['model.kind="lr"']])
 def test_psfm_with_one_row_batches_equals_the_reference(tmp_path, model):
     # Same keys, order, hyperparameters and initial factors: only float32 vs float64 differs.
     # Large rates so that 600 rows move the model well away from its start (64-row batches
     # then differ from per-sample FTRL by ~0.02 in logloss).
     generate(tmp_path, days=2, rows_per_day=600, spec=GenSpec.small(), seed=4)
-    rates = ["ftrl.linear.alpha=0.5", "ftrl.linear.l1=0.1", "ftrl.factor.alpha=0.2",
-             "ftrl.factor.l1=0.01", "model.init_std=0.1"]
-    cfg = load_config(None, [f"data.root={json.dumps(str(tmp_path))}", *model, *rates,
-                             "data.batch_size=1"])
+    rates = [
+        "ftrl.linear.alpha=0.5",
+        "ftrl.linear.l1=0.1",
+        "ftrl.factor.alpha=0.2",
+        "ftrl.factor.l1=0.01",
+        "model.init_std=0.1",
+    ]
+    cfg = load_config(
+        None, [f"data.root={json.dumps(str(tmp_path))}", *model, *rates, "data.batch_size=1"]
+    )
     dim = cfg.model.ranks[0] if cfg.model.ranks else 0
     ref = run_reference(str(tmp_path), ["1"], ["2"], dim=dim, config=cfg)
     rep = train_local(cfg)

@@ -34,15 +34,17 @@ def _lost(error: BaseException) -> str | None:
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("runloop")
     # 3 days of 5 row groups of 1000 rows: train on days 1-2, test on day 3
-    generate(root, days=3, rows_per_day=ROWS_PER_DAY, spec=GenSpec.small(), seed=2,
-             row_group_rows=1000)
+    generate(
+        root, days=3, rows_per_day=ROWS_PER_DAY, spec=GenSpec.small(), seed=2, row_group_rows=1000
+    )
     return root
 
 
 def _cfg(root, *sets, run_dir=None):
     extra = [f"train.run_dir={json.dumps(str(run_dir))}"] if run_dir else []
-    return load_config(None, [f"data.root={json.dumps(str(root))}", 'model.kind="fm"', *sets,
-                              *extra])
+    return load_config(
+        None, [f"data.root={json.dumps(str(root))}", 'model.kind="fm"', *sets, *extra]
+    )
 
 
 def _report(unit, keep: bool = False) -> UnitReport:
@@ -50,10 +52,18 @@ def _report(unit, keep: bool = False) -> UnitReport:
     probs = np.array([0.2, 0.7, 0.4, 0.3])
     acc = MetricAccumulator()
     acc.update(labels, probs)
-    return UnitReport(unit=unit.uid, rows=unit.rows, skipped=0, loss=1.0, seconds=0.01,
-                      acc_state=acc.state(), acc_low_state=acc.state(), bytes_pulled=10,
-                      bytes_pushed=20,
-                      predictions=np.stack([probs, probs, labels]) if keep else None)
+    return UnitReport(
+        unit=unit.uid,
+        rows=unit.rows,
+        skipped=0,
+        loss=1.0,
+        seconds=0.01,
+        acc_state=acc.state(),
+        acc_low_state=acc.state(),
+        bytes_pulled=10,
+        bytes_pushed=20,
+        predictions=np.stack([probs, probs, labels]) if keep else None,
+    )
 
 
 class ScriptedBackend:
@@ -111,8 +121,14 @@ class ScriptedBackend:
         self.rows = int(states[0]["rows"][0])
 
     def stats(self):
-        return ShardStats(keys=7, nonzero_w=5, factor_rows_per_level=[3], nonzero_factors=9,
-                          ps_bytes=100, raw_bytes=80)
+        return ShardStats(
+            keys=7,
+            nonzero_w=5,
+            factor_rows_per_level=[3],
+            nonzero_factors=9,
+            ps_bytes=100,
+            raw_bytes=80,
+        )
 
 
 def _run(cfg, fail=None, resume=False):
@@ -137,8 +153,10 @@ def _trained(backend) -> list[tuple]:
 def test_units_follow_rows_per_unit_and_only_day_one_warms_up(data):
     rep, b = _run(_cfg(data, "data.rows_per_unit=2000", "ps.warmup_units=2"))
     # Whole row groups of 1000 rows, about 2000 rows a unit: 2000, 2000, 1000.
-    assert _trained(b) == [("train", "1", [2000, 2000, 1000], 2),
-                           ("train", "2", [2000, 2000, 1000], 0)]
+    assert _trained(b) == [
+        ("train", "1", [2000, 2000, 1000], 2),
+        ("train", "2", [2000, 2000, 1000], 0),
+    ]
     assert ("evaluate", "3", 3, True) in b.calls
     assert rep["train"]["rows"] == 2 * ROWS_PER_DAY and rep["test"]["rows"] == ROWS_PER_DAY
     _, b = _run(_cfg(data))  # the default: one unit a day
@@ -149,8 +167,17 @@ def test_report_metrics_lines_and_checkpoints(data, tmp_path):
     run_dir = tmp_path / "run"
     rep, b = _run(_cfg(data, "train.eval_next_day=true", run_dir=run_dir))
     assert set(rep) == {"test", "model", "train", "valid", "config"}
-    assert {"days", "rows", "samples_per_s", "bytes_per_sample", "per_day", "wall_seconds",
-            "passes", "best_pass", "early_stopped"} == set(rep["train"])
+    assert {
+        "days",
+        "rows",
+        "samples_per_s",
+        "bytes_per_sample",
+        "per_day",
+        "wall_seconds",
+        "passes",
+        "best_pass",
+        "early_stopped",
+    } == set(rep["train"])
     assert rep["valid"] == [] and rep["train"]["passes"] == rep["train"]["best_pass"] == 1
     assert rep["model"]["nonzero_params"] == 14 and rep["train"]["bytes_per_sample"] > 0
     assert [d["next_day"]["day"] for d in rep["train"]["per_day"]] == ["2", "3"]
@@ -187,8 +214,7 @@ def test_lost_actors_are_retried_per_day_and_each_row_is_applied_once(data, tmp_
     caplog.set_level(logging.WARNING, logger="psfm.runloop")
     # Two losses on each day: within the bound of two retries per day (a per-run bound of
     # two would have ended the run on day 2).
-    rep, b = _run(_cfg(data, run_dir=run_dir), fail={"1": [Lost(), Lost()],
-                                                      "2": [Lost(), Lost()]})
+    rep, b = _run(_cfg(data, run_dir=run_dir), fail={"1": [Lost(), Lost()], "2": [Lost(), Lost()]})
     assert [c[1] for c in _trained(b)] == ["1", "1", "1", "2", "2", "2"]
     assert b.starts == 5  # the first start and one per retry
     assert [c for c in b.calls if c[0] == "restore"] == [("restore", ROWS_PER_DAY)] * 2
@@ -241,10 +267,10 @@ def test_the_run_loop_imports_neither_ray_nor_torch():
     import psfm.runloop
 
     tree = ast.parse(Path(psfm.runloop.__file__).read_text())
-    names = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import)
-             for a in n.names}
-    names |= {n.module.split(".")[0] for n in tree.body
-              if isinstance(n, ast.ImportFrom) and n.module}
+    names = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    names |= {
+        n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
+    }
     assert not names & {"ray", "torch"}, names
 
 
@@ -255,8 +281,9 @@ def test_the_run_loop_imports_neither_ray_nor_torch():
 def data4(tmp_path_factory):
     root = tmp_path_factory.mktemp("runloop4")
     # 4 days of 5 row groups of 1000 rows: train on 1-2, validate on 3, test on 4
-    generate(root, days=4, rows_per_day=ROWS_PER_DAY, spec=GenSpec.small(), seed=2,
-             row_group_rows=1000)
+    generate(
+        root, days=4, rows_per_day=ROWS_PER_DAY, spec=GenSpec.small(), seed=2, row_group_rows=1000
+    )
     return root
 
 
@@ -279,8 +306,17 @@ class ValidScripted(ScriptedBackend):
         acc = MetricAccumulator()
         acc.update(labels, probs)
         for u in units:
-            on_unit(UnitReport(unit=u.uid, rows=4, skipped=0, loss=0.0, seconds=0.01,
-                               acc_state=acc.state(), acc_low_state=acc.state()))
+            on_unit(
+                UnitReport(
+                    unit=u.uid,
+                    rows=4,
+                    skipped=0,
+                    loss=0.0,
+                    seconds=0.01,
+                    acc_state=acc.state(),
+                    acc_low_state=acc.state(),
+                )
+            )
 
     def snapshot(self):
         self.calls.append(("snapshot", self.rows))
@@ -299,8 +335,15 @@ def _run_valid(cfg, q, resume=False):
 
 def test_passes_train_the_days_again_with_shuffled_units_and_count_once(data, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = _cfg(data, 'model.kind="rafm"', "model.ranks=[1,2]", "train.passes=3",
-               "data.rows_per_unit=1000", "ps.warmup_units=2", run_dir=run_dir)
+    cfg = _cfg(
+        data,
+        'model.kind="rafm"',
+        "model.ranks=[1,2]",
+        "train.passes=3",
+        "data.rows_per_unit=1000",
+        "ps.warmup_units=2",
+        run_dir=run_dir,
+    )
     rep, b = _run(cfg)
     # The statistics pass counts one pass's units once (occurrences, not x passes).
     assert [c for c in b.calls if c[0] == "count"] == [("count", 10)]
@@ -310,11 +353,18 @@ def test_passes_train_the_days_again_with_shuffled_units_and_count_once(data, tm
     assert [c[1] for c in b.calls if c[0] == "end_day"] == [1, 2, 3, 4, 5, 6]
     assert rep["train"]["rows"] == 3 * 2 * ROWS_PER_DAY and b.rows == 3 * 2 * ROWS_PER_DAY
     assert [(d["pass"], d["day"]) for d in rep["train"]["per_day"]] == [
-        (p, d) for p in (1, 2, 3) for d in ("1", "2")]
+        (p, d) for p in (1, 2, 3) for d in ("1", "2")
+    ]
     assert rep["train"]["passes"] == rep["train"]["best_pass"] == 3
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "day=1", "day=2", "day=stats", "pass=2.day=1", "pass=2.day=2", "pass=3.day=1",
-        "pass=3.day=2"]
+        "day=1",
+        "day=2",
+        "day=stats",
+        "pass=2.day=1",
+        "pass=2.day=2",
+        "pass=3.day=1",
+        "pass=3.day=2",
+    ]
     _, manifest = load_checkpoint(run_dir / "checkpoints" / "pass=3.day=1")
     assert manifest["pass"] == 3 and manifest["day_index"] == 4
     assert _events(run_dir) == ["train_day"] * 6 + ["test"]
@@ -336,17 +386,19 @@ def test_the_unit_order_of_later_passes_is_a_seeded_shuffle(data):
 
 def test_validation_is_scored_after_each_pass(data4, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=2",
-               run_dir=run_dir)
+    cfg = _cfg(
+        data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=2", run_dir=run_dir
+    )
     rep, b = _run_valid(cfg, [0.6, 0.7])
     assert [c for c in b.calls if c[0] == "validate"] == [
-        ("validate", 2 * ROWS_PER_DAY), ("validate", 4 * ROWS_PER_DAY)]
+        ("validate", 2 * ROWS_PER_DAY),
+        ("validate", 4 * ROWS_PER_DAY),
+    ]
     assert _events(run_dir) == ["train_day", "train_day", "valid"] * 2 + ["test"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     valid = [x for x in lines if x["event"] == "valid"]
     assert [v["pass"] for v in valid] == [1, 2] and all(v["rows"] == 4 for v in valid)
-    assert [round(v["logloss"], 12) for v in valid] == [round(-np.log(q), 12)
-                                                        for q in (0.6, 0.7)]
+    assert [round(v["logloss"], 12) for v in valid] == [round(-np.log(q), 12) for q in (0.6, 0.7)]
     assert [v["pass"] for v in rep["valid"]] == [1, 2]
     assert {"pass", "auc", "logloss", "rows"} <= set(rep["valid"][0])
     assert "decision" not in rep["valid"][0]  # no early stopping: nothing decided
@@ -356,12 +408,20 @@ def test_validation_is_scored_after_each_pass(data4, tmp_path):
 
 
 @pytest.mark.parametrize("with_run_dir", [True, False])
-def test_early_stopping_stops_after_patience_and_tests_the_best_pass(data4, tmp_path,
-                                                                     with_run_dir, caplog):
+def test_early_stopping_stops_after_patience_and_tests_the_best_pass(
+    data4, tmp_path, with_run_dir, caplog
+):
     caplog.set_level(logging.INFO, logger="psfm.passes")
     run_dir = tmp_path / "run" if with_run_dir else None
-    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=6",
-               'train.early_stop="logloss"', "train.patience=2", run_dir=run_dir)
+    cfg = _cfg(
+        data4,
+        'data.train_days="1..2"',
+        'data.valid_days="3"',
+        "train.passes=6",
+        'train.early_stop="logloss"',
+        "train.patience=2",
+        run_dir=run_dir,
+    )
     # Pass 2 is the best; passes 3 and 4 do not improve on it (3 ties pass 2: no strict
     # improvement); pass 5 would have been the best but is never trained.
     rep, b = _run_valid(cfg, [0.6, 0.7, 0.7, 0.65, 0.9, 0.9])
@@ -383,23 +443,36 @@ def test_early_stopping_stops_after_patience_and_tests_the_best_pass(data4, tmp_
         assert resume_checkpoint(str(run_dir)).endswith("pass=4.day=2")
         assert latest_checkpoint(str(run_dir)).endswith("pass=2.day=2")
     else:
-        assert [c for c in calls if c[0] == "snapshot"] == [("snapshot", per_pass),
-                                                            ("snapshot", 2 * per_pass)]
-    assert "pass 4: valid logloss 0.430783, no better than 0.356675 of pass 2 for 2 pass(es) " \
-           "(patience 2): stop" in caplog.text
+        assert [c for c in calls if c[0] == "snapshot"] == [
+            ("snapshot", per_pass),
+            ("snapshot", 2 * per_pass),
+        ]
+    assert (
+        "pass 4: valid logloss 0.430783, no better than 0.356675 of pass 2 for 2 pass(es) "
+        "(patience 2): stop" in caplog.text
+    )
 
 
 def test_a_run_resumed_after_early_stopping_does_not_train_again(data4, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=6",
-               'train.early_stop="auc"', "train.patience=1", run_dir=run_dir)
+    cfg = _cfg(
+        data4,
+        'data.train_days="1..2"',
+        'data.valid_days="3"',
+        "train.passes=6",
+        'train.early_stop="auc"',
+        "train.patience=1",
+        run_dir=run_dir,
+    )
     first, _ = _run_valid(cfg, [0.7, 0.8, 0.6, 0.9])  # AUC: 1.0 at 0.7 and 0.8 (no gain)
     assert first["train"]["passes"] == 2 and first["train"]["best_pass"] == 1
     rep, b = _run_valid(cfg, [], resume=True)
     assert not _trained(b) and not [c for c in b.calls if c[0] == "validate"]
     per_pass = 2 * ROWS_PER_DAY
-    assert [c for c in b.calls if c[0] == "restore"] == [("restore", 2 * per_pass),
-                                                         ("restore", per_pass)]
+    assert [c for c in b.calls if c[0] == "restore"] == [
+        ("restore", 2 * per_pass),
+        ("restore", per_pass),
+    ]
     assert rep["valid"] == first["valid"] and rep["train"]["best_pass"] == 1
     assert rep["train"]["per_day"] == first["train"]["per_day"]
 
@@ -408,8 +481,9 @@ def test_a_run_resumed_between_passes_continues_at_the_next_pass(data4, tmp_path
     import shutil
 
     run_dir = tmp_path / "run"
-    cfg = _cfg(data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=3",
-               run_dir=run_dir)
+    cfg = _cfg(
+        data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=3", run_dir=run_dir
+    )
     full, _ = _run_valid(cfg, [0.6, 0.7, 0.8])
     for name in ("pass=2.day=2", "pass=3.day=1", "pass=3.day=2"):  # a crash in pass 2
         shutil.rmtree(run_dir / "checkpoints" / name)
@@ -417,21 +491,32 @@ def test_a_run_resumed_between_passes_continues_at_the_next_pass(data4, tmp_path
     assert [c[1] for c in _trained(b)] == ["2", "1", "2"]
     assert ("restore", 3 * ROWS_PER_DAY) in b.calls and b.rows == 6 * ROWS_PER_DAY
     assert [(d["pass"], d["day"]) for d in rep["train"]["per_day"]] == [
-        (d["pass"], d["day"]) for d in full["train"]["per_day"]]
+        (d["pass"], d["day"]) for d in full["train"]["per_day"]
+    ]
     assert [v["pass"] for v in rep["valid"]] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("sets, match", [
-    (['data.train_days="1,1,1"'], r"'train_days' parameter of DataConfig must name each day "
-                                  r"once; .* train.passes .*Got '1,1,1' instead \(day '1'"),
-    (['data.train_days="1..2,2"'], r"day '2' named more than once"),
-    (['data.train_days="1..2"', 'data.valid_days="2..3"'],
-     r"'valid_days' parameter of DataConfig must not overlap the train days. Got '2..3' "
-     r"instead \(day '2' is also a train day\)"),
-    (['data.train_days="1"', 'data.valid_days="2,4"'],
-     r"must not overlap the test days. Got '2,4' instead \(day '4' is also a test day\)"),
-    (['data.valid_days="1..3"'], r"No training days"),
-])
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        (
+            ['data.train_days="1,1,1"'],
+            r"'train_days' parameter of DataConfig must name each day "
+            r"once; .* train.passes .*Got '1,1,1' instead \(day '1'",
+        ),
+        (['data.train_days="1..2,2"'], r"day '2' named more than once"),
+        (
+            ['data.train_days="1..2"', 'data.valid_days="2..3"'],
+            r"'valid_days' parameter of DataConfig must not overlap the train days. Got '2..3' "
+            r"instead \(day '2' is also a train day\)",
+        ),
+        (
+            ['data.train_days="1"', 'data.valid_days="2,4"'],
+            r"must not overlap the test days. Got '2,4' instead \(day '4' is also a test day\)",
+        ),
+        (['data.valid_days="1..3"'], r"No training days"),
+    ],
+)
 def test_bad_day_specs_are_refused_before_any_backend_starts(data4, sets, match):
     made: list = []
     with pytest.raises(DataError, match=match):

@@ -16,8 +16,11 @@ from psfm.ps.shard import ParameterShard
 
 # A batch as one FTRL step (n += g^2 of the summed gradient): the tests below check the shard's
 # bookkeeping against ftrl_update(g); the other accumulation rules have tests of their own.
-FTRL = FtrlConfig(linear=FtrlParams(0.1, 1.0, 0.2, 1.0), factor=FtrlParams(0.05, 1.0, 0.01, 1.0),
-                  accumulate="square_of_sum")
+FTRL = FtrlConfig(
+    linear=FtrlParams(0.1, 1.0, 0.2, 1.0),
+    factor=FtrlParams(0.05, 1.0, 0.01, 1.0),
+    accumulate="square_of_sum",
+)
 
 
 def _shards(kind="rafm", n=1, policy="online", ranks=(), **lv):
@@ -52,8 +55,9 @@ def test_created_fm_keys_get_deterministic_factors_and_bias_has_none():
     assert r.level.tolist() == [0, 1, 1]
     std = s.model.init_std
     v0 = init_factors(keys[1:], 1, 8, std, seed=3)
-    np.testing.assert_allclose(r.tables[0], ftrl_weight(ftrl_init_z(v0, FTRL.factor),
-                                                        np.zeros_like(v0), FTRL.factor))
+    np.testing.assert_allclose(
+        r.tables[0], ftrl_weight(ftrl_init_z(v0, FTRL.factor), np.zeros_like(v0), FTRL.factor)
+    )
     big = init_factors(np.arange(1, 20001, dtype=np.uint64), 1, 8, std, seed=3)
     assert abs(big.std() - std) < 0.002 and abs(big.mean()) < 0.002
 
@@ -66,8 +70,9 @@ def test_push_applies_ftrl_and_the_bias_is_not_regularised():
     gf = np.full((1, 8), 0.5, dtype=np.float32)
     s.push(PushRequest(keys, np.ones(2, np.float32), r.level, g, [gf]))
     r2 = s.pull(keys)
-    z, n = ftrl_update(np.zeros(1, np.float32), np.zeros(1, np.float32), g[:1],
-                       FtrlParams(0.1, 1.0, 0.0, 0.0))
+    z, n = ftrl_update(
+        np.zeros(1, np.float32), np.zeros(1, np.float32), g[:1], FtrlParams(0.1, 1.0, 0.0, 0.0)
+    )
     assert r2.w[0] == ftrl_weight(z, n, FtrlParams(0.1, 1.0, 0.0, 0.0))[0] != 0
     assert r2.w[1] == 0  # |z| = 0.05 <= l1 = 0.2
     v0 = init_factors(keys[1:], 1, 8, s.model.init_std, seed=3)
@@ -80,8 +85,9 @@ def test_eq17_thresholds_equal_the_argmin_rule():
     for c in (1.0, 3.0, 50.0):
         t = level_thresholds(ranks, c)
         counts = np.unique(np.geomspace(1, 1e5, 3000).round())
-        argmin = 1 + np.argmin(np.abs(np.log(counts)[:, None] - np.log(c * np.array(ranks))),
-                               axis=1)
+        argmin = 1 + np.argmin(
+            np.abs(np.log(counts)[:, None] - np.log(c * np.array(ranks))), axis=1
+        )
         np.testing.assert_array_equal(levels_from_counts(counts, t), argmin)
     assert levels_from_counts(np.array([0.0]), level_thresholds(ranks))[0] == 0
 
@@ -92,13 +98,33 @@ def test_online_promotion_untied_keeps_lower_rows_and_adds_the_next():
     r = s.pull(k, create=True)
     assert r.level[0] == 1
     for _ in range(2):
-        s.push(PushRequest(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
-               [np.full((1, 1), 0.3, np.float32), np.zeros((0, 2), np.float32),
-                np.zeros((0, 4), np.float32)]))
+        s.push(
+            PushRequest(
+                k,
+                np.ones(1, np.float32),
+                r.level,
+                np.zeros(1, np.float32),
+                [
+                    np.full((1, 1), 0.3, np.float32),
+                    np.zeros((0, 2), np.float32),
+                    np.zeros((0, 4), np.float32),
+                ],
+            )
+        )
     before = s.pull(k).tables[0].copy()
-    s.push(PushRequest(k, np.ones(1, np.float32), r.level, np.zeros(1, np.float32),
-           [np.zeros((1, 1), np.float32), np.zeros((0, 2), np.float32),
-            np.zeros((0, 4), np.float32)]))
+    s.push(
+        PushRequest(
+            k,
+            np.ones(1, np.float32),
+            r.level,
+            np.zeros(1, np.float32),
+            [
+                np.zeros((1, 1), np.float32),
+                np.zeros((0, 2), np.float32),
+                np.zeros((0, 4), np.float32),
+            ],
+        )
+    )
     r3 = s.pull(k)
     assert r3.level[0] == 2 and [t.shape[0] for t in r3.tables] == [1, 1, 0]
     np.testing.assert_array_equal(r3.tables[0], before)  # the level-1 factor is kept
@@ -108,11 +134,25 @@ def test_tied_promotion_moves_the_trained_prefix():
     (s,) = _shards("difacto", ranks=(2, 4), level_min_count=(1, 5))
     k = np.array([7], dtype=np.uint64)
     r = s.pull(k, create=True)
-    s.push(PushRequest(k, np.full(1, 2, np.float32), r.level, np.zeros(1, np.float32),
-           [np.full((1, 2), 0.7, np.float32), np.zeros((0, 4), np.float32)]))
+    s.push(
+        PushRequest(
+            k,
+            np.full(1, 2, np.float32),
+            r.level,
+            np.zeros(1, np.float32),
+            [np.full((1, 2), 0.7, np.float32), np.zeros((0, 4), np.float32)],
+        )
+    )
     trained = s.pull(k).tables[0].copy()
-    s.push(PushRequest(k, np.full(1, 3, np.float32), r.level, np.zeros(1, np.float32),
-           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)]))
+    s.push(
+        PushRequest(
+            k,
+            np.full(1, 3, np.float32),
+            r.level,
+            np.zeros(1, np.float32),
+            [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)],
+        )
+    )
     r2 = s.pull(k)
     assert r2.level[0] == 2 and r2.tables[0].shape == (0, 2) and r2.tables[1].shape == (1, 4)
     np.testing.assert_array_equal(r2.tables[1][:, :2], trained)
@@ -140,8 +180,15 @@ def test_online_admission_by_count_sketch():
     for i in range(3):
         r = s.pull(k, create=True)
         assert len(s) == (1 if i == 3 else 0) or i == 3
-        s.push(PushRequest(k, np.ones(1, np.float32), r.level, np.ones(1, np.float32),
-               [np.zeros((r.tables[0].shape[0], 8), np.float32)]))
+        s.push(
+            PushRequest(
+                k,
+                np.ones(1, np.float32),
+                r.level,
+                np.ones(1, np.float32),
+                [np.zeros((r.tables[0].shape[0], 8), np.float32)],
+            )
+        )
     assert len(s) == 1 and s.pull(k).level[0] == 1
 
 
@@ -151,24 +198,33 @@ def test_ttl_eviction_drops_unseen_keys_and_their_rows():
     s.pull(a, create=True)
     s.end_day(1)
     s.pull(b, create=True)
-    s.push(PushRequest(b, np.ones(1, np.float32), np.ones(1, np.int8), np.zeros(1, np.float32),
-           [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)]))
+    s.push(
+        PushRequest(
+            b,
+            np.ones(1, np.float32),
+            np.ones(1, np.int8),
+            np.zeros(1, np.float32),
+            [np.zeros((1, 2), np.float32), np.zeros((0, 4), np.float32)],
+        )
+    )
     assert s.end_day(2) == {"evicted": 0, "keys": 2}
     assert s.end_day(3) == {"evicted": 1, "keys": 1}  # key 1 unseen on days 1 and 2
     assert s.pull(a).level[0] == 0 and s.pull(b).level[0] == 1
     assert s.stats().factor_rows_per_level == [1, 0]
 
 
-@pytest.mark.parametrize("kind,ranks,thresholds", [
-    ("fm", (), ()),
-    ("rafm", (1, 2, 4), (1, 3, 8)),  # level-1 rows at the key's slot, higher ones linked
-    ("rafm", (1, 2, 4), (2, 3, 8)),  # some keys at level 0: level-1 rows by index
-    ("difacto", (2, 4), (1, 5)),  # tied: one row per key in its level's table
-])
+@pytest.mark.parametrize(
+    "kind,ranks,thresholds",
+    [
+        ("fm", (), ()),
+        ("rafm", (1, 2, 4), (1, 3, 8)),  # level-1 rows at the key's slot, higher ones linked
+        ("rafm", (1, 2, 4), (2, 3, 8)),  # some keys at level 0: level-1 rows by index
+        ("difacto", (2, 4), (1, 5)),  # tied: one row per key in its level's table
+    ],
+)
 def test_eviction_compaction_and_restore_keep_the_survivors_bitwise(kind, ranks, thresholds):
     def make():
-        return LocalClient(_shards(kind, n=2, ranks=ranks, level_min_count=thresholds,
-                                   ttl_days=1))
+        return LocalClient(_shards(kind, n=2, ranks=ranks, level_min_count=thresholds, ttl_days=1))
 
     rng = np.random.default_rng(21)
     client = make()
@@ -182,8 +238,10 @@ def test_eviction_compaction_and_restore_keep_the_survivors_bitwise(kind, ranks,
     before = client.pull(keep)
     stats = client.stats()
     assert stats.keys == keep.size  # the day-0-only keys are gone, their rows compacted
-    want = [int(np.count_nonzero(before.level >= p if kind != "difacto" else before.level == p))
-            for p in range(1, len(ranks or (8,)) + 1)]
+    want = [
+        int(np.count_nonzero(before.level >= p if kind != "difacto" else before.level == p))
+        for p in range(1, len(ranks or (8,)) + 1)
+    ]
     assert stats.factor_rows_per_level == want and sum(want) > 0
     if len(ranks) > 1:
         assert len(set(before.level.tolist())) > 1  # several levels are really in play
@@ -211,7 +269,7 @@ def test_static_levels_keep_no_counts_and_lr_memory_stays_near_the_raw_state():
         s.finish_counts()
         assert "count" not in s._per_key and "last_day" not in s._per_key
         for lo in range(0, keys.size, 20_000):
-            part = keys[lo: lo + 20_000]
+            part = keys[lo : lo + 20_000]
             _random_push(rng, s, part, s.pull(part, create=True))
         s.end_day(1)
         st = s.stats()
@@ -224,8 +282,14 @@ def test_static_levels_keep_no_counts_and_lr_memory_stays_near_the_raw_state():
 def test_one_shard_and_four_shards_give_bitwise_identical_models(kind, ranks):
     results = []
     for n in (1, 4):
-        client = LocalClient(_shards(kind, n=n, ranks=ranks, level_min_count=() if kind == "fm"
-                                     else (1, 3, 8)[: len(ranks)]))
+        client = LocalClient(
+            _shards(
+                kind,
+                n=n,
+                ranks=ranks,
+                level_min_count=() if kind == "fm" else (1, 3, 8)[: len(ranks)],
+            )
+        )
         rng = np.random.default_rng(11)
         universe = _keys(rng, 3000)
         for _ in range(20):
@@ -261,8 +325,9 @@ def test_snapshot_restore_round_trip_is_bitwise():
         keys = np.unique(r.choice(universe, size=300))
         _random_push(r, c, keys, c.pull(keys, create=True))
     x, y = client.pull(universe), fresh.pull(universe)
-    assert np.array_equal(x.w, y.w) and all(np.array_equal(a, b)
-                                            for a, b in zip(x.tables, y.tables))
+    assert np.array_equal(x.w, y.w) and all(
+        np.array_equal(a, b) for a, b in zip(x.tables, y.tables)
+    )
 
 
 def test_restore_refuses_a_different_layout():
@@ -291,8 +356,9 @@ def test_buffered_step_sums_workers_in_order_and_matches_one_push():
         s.pull(keys, create=True)
     lev = one.pull(keys).level
     gw = rng.normal(size=keys.size).astype(np.float32)
-    g = [rng.normal(size=(int((lev >= p).sum()), d)).astype(np.float32)
-         for p, d in ((1, 1), (2, 2))]
+    g = [
+        rng.normal(size=(int((lev >= p).sum()), d)).astype(np.float32) for p, d in ((1, 1), (2, 2))
+    ]
     counts = np.ones(keys.size, np.float32)
     one.push(PushRequest(keys, counts, lev, gw, g))
     # Two workers whose key sets overlap: worker 0 has the first 200 keys, worker 1 the rest
@@ -303,8 +369,10 @@ def test_buffered_step_sums_workers_in_order_and_matches_one_push():
 
     def part(idx, frac):
         rows = [np.cumsum(lev >= p) - 1 for p in (1, 2)]
-        sub = [g[p - 1][rows[p - 1][idx][lev[idx] >= p]] * frac[idx][lev[idx] >= p][:, None]
-               for p in (1, 2)]
+        sub = [
+            g[p - 1][rows[p - 1][idx][lev[idx] >= p]] * frac[idx][lev[idx] >= p][:, None]
+            for p in (1, 2)
+        ]
         return keys[idx], counts[idx] * frac[idx], lev[idx], gw[idx] * frac[idx], sub
 
     f0 = np.where(share > 0, share, 1.0).astype(np.float32)
@@ -316,7 +384,7 @@ def test_buffered_step_sums_workers_in_order_and_matches_one_push():
     np.testing.assert_allclose(x.w, y.w, rtol=1e-5, atol=1e-6)
     for t, u in zip(x.tables, y.tables):
         np.testing.assert_allclose(t, u, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(one.count[:len(one)], two.count[:len(two)])
+    np.testing.assert_allclose(one.count[: len(one)], two.count[: len(two)])
 
 
 def test_push_pull_equals_push_then_pull():
@@ -346,7 +414,7 @@ def test_push_after_slots_move_updates_the_right_keys():
     py = s.pull(y, create=True)
     assert np.array_equal(ref.pull(y, create=True).tables[0], py.tables[0])
     keep = np.zeros(len(s), bool)
-    keep[-y.size:] = True  # drop x: every key of y gets a new slot
+    keep[-y.size :] = True  # drop x: every key of y gets a new slot
     assert s._retain(keep) == x.size
     grads = [rng.normal(size=py.tables[0].shape).astype(np.float32)]
     gw = rng.normal(size=y.size).astype(np.float32)
@@ -365,8 +433,12 @@ def test_wire_buffers_round_trip_and_packed_calls_match():
     from psfm.ps.wire import pack, unpack
 
     rng = np.random.default_rng(2)
-    arrays = [np.arange(5, dtype=np.uint64), np.zeros((0, 8), np.float32),
-              np.array([1, -2, 3], np.int8), rng.normal(size=(3, 4)).astype(np.float32)]
+    arrays = [
+        np.arange(5, dtype=np.uint64),
+        np.zeros((0, 8), np.float32),
+        np.array([1, -2, 3], np.int8),
+        rng.normal(size=(3, 4)).astype(np.float32),
+    ]
     got = unpack(pack(arrays))
     assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(arrays, got))
     with pytest.raises(TypeError, match="complex64"):
@@ -406,7 +478,7 @@ def test_shared_memory_messages_answer_like_direct_calls(tmp_path):
     def call(op, arrays, slot=0):
         n = pack_into(arrays, f.slot(slot))
         out = b[0].shm_call("w0", op, slot, n)
-        return PullResult.unpack(f.slot(slot)[pad(n): pad(n) + out].copy()) if out else None
+        return PullResult.unpack(f.slot(slot)[pad(n) : pad(n) + out].copy()) if out else None
 
     one = np.array([1], np.int8)
     k1, k2 = _keys(rng, 300), _keys(rng, 300)
@@ -420,10 +492,10 @@ def test_shared_memory_messages_answer_like_direct_calls(tmp_path):
     got2 = call("push_pull", [k1, counts, want.level, gw, *grads, k2, one], slot=1)
     assert all(np.array_equal(x, y) for x, y in zip(got2.arrays, want2.arrays))
     a[0].push(PushRequest(k2, counts, want2.level, gw, [g * 0 + 0.5 for g in want2.tables]))
-    assert call("push", [k2, counts, want2.level, gw, *[g * 0 + 0.5 for g in want2.tables]]) \
-        is None
-    assert all(np.array_equal(x, y) for x, y in zip(a[0].snapshot().values(),
-                                                    b[0].snapshot().values()))
+    assert call("push", [k2, counts, want2.level, gw, *[g * 0 + 0.5 for g in want2.tables]]) is None
+    assert all(
+        np.array_equal(x, y) for x, y in zip(a[0].snapshot().values(), b[0].snapshot().values())
+    )
     with pytest.raises(PsfmError, match="no message file 'w9'"):
         b[0].shm_call("w9", "pull", 0, 8)
     with pytest.raises(PsfmError, match="unknown message op"):
@@ -469,14 +541,17 @@ def test_accumulation_rules_grow_n_by_their_increment(rule, kind):
     else:
         s.push(PushRequest(keys, counts, r.level, gw, gt))
         inc_w = gw * gw / counts
-        inc_t = [g * g / counts[(r.level == p) if s.tied else (r.level >= p)][:, None]
-                 for p, g in enumerate(gt, start=1)]
+        inc_t = [
+            g * g / counts[(r.level == p) if s.tied else (r.level >= p)][:, None]
+            for p, g in enumerate(gt, start=1)
+        ]
     after = s.snapshot()
     slots = s.table.lookup(keys)
     bias = keys == BIAS_KEY
     for sel, params in ((bias, s._bias_params), (~bias, ftrl.linear)):
-        z, n = ftrl_update(before["z_w"][slots[sel]], before["n_w"][slots[sel]], gw[sel],
-                           params, inc_w[sel])
+        z, n = ftrl_update(
+            before["z_w"][slots[sel]], before["n_w"][slots[sel]], gw[sel], params, inc_w[sel]
+        )
         np.testing.assert_allclose(after["n_w"][slots[sel]], n, rtol=1e-6)
         np.testing.assert_allclose(after["z_w"][slots[sel]], z, rtol=1e-5, atol=1e-6)
     for p, (g, inc) in enumerate(zip(gt, inc_t), start=1):

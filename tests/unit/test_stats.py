@@ -22,13 +22,16 @@ from psfm.ps.levels import level_thresholds, levels_from_counts
 def _day_table(n: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     c1 = rng.zipf(1.6, n) % 50
-    return pa.table({
-        "label": pa.array(rng.integers(0, 2, n), pa.int8()),
-        "C1": pa.array(np.where(rng.random(n) < 0.1, None, c1).tolist(), pa.int64()),
-        "C2": pa.array([None if v == 0 else f"s{v}" for v in rng.integers(0, 9, n)]),
-        "I1": pa.array(np.where(rng.random(n) < 0.2, None, rng.exponential(30, n)).tolist(),
-                       pa.float32()),
-    })
+    return pa.table(
+        {
+            "label": pa.array(rng.integers(0, 2, n), pa.int8()),
+            "C1": pa.array(np.where(rng.random(n) < 0.1, None, c1).tolist(), pa.int64()),
+            "C2": pa.array([None if v == 0 else f"s{v}" for v in rng.integers(0, 9, n)]),
+            "I1": pa.array(
+                np.where(rng.random(n) < 0.2, None, rng.exponential(30, n)).tolist(), pa.float32()
+            ),
+        }
+    )
 
 
 @pytest.fixture()
@@ -71,11 +74,14 @@ def test_counts_histogram_and_levels_equal_a_brute_force_count(tiny):
         bins[int(math.log2(n))] += 1
         occ[int(math.log2(n))] += n
     assert [(h["lo"], h["features"], h["occurrences"]) for h in s["histogram"]] == [
-        (2**b, bins[b], occ[b]) for b in range(max(bins) + 1)]
-    lev = levels_from_counts(np.array(list(want.values()), np.float64),
-                             level_thresholds((1, 2, 4, 8), 2.0))
+        (2**b, bins[b], occ[b]) for b in range(max(bins) + 1)
+    ]
+    lev = levels_from_counts(
+        np.array(list(want.values()), np.float64), level_thresholds((1, 2, 4, 8), 2.0)
+    )
     assert [p["features"] for p in s["levels"]["per_level"]] == np.bincount(
-        lev, minlength=5).tolist()
+        lev, minlength=5
+    ).tolist()
     assert s["levels"]["thresholds"] == level_thresholds((1, 2, 4, 8), 2.0).tolist()
     every = feature_stats(str(root), days="1..3")
     assert every["features"] == len(_brute_force(tables.values()))
@@ -86,8 +92,10 @@ def _hand_example(tmp_path):
     vals = ["a"] + ["b"] * 2 + ["c"] * 3 + ["d"] * 5 + ["e"] * 9
     for d, v in ((1, vals), (2, ["a"])):
         (tmp_path / f"day={d}").mkdir()
-        pq.write_table(pa.table({"label": pa.array([0] * len(v), pa.int8()), "C1": v}),
-                       tmp_path / f"day={d}" / "p.parquet")
+        pq.write_table(
+            pa.table({"label": pa.array([0] * len(v), pa.int8()), "C1": v}),
+            tmp_path / f"day={d}" / "p.parquet",
+        )
     return str(tmp_path)
 
 
@@ -98,7 +106,11 @@ def test_parameter_counts_by_hand(tmp_path):
     assert [p["features"] for p in s["levels"]["per_level"]] == [0, 1, 1, 2, 1]
     assert [p["occurrences"] for p in s["levels"]["per_level"]] == [0, 1, 2, 8, 9]
     assert [(h["lo"], h["hi"], h["features"], h["occurrences"]) for h in s["histogram"]] == [
-        (1, 1, 1, 1), (2, 3, 2, 5), (4, 7, 1, 5), (8, 15, 1, 9)]
+        (1, 1, 1, 1),
+        (2, 3, 2, 5),
+        (4, 7, 1, 5),
+        (8, 15, 1, 9),
+    ]
     p = s["params"]
     assert p["lr"] == 5
     assert [f["params"] for f in p["fm"]] == [10, 15, 25, 45]  # 5 (1 + D)
@@ -122,9 +134,15 @@ def test_hashed_layout_is_detected(tmp_path):
     keys = [[1, 2], [2], [2, 3, 3]]
     for d in (1, 2):
         (tmp_path / f"day={d}").mkdir()
-        pq.write_table(pa.table({"label": pa.array([0, 1, 0], pa.int8()),
-                                 "keys": pa.array(keys, pa.list_(pa.uint64()))}),
-                       tmp_path / f"day={d}" / "p.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "label": pa.array([0, 1, 0], pa.int8()),
+                    "keys": pa.array(keys, pa.list_(pa.uint64())),
+                }
+            ),
+            tmp_path / f"day={d}" / "p.parquet",
+        )
     s = feature_stats(str(tmp_path))
     assert s["layout"] == "hashed" and s["features"] == 3 and s["occurrences"] == 6
 
@@ -141,8 +159,19 @@ def test_stats_command(tiny, capsys):
     root, _ = tiny
     ap = argparse.ArgumentParser(prog="psfm")
     add_cli(ap.add_subparsers(dest="cmd", required=True))
-    args = ap.parse_args(["stats", "--data", str(root), "--days", "1..3", "--ranks", "2,8",
-                          "--json", str(root / "s.json")])
+    args = ap.parse_args(
+        [
+            "stats",
+            "--data",
+            str(root),
+            "--days",
+            "1..3",
+            "--ranks",
+            "2,8",
+            "--json",
+            str(root / "s.json"),
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "days 1, 2, 3: 1,200 rows" in out and "FM(8)" in out and "RaFM{2,8}" in out

@@ -17,8 +17,13 @@ from psfm.data.gen import GenSpec, generate
 from psfm.errors import DataError
 from psfm.export import restore_model
 
-CONV_SPEC = GenSpec(n_numeric=1, n_categorical=6, vocab_sizes=(20, 50, 100, 200, 300, 500),
-                    interaction_scale=1.5, tier_counts=(100, 40, 15, 5))
+CONV_SPEC = GenSpec(
+    n_numeric=1,
+    n_categorical=6,
+    vocab_sizes=(20, 50, 100, 200, 300, 500),
+    interaction_scale=1.5,
+    tier_counts=(100, 40, 15, 5),
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,7 @@ def conv_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
-    generate(root, days=4, rows_per_day=20_000, spec=GenSpec.small(), seed=1,
-             row_group_rows=4096)
+    generate(root, days=4, rows_per_day=20_000, spec=GenSpec.small(), seed=1, row_group_rows=4096)
     return root
 
 
@@ -52,8 +56,13 @@ def _final_model(run_dir):
 
 def test_fm_gets_within_0_01_of_the_bayes_auc_and_lr_is_worse(conv_data):
     bayes = json.loads((conv_data / "_gen.json").read_text())["per_day"][-1]["bayes_auc"]
-    fm = _train(conv_data, 'model.kind="fm"', "data.batch_size=1024", "ftrl.factor.alpha=0.1",
-                "model.init_std=0.05")
+    fm = _train(
+        conv_data,
+        'model.kind="fm"',
+        "data.batch_size=1024",
+        "ftrl.factor.alpha=0.1",
+        "model.init_std=0.05",
+    )
     lr = _train(conv_data, 'model.kind="lr"', "data.batch_size=1024")
     assert fm["test"]["auc"] >= bayes - 0.01, (fm["test"]["auc"], bayes)
     assert lr["test"]["auc"] < fm["test"]["auc"] - 0.05
@@ -81,12 +90,20 @@ def test_report_run_dir_and_checkpoints(small_data, tmp_path):
     rep = _train(small_data, 'model.kind="rafm"', "model.ranks=[1,2,4]", run_dir=run)
     assert set(rep) == {"test", "model", "train", "valid", "config"}
     assert {"auc", "logloss", "ne", "calibration", "rows", "auc_low"} <= set(rep["test"])
-    assert {"kind", "ranks", "nonzero_params", "nonzero_w", "factor_rows_per_level",
-            "ps_bytes"} <= set(rep["model"])
+    assert {
+        "kind",
+        "ranks",
+        "nonzero_params",
+        "nonzero_w",
+        "factor_rows_per_level",
+        "ps_bytes",
+    } <= set(rep["model"])
     assert {"days", "rows", "samples_per_s", "bytes_per_sample", "per_day"} <= set(rep["train"])
     assert rep["train"]["days"] == ["1", "2", "3"] and rep["test"]["rows"] == 20_000
-    assert rep["model"]["nonzero_params"] == rep["model"]["nonzero_w"] + rep["model"][
-        "nonzero_factors"]
+    assert (
+        rep["model"]["nonzero_params"]
+        == rep["model"]["nonzero_w"] + rep["model"]["nonzero_factors"]
+    )
     assert abs(rep["test"]["auc"] - rep["test"]["auc_hist"]) <= 1e-4
     assert 0.5 < rep["test"]["auc_low"] <= 1.0
     on_disk = json.loads((run / "report.json").read_text())
@@ -95,7 +112,11 @@ def test_report_run_dir_and_checkpoints(small_data, tmp_path):
     assert [x["event"] for x in lines] == ["train_day"] * 3 + ["test"]
     # RaFM's static levels need the statistics pass, checkpointed as day=stats (as on Ray).
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "day=1", "day=2", "day=3", "day=stats"]
+        "day=1",
+        "day=2",
+        "day=3",
+        "day=stats",
+    ]
     assert json.loads((run / "config.json").read_text())["model"]["ranks"] == [1, 2, 4]
 
 
@@ -140,8 +161,11 @@ def test_bad_label_mid_run_names_the_file_and_keeps_trained_days(small_data, tmp
     labels[5000] = 2
     pq.write_table(t.set_column(0, "label", pa.array(labels, t.schema.field("label").type)), bad)
     run = tmp_path / "run"
-    with pytest.raises(DataError, match=r"part-00000.parquet', row 5000 \(row group 0\), "
-                                        r"column 'label': value 2"):
+    with pytest.raises(
+        DataError,
+        match=r"part-00000.parquet', row 5000 \(row group 0\), "
+        r"column 'label': value 2",
+    ):
         _train(root, 'model.kind="fm"', run_dir=run)
     states, manifest = load_checkpoint(run / "checkpoints" / "day=2")
     assert manifest["day"] == "2" and len(states) == 2
@@ -185,9 +209,16 @@ def test_batch_size_zero_is_resolved_from_the_pass_and_recorded(small_data, tmp_
     from psfm.steps import auto_batch_size
     from psfm.trainer import train_local
 
-    cfg = load_config(None, [f"data.root={json.dumps(str(small_data))}", 'model.kind="lr"',
-                             'data.train_days="1..3"', 'data.test_days="4"',
-                             f"train.run_dir={json.dumps(str(tmp_path / 'run'))}"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={json.dumps(str(small_data))}",
+            'model.kind="lr"',
+            'data.train_days="1..3"',
+            'data.test_days="4"',
+            f"train.run_dir={json.dumps(str(tmp_path / 'run'))}",
+        ],
+    )
     assert cfg.data.batch_size == 0
     rep = train_local(cfg)
     want = auto_batch_size(60_000)
@@ -198,7 +229,8 @@ def test_batch_size_zero_is_resolved_from_the_pass_and_recorded(small_data, tmp_
     from psfm.steps import auto_alpha
 
     assert (saved["ftrl"]["linear"]["alpha"], saved["ftrl"]["factor"]["alpha"]) == (
-        auto_alpha(want))
+        auto_alpha(want)
+    )
 
 
 def test_too_few_steps_per_pass_are_warned_about(small_data, caplog):
@@ -208,9 +240,16 @@ def test_too_few_steps_per_pass_are_warned_about(small_data, caplog):
 
     def run(bs: int) -> list[str]:
         caplog.clear()
-        cfg = load_config(None, [f"data.root={json.dumps(str(small_data))}", 'model.kind="lr"',
-                                 'data.train_days="1"', 'data.test_days="4"',
-                                 f"data.batch_size={bs}"])
+        cfg = load_config(
+            None,
+            [
+                f"data.root={json.dumps(str(small_data))}",
+                'model.kind="lr"',
+                'data.train_days="1"',
+                'data.test_days="4"',
+                f"data.batch_size={bs}",
+            ],
+        )
         with caplog.at_level("WARNING"):
             train_local(cfg)
         return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -249,21 +288,36 @@ def test_a_second_pass_trains_every_row_again_in_a_seeded_unit_order(small_data,
     second = {}
     for seed in (0, 1):
         trained.clear()
-        rep = _train(small_data, 'model.kind="lr"', 'data.train_days="1..2"', "train.passes=2",
-                     "data.rows_per_unit=4096", f"train.seed={seed}")
+        rep = _train(
+            small_data,
+            'model.kind="lr"',
+            'data.train_days="1..2"',
+            "train.passes=2",
+            "data.rows_per_unit=4096",
+            f"train.seed={seed}",
+        )
         assert rep["train"]["rows"] == 2 * 40_000 and len(trained) == 2 * 10
         assert trained[:10] == file_order  # pass 1: today's order
         # Pass 2: the days in order, each day's units shuffled by (seed, pass, day).
         second[seed] = trained[10:]
-        assert second[seed] == [u.uid for i, units in enumerate(days)
-                                for u in pass_units(units, seed, 2, i)]
+        assert second[seed] == [
+            u.uid for i, units in enumerate(days) for u in pass_units(units, seed, 2, i)
+        ]
         assert second[seed] != file_order
     assert second[0] != second[1]
 
 
 def test_static_levels_count_each_occurrence_once_whatever_the_passes(small_data):
-    reps = [_train(small_data, 'model.kind="rafm"', "model.ranks=[1,2,4]",
-                   'data.train_days="1"', f"train.passes={p}") for p in (1, 3)]
+    reps = [
+        _train(
+            small_data,
+            'model.kind="rafm"',
+            "model.ranks=[1,2,4]",
+            'data.train_days="1"',
+            f"train.passes={p}",
+        )
+        for p in (1, 3)
+    ]
     one, three = (r["model"] for r in reps)
     # Static levels come from the statistics pass alone: counted three times, keys seen
     # once or twice would have moved to higher levels.
@@ -274,8 +328,14 @@ def test_static_levels_count_each_occurrence_once_whatever_the_passes(small_data
 
 def test_validation_lines_appear_once_per_pass(small_data, tmp_path):
     run = tmp_path / "run"
-    rep = _train(small_data, 'model.kind="fm"', 'data.train_days="1..2"',
-                 'data.valid_days="3"', "train.passes=2", run_dir=run)
+    rep = _train(
+        small_data,
+        'model.kind="fm"',
+        'data.train_days="1..2"',
+        'data.valid_days="3"',
+        "train.passes=2",
+        run_dir=run,
+    )
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["event"] for x in lines] == ["train_day", "train_day", "valid"] * 2 + ["test"]
     valid = [x for x in lines if x["event"] == "valid"]
@@ -289,13 +349,27 @@ def test_validation_lines_appear_once_per_pass(small_data, tmp_path):
 # A tiny log and large FTRL rates: the validation logloss is best after pass 2 and worse
 # after each later pass. Every FTRL setting is pinned, so the case does not move with the
 # defaults.
-OVERFIT = ['model.kind="fm"', "model.init_std=0.05", 'ftrl.accumulate="square_of_sum"',
-           "ftrl.linear.alpha=0.07", "ftrl.factor.alpha=0.07", "ftrl.linear.beta=1.0",
-           "ftrl.factor.beta=1.0", "ftrl.linear.l1=0.0", "ftrl.factor.l1=0.0",
-           "ftrl.linear.l2=1.0", "ftrl.factor.l2=1.0", "data.batch_size=16",
-           "data.rows_per_unit=500", 'data.train_days="1"', 'data.valid_days="2"',
-           'data.test_days="3"', "train.passes=6", 'train.early_stop="logloss"',
-           "train.patience=2"]
+OVERFIT = [
+    'model.kind="fm"',
+    "model.init_std=0.05",
+    'ftrl.accumulate="square_of_sum"',
+    "ftrl.linear.alpha=0.07",
+    "ftrl.factor.alpha=0.07",
+    "ftrl.linear.beta=1.0",
+    "ftrl.factor.beta=1.0",
+    "ftrl.linear.l1=0.0",
+    "ftrl.factor.l1=0.0",
+    "ftrl.linear.l2=1.0",
+    "ftrl.factor.l2=1.0",
+    "data.batch_size=16",
+    "data.rows_per_unit=500",
+    'data.train_days="1"',
+    'data.valid_days="2"',
+    'data.test_days="3"',
+    "train.passes=6",
+    'train.early_stop="logloss"',
+    "train.patience=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -348,11 +422,16 @@ def test_early_stopping_tests_and_exports_the_best_pass(tiny_data, tmp_path, mon
     assert again["valid"] == rep["valid"] and again["train"]["best_pass"] == 2
 
 
-def test_resume_between_passes_gives_the_uninterrupted_model(small_data, tmp_path,
-                                                             monkeypatch):
+def test_resume_between_passes_gives_the_uninterrupted_model(small_data, tmp_path, monkeypatch):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
-    sets = ('model.kind="rafm"', "model.ranks=[1,2]", 'data.train_days="1..2"',
-            'data.valid_days="3"', "train.passes=2", "data.rows_per_unit=4096")
+    sets = (
+        'model.kind="rafm"',
+        "model.ranks=[1,2]",
+        'data.train_days="1..2"',
+        'data.valid_days="3"',
+        "train.passes=2",
+        "data.rows_per_unit=4096",
+    )
     ref = _train(small_data, *sets, run_dir=full)
     # A crash during day 2 of pass 2: its checkpoint, the last lines and the report were
     # never written.
@@ -362,11 +441,14 @@ def test_resume_between_passes_gives_the_uninterrupted_model(small_data, tmp_pat
     lines = (crashed / "metrics.jsonl").read_text().splitlines()
     (crashed / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
     rep = _train(small_data, *sets, run_dir=crashed, resume=True)
-    events = [json.loads(x)["event"] for x in (crashed / "metrics.jsonl").read_text()
-              .splitlines()]
+    events = [json.loads(x)["event"] for x in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert events == ["train_day", "train_day", "valid"] * 2 + ["test"]
     assert [(d["pass"], d["day"]) for d in rep["train"]["per_day"]] == [
-        (1, "1"), (1, "2"), (2, "1"), (2, "2")]
+        (1, "1"),
+        (1, "2"),
+        (2, "1"),
+        (2, "2"),
+    ]
     a, b = _final_model(full), _final_model(crashed)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
@@ -384,8 +466,12 @@ def test_summary_names_the_pass_of_each_day_and_the_validation_of_each_pass(smal
     from psfm.cli import summary
     from psfm.trainer import train_local
 
-    base = [f"data.root={json.dumps(str(small_data))}", 'model.kind="lr"',
-            'data.train_days="1"', 'data.test_days="4"']
+    base = [
+        f"data.root={json.dumps(str(small_data))}",
+        'model.kind="lr"',
+        'data.train_days="1"',
+        'data.test_days="4"',
+    ]
     one = summary(train_local(load_config(None, base)))
     assert "  day    1  progressive auc" in one and "pass" not in one and "valid" not in one
     rep = train_local(load_config(None, [*base, 'data.valid_days="2"', "train.passes=2"]))
