@@ -179,7 +179,7 @@ def run_training(cfg: Config, resume: bool, address: str | None, in_process: boo
         from psfm.trainer import train_local
 
         return train_local(cfg, resume=resume)
-    from psfm.dist.driver import train_ray
+    from psfm.ray_backend.driver import train_ray
 
     return train_ray(cfg, resume=resume, address=address)
 
@@ -202,7 +202,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_gen(args: argparse.Namespace) -> int:
-    from psfm.data.gen import GenSpec, generate
+    from psfm.datasets.gen import GenSpec, generate
 
     spec = GenSpec.small() if args.small else GenSpec()
     t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def _cmd_gen(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from psfm.data.gen import GenSpec, generate
+    from psfm.datasets.gen import GenSpec, generate
 
     work = Path(args.dir)
     data = work / "data"
@@ -368,14 +368,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export)
 
-    from psfm.data import convert as _convert
-    from psfm.data import stats as _stats
+    from psfm.datasets import convert as _convert
+    from psfm.datasets import stats as _stats
 
     _convert.add_cli(sub)  # psfm convert criteo|avazu|libfm INPUT... --out DIR
     _stats.add_cli(sub)  # psfm stats --data DIR [--days SPEC] [--plot FILE]
-    from psfm import bench as _bench
 
-    _bench.add_cli(sub)  # psfm bench [--quick]
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (benchmarks/bench.py of a source checkout)",
+        add_help=False,
+    )
+    p.set_defaults(func=lambda a: _cmd_bench([]))  # main() hands it the raw arguments
 
     p = sub.add_parser("predict", help="score Parquet logs with an exported model (no Ray)")
     p.add_argument("--model", required=True)
@@ -386,7 +390,32 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _cmd_bench(argv: list[str]) -> int:
+    """``psfm bench ARGS``: the suite lives outside the package, in the checkout's benchmarks/."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not path.is_file():
+        raise PsfmError(
+            f"psfm bench runs the suite of a source checkout and there is none at {path.parent}: "
+            "clone the repository and run 'python benchmarks/bench.py' there"
+        )
+    spec = importlib.util.spec_from_file_location("psfm_benchmarks_bench", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return int(mod.main(argv, prog="psfm bench"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its options are the suite's own
+        try:
+            return _cmd_bench(argv[1:])
+        except PsfmError as e:
+            print(f"psfm: error: {e}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

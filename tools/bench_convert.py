@@ -1,4 +1,4 @@
-"""Benchmark of the dataset converters (psfm.data.convert): rows/s for criteo, avazu and libfm.
+"""Benchmark of the dataset converters (psfm.datasets.convert): rows/s for criteo, avazu and libfm.
 
 Writes N generated rows per format in the real text layouts (Criteo TSV: label, 13 integers with
 empties and negatives, 26 8-hex-digit categoricals with empties, ~245 bytes per line; Avazu CSV
@@ -28,7 +28,7 @@ import pyarrow.csv as pcsv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from psfm.data.convert import (  # noqa: E402
+from psfm.datasets.convert import (  # noqa: E402
     convert_avazu,
     convert_criteo,
     convert_libfm,

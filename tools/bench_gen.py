@@ -1,4 +1,4 @@
-"""Benchmark of the synthetic log generator (psfm.data.gen).
+"""Benchmark of the synthetic log generator (psfm.datasets.gen).
 
 Generates N rows of one day (default spec unless ``--small``) and reports rows/s for generation
 alone (``generate_day``, in memory) and end to end (``generate``: generation, Bayes/linear AUC
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from psfm.data.gen import GenSpec, generate, generate_day, true_model
+from psfm.datasets.gen import GenSpec, generate, generate_day, true_model
 
 __all__ = ["main"]
 

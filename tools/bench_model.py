@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from psfm.config import load_config
-from psfm.data.gen import GenSpec, generate
 from psfm.data.parquet import work_units
+from psfm.datasets.gen import GenSpec, generate
 from psfm.models.family import forward_backward
 from psfm.ps.client import LocalClient
 from psfm.trainer import make_shards, needs_stats_pass

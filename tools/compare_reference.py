@@ -39,8 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from psfm.config import Config, load_config, to_dict  # noqa: E402
-from psfm.data.gen import GEN_JSON, GenSpec, generate  # noqa: E402
 from psfm.data.parquet import list_days, split_days  # noqa: E402
+from psfm.datasets.gen import GEN_JSON, GenSpec, generate  # noqa: E402
 from psfm.trainer import train_local  # noqa: E402
 from tests.reference.ftrl_fm import run_reference  # noqa: E402
 

@@ -21,14 +21,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from psfm.bench import FM, RAFM, _config, make_data
-from psfm.trainer import train_local
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ of this checkout
+from benchmarks.bench import FM, RAFM, _config, make_data  # noqa: E402
+from psfm.trainer import train_local  # noqa: E402
 
 
 def run(root: str, name: str, seeds: list[int], *extra: str) -> dict:

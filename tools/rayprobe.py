@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ray
 
-import psfm.dist.driver as drv
+import psfm.ray_backend.driver as drv
 from psfm.config import load_config
 
 TICK = os.sysconf("SC_CLK_TCK")

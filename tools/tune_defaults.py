@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from psfm.config import load_config  # noqa: E402
-from psfm.data.gen import GenSpec, generate  # noqa: E402
+from psfm.datasets.gen import GenSpec, generate  # noqa: E402
 from psfm.trainer import train_local  # noqa: E402
 
 __all__ = ["GRID", "main"]

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from psfm.config import DataConfig
-from psfm.data.hashing import BIAS_KEY, field_keys, numeric_field_key
 from psfm.errors import DataError
+from psfm.hashing import BIAS_KEY, field_keys, numeric_field_key
 
 log = logging.getLogger(__name__)
 

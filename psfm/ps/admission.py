@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from psfm.data.hashing import mix64
+from psfm.hashing import mix64
 
 __all__ = ["CountMinSketch"]
 

@@ -2,9 +2,9 @@
 
 :class:`PsClient` is the protocol a worker programs against. :class:`LocalClient` calls
 in-process :class:`ParameterShard` objects directly (the in-process trainer and unit tests);
-the Ray client (``psfm.dist.client.RayClient``) issues the same calls to actors, all shards at
-once, gathered with one ``ray.get``, and pipelines them (``pull_async`` returns before the
-answer is there).
+the Ray client (``psfm.ray_backend.client.RayClient``) issues the same calls to actors, all
+shards at once, gathered with one ``ray.get``, and pipelines them (``pull_async`` returns
+before the answer is there).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from psfm.data.hashing import mix64
+from psfm.hashing import mix64
 
 __all__ = ["level_thresholds", "levels_from_counts", "init_factors"]
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from psfm.checkpoint import write_shard_state
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
-from psfm.data.hashing import BIAS_KEY
 from psfm.errors import CheckpointError, PsfmError
+from psfm.hashing import BIAS_KEY
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.admission import CountMinSketch
 from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts

@@ -11,7 +11,7 @@ import pytest
 def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_path):
     import ray
 
-    from psfm.bench import render_markdown, run_bench, sizes
+    from benchmarks.bench import render_markdown, run_bench, sizes
 
     if ray.is_initialized():
         ray.shutdown()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from psfm.config import load_config
-from psfm.data.gen import GenSpec, generate
+from psfm.datasets.gen import GenSpec, generate
 from psfm.export import Predictor, export_model, restore_model
 
 
@@ -50,7 +50,7 @@ def _cfg(root, run_dir, *sets):
 
 
 def _train(root, run_dir, *sets, resume=False):
-    from psfm.dist.driver import train_ray
+    from psfm.ray_backend.driver import train_ray
 
     return train_ray(_cfg(root, run_dir, *sets), resume=resume)
 
@@ -240,10 +240,10 @@ def test_shm_link_grows_its_file_with_calls_in_flight(ray_local):
     import ray
 
     from psfm.config import FtrlConfig, LevelConfig, ModelConfig
-    from psfm.dist.actors import ShardActor
-    from psfm.dist.client import ShmLink, _answer_bound
     from psfm.ps.messages import PullResult, PushRequest
     from psfm.ps.shard import ParameterShard
+    from psfm.ray_backend.actors import ShardActor
+    from psfm.ray_backend.client import ShmLink, _answer_bound
 
     model, levels = ModelConfig(kind="fm", ranks=(8,)), LevelConfig()
     ftrl = FtrlConfig(accumulate="square_of_sum")  # raw pushes carry no sums of squares
@@ -277,10 +277,10 @@ def test_messages_that_outgrow_the_shared_memory_go_through_ray(ray_local, tmp_p
     import ray
 
     from psfm.config import FtrlConfig, LevelConfig, ModelConfig
-    from psfm.dist.actors import ShardActor
-    from psfm.dist.client import RayClient
     from psfm.ps.messages import PushRequest
     from psfm.ps.shard import ParameterShard
+    from psfm.ray_backend.actors import ShardActor
+    from psfm.ray_backend.client import RayClient
 
     model, levels = ModelConfig(kind="fm", ranks=(8,)), LevelConfig()
     ftrl = FtrlConfig(accumulate="square_of_sum")  # raw pushes carry no sums of squares

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from psfm.data.gen import GenSpec, generate
+from psfm.datasets.gen import GenSpec, generate
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "cluster" / "local_cluster.sh"

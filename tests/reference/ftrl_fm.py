@@ -56,9 +56,9 @@ import numpy as np
 
 from psfm.config import Config, load_config
 from psfm.data.batch import Batch, batch_of, decode_rows, resolve_schema
-from psfm.data.hashing import BIAS_KEY
 from psfm.data.parquet import open_parquet, read_unit, row_group_starts, work_units
 from psfm.errors import ConfigError, DataError
+from psfm.hashing import BIAS_KEY
 from psfm.metrics import auc_exact, logloss
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z
 from psfm.ps.levels import init_factors

@@ -1,4 +1,4 @@
-"""Converters (psfm.data.convert) on small files written here in the exact public layouts:
+"""Converters (psfm.datasets.convert) on small files written here in the exact public layouts:
 row counts, day assignment, nulls, dtypes, bad lines with exact line numbers, and training end to
 end on the output."""
 
@@ -16,7 +16,8 @@ import pytest
 
 from psfm.config import DataConfig, load_config
 from psfm.data.batch import decode_rows, resolve_schema
-from psfm.data.convert import (
+from psfm.data.parquet import list_days
+from psfm.datasets.convert import (
     CRITEO_COLUMNS,
     LIBFM_FIELD,
     add_cli,
@@ -26,9 +27,8 @@ from psfm.data.convert import (
     convert_libfm_files,
     count_lines,
 )
-from psfm.data.hashing import field_keys
-from psfm.data.parquet import list_days
 from psfm.errors import ConfigError, DataError
+from psfm.hashing import field_keys
 
 # ------------------------------------------------------------------------------ writers
 
@@ -174,7 +174,7 @@ def test_criteo_bad_lines_name_file_line_column_value_or_are_skipped(tmp_path, t
     ):
         convert_criteo([src2], str(tmp_path / "c"), **kw)
     # skip: counted per rule, every other row kept with its own line
-    caplog.set_level("INFO", logger="psfm.data.convert")
+    caplog.set_level("INFO", logger="psfm.datasets.convert")
     s = convert_criteo([src], str(tmp_path / "d"), bad_rows="skip", **kw)
     # the threaded parser does not number malformed lines: the input is redone serially
     assert ("again with the serial parser" in caplog.text) == threads

@@ -14,7 +14,6 @@ import pytest
 
 from psfm.config import DataConfig
 from psfm.data.batch import batch_of, build_batch, decode_rows, log_bucket, resolve_schema
-from psfm.data.hashing import BIAS_KEY, field_keys, hash_strings
 from psfm.data.parquet import (
     Cursor,
     day_files,
@@ -27,6 +26,7 @@ from psfm.data.parquet import (
     work_units,
 )
 from psfm.errors import DataError
+from psfm.hashing import BIAS_KEY, field_keys, hash_strings
 
 
 def _table(n=10, seed=0):
@@ -60,7 +60,7 @@ def _schema(table, **kw):
 
 def test_keys_are_stable_across_processes():
     code = (
-        "import numpy as np, pyarrow as pa; from psfm.data.hashing import field_keys;"
+        "import numpy as np, pyarrow as pa; from psfm.hashing import field_keys;"
         "print(field_keys('C1', np.arange(5)).tolist(),"
         "field_keys('C2', pa.array(['a', 'bb', '', 'é'])).tolist())"
     )

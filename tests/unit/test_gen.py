@@ -1,4 +1,4 @@
-"""Tests of the synthetic CTR log generator (psfm.data.gen)."""
+"""Tests of the synthetic CTR log generator (psfm.datasets.gen)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from psfm.data.gen import (
+from psfm.datasets.gen import (
     BLOCK_ROWS,
     GEN_JSON,
     GenSpec,

@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for tests.reference
 
 from psfm.config import config_from_dict, load_config  # noqa: E402
-from psfm.data.gen import GenSpec, generate  # noqa: E402
+from psfm.datasets.gen import GenSpec, generate  # noqa: E402
 from psfm.trainer import train_local  # noqa: E402
 from tests.reference.ftrl_fm import run_reference  # noqa: E402
 

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for tests.reference
 
 from psfm.config import load_config  # noqa: E402
-from psfm.data.gen import GenSpec, generate  # noqa: E402
+from psfm.datasets.gen import GenSpec, generate  # noqa: E402
 from psfm.errors import ConfigError  # noqa: E402
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight  # noqa: E402
 from psfm.ps.levels import init_factors  # noqa: E402

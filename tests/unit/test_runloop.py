@@ -13,7 +13,7 @@ import pytest
 
 from psfm.checkpoint import load_checkpoint, save_checkpoint
 from psfm.config import load_config
-from psfm.data.gen import GenSpec, generate
+from psfm.datasets.gen import GenSpec, generate
 from psfm.errors import DataError
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats

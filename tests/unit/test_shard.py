@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
-from psfm.data.hashing import BIAS_KEY
 from psfm.errors import PsfmError
+from psfm.hashing import BIAS_KEY
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.client import LocalClient
 from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts

@@ -1,4 +1,4 @@
-"""Feature statistics (psfm.data.stats): counts against a brute-force count, levels against
+"""Feature statistics (psfm.datasets.stats): counts against a brute-force count, levels against
 levels_from_counts, parameter counts by hand, the text table, the plot and the command."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from psfm.data.batch import log_bucket
-from psfm.data.hashing import field_keys
-from psfm.data.stats import add_cli, count_features, feature_stats, format_stats, plot_stats
+from psfm.datasets.stats import add_cli, count_features, feature_stats, format_stats, plot_stats
 from psfm.errors import ConfigError
+from psfm.hashing import field_keys
 from psfm.ps.levels import level_thresholds, levels_from_counts
 
 

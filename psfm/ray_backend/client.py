@@ -38,8 +38,13 @@ _GROWTH = 1.5  # a message file grows to this times the message that did not fit
 
 def _answer_bound(n_keys: int, ranks: Sequence[int]) -> int:
     """Most bytes a pull answer for ``n_keys`` keys can take (every key at every level)."""
-    return packed_size([]) + 24 * (2 + len(ranks)) + pad(4 * n_keys) + pad(n_keys) + sum(
-        pad(4 * d * n_keys) for d in ranks)
+    return (
+        packed_size([])
+        + 24 * (2 + len(ranks))
+        + pad(4 * n_keys)
+        + pad(n_keys)
+        + sum(pad(4 * d * n_keys) for d in ranks)
+    )
 
 
 class ShmLink:
@@ -71,12 +76,16 @@ class ShmLink:
         try:
             f = MessageFile.create(self.dir, "psfm", self.slots, slot_bytes)
         except OSError as e:
-            log.warning("no shared-memory message file in %s (%s): Ray messages instead",
-                        self.dir, e)
+            log.warning(
+                "no shared-memory message file in %s (%s): Ray messages instead", self.dir, e
+            )
             return False
         try:
-            ok = ray.get(self.shard.shm_attach.remote(
-                self._fname(self.gen + 1), f.path, f.token, f.slots, f.slot_bytes))
+            ok = ray.get(
+                self.shard.shm_attach.remote(
+                    self._fname(self.gen + 1), f.path, f.token, f.slots, f.slot_bytes
+                )
+            )
         finally:
             f.unlink()  # both sides hold a mapping now (or the shard never will)
         if not ok:
@@ -141,7 +150,7 @@ class ShmLink:
         and free the slot."""
         gen, i, req = where
         f = self.busy[(gen, i)]
-        out = f.slot(i)[pad(req): pad(req) + length].copy()
+        out = f.slot(i)[pad(req) : pad(req) + length].copy()
         self._release(gen, i)
         return out
 
@@ -187,8 +196,11 @@ class RayClient:
             for s, shard in enumerate(self.shards):
                 link = ShmLink(shard, f"{tag}-s{s}", max_in_flight + 3)
                 self.links[s] = link if link.open(1 << 20) else None
-            log.info("shared-memory messages with %d of %d shards",
-                     sum(x is not None for x in self.links), len(self.shards))
+            log.info(
+                "shared-memory messages with %d of %d shards",
+                sum(x is not None for x in self.links),
+                len(self.shards),
+            )
 
     def _pull_call(self, s: int, keys: np.ndarray, create: bool, push: PushRequest | None):
         """One shard's pull (after ``push``, that shard's push arguments): (ref, where)."""
@@ -198,8 +210,11 @@ class RayClient:
         else:
             arrays = [*push.arrays, keys, np.array([create], np.int8)]
         if link is not None:
-            sent = link.call("pull" if push is None else "push_pull", arrays,
-                             _answer_bound(keys.size, self.ranks))
+            sent = link.call(
+                "pull" if push is None else "push_pull",
+                arrays,
+                _answer_bound(keys.size, self.ranks),
+            )
             if sent is not None:
                 return sent[0], (link, sent[1])
         if push is None:
@@ -213,8 +228,10 @@ class RayClient:
 
     def wait_pull(self, pending: PendingPull) -> PullResult:
         outs = ray.get(pending.refs)
-        parts = [PullResult.unpack(out if where is None else where[0].answer(where[1], out))
-                 for out, where in zip(outs, pending.where)]
+        parts = [
+            PullResult.unpack(out if where is None else where[0].answer(where[1], out))
+            for out, where in zip(outs, pending.where)
+        ]
         self.bytes_pulled += pending.key_bytes + sum(p.nbytes for p in parts)
         return merge_pulls(pending.route, parts, self.tied)
 
@@ -245,8 +262,7 @@ class RayClient:
         while len(self._pushes) > self.max_in_flight:
             ray.get(self._pushes.popleft())
 
-    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False
-                  ) -> PendingPull:
+    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False) -> PendingPull:
         """Push one batch's gradients and pull the next batch's keys: one call per shard
         (the shard applies the push first, so the pull sees it)."""
         if self.buffered_worker is not None:  # sync steps: pushes go to the step buffers
@@ -254,8 +270,10 @@ class RayClient:
             return self.pull_async(keys, create)
         parts = self._split_push(req)
         r = route(keys, len(self.shards))
-        calls = [self._pull_call(s, keys[idx], create, part)
-                 for s, (part, idx) in enumerate(zip(parts, r.index))]
+        calls = [
+            self._pull_call(s, keys[idx], create, part)
+            for s, (part, idx) in enumerate(zip(parts, r.index))
+        ]
         return PendingPull(r, [c[0] for c in calls], keys.nbytes, [c[1] for c in calls])
 
     def flush(self) -> None:
@@ -268,7 +286,8 @@ class RayClient:
 
     def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
         r = route(keys, len(self.shards))
-        self._pushes.append([s.add_counts.remote(keys[idx], counts[idx])
-                             for s, idx in zip(self.shards, r.index)])
+        self._pushes.append(
+            [s.add_counts.remote(keys[idx], counts[idx]) for s, idx in zip(self.shards, r.index)]
+        )
         while len(self._pushes) > self.max_in_flight:
             ray.get(self._pushes.popleft())

@@ -21,10 +21,10 @@ from ray.util import metrics as ray_metrics
 
 from psfm.config import config_from_dict
 from psfm.data.parquet import WorkUnit
-from psfm.dist.client import RayClient
 from psfm.local_backend import pipeline_of, report_unit
 from psfm.metrics import MetricAccumulator
 from psfm.ps.shard import ParameterShard
+from psfm.ray_backend.client import RayClient
 from psfm.runloop import UnitReport
 from psfm.worker import Worker
 
@@ -38,8 +38,9 @@ ShardActor = ray.remote(ParameterShard)
 class WorkerRunner:
     """One worker process: reads its units, pulls, computes, pushes."""
 
-    def __init__(self, config: dict[str, Any], shards: list, worker_id: int,
-                 n_workers: int) -> None:
+    def __init__(
+        self, config: dict[str, Any], shards: list, worker_id: int, n_workers: int
+    ) -> None:
         self.cfg = config_from_dict(config)
         if self.cfg.train.torch_threads:
             torch.set_num_threads(self.cfg.train.torch_threads)
@@ -53,15 +54,23 @@ class WorkerRunner:
             # Send float64 partial sums: the shards add them and round once, so a step's
             # gradient equals the one-worker gradient up to that single rounding.
             self.worker.spec = dataclasses.replace(self.worker.spec, grad_float64=True)
-        self.client = RayClient(shards, self.cfg.model.tied, self.cfg.ps.max_in_flight,
-                                buffered_worker=worker_id if self.sync_steps else None,
-                                ranks=self.cfg.model.ranks, transport=self.cfg.ps.transport)
+        self.client = RayClient(
+            shards,
+            self.cfg.model.tied,
+            self.cfg.ps.max_in_flight,
+            buffered_worker=worker_id if self.sync_steps else None,
+            ranks=self.cfg.model.ranks,
+            transport=self.cfg.ps.transport,
+        )
         tags = {"worker": str(worker_id)}
-        self._m_rows = ray_metrics.Counter("psfm_rows_total", "rows processed by workers",
-                                           tag_keys=("worker", "phase"))
-        self._m_bytes = ray_metrics.Counter("psfm_bytes_total",
-                                            "bytes pulled and pushed by workers",
-                                            tag_keys=("worker", "direction"))
+        self._m_rows = ray_metrics.Counter(
+            "psfm_rows_total", "rows processed by workers", tag_keys=("worker", "phase")
+        )
+        self._m_bytes = ray_metrics.Counter(
+            "psfm_bytes_total",
+            "bytes pulled and pushed by workers",
+            tag_keys=("worker", "direction"),
+        )
         self._tags = tags
         self._sync: dict[str, Any] | None = None
 
@@ -80,21 +89,26 @@ class WorkerRunner:
         self.client.flush()
         return rows
 
-    def run_unit(self, unit: WorkUnit, train: bool, keep_predictions: bool = False
-                 ) -> UnitReport:
+    def run_unit(self, unit: WorkUnit, train: bool, keep_predictions: bool = False) -> UnitReport:
         p0, q0 = self.client.bytes_pulled, self.client.bytes_pushed
-        rep = report_unit(self.worker, self.client, unit, train, keep_predictions,
-                          pipeline_of(self.cfg))
+        rep = report_unit(
+            self.worker, self.client, unit, train, keep_predictions, pipeline_of(self.cfg)
+        )
         self._publish(rep.rows, "train" if train else "eval", p0, q0)
         return rep
 
     # Synchronous data-parallel steps (driver-orchestrated barrier) -----------------------
     def begin_sync(self, unit: WorkUnit) -> None:
         self._sync = {
-            "unit": unit.uid, "t0": time.perf_counter(),
+            "unit": unit.uid,
+            "t0": time.perf_counter(),
             "it": self.worker.batches(unit, part=self.worker_id, parts=self.n_workers),
-            "acc": MetricAccumulator(), "rows": 0, "skipped": 0, "loss": 0.0,
-            "p0": self.client.bytes_pulled, "q0": self.client.bytes_pushed,
+            "acc": MetricAccumulator(),
+            "rows": 0,
+            "skipped": 0,
+            "loss": 0.0,
+            "p0": self.client.bytes_pulled,
+            "q0": self.client.bytes_pushed,
         }
 
     def sync_step(self) -> bool:
@@ -116,10 +130,15 @@ class WorkerRunner:
         st, self._sync = self._sync, None
         self._publish(st["rows"], "train", st["p0"], st["q0"])
         return UnitReport(
-            unit=st["unit"], rows=st["rows"], skipped=st["skipped"], loss=st["loss"],
-            seconds=time.perf_counter() - st["t0"], acc_state=st["acc"].state(),
+            unit=st["unit"],
+            rows=st["rows"],
+            skipped=st["skipped"],
+            loss=st["loss"],
+            seconds=time.perf_counter() - st["t0"],
+            acc_state=st["acc"].state(),
             bytes_pulled=self.client.bytes_pulled - st["p0"],
-            bytes_pushed=self.client.bytes_pushed - st["q0"])
+            bytes_pushed=self.client.bytes_pushed - st["q0"],
+        )
 
     def ping(self) -> int:
         return self.worker_id

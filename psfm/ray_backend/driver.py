@@ -33,12 +33,11 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from psfm.checkpoint import write_manifest
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, split_tail
-from psfm.dist.actors import ShardActor, WorkerActor
 from psfm.ps.messages import ShardStats
+from psfm.ray_backend.actors import ShardActor, WorkerActor
 from psfm.runloop import OnUnit, UnitReport, run
 
-__all__ = ["train_ray", "connect", "RayBackend", "RayCluster", "LOCAL_SYSTEM_CONFIG",
-           "ACTOR_ENV"]
+__all__ = ["train_ray", "connect", "RayBackend", "RayCluster", "LOCAL_SYSTEM_CONFIG", "ACTOR_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +63,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:  # a job's runtime env (working_dir, env vars) comes from the job itself
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", runtime_env=ACTOR_ENV, log_to_driver=True,
-                 _system_config=LOCAL_SYSTEM_CONFIG)
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            runtime_env=ACTOR_ENV,
+            log_to_driver=True,
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        )
 
 
 class RayCluster:
@@ -75,12 +79,16 @@ class RayCluster:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         res = ray.cluster_resources()
-        shard_opts: dict[str, Any] = {"num_cpus": cfg.ray.shard_cpus,
-                                      "scheduling_strategy": "SPREAD"}
+        shard_opts: dict[str, Any] = {
+            "num_cpus": cfg.ray.shard_cpus,
+            "scheduling_strategy": "SPREAD",
+        }
         if "psfm_shard" in res:
             shard_opts["resources"] = {"psfm_shard": 0.01}
-        worker_opts: dict[str, Any] = {"num_cpus": cfg.ray.worker_cpus,
-                                       "scheduling_strategy": "SPREAD"}
+        worker_opts: dict[str, Any] = {
+            "num_cpus": cfg.ray.worker_cpus,
+            "scheduling_strategy": "SPREAD",
+        }
         if "psfm_worker" in res:
             worker_opts["resources"] = {"psfm_worker": 0.01}
         if cfg.train.device == "cuda" or (cfg.train.device == "auto" and res.get("GPU", 0) > 0):
@@ -90,13 +98,15 @@ class RayCluster:
         self.run_id = uuid.uuid4().hex[:8]
         self.shards = [
             ShardActor.options(name=f"psfm-{self.run_id}-shard-{i}", **shard_opts).remote(
-                cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n)
+                cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n
+            )
             for i in range(n)
         ]
         conf = to_dict(cfg)
         self.workers = [
             WorkerActor.options(name=f"psfm-{self.run_id}-worker-{w}", **worker_opts).remote(
-                conf, self.shards, w, k)
+                conf, self.shards, w, k
+            )
             for w in range(k)
         ]
         ray.get([w.ping.remote() for w in self.workers])
@@ -108,8 +118,9 @@ class RayCluster:
     def on_shards(self, method: str, *args: Any) -> list:
         return ray.get([getattr(s, method).remote(*args) for s in self.shards])
 
-    def dispatch(self, units: Sequence[WorkUnit], method: str, args: tuple,
-                 on_result: Callable[[Any], None]) -> None:
+    def dispatch(
+        self, units: Sequence[WorkUnit], method: str, args: tuple, on_result: Callable[[Any], None]
+    ) -> None:
         """Hand units to whichever worker is free; one ``ray.wait`` at a time."""
         queue = deque(units)
         pending: dict = {}
@@ -145,10 +156,17 @@ class RayBackend:
 
     def start(self) -> None:
         cfg = self.cfg
-        connect(self.address, num_cpus=max(os.cpu_count() or 1,
-                                           int(cfg.ps.shards * cfg.ray.shard_cpus
-                                               + cfg.train.workers * cfg.ray.worker_cpus
-                                               + 0.999)))
+        connect(
+            self.address,
+            num_cpus=max(
+                os.cpu_count() or 1,
+                int(
+                    cfg.ps.shards * cfg.ray.shard_cpus
+                    + cfg.train.workers * cfg.ray.worker_cpus
+                    + 0.999
+                ),
+            ),
+        )
         self.cluster = RayCluster(cfg)
 
     def close(self) -> None:
@@ -170,8 +188,12 @@ class RayBackend:
     def count(self, units: Sequence[WorkUnit]) -> int:
         rows = [0]
         c = self._live()
-        c.dispatch(split_tail(list(units), len(c.workers)), "count_unit", (),
-                   lambda r: rows.__setitem__(0, rows[0] + r))
+        c.dispatch(
+            split_tail(list(units), len(c.workers)),
+            "count_unit",
+            (),
+            lambda r: rows.__setitem__(0, rows[0] + r),
+        )
         return rows[0]
 
     def finish_counts(self) -> dict[str, int]:
@@ -195,21 +217,21 @@ class RayBackend:
             c.dispatch(units[:w], "run_unit", (True, False), on_unit)
         c.dispatch(split_tail(units[w:], len(c.workers)), "run_unit", (True, False), on_unit)
 
-    def evaluate(self, units: Sequence[WorkUnit], keep_predictions: bool,
-                 on_unit: OnUnit) -> None:
+    def evaluate(self, units: Sequence[WorkUnit], keep_predictions: bool, on_unit: OnUnit) -> None:
         c = self._live()
-        c.dispatch(split_tail(list(units), len(c.workers)), "run_unit",
-                   (False, keep_predictions), on_unit)
+        c.dispatch(
+            split_tail(list(units), len(c.workers)), "run_unit", (False, keep_predictions), on_unit
+        )
 
     def end_day(self, days_done: int) -> None:
         self._live().on_shards("end_day", days_done)
 
     def checkpoint(self, ckpt_dir: str, meta: dict[str, Any]) -> None:
         shards = self._live().shards
-        infos = ray.get([s.save_state.remote(f"{ckpt_dir}/shard-{i:05d}.npz")
-                         for i, s in enumerate(shards)])
-        write_manifest(ckpt_dir, {f"shard-{i:05d}.npz": inf for i, inf in enumerate(infos)},
-                       meta)
+        infos = ray.get(
+            [s.save_state.remote(f"{ckpt_dir}/shard-{i:05d}.npz") for i, s in enumerate(shards)]
+        )
+        write_manifest(ckpt_dir, {f"shard-{i:05d}.npz": inf for i, inf in enumerate(infos)}, meta)
 
     def restore(self, states: list[dict[str, np.ndarray]]) -> None:
         ray.get([s.restore.remote(st) for s, st in zip(self._live().shards, states)])

@@ -39,7 +39,6 @@ import numpy as np
 import pyarrow as pa
 
 from psfm.config import Config, DataConfig, ModelConfig, load_config
-from psfm.data.hashing import BIAS_KEY
 from psfm.data.parquet import (
     day_files,
     list_days,
@@ -49,6 +48,7 @@ from psfm.data.parquet import (
     work_units,
 )
 from psfm.errors import ConfigError, PsfmError
+from psfm.hashing import BIAS_KEY
 from psfm.ps.levels import level_thresholds, levels_from_counts
 from psfm.ps.table import KeyTable
 

@@ -19,7 +19,7 @@ Two output layouts:
 
 * **hashed** (no field map; ``data.layout = "hashed"``, detected from the list-typed ``keys``):
   ``label`` int8, ``keys: list<uint64>`` with ``key = field_keys("libfm", idx)``
-  (:mod:`psfm.data.hashing`; a bare ``idx`` gives the key of ``idx:1``), ``values:
+  (:mod:`psfm.hashing`; a bare ``idx`` gives the key of ``idx:1``), ``values:
   list<float32>``.
 * **columns** (with a field map): ``label`` int8 and one categorical ``int64`` column per field,
   in order of the fields' first appearance in the map, holding the row's index of that field
@@ -45,7 +45,7 @@ form: ``"user:0-999,item:1000-1999,tag:2000"`` (inclusive ranges or single indic
 may have several, ranges must not overlap). A field name is a column name: letters, digits and
 ``_``, not starting with a digit, and not ``label``, ``keys`` or ``values``.
 
-Reading, validation and output are those of :mod:`psfm.data.convert` (streamed in blocks,
+Reading, validation and output are those of :mod:`psfm.datasets.convert` (streamed in blocks,
 validated vectorized: no Python loop over lines or tokens); a bad line names the file, the
 1-based line, the feature (``feature j`` is the j-th blank-separated token after the label),
 its text and the rule. An input with no good rows -- no lines at all, or every line skipped
@@ -66,7 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from psfm.data.convert import (
+from psfm.datasets.convert import (
     _UNIT_SEP,
     Transform,
     _common_kwargs,
@@ -83,8 +83,8 @@ from psfm.data.convert import (
     _TextStream,
     format_summary,
 )
-from psfm.data.hashing import field_keys
 from psfm.errors import ConfigError, DataError
+from psfm.hashing import field_keys
 
 __all__ = [
     "LIBFM_FIELD",
@@ -481,7 +481,7 @@ def convert_libfm_files(
 ) -> dict[str, Any]:
     """libFM text files -> ``out/day=D/*.parquet``: input ``i`` to ``day=i+1`` or ``days[i]``;
     the hashed layout, or per-field columns with ``field_map`` (a file) or ``field_ranges``
-    (module docstring). Returns the summary of :func:`psfm.data.convert.convert_criteo` with
+    (module docstring). Returns the summary of :func:`psfm.datasets.convert.convert_criteo` with
     ``input_days`` (one per input), ``day_of_input``, ``layout``, ``key`` and, with a map,
     ``fields`` and ``field_map``."""
     opts = _options(

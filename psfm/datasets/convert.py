@@ -20,7 +20,7 @@ Three layouts, each streamed with ``pyarrow.csv.open_csv`` (bounded memory: one 
   a categorical column: int64 for the integer columns (``C1``, ``banner_pos``,
   ``device_type``, ``device_conn_type``, ``C14..C21``), string for the rest.
 * **libfm** — libFM/libSVM text, ``label idx[:val] idx[:val] ...`` (a bare ``idx`` has value
-  1; labels -1/0/1, -1 -> 0), in :mod:`psfm.data.convert_libfm` (which uses this module's
+  1; labels -1/0/1, -1 -> 0), in :mod:`psfm.datasets.convert_libfm` (which uses this module's
   reader and writers; its public names are re-exported here). Any number of inputs: the
   ``i``-th (0-based) becomes ``day=i+1`` unless ``days`` gives one day per input (several may
   share one); ``train``, ``valid``, ``test`` stay ``day=1, 2, 3``. Output: the pre-hashed
@@ -73,7 +73,7 @@ import pyarrow.parquet as pq
 from psfm.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # at run time from __getattr__ below: convert_libfm imports this module
-    from psfm.data.convert_libfm import LIBFM_FIELD, convert_libfm, convert_libfm_files
+    from psfm.datasets.convert_libfm import LIBFM_FIELD, convert_libfm, convert_libfm_files
 
 __all__ = [
     "CRITEO_COLUMNS",
@@ -110,10 +110,10 @@ _HINT = 'set bad_rows="skip" (--bad-rows skip) to count and skip such lines'
 
 
 def __getattr__(name: str) -> Any:
-    """The libFM names, from :mod:`psfm.data.convert_libfm` on first use (that module imports
+    """The libFM names, from :mod:`psfm.datasets.convert_libfm` on first use (that module imports
     this one, so a plain import here would be circular)."""
     if name in _LIBFM_NAMES:
-        return getattr(importlib.import_module("psfm.data.convert_libfm"), name)
+        return getattr(importlib.import_module("psfm.datasets.convert_libfm"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -1059,4 +1059,4 @@ def add_cli(subparsers: Any) -> None:
     _common_options(a)
     a.set_defaults(func=_cmd_avazu)
 
-    importlib.import_module("psfm.data.convert_libfm").add_cli(sub)  # convert libfm
+    importlib.import_module("psfm.datasets.convert_libfm").add_cli(sub)  # convert libfm
