@@ -76,7 +76,7 @@ def read_bytes(path: str) -> bytes:
 def write_shard_state(path: str, state: dict[str, np.ndarray]) -> dict[str, Any]:
     """Save one shard's arrays as ``.npz``; returns ``{"bytes", "sha256"}`` for the manifest."""
     buf = io.BytesIO()
-    np.savez(buf, **state)
+    np.savez(buf, **state)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     data = buf.getvalue()
     write_bytes(path, data)
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -372,7 +372,7 @@ def _default_value(f: dataclasses.Field) -> Any:
 def _coerce(tp: Any, value: Any, where: str, default: Any = dataclasses.MISSING) -> Any:
     """Check and convert a TOML/JSON value to the annotated field type. A table for a
     dataclass field is merged over ``default``, the field's default value."""
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

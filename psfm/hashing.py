@@ -22,6 +22,7 @@ Worked example::
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +59,7 @@ def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """uint64 hash of every string in an Arrow string array (nulls hash like ``""``)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    off_dtype: type[np.signedinteger[Any]]
     if pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
         off_dtype = np.int64
     else:
