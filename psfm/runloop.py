@@ -30,22 +30,20 @@ the final model (DESIGN §8); anything else (bad input, a bug) fails the run at 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
+from psfm.backend import Backend, OnUnit, States, UnitReport
 from psfm.checkpoint import load_checkpoint, resume_checkpoint
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, day_roles, list_days, work_units
 from psfm.errors import CheckpointError
-from psfm.metrics import MetricAccumulator, auc_exact
+from psfm.failure import MAX_RETRIES_PER_DAY, Decision, FailurePolicy
 from psfm.passes import (
     EarlyStopping,
     Step,
@@ -55,7 +53,6 @@ from psfm.passes import (
     schedule,
     valid_record,
 )
-from psfm.ps.messages import ShardStats
 from psfm.rundir import (
     RunDir,
     build_report,
@@ -65,12 +62,14 @@ from psfm.rundir import (
     model_report,
     next_day_record,
 )
+from psfm.scoring import EXACT_AUC_MAX_ROWS, Tally, evaluate_days, test_metrics
 from psfm.steps import auto_batch_size, resolve_ftrl, steps_warning
 
 __all__ = [
     "run",
     "Backend",
     "UnitReport",
+    "OnUnit",
     "Decision",
     "FailurePolicy",
     "RunDir",
@@ -86,143 +85,7 @@ __all__ = [
     "MAX_RETRIES_PER_DAY",
 ]
 
-States = list[dict[str, np.ndarray]]
-
 log = logging.getLogger(__name__)
-
-EXACT_AUC_MAX_ROWS = 20_000_000  # test sets up to this size also get the exact AUC
-MAX_RETRIES_PER_DAY = 2  # replays of one day after lost actors before the run gives up
-
-
-@dataclass(frozen=True)
-class UnitReport:
-    """What one worker did with one work unit (in synchronous steps: its slice of the unit),
-    the one value every backend hands the loop. Plain numbers and arrays, so it crosses a Ray
-    boundary as it is.
-
-    ``acc_state`` / ``acc_low_state``: :meth:`MetricAccumulator.state` of the unit's
-    predictions (progressive when training) and of the RaFM-low output ``b + Σ w x + B_{1,1}``;
-    None where not measured. ``predictions``: (3, rows) = (probs, probs_low, labels), only
-    when the caller asked for them (the exact test AUC)."""
-
-    unit: str
-    rows: int
-    skipped: int
-    loss: float
-    seconds: float
-    acc_state: dict[str, np.ndarray] | None = None
-    acc_low_state: dict[str, np.ndarray] | None = None
-    bytes_pulled: int = 0
-    bytes_pushed: int = 0
-    predictions: np.ndarray | None = None
-
-
-OnUnit = Callable[[UnitReport], None]
-
-
-class Backend(Protocol):
-    """Shards and workers, in this process or on Ray. ``start`` makes empty shards and the
-    workers; ``close`` releases them (idempotent); ``start`` after ``close`` starts afresh.
-
-    ``train`` / ``evaluate`` run every unit once and call ``on_unit`` with each report as it
-    arrives (in the order units finish), so progress is logged during the pass; ``warmup``
-    units are trained first by one worker alone (moot with one worker). ``count`` runs the
-    statistics pass and returns the rows counted; ``finish_counts`` sets the levels and
-    returns ``keys`` and ``not_admitted`` summed over shards. ``end_day(n)``: ``n`` training
-    days (counted over all passes) are done (decay, eviction). ``checkpoint`` writes every
-    shard's file and then the manifest with ``meta``; ``restore`` loads shard states in shard
-    order; ``snapshot`` returns them (copies, in shard order: early stopping without a run
-    directory keeps the best pass's state in memory with it). ``lost(error)``: why ``error``
-    means a lost shard or worker that a restore and replay recovers from (e.g.
-    ``"an actor died"``), or None when it is anything else. ``workers``: how many train at
-    once."""
-
-    workers: int
-
-    def start(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def lost(self, error: BaseException) -> str | None: ...
-
-    def count(self, units: Sequence[WorkUnit]) -> int: ...
-
-    def finish_counts(self) -> dict[str, int]: ...
-
-    def train(self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit) -> None: ...
-
-    def evaluate(
-        self, units: Sequence[WorkUnit], keep_predictions: bool, on_unit: OnUnit
-    ) -> None: ...
-
-    def end_day(self, days_done: int) -> None: ...
-
-    def checkpoint(self, ckpt_dir: str, meta: dict[str, Any]) -> None: ...
-
-    def restore(self, states: States) -> None: ...
-
-    def snapshot(self) -> States: ...
-
-    def stats(self) -> ShardStats: ...
-
-
-class Decision(enum.Enum):
-    """What the loop does with a failed day."""
-
-    RETRY_DAY = "retry_day"  # start the backend afresh, restore the last checkpoint, replay
-    GIVE_UP = "give_up"  # re-raise the error
-
-
-@dataclass(frozen=True)
-class FailurePolicy:
-    """Decides a failed day: :attr:`Decision.RETRY_DAY` when ``lost(error)`` names a lost
-    shard or worker, the run has checkpoints to restore from, and the day has failed at most
-    ``max_retries_per_day`` times before; else :attr:`Decision.GIVE_UP`.
-
-    Why per day: a long run on preemptible nodes may lose an actor on many days, and each
-    loss costs one day's replay; a day that keeps failing (a node that always dies on it)
-    must still end the run. Why only lost actors: bad input or a bug fails the same way
-    again, and replaying it only hides the error for a while."""
-
-    lost: Callable[[BaseException], str | None]
-    max_retries_per_day: int = MAX_RETRIES_PER_DAY
-    can_restore: bool = True
-
-    def decide(self, error: BaseException, day: str, attempt: int) -> Decision:
-        """``attempt``: how many times ``day`` has failed, this failure included (1, 2, …)."""
-        what = f"{type(error).__name__}: {error}"
-        reason = self.lost(error)
-        if reason is None:
-            log.error("day %s: %s; not a lost shard or worker: giving up", day, what)
-            return Decision.GIVE_UP
-        if not self.can_restore:
-            log.error(
-                "day %s: %s (%s); no run directory with checkpoints to restore from: giving up",
-                day,
-                reason,
-                what,
-            )
-            return Decision.GIVE_UP
-        if attempt > self.max_retries_per_day:
-            log.error(
-                "day %s: %s (%s) on attempt %d; %d retries per day spent: giving up",
-                day,
-                reason,
-                what,
-                attempt,
-                self.max_retries_per_day,
-            )
-            return Decision.GIVE_UP
-        log.warning(
-            "day %s: %s (%s); restoring the last checkpoint and replaying the day "
-            "(retry %d of %d for this day)",
-            day,
-            reason,
-            what,
-            attempt,
-            self.max_retries_per_day,
-        )
-        return Decision.RETRY_DAY
 
 
 def needs_stats_pass(cfg: Config) -> bool:
@@ -230,106 +93,6 @@ def needs_stats_pass(cfg: Config) -> bool:
     return cfg.levels.policy == "static" and (
         cfg.model.levels >= 2 or cfg.levels.admit_min_count > 1
     )
-
-
-class Tally:
-    """A pass's unit reports summed (rows, skipped rows, bytes, metric accumulators, kept
-    predictions), with a progress line at a steady interval: rows, samples/s, (with
-    ``show_metrics``) logloss and AUC so far, ETA."""
-
-    def __init__(self, what: str, total_rows: int, every_s: float, show_metrics: bool) -> None:
-        self.what, self.total, self.every_s, self.show_metrics = (
-            what,
-            total_rows,
-            every_s,
-            show_metrics,
-        )
-        self.rows = self.skipped = self.bytes = 0
-        self.acc, self.acc_low = MetricAccumulator(), MetricAccumulator()
-        self.predictions: list[np.ndarray] = []
-        self.t0 = self.last = time.perf_counter()
-
-    def add(self, r: UnitReport) -> None:
-        self.rows += r.rows
-        self.skipped += r.skipped
-        self.bytes += r.bytes_pulled + r.bytes_pushed
-        if r.acc_state is not None:
-            self.acc.merge(MetricAccumulator.from_state(r.acc_state))
-        if r.acc_low_state is not None:
-            self.acc_low.merge(MetricAccumulator.from_state(r.acc_low_state))
-        if r.predictions is not None:
-            self.predictions.append(r.predictions)
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self._log(now)
-
-    def _log(self, now: float) -> None:
-        rate = self.rows / max(now - self.t0, 1e-9)
-        eta = max(self.total - self.rows, 0) / max(rate, 1e-9)
-        msg = f"{self.what}: {self.rows:,}/{self.total:,} rows, {rate:,.0f} samples/s"
-        r = self.acc.result()
-        if self.show_metrics and r["rows"]:
-            msg += f", logloss {r['logloss']:.4f}, auc {r['auc']:.4f}"
-        log.info("%s, ETA %.0fs", msg, eta)
-
-
-def evaluate_days(
-    cfg: Config, backend: Backend, days: Sequence[str], root: str | None = None, what: str = "test"
-) -> dict[str, Any]:
-    """Predict-only pass over ``days`` (no keys created, no updates): AUC (histogram, and
-    exact when the rows fit), logloss, normalized entropy, calibration, and the RaFM-low AUC
-    (``sum w x + B_{1,1}``). ``what`` names the pass in progress lines."""
-    root = cfg.data.root if root is None else root
-    units = [u for d in days for u in work_units(root, d, cfg.data.rows_per_unit)]
-    total = sum(u.rows for u in units)
-    keep = total <= EXACT_AUC_MAX_ROWS
-    tally = Tally(what, total, cfg.train.log_every_s, show_metrics=False)
-    backend.evaluate(units, keep, tally.add)
-    return test_metrics(
-        list(days),
-        tally.rows,
-        tally.skipped,
-        tally.acc,
-        tally.acc_low,
-        tally.predictions if keep else None,
-    )
-
-
-def test_metrics(
-    days: list[str],
-    rows: int,
-    skipped: int,
-    acc: MetricAccumulator,
-    acc_low: MetricAccumulator,
-    preds: list[np.ndarray] | None,
-) -> dict[str, Any]:
-    """The report's ``test`` section; exact AUCs when the predictions were kept (they must
-    agree with the histogram AUC to 1e-4)."""
-    r, r_low = acc.result(), acc_low.result()
-    out = {
-        "days": list(days),
-        "rows": rows,
-        "skipped_rows": skipped,
-        "auc": r["auc"],
-        "auc_hist": r["auc"],
-        "logloss": r["logloss"],
-        "ne": r["ne"],
-        "calibration": r["calibration"],
-        "ctr": r["ctr"],
-        "auc_low": r_low["auc"],
-    }
-    if preds:
-        allp = np.concatenate(preds, axis=1)
-        out["auc"] = auc_exact(allp[2], allp[0])
-        out["auc_low"] = auc_exact(allp[2], allp[1])
-        if abs(out["auc"] - out["auc_hist"]) > 1e-4:
-            log.warning(
-                "histogram AUC %.6f and exact AUC %.6f differ by more than 1e-4",
-                out["auc_hist"],
-                out["auc"],
-            )
-    return out
 
 
 def run(

@@ -25,10 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("parameter server", ("psfm.ps",)),
     ("worker and serving", ("psfm.worker", "psfm.export")),
     ("offline tooling", ("psfm.datasets",)),
-    (
-        "run loop",
-        ("psfm.runloop", "psfm.rundir", "psfm.passes", "psfm.local_backend", "psfm.trainer"),
-    ),
+    ("run loop", ("psfm.backend", "psfm.failure", "psfm.scoring", "psfm.passes", "psfm.rundir")),
+    ("run loop", ("psfm.runloop", "psfm.local_backend", "psfm.trainer")),
     ("Ray backend", ("psfm.ray_backend",)),
     ("entry points", ("psfm.cli", "psfm")),
 ]
