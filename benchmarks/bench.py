@@ -289,7 +289,7 @@ def stage_costs(root: str, sz: Sizes) -> dict[str, Any]:
 
 def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str, Any]:
     client = _prepared_client(cfg, batches)
-    shard, worker, tied = client.shards[0], Worker(cfg), cfg.model.tied
+    shard, worker, layout = client.shards[0], Worker(cfg), client.layout
     grads, min_pull, min_push, rows = [], 0, 0, 0
     for b in batches:  # one training pass: creates keys, measures bytes, keeps the gradients
         pulled = client.pull(b.uniq, create=True)
@@ -324,15 +324,17 @@ def _model_stages(cfg: Config, batches: list, reps: int, per: float) -> dict[str
         parts.append(
             [
                 PullResult(a.grad_w, a.level, a.grad_tables)
-                for a in split_push(r, PushRequest(b.uniq, b.counts, p.level, p.w, p.tables), tied)
+                for a in split_push(
+                    r, PushRequest(b.uniq, b.counts, p.level, p.w, p.tables), layout
+                )
             ]
         )
 
     def routing() -> None:
         for b, ps, req in zip(batches, parts, grads):
             r = route(b.uniq, 2)
-            merge_pulls(r, ps, tied)
-            split_push(r, req, tied)
+            merge_pulls(r, ps, layout)
+            split_push(r, req, layout)
 
     t_route, _, _ = _timed(routing, reps)
     inputs = [worker._inputs(b, p) for b, p in zip(batches, pulls)]

@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import posixpath
+import re
 from typing import Any
 
 import numpy as np
@@ -39,10 +41,15 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "resume_checkpoint",
+    "load_newest_checkpoint",
+    "prune_checkpoints",
+    "list_checkpoints",
     "MANIFEST",
 ]
 
 MANIFEST = "MANIFEST.json"
+
+log = logging.getLogger(__name__)
 
 
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
@@ -105,46 +112,128 @@ def save_checkpoint(
     return str(ckpt_dir)
 
 
+_SHARD_FILE = re.compile(r"shard-\d{5}\.npz")
+
+
+def _manifest_files(ckpt_dir: str, manifest: Any) -> list[tuple[str, int, str]]:
+    """The manifest's shard files as (name, bytes, sha256), or a CheckpointError naming what
+    is wrong with it (a manifest is data from disk: nothing in it is trusted)."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(
+            f"Checkpoint '{ckpt_dir}' has a manifest without its list of shard files ('files')."
+        )
+    out = []
+    for name, info in sorted(files.items()):
+        ok = (
+            _SHARD_FILE.fullmatch(str(name))
+            and isinstance(info, dict)
+            and isinstance(info.get("bytes"), int)
+            and isinstance(info.get("sha256"), str)
+        )
+        if not ok:
+            raise CheckpointError(
+                f"Checkpoint '{ckpt_dir}' lists {name!r}: {info!r} in its manifest; an entry "
+                "must be 'shard-NNNNN.npz': {'bytes': int, 'sha256': str}."
+            )
+        out.append((str(name), int(info["bytes"]), str(info["sha256"])))
+    return out
+
+
 def load_checkpoint(ckpt_dir: str) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
     """Verify and load a checkpoint (every shard's arrays, in shard order, and the manifest)."""
     ckpt_dir = str(ckpt_dir)
     try:
         manifest = json.loads(read_bytes(posixpath.join(ckpt_dir, MANIFEST)))
-    except (CheckpointError, json.JSONDecodeError) as e:
+    except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"Checkpoint '{ckpt_dir}' has no readable manifest: {e}") from e
     states = []
-    for name, info in sorted(manifest["files"].items()):
+    for name, size, sha in _manifest_files(ckpt_dir, manifest):
         data = read_bytes(posixpath.join(ckpt_dir, name))
-        if len(data) != info["bytes"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
             raise CheckpointError(
                 f"Checkpoint file '{posixpath.join(ckpt_dir, name)}' does not match its "
                 "manifest (size or SHA-256)."
             )
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            states.append({k: z[k] for k in z.files})
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                states.append({k: z[k] for k in z.files})
+        except (ValueError, OSError, EOFError) as e:  # object arrays need pickle: refused
+            raise CheckpointError(
+                f"Checkpoint file '{posixpath.join(ckpt_dir, name)}' cannot be read safely: {e}"
+            ) from e
     return states, manifest
 
 
-def resume_checkpoint(run_dir: str) -> str | None:
-    """The most recent complete checkpoint (highest ``day_index`` with a manifest), if any:
-    where a resumed run continues."""
+def list_checkpoints(run_dir: str) -> list[tuple[int, str, str]]:
+    """Every checkpoint folder of a run, newest first: (day_index, folder, problem) where
+    problem is "" for a readable manifest with a day index (the statistics pass's is -1)."""
     fs, root = resolve(posixpath.join(str(run_dir), "checkpoints"))
     try:
         entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except OSError:
-        return None
-    best, best_i = None, None  # the statistics pass's checkpoint has day_index -1
+        return []
+    out = []
     for e in entries:
         if e.type != pafs.FileType.Directory:
             continue
         d = posixpath.join(str(run_dir), "checkpoints", e.base_name)
         try:
             i = int(json.loads(read_bytes(posixpath.join(d, MANIFEST))).get("day_index", -1))
-        except (CheckpointError, json.JSONDecodeError, ValueError):
-            continue
-        if best_i is None or i > best_i:
-            best, best_i = d, i
-    return best
+            out.append((i, d, ""))
+        except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+            out.append((-2, d, f"no readable manifest ({err})"))
+    return sorted(out, key=lambda t: (t[0], t[1]), reverse=True)
+
+
+def resume_checkpoint(run_dir: str) -> str | None:
+    """The most recent checkpoint with a readable manifest (highest ``day_index``), if any."""
+    return next((d for _, d, problem in list_checkpoints(run_dir) if not problem), None)
+
+
+def load_newest_checkpoint(
+    run_dir: str,
+) -> tuple[str, list[dict[str, np.ndarray]], dict[str, Any]] | None:
+    """Where a resumed run continues: the newest checkpoint that verifies (manifest, sizes,
+    SHA-256, arrays), each newer one that does not skipped with a logged reason; None when
+    the run has no checkpoint at all. When checkpoints exist and none verifies, the error
+    lists every one with its reason."""
+    found = list_checkpoints(run_dir)
+    skipped: list[str] = []
+    for _, d, problem in found:
+        if not problem:
+            try:
+                states, manifest = load_checkpoint(d)
+            except CheckpointError as e:
+                problem = str(e)
+            else:
+                for what in skipped:
+                    log.warning("skipped a damaged checkpoint: %s", what)
+                if skipped:
+                    log.warning("resuming from the newest checkpoint that verifies: %s", d)
+                return d, states, manifest
+        skipped.append(f"'{d}': {problem}")
+    if not found:
+        return None
+    raise CheckpointError(
+        f"No checkpoint of '{run_dir}' verifies: "
+        + "; ".join(skipped)
+        + ". Restore the damaged files, or start the run over with --overwrite."
+    )
+
+
+def prune_checkpoints(run_dir: str, keep: int, protect: set[str]) -> list[str]:
+    """Delete all but the ``keep`` newest verified-manifest checkpoints (0 = keep all) and the
+    folders named in ``protect`` (e.g. the best pass's); folders without a readable manifest
+    are left alone (they may be a checkpoint being written). Returns the deleted folders."""
+    if keep <= 0:
+        return []
+    complete = [d for _, d, problem in list_checkpoints(run_dir) if not problem]
+    gone = [d for d in complete[keep:] if posixpath.basename(d) not in protect]
+    for d in gone:
+        fs, p = resolve(d)
+        fs.delete_dir(p)
+    return gone
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from psfm.config import Config, apply_overrides, config_from_dict, load_config, to_dict
-from psfm.errors import PsfmError
+from psfm.errors import PsfmError, user_message
+from psfm.rundir import summary
 
 __all__ = ["main", "build_config", "summary"]
 
@@ -59,7 +61,17 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         metavar="ROWS",
         help="rows per FTRL step (data.batch_size; 0 = auto from the pass size)",
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its newest checkpoint that verifies (its "
+        "stored config, with the options given here applied on top)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a --run-dir that holds a run (deletes its checkpoints)",
+    )
     p.add_argument(
         "--address",
         help="Ray cluster to join ('auto', host:port); default: "
@@ -110,6 +122,11 @@ def _knobs_epilog() -> str:
 
 def build_config(args: argparse.Namespace) -> Config:
     """Config file, then the named options, then ``--set`` overrides (last wins)."""
+    return load_config(args.config, _option_sets(args) + list(args.set))
+
+
+def _option_sets(args: argparse.Namespace) -> list[str]:
+    """The named options as ``--set`` assignments (only those given)."""
     sets: list[str] = []
     if args.data:
         sets.append(f"data.root={json.dumps(args.data)}")
@@ -131,46 +148,15 @@ def build_config(args: argparse.Namespace) -> Config:
         sets.append(f'train.early_stop="{args.early_stop}"')
     if args.run_dir:
         sets.append(f"train.run_dir={json.dumps(args.run_dir)}")
-    if args.shards:
+    if args.shards is not None:
         sets.append(f"ps.shards={args.shards}")
-    if args.workers:
+    if args.workers is not None:
         sets.append(f"train.workers={args.workers}")
     if args.batch_size is not None:
         sets.append(f"data.batch_size={args.batch_size}")
-    return load_config(args.config, sets + list(args.set))
-
-
-def summary(report: dict[str, Any]) -> str:
-    """The human summary of a report; its last line is the test AUC."""
-    m, t, tr = report["model"], report["test"], report["train"]
-    lines = [
-        f"model      {m['kind']} ranks {m['ranks']}",
-        f"train      days {', '.join(tr['days'])}: {tr['rows']:,} rows, "
-        f"{tr['samples_per_s']:,.0f} samples/s, {tr['bytes_per_sample']:,.0f} bytes/sample",
-    ]
-    passes = tr.get("passes", 1) > 1
-    for d in tr["per_day"]:
-        where = f"pass {d.get('pass', 1)} day {d['day']:>4}" if passes else f"day {d['day']:>4}"
-        lines.append(
-            f"  {where}  progressive auc {d['progressive_auc']:.4f}  "
-            f"logloss {d['logloss']:.4f}  {d['seconds']:.1f}s"
-        )
-    for v in report.get("valid", []):
-        best = "  (best: tested)" if v["pass"] == tr.get("best_pass") else ""
-        lines.append(
-            f"valid      pass {v['pass']}: auc {v['auc']:.4f}  logloss {v['logloss']:.4f}{best}"
-        )
-    if tr.get("early_stopped"):
-        lines.append(f"           stopped early after pass {len(report.get('valid', []))}")
-    lines += [
-        f"size       {m['nonzero_params']:,} non-zero parameters ({m['nonzero_w']:,} linear, "
-        f"factor rows per level {m['factor_rows_per_level']}), {m['ps_bytes'] / 2**20:.1f} MiB "
-        "on the parameter servers",
-        f"test       days {', '.join(t['days'])}: {t['rows']:,} rows, logloss {t['logloss']:.4f}, "
-        f"NE {t['ne']:.4f}, calibration {t['calibration']:.3f}, RaFM-low AUC {t['auc_low']:.4f}",
-        f"test AUC   {t['auc']:.4f}",
-    ]
-    return "\n".join(lines)
+    if getattr(args, "overwrite", False):
+        sets.append("train.overwrite=true")
+    return sets
 
 
 def run_training(cfg: Config, resume: bool, address: str | None, in_process: bool) -> dict:
@@ -190,8 +176,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.run_dir:
             raise PsfmError("--resume needs --run-dir RUN_DIR.")
+        if args.config or args.overwrite:
+            raise PsfmError(
+                "--resume continues the run's stored config (RUN_DIR/config.json): give "
+                "options or --set KEY=VALUE to change it, not "
+                + ("--config." if args.config else "--overwrite.")
+            )
         base = to_dict(load_run_config(args.run_dir))
-        cfg = config_from_dict(apply_overrides(base, list(args.set)))
+        # the directory given, wherever the stored config says the run was
+        sets = [*_option_sets(args), *args.set]
+        cfg = config_from_dict(apply_overrides(base, sets))
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, run_dir=str(args.run_dir))
+        )
     else:
         cfg = build_config(args)
     if not cfg.data.root:
@@ -236,6 +233,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
             "train.workers=2",
             # 200k rows a day: units of one row group give both workers work
             "data.rows_per_unit=65536",
+            "train.overwrite=true",  # a demo: each quickstart starts its run afresh
             *args.set,
         ],
     )
@@ -291,7 +289,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
         writer = writer or pq.ParquetWriter(args.out, t.schema)
         writer.write_table(t)
-        if pred.loss == "logistic":
+        if pred.loss.classification:  # AUC and logloss; regression metrics are still to come
             acc.update(labels, probs)
         n += rows.size
     if writer:
@@ -299,7 +297,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     r = acc.result()
     print(
         f"scored {n:,} rows into {args.out}"
-        + (f": AUC {r['auc']:.4f}, logloss {r['logloss']:.4f}" if pred.loss == "logistic" else "")
+        + (f": AUC {r['auc']:.4f}, logloss {r['logloss']:.4f}" if pred.loss.classification else "")
     )
     return 0
 
@@ -414,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _cmd_bench(argv[1:])
         except PsfmError as e:
-            print(f"psfm: error: {e}", file=sys.stderr)
+            print(f"psfm: error: {user_message(e)}", file=sys.stderr)
             return 2
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -425,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PsfmError as e:
-        print(f"psfm: error: {e}", file=sys.stderr)
+        print(f"psfm: error: {user_message(e)}", file=sys.stderr)
         return 2
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from psfm.errors import ConfigError
+from psfm.models.loss import LOSSES
 from psfm.optim.ftrl import FtrlParams
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
 
 MODEL_KINDS = ("lr", "fm", "difacto", "rafm")
 ACCUMULATE_RULES = ("sum_of_squares", "square_of_sum", "count_scaled")
+# the losses the metrics (AUC, logloss) support: the classification ones
+_LOSS_CHOICES = tuple(name for name, f in LOSSES.items() if f.classification)
 _DEFAULT_RANKS = {"lr": (), "fm": (8,), "difacto": (1, 2, 4, 8), "rafm": (1, 2, 4, 8)}
 
 
@@ -137,14 +140,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("ModelConfig", "kind", self.kind, MODEL_KINDS)
-        if self.loss == "squared":  # the model has it; the metrics need 0/1 labels, p in [0, 1]
+        if self.loss in LOSSES and self.loss not in _LOSS_CHOICES:
+            # the model has it; the metrics need 0/1 labels, p in [0, 1]
             _fail(
                 "ModelConfig",
                 "loss",
-                "'logistic' (regression with squared loss is not supported yet)",
+                f"{', '.join(map(repr, _LOSS_CHOICES))} (regression with {self.loss} loss is "
+                "not supported yet)",
                 self.loss,
             )
-        _check_choice("ModelConfig", "loss", self.loss, ("logistic",))
+        _check_choice("ModelConfig", "loss", self.loss, _LOSS_CHOICES)
         _check_positive("ModelConfig", "init_std", self.init_std, allow_zero=True)
         ranks = tuple(self.ranks) or _DEFAULT_RANKS[self.kind]
         if any(not isinstance(r, int) or r < 1 for r in ranks) or list(ranks) != sorted(set(ranks)):
@@ -282,7 +287,13 @@ class TrainConfig:
     backend (:mod:`psfm.passes`). ``early_stop`` (``""`` = off, ``"logloss"`` or ``"auc"``,
     needs ``data.valid_days``): stop once the validation metric has not improved on its best
     for ``patience`` consecutive passes; the best pass's state is then the one tested and
-    exported."""
+    exported.
+
+    ``run_dir`` (``""`` = none): where config, metrics, checkpoints and report go. A new run
+    refuses a run directory that already holds a run unless ``overwrite`` (``--overwrite``),
+    which deletes its checkpoints first. ``keep_checkpoints``: how many of the newest
+    checkpoints are kept (0 = all); the best pass's checkpoint under early stopping is always
+    kept too."""
 
     workers: int = 1
     device: str = "cpu"
@@ -294,6 +305,8 @@ class TrainConfig:
     passes: int = 1
     early_stop: str = ""
     patience: int = 1
+    overwrite: bool = False
+    keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 1:
@@ -312,6 +325,9 @@ class TrainConfig:
                 self.torch_threads,
             )
         _check_positive("TrainConfig", "log_every_s", self.log_every_s)
+        k = self.keep_checkpoints
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            _fail("TrainConfig", "keep_checkpoints", "an int >= 0 (0 = keep all)", k)
 
 
 @dataclass(frozen=True)

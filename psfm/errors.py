@@ -8,7 +8,11 @@ Exceptions keep their constructor arguments in ``args`` so they pickle across pr
 
 from __future__ import annotations
 
-__all__ = ["PsfmError", "ConfigError", "DataError", "CheckpointError"]
+import re
+
+__all__ = ["PsfmError", "ConfigError", "DataError", "CheckpointError", "user_message"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class PsfmError(Exception):
@@ -16,10 +20,8 @@ class PsfmError(Exception):
 
 
 class ConfigError(PsfmError, ValueError):
-    """A configuration value breaks its rule.
-
-    >>> ConfigError("The 'l1' parameter of FtrlConfig must be a float >= 0. Got -0.1 instead.")
-    """
+    """A configuration value breaks its rule, e.g. ``ConfigError("The 'l1' parameter of
+    FtrlConfig must be a float >= 0. Got -0.1 instead.")``."""
 
 
 class DataError(PsfmError, ValueError):
@@ -28,3 +30,28 @@ class DataError(PsfmError, ValueError):
 
 class CheckpointError(PsfmError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match its manifest."""
+
+
+def user_message(error: BaseException) -> str:
+    """The one line to show a user for ``error``: a :class:`PsfmError` raised in another
+    process reaches the caller wrapped (Ray's task errors carry the remote traceback in their
+    text and the original in ``cause``); the innermost PsfmError's own message is the line.
+    Anything else: its type and text, colour codes removed.
+
+    >>> user_message(DataError("File 'a.parquet', row 3, column 'label': value 2 ..."))
+    "File 'a.parquet', row 3, column 'label': value 2 ..."
+    """
+    seen: set[int] = set()
+    e: BaseException | None = error
+    found: BaseException | None = None
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        nxt = getattr(e, "cause", None)
+        wrapper = isinstance(nxt, BaseException)  # a class made from the cause, with its text
+        if isinstance(e, PsfmError) and not wrapper:
+            found = e
+        e = nxt if wrapper else e.__cause__
+    if found is not None:
+        return str(found)
+    text = _ANSI.sub("", str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"

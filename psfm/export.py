@@ -7,7 +7,8 @@ weights, drops keys whose parameters are all zero, and writes one Parquet file::
 
 with the model (kind, ranks, loss) and the feature schema in the file's metadata. A
 :class:`Predictor` reads it with pyarrow and scores Parquet logs with numpy only (no Ray, no
-torch): the same batch builder, a sorted-key lookup, and the forward of DESIGN §2.
+torch): the same batch builder, then :class:`psfm.models.serving.ServingModel` (a sorted-key
+lookup and the forward of DESIGN §2).
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from psfm.checkpoint import latest_checkpoint, load_checkpoint, resolve
-from psfm.config import Config, DataConfig, config_from_dict, to_dict
+from psfm.config import Config, DataConfig, ModelConfig, config_from_dict, to_dict
 from psfm.data.batch import Batch, build_batch, resolve_schema
 from psfm.data.parquet import list_days, open_parquet, read_unit, row_group_starts, work_units
 from psfm.errors import CheckpointError, DataError
+from psfm.models.layout import FactorLayout
+from psfm.models.loss import loss_by_name
+from psfm.models.serving import ServingModel
 from psfm.ps.shard import ParameterShard
 
-__all__ = ["gather_model", "export_model", "Predictor", "numpy_forward"]
+__all__ = ["gather_model", "export_model", "Predictor"]
 
 _META = b"psfm"
 
@@ -123,41 +127,6 @@ def export_model(run_dir: str, out: str) -> dict[str, Any]:
     }
 
 
-def numpy_forward(
-    ranks: Sequence[int],
-    occ_sample: np.ndarray,
-    occ_uniq: np.ndarray,
-    occ_value: np.ndarray,
-    n_rows: int,
-    w: np.ndarray,
-    level: np.ndarray,
-    views: Sequence[np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and RaFM-low logits (float64) of DESIGN §2; ``views[p-1]``: the level-p factors
-    of the keys with level >= p, in key order."""
-    x = occ_value.astype(np.float64)
-    lin = np.bincount(occ_sample, weights=w[occ_uniq] * x, minlength=n_rows)
-    occ_level = level[occ_uniq]
-    c = np.zeros(n_rows)
-    low = None
-    for p, d in enumerate(ranks, start=1):
-        sel = occ_level >= p
-        rows = (np.cumsum(level >= p) - 1)[occ_uniq[sel]]
-        vx = views[p - 1][rows].astype(np.float64) * x[sel, None]  # (N_p, D_p)
-        seg = occ_sample[sel] * 2 + (occ_level[sel] > p)
-        t = np.stack(
-            [np.bincount(seg, weights=vx[:, j], minlength=2 * n_rows) for j in range(d)], axis=1
-        ).reshape(n_rows, 2, d)
-        q = np.bincount(seg, weights=(vx * vx).sum(1), minlength=2 * n_rows).reshape(n_rows, 2)
-        s_dep, s_all = t[:, 1], t[:, 0] + t[:, 1]
-        a_pp = 0.5 * ((s_all * s_all).sum(1) - q.sum(1))
-        a_next = 0.5 * ((s_dep * s_dep).sum(1) - q[:, 1])
-        if p == 1:
-            low = lin + a_pp
-        c += a_pp - a_next
-    return lin + c, (lin if low is None else low)
-
-
 class Predictor:
     """Scores Parquet logs with an exported model; numpy and pyarrow only."""
 
@@ -169,16 +138,15 @@ class Predictor:
         if raw is None:
             raise DataError(f"'{path}' is not a psfm model (no psfm metadata).")
         meta = json.loads(raw)
-        self.kind = meta["model"]["kind"]
-        self.ranks = tuple(meta["model"]["ranks"])
-        self.loss = meta["model"]["loss"]
+        model = ModelConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
+        )
+        self.kind, self.ranks = model.kind, model.ranks
+        self.loss = loss_by_name(model.loss)
         self.data = DataConfig(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items()}
         )
-        self.keys = table["key"].to_numpy()
-        self.w = table["w"].to_numpy().astype(np.float64)
-        self.level = table["level"].to_numpy().astype(np.int64)
-        self.tables = []  # level p: (n, D_p) float64, zeros where a key has no row
+        tables = []  # level p: (n, D_p) float64, zeros where a key has no row
         for p, d in enumerate(self.ranks, start=1):
             col = table[f"v{p}"].combine_chunks()
             dense = np.zeros((len(col), d))
@@ -186,45 +154,21 @@ class Predictor:
             if valid.any():
                 vals = col.filter(col.is_valid()).flatten().to_numpy()
                 dense[valid] = vals.reshape(-1, d)
-            self.tables.append(dense)
-
-    def _lookup(self, uniq: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(self.keys, uniq)
-        i = np.minimum(i, max(self.keys.size - 1, 0))
-        found = (self.keys.size > 0) & (self.keys[i] == uniq)
-        return np.where(found, i, -1)
+            tables.append(dense)
+        self.model = ServingModel(
+            FactorLayout(self.ranks, model.tied),
+            self.loss,
+            keys=table["key"].to_numpy(),
+            w=table["w"].to_numpy().astype(np.float64),
+            level=table["level"].to_numpy().astype(np.int64),
+            tables=tables,
+        )
 
     def score_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, RaFM-low probabilities) of a batch (logits for squared loss)."""
-        idx = self._lookup(batch.uniq)
-        ok = idx >= 0
-        w = np.where(ok, self.w[idx], 0.0)
-        level = np.where(ok, self.level[idx], 0)
-        views = []
-        for p in range(1, len(self.ranks) + 1):
-            member = idx[level >= p]
-            if self.kind == "difacto":  # tied: the D_p prefix of the key's one vector
-                lev = self.level[member]
-                v = np.zeros((member.size, self.ranks[p - 1]))
-                for k in range(p, len(self.ranks) + 1):
-                    at = lev == k
-                    v[at] = self.tables[k - 1][member[at], : self.ranks[p - 1]]
-                views.append(v)
-            else:
-                views.append(self.tables[p - 1][member])
-        logit, low = numpy_forward(
-            self.ranks,
-            batch.occ_sample,
-            batch.occ_uniq,
-            batch.occ_value,
-            batch.size,
-            w,
-            level,
-            views,
+        return self.model.predict(
+            batch.uniq, batch.occ_sample, batch.occ_uniq, batch.occ_value, batch.size
         )
-        if self.loss == "logistic":
-            return 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-low))
-        return logit, low
 
     def iter_scores(
         self, root: str, days: Sequence[str] | None = None, batch_size: int = 65536

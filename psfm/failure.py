@@ -8,6 +8,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from psfm.errors import user_message
+
 __all__ = ["Decision", "FailurePolicy", "MAX_RETRIES_PER_DAY"]
 
 log = logging.getLogger("psfm.runloop")
@@ -39,10 +41,11 @@ class FailurePolicy:
 
     def decide(self, error: BaseException, day: str, attempt: int) -> Decision:
         """``attempt``: how many times ``day`` has failed, this failure included (1, 2, …)."""
-        what = f"{type(error).__name__}: {error}"
+        what = user_message(error)
         reason = self.lost(error)
         if reason is None:
-            log.error("day %s: %s; not a lost shard or worker: giving up", day, what)
+            # the caller shows the error itself (psfm train: one line)
+            log.debug("day %s: %s; not a lost shard or worker: giving up", day, what)
             return Decision.GIVE_UP
         if not self.can_restore:
             log.error(

@@ -17,7 +17,9 @@ import logging
 import posixpath
 from typing import Any
 
-from psfm.checkpoint import read_bytes, resolve, write_bytes
+import pyarrow.fs as pafs
+
+from psfm.checkpoint import list_checkpoints, read_bytes, resolve, write_bytes
 from psfm.config import Config, config_from_dict, to_dict
 from psfm.errors import CheckpointError
 from psfm.metrics import MetricAccumulator
@@ -31,6 +33,7 @@ __all__ = [
     "next_day_record",
     "model_report",
     "build_report",
+    "summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,10 +71,23 @@ class RunDir:
         """``checkpoints/NAME``: ``day=stats``, ``day=D`` or ``pass=P.day=D``."""
         return self.file("checkpoints", name)
 
-    def clear_checkpoints(self) -> None:
-        """A fresh (not resumed) run must never resume from an older run's checkpoints."""
+    def existing_run(self) -> list[str]:
+        """What of an earlier run the directory holds (checkpoints, a report): a new run must
+        not delete it unasked."""
+        found = [f"{len(c)} checkpoint(s)"] if (c := list_checkpoints(self.path)) else []
+        fs, p = resolve(self.file("report.json"))
+        if fs.get_file_info(p).type == pafs.FileType.File:
+            found.append("report.json")
+        return found
+
+    def start_over(self) -> None:
+        """A fresh (not resumed) run must never resume from an older run's checkpoints, nor
+        leave its report behind."""
         fs, p = resolve(self.file("checkpoints"))
         fs.delete_dir_contents(p, missing_dir_ok=True)
+        fs, p = resolve(self.file("report.json"))
+        if fs.get_file_info(p).type == pafs.FileType.File:
+            fs.delete_file(p)
 
 
 def check_resume_config(cfg: Config, saved: dict[str, Any], where: str) -> None:
@@ -190,3 +206,36 @@ def build_report(
         "valid": list(valid or []),
         "config": to_dict(cfg),
     }
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The human summary of a report; its last line is the test AUC."""
+    m, t, tr = report["model"], report["test"], report["train"]
+    lines = [
+        f"model      {m['kind']} ranks {m['ranks']}",
+        f"train      days {', '.join(tr['days'])}: {tr['rows']:,} rows, "
+        f"{tr['samples_per_s']:,.0f} samples/s, {tr['bytes_per_sample']:,.0f} bytes/sample",
+    ]
+    passes = tr.get("passes", 1) > 1
+    for d in tr["per_day"]:
+        where = f"pass {d.get('pass', 1)} day {d['day']:>4}" if passes else f"day {d['day']:>4}"
+        lines.append(
+            f"  {where}  progressive auc {d['progressive_auc']:.4f}  "
+            f"logloss {d['logloss']:.4f}  {d['seconds']:.1f}s"
+        )
+    for v in report.get("valid", []):
+        best = "  (best: tested)" if v["pass"] == tr.get("best_pass") else ""
+        lines.append(
+            f"valid      pass {v['pass']}: auc {v['auc']:.4f}  logloss {v['logloss']:.4f}{best}"
+        )
+    if tr.get("early_stopped"):
+        lines.append(f"           stopped early after pass {len(report.get('valid', []))}")
+    lines += [
+        f"size       {m['nonzero_params']:,} non-zero parameters ({m['nonzero_w']:,} linear, "
+        f"factor rows per level {m['factor_rows_per_level']}), {m['ps_bytes'] / 2**20:.1f} MiB "
+        "on the parameter servers",
+        f"test       days {', '.join(t['days'])}: {t['rows']:,} rows, logloss {t['logloss']:.4f}, "
+        f"NE {t['ne']:.4f}, calibration {t['calibration']:.3f}, RaFM-low AUC {t['auc_low']:.4f}",
+        f"test AUC   {t['auc']:.4f}",
+    ]
+    return "\n".join(lines)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +40,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from psfm.backend import Backend, OnUnit, States, UnitReport
-from psfm.checkpoint import load_checkpoint, resume_checkpoint
+from psfm.checkpoint import (
+    load_checkpoint,
+    load_newest_checkpoint,
+    prune_checkpoints,
+    resume_checkpoint,
+)
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, day_roles, list_days, work_units
 from psfm.errors import CheckpointError
@@ -105,6 +111,11 @@ def run(
     return _Run(cfg, resume).go(make_backend)
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (URIs and "" as they are)."""
+    return path if not path or "://" in path else os.path.abspath(path)
+
+
 @dataclass(frozen=True)
 class _Progress:
     """Where a run stands: ``next``, the index in the schedule of the next step to train;
@@ -136,15 +147,23 @@ class _Run:
             if cfg.train.early_stop
             else None
         )
-        log.info("config: %s", json.dumps(to_dict(self.cfg)))
-        self.run = RunDir(cfg.train.run_dir) if cfg.train.run_dir else None
+        log.debug("config: %s", json.dumps(to_dict(self.cfg)))  # also RUN_DIR/config.json
+        run_dir = self.cfg.train.run_dir
+        self.run = RunDir(run_dir) if run_dir else None
         if resume and (self.run is None or resume_checkpoint(self.run.path) is None):
-            raise CheckpointError(f"--resume: no complete checkpoint in '{cfg.train.run_dir}'.")
+            raise CheckpointError(f"--resume: no complete checkpoint in '{run_dir}'.")
         if self.run:
             if resume:
                 self.run.keep_metrics()
             else:
-                self.run.clear_checkpoints()
+                there = self.run.existing_run()
+                if there and not cfg.train.overwrite:
+                    raise CheckpointError(
+                        f"Run directory '{run_dir}' already holds a run ({', '.join(there)}). "
+                        "Continue it with --resume, choose another --run-dir, or start it over "
+                        "with --overwrite (train.overwrite = true), which deletes them."
+                    )
+                self.run.start_over()
             self.run.write_config(self.cfg)
 
     def _units_of(self, day: str) -> list[WorkUnit]:
@@ -163,6 +182,10 @@ class _Run:
 
         days = self.train_days + self.test_days
         data = resolve_layout(cfg.data, day_files(self.root, days[0])[0]) if days else cfg.data
+        # stored absolute: a resumed run, a Ray worker elsewhere read the same folders
+        data = dataclasses.replace(data, root=_absolute(data.root))
+        train = dataclasses.replace(cfg.train, run_dir=_absolute(cfg.train.run_dir))
+        cfg = dataclasses.replace(cfg, train=train)
         rows = sum(u.rows for d in self.train_days for u in self._units_of(d))
         if data.batch_size == 0:
             data = dataclasses.replace(data, batch_size=auto_batch_size(rows))
@@ -233,13 +256,14 @@ class _Run:
     def _restore_or_start(self, backend: Backend) -> _Progress:
         """Load the most recent complete checkpoint, or run the statistics pass; returns
         where the schedule stands."""
-        ckpt = resume_checkpoint(self.run.path) if self.run else None
-        if ckpt is None:
+        found = load_newest_checkpoint(self.run.path) if self.run else None
+        if found is None:
             if needs_stats_pass(self.cfg):
                 self._stats_pass(backend)
             return _Progress()
-        states, manifest = load_checkpoint(ckpt)
+        ckpt, states, manifest = found
         check_resume_config(self.cfg, manifest.get("config", {}), ckpt)
+        self._check_schedule(ckpt, manifest)
         if len(states) != self.cfg.ps.shards:
             raise CheckpointError(
                 f"Checkpoint '{ckpt}' has {len(states)} shards; the run has "
@@ -262,6 +286,21 @@ class _Run:
             "; early stopping ended training" if prog.stopped else "",
         )
         return prog
+
+    def _check_schedule(self, ckpt: str, manifest: dict[str, Any]) -> None:
+        """A resumed run continues the schedule the checkpoint was trained on: the steps done
+        must be the first steps of this run's schedule. Adding days after the last one (one
+        pass) extends a run; changing the days already trained, or the days of a run with
+        several passes, is refused."""
+        done = [(int(r.get("pass", 1)), str(r["day"])) for r in manifest.get("per_day", [])]
+        ahead = [(st.pass_no, st.day) for st in self.steps[: len(done)]]
+        if done != ahead:
+            raise CheckpointError(
+                f"--resume: checkpoint '{ckpt}' was trained on (pass, day) {done}, but this "
+                f"run's schedule starts with {ahead} (train days {self.train_days}, "
+                f"{self.cfg.train.passes} pass(es)). Resume with the days it was trained on; "
+                "to extend a one-pass run, add days after its last one."
+            )
 
     def _stats_pass(self, backend: Backend) -> None:
         """Count every training day once, before pass 1: counts are occurrences in the log,
@@ -334,6 +373,13 @@ class _Run:
             if self.stopper and nxt.valid:  # the run's model for export / evaluate
                 meta["best_checkpoint"] = self._best_name(nxt.valid)
             backend.checkpoint(self.run.checkpoint_dir(checkpoint_name(step)), meta)
+            protect = {meta["best_checkpoint"]} if "best_checkpoint" in meta else set()
+            for gone in prune_checkpoints(self.run.path, self.cfg.train.keep_checkpoints, protect):
+                log.info(
+                    "removed checkpoint %s (train.keep_checkpoints = %d)",
+                    gone,
+                    self.cfg.train.keep_checkpoints,
+                )
         return nxt, rec
 
     def _day(self, backend: Backend, step: Step) -> dict[str, Any]:

@@ -165,14 +165,8 @@ class Worker:
             x = self._inputs(batch, pulled)
         out = forward_backward(self.spec, x, compute_grad=train)
         push = push_request(batch, pulled.level, out) if train else None
-        if self.spec.loss == "logistic":
-            preds = (
-                torch.sigmoid(out.logits).cpu().numpy(),
-                torch.sigmoid(out.logits_low).cpu().numpy(),
-                out.loss,
-            )
-        else:
-            preds = out.logits.cpu().numpy(), out.logits_low.cpu().numpy(), out.loss
+        link = self.spec.loss_fn.link_torch  # probabilities (logistic), logits (squared)
+        preds = link(out.logits).cpu().numpy(), link(out.logits_low).cpu().numpy(), out.loss
         return preds, push
 
     def step(

@@ -77,7 +77,7 @@ def role(name: str, pid: int) -> str:
     if pid == os.getpid():
         return "driver"
     for key, r in (
-        ("ParameterShard", "shard"),
+        ("ShardServer", "shard"),
         ("WorkerRunner", "worker"),
         ("raylet", "raylet"),
         ("gcs_server", "gcs"),

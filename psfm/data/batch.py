@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from psfm.config import DataConfig
 from psfm.errors import DataError
 from psfm.hashing import BIAS_KEY, field_keys, numeric_field_key
+from psfm.models.loss import Loss, loss_by_name
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class DecodedRows:
 def decode_rows(
     table: pa.Table,
     schema: FeatureSchema,
-    loss: str,
+    loss: str | Loss,
     bad_rows: str,
     where: str,
     first_row: int = 0,
@@ -300,10 +301,8 @@ def decode_rows(
     n = table.num_rows
     bad = _Bad(n, bad_rows, where, first_row, rg_starts)
     labels = _float_col(table, schema.label)  # nulls -> nan
-    if loss == "logistic":
-        bad.check(~((labels == 0) | (labels == 1)), schema.label, labels, "labels must be 0 or 1")
-    else:
-        bad.check(~np.isfinite(labels), schema.label, labels, "labels must be finite")
+    rule = loss_by_name(loss)
+    bad.check(rule.bad_labels(labels), schema.label, labels, rule.label_rule)
     weights = None
     if schema.weight:
         weights = _float_col(table, schema.weight)
@@ -364,7 +363,7 @@ def batch_of(rows: DecodedRows, lo: int = 0, hi: int | None = None) -> Batch:
 def build_batch(
     table: pa.Table,
     schema: FeatureSchema,
-    loss: str,
+    loss: str | Loss,
     bad_rows: str,
     where: str,
     first_row: int = 0,
@@ -399,6 +398,7 @@ def _column_matrix(
         mask[:, j] = ok
         if raw:
             keys[:, j] = numeric_field_key(col)
+            assert values is not None  # raw: allocated above
             values[:, j] = np.where(ok, x, 0.0)
         else:
             keys[:, j] = field_keys(col, log_bucket(np.where(ok, x, 0.0)))

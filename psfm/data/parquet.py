@@ -92,8 +92,29 @@ def list_days(root: str) -> list[str]:
             days.append(m.group(1))
     if not days:
         raise DataError(f"Data root '{root}' has no 'day=...' partitions.")
-    if len({_day_sort_key(d)[0] for d in days}) > 1:
-        days = sorted(days)
+    return _check_days(root, days)
+
+
+def _check_days(root: str, days: list[str]) -> list[str]:
+    """Sorted days; refused: numbered days mixed with others (a stray ``day=latest`` would
+    become the test day) and two spellings of one number (``day=2`` and ``day=02`` would both
+    be trained)."""
+    numbered = [d for d in days if _day_sort_key(d)[0] == 0]
+    if numbered and len(numbered) < len(days):
+        other = sorted(set(days) - set(numbered))
+        raise DataError(
+            f"Data root '{root}' mixes numbered days with others: "
+            f"{', '.join(f'day={d}' for d in other)} beside day={numbered[0]}...; the days of a "
+            "log must be all numbers or all names (move the other partitions out of the root)."
+        )
+    seen: dict[int, str] = {}
+    for d in numbered:
+        if int(d) in seen:
+            raise DataError(
+                f"Data root '{root}' has day={seen[int(d)]} and day={d}, two spellings of day "
+                f"{int(d)}: keep one partition per day."
+            )
+        seen[int(d)] = d
     return sorted(days, key=_day_sort_key)
 
 
@@ -175,6 +196,14 @@ def day_roles(
     if not train_spec and len(days) == 1:
         raise DataError(
             f"Only one day ('{days[0]}') in the data: name train_days and test_days explicitly."
+        )
+    leak = [d for d in test if d in train]
+    if leak:
+        raise DataError(
+            f"The 'test_days' parameter of DataConfig must not overlap the train days: a test "
+            f"on trained rows measures memory, not prediction. Got {test_spec!r} instead (day "
+            f"{', '.join(repr(d) for d in leak)} is also a train day; to score trained days use "
+            "psfm evaluate)."
         )
     for role, other in (("train", train), ("test", test)):
         both = [d for d in valid if d in other]

@@ -1,7 +1,8 @@
 """Feature statistics of a day-partitioned log: occurrence counts, levels and model sizes.
 
-One pass over the chosen days through psfm's own batch builder (:class:`psfm.worker.Worker`),
-so the keys and their counts are exactly those training sees: ``n_i`` = occurrences of key ``i``
+One pass over the chosen days through psfm's own batch builder (:mod:`psfm.data.batch`, fed
+as the worker feeds it, without the worker and so without torch), so the keys and their counts
+are exactly those training sees: ``n_i`` = occurrences of key ``i``
 (rows in which the feature is present; the bias key is excluded). From the counts:
 
 * the histogram of occurrences per feature on log2 bins (RaFM, Chen et al. 2019, Fig. 1):
@@ -29,28 +30,40 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from psfm.config import Config, DataConfig, ModelConfig, load_config
+from psfm.data.batch import (
+    Batch,
+    FeatureSchema,
+    batch_of,
+    decode_rows,
+    resolve_layout,
+    resolve_schema,
+)
 from psfm.data.parquet import (
+    WorkUnit,
     day_files,
     list_days,
     open_parquet,
+    read_unit,
+    row_group_starts,
     select_days,
     split_days,
     work_units,
 )
-from psfm.errors import ConfigError, PsfmError
+from psfm.datasets.stats_report import MissingDependency, format_stats, plot_stats
+from psfm.errors import ConfigError
 from psfm.hashing import BIAS_KEY
+from psfm.models.loss import LOGISTIC
 from psfm.ps.levels import level_thresholds, levels_from_counts
 from psfm.ps.table import KeyTable
+from psfm.steps import AUTO_MAX_BATCH
 
 __all__ = [
     "MissingDependency",
@@ -61,23 +74,30 @@ __all__ = [
     "add_cli",
 ]
 
-log = logging.getLogger(__name__)
-
-
-class MissingDependency(PsfmError, ImportError):
-    """An optional dependency (an extra of the psfm package) is not installed."""
+_CHUNK_ROWS = 1 << 16  # rows decoded at once, as psfm.worker decodes them
 
 
 def _resolve_data(root: str, day: str, data: DataConfig | None) -> DataConfig:
-    """``data`` with ``root``; the ``hashed`` layout is picked when the files have a list-typed
-    ``keys`` column and the config names no layout-specific columns."""
+    """``data`` with ``root`` and the layout training would use: ``hashed`` when the files
+    have a list-typed ``keys`` column and the config names no feature columns
+    (:func:`psfm.data.batch.resolve_layout` on the day's first file)."""
     data = dataclasses.replace(data or DataConfig(), root=root)
-    if data.layout == "columns" and not data.categorical and not data.numeric:
-        schema = open_parquet(day_files(root, day)[0]).schema_arrow
-        if "keys" in schema.names and pa.types.is_list(schema.field("keys").type):
-            log.info("'%s' has a list column 'keys': reading it with data.layout = 'hashed'", root)
-            data = dataclasses.replace(data, layout="hashed")
-    return data
+    return resolve_layout(data, day_files(root, day)[0])
+
+
+def _unit_batches(
+    unit: WorkUnit, schema: FeatureSchema, cfg: Config, batch_rows: int
+) -> Iterator[Batch]:
+    """The batches :meth:`psfm.worker.Worker.batches` builds from ``unit`` (the same rows, keys
+    and bad-row errors): chunks of whole batches decoded at once, then cut into batches."""
+    where = f"File '{unit.file}'"
+    pf = open_parquet(unit.file)
+    starts = np.asarray(row_group_starts(pf))
+    chunk_rows = batch_rows * max(1, _CHUNK_ROWS // batch_rows)
+    for table, _, first in read_unit(unit, chunk_rows, schema.columns, None, pf):
+        rows = decode_rows(table, schema, cfg.model.loss, cfg.data.bad_rows, where, first, starts)
+        for lo in range(0, rows.num_rows, batch_rows):  # a loop over batches, not rows
+            yield batch_of(rows, lo, min(lo + batch_rows, rows.num_rows))
 
 
 def _resolve_days(
@@ -98,19 +118,18 @@ def count_features(
     root: str,
     days: str | Sequence[str] | None = None,
     data: DataConfig | None = None,
-    loss: str = "logistic",
+    loss: str = LOGISTIC.name,
     batch_rows: int = 65536,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``(keys, counts, info)``: every key of the days (bias excluded) and its occurrences
-    (float64), from :meth:`psfm.worker.Worker.batches`; ``info`` has days, rows, skipped rows
+    (float64), from the batches training builds; ``info`` has days, rows, skipped rows
     and per-day rows and new keys. ``days``: a SPEC, a list, or None for the training days of
     the default split (every day but the last; the only day when there is one)."""
-    from psfm.worker import Worker  # torch: imported only when counting
-
     chosen = _resolve_days(root, days, data)
     d = _resolve_data(root, chosen[0], data)
     cfg = Config(data=d, model=ModelConfig(kind="lr", loss=loss))
-    worker = Worker(cfg, batch_rows=batch_rows)
+    batch_rows = batch_rows or d.batch_size or AUTO_MAX_BATCH  # as a worker resolves it
+    schemas: dict[str, FeatureSchema] = {}
     table = KeyTable()
     counts = np.zeros(1 << 16, dtype=np.float64)
     rows = skipped = 0
@@ -118,7 +137,11 @@ def count_features(
     for day in chosen:
         day_rows, before = 0, len(table)
         for unit in work_units(root, day, d.rows_per_unit):
-            for batch, _ in worker.batches(unit):
+            if unit.file not in schemas:
+                schemas[unit.file] = resolve_schema(
+                    d, open_parquet(unit.file).schema_arrow, unit.file
+                )
+            for batch in _unit_batches(unit, schemas[unit.file], cfg, batch_rows):
                 slots = table.insert(batch.uniq)
                 if len(table) > counts.size:
                     counts = np.concatenate(
@@ -156,7 +179,7 @@ def feature_stats(
     level_min_count: Sequence[float] = (),
     admit_min_count: int = 1,
     data: DataConfig | None = None,
-    loss: str = "logistic",
+    loss: str = LOGISTIC.name,
     batch_rows: int = 65536,
 ) -> dict[str, Any]:
     """Counts, the log2 histogram, levels and implied parameter counts (module docstring).
@@ -244,114 +267,6 @@ def feature_stats(
         "params": params,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _pct(a: float, b: float) -> str:
-    return f"{100.0 * a / b:6.2f}%" if b else "     -"
-
-
-def format_stats(stats: dict[str, Any]) -> str:
-    """A text report of :func:`feature_stats`: totals, the log2 histogram, levels, sizes."""
-    s = stats
-    nf, no = s["features"], s["occurrences"]
-    lines = [
-        f"data       {s['root']} days {', '.join(s['days'])}: {s['rows']:,} rows"
-        + (f" ({s['skipped']:,} bad rows skipped)" if s["skipped"] else ""),
-        f"features   {nf:,} distinct keys, {no:,} occurrences "
-        f"({no / max(s['rows'], 1):.1f} per row; bias excluded)",
-        "",
-        "occurrences per feature (log2 bins)",
-        f"  {'count':>17}  {'features':>12} {'% feat':>7}  {'occurrences':>15} {'% occ':>7}",
-    ]
-    for h in s["histogram"]:
-        rng = f"{h['lo']:,}" if h["lo"] == h["hi"] else f"{h['lo']:,}-{h['hi']:,}"
-        lines.append(
-            f"  {rng:>17}  {h['features']:>12,} {_pct(h['features'], nf)}  "
-            f"{h['occurrences']:>15,} {_pct(h['occurrences'], no)}"
-        )
-    lv = s["levels"]
-    rule = (
-        f"level_min_count {lv['level_min_count']}"
-        if lv["level_min_count"]
-        else f"RaFM Eq. 17, count_per_dim {lv['count_per_dim']:g}"
-    )
-    lines += [
-        "",
-        f"levels     ranks {lv['ranks']}, {rule}: thresholds "
-        f"[{', '.join(f'{t:g}' for t in lv['thresholds'])}]"
-        + (
-            f"; admitted keys (count >= {s['admit_min_count']}): {s['admitted_features']:,}"
-            if s["admit_min_count"] > 1
-            else ""
-        ),
-        f"  {'level':>5} {'rank':>5} {'count >=':>9}  {'features':>12} {'% feat':>7}  "
-        f"{'occurrences':>15} {'% occ':>7}",
-    ]
-    na = s["admitted_features"]
-    for p in lv["per_level"]:
-        t = "-" if p["level"] == 0 else f"{p['min_count']:g}"
-        lines.append(
-            f"  {p['level']:>5} {p['rank']:>5} {t:>9}  {p['features']:>12,} "
-            f"{_pct(p['features'], na)}  {p['occurrences']:>15,} "
-            f"{_pct(p['occurrences'], no)}"
-        )
-    pr = s["params"]
-    ranks = lv["ranks"]
-    lines += ["", "parameters (stored, before FTRL sparsity)", f"  {'LR':<22} {pr['lr']:>15,}"]
-    for f in pr["fm"]:
-        lines.append(f"  {'FM(' + str(f['rank']) + ')':<22} {f['params']:>15,}")
-    if ranks:
-        label = "{" + ",".join(str(r) for r in ranks) + "}"
-        lines.append(
-            f"  {'DiFacto' + label:<22} {pr['difacto']:>15,}   rows per level "
-            f"{pr['difacto_rows_per_level']}"
-        )
-        lines.append(
-            f"  {'RaFM' + label:<22} {pr['rafm']:>15,}   rows per level {pr['rafm_rows_per_level']}"
-        )
-    return "\n".join(lines)
-
-
-def plot_stats(stats: dict[str, Any], path: str) -> None:
-    """A PNG of the log2 histogram (features and occurrences per bin, log scale) with the level
-    thresholds; needs matplotlib (``pip install 'psfm[plot]'``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise MissingDependency(
-            "plot_stats needs matplotlib, which is not installed: pip install 'psfm[plot]' "
-            "(or pip install matplotlib)."
-        ) from e
-    h = stats["histogram"]
-    x = np.arange(len(h))
-    labels = [str(b["lo"]) if b["lo"] == b["hi"] else f"{b['lo']}-{b['hi']}" for b in h]
-    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(h) + 2), 7), sharex=True)
-    for ax, what, color in (
-        (axes[0], "features", "tab:blue"),
-        (axes[1], "occurrences", "tab:orange"),
-    ):
-        ax.bar(x, [b[what] for b in h], color=color)
-        ax.set_yscale("log")
-        ax.set_ylabel(what)
-        ax.grid(axis="y", alpha=0.3)
-        for k, t in enumerate(stats["levels"]["thresholds"], start=1):
-            if t > 1:  # counts are integers: level k starts at ceil(t); bin b spans b +- 0.5
-                pos = np.log2(np.ceil(t)) - 0.5
-                ax.axvline(pos, color="k", ls="--", lw=0.8)
-                if what == "features":
-                    ax.text(pos + 0.05, ax.get_ylim()[1], f"level {k}", va="top", fontsize=8)
-    axes[1].set_xticks(x)
-    axes[1].set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
-    axes[1].set_xlabel("occurrences per feature")
-    axes[0].set_title(
-        f"{stats['root']}: {stats['features']:,} features, {stats['occurrences']:,} occurrences"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- command line

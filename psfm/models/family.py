@@ -25,7 +25,9 @@ Gradients (``g = dloss/dy`` per sample):
   ``v_i^(p)``; the gradients of all prefixes add into it; no distillation.
 
 Stored tables (what the parameter servers hold, pull and push): table p has one row per key
-with ``k_i >= p`` (untied) or ``k_i == p`` (tied), in the batch's unique-key order.
+with ``k_i >= p`` (untied) or ``k_i == p`` (tied), in the batch's unique-key order; the rule is
+:class:`~psfm.models.layout.FactorLayout`'s. The loss (link, ``dloss/dy``) is a
+:class:`~psfm.models.loss.Loss`; :mod:`psfm.models.serving` is the same forward in numpy.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from psfm.models.layout import FactorLayout
+from psfm.models.loss import Loss, loss_by_name
 
 __all__ = ["FamilySpec", "FamilyInputs", "FamilyOutput", "forward_backward", "level_views"]
 
@@ -46,14 +51,25 @@ class FamilySpec:
     ranks: tuple[int, ...]  # D_1 < ... < D_m; () for LR
     tied: bool = False  # DiFacto-style prefixes of one vector
     dependent_lr_coef: tuple[float, ...] = ()  # c_1..c_{m-1}
-    loss: str = "logistic"  # or "squared"
+    loss: str = "logistic"  # a name of psfm.models.loss.LOSSES
     exact_sums: bool = False  # per-key gradient sums in float64, rounded once (sync mode)
     grad_float64: bool = False  # return those sums unrounded (sync steps of several workers)
     sum_sq: bool = False  # also per-key sums of squared per-occurrence gradients (FTRL's n)
 
+    def __post_init__(self) -> None:
+        loss_by_name(self.loss)  # unknown names fail here
+
     @property
     def levels(self) -> int:
         return len(self.ranks)
+
+    @property
+    def layout(self) -> FactorLayout:
+        return FactorLayout(self.ranks, self.tied)
+
+    @property
+    def loss_fn(self) -> Loss:
+        return loss_by_name(self.loss)
 
 
 @dataclass
@@ -110,16 +126,17 @@ def level_views(
     Untied, these are the stored tables themselves. Tied, ``V_p`` gathers the ``D_p`` prefixes of
     every stored vector of level >= p.
     """
-    if not spec.tied:
-        return list(tables)
+    lay = spec.layout
     views = []
     for p, d in enumerate(spec.ranks, start=1):
-        member = level >= p
+        if lay.view_is_table(p):
+            views.append(tables[p - 1])
+            continue
+        member = lay.view_members(level, p)
         rows = _rows(member)
         view = tables[0].new_empty((int(member.sum()), d))
-        for k in range(p, spec.levels + 1):
-            at_k = level == k
-            view[rows[at_k]] = tables[k - 1][:, :d]
+        for k in lay.tables_of_view(p):
+            view[rows[lay.members(level, k)]] = tables[k - 1][:, :d]
         views.append(view)
     return views
 
@@ -216,13 +233,13 @@ def forward_backward(spec: FamilySpec, x: FamilyInputs, compute_grad: bool = Tru
     xv = None if x.unit_values else x.occ_value
     xsq = None if xv is None else xv * xv
     lin = _bag(x.w[:, None], x.occ_uniq, so, xv)[:, 0]  # (B,)
-    m, ranks = spec.levels, spec.ranks
+    m, ranks, lay = spec.levels, spec.ranks, spec.layout
     if m:
         views = level_views(spec, x.level, x.tables)
         width = sum(ranks)
         offs = [sum(ranks[:p]) for p in range(m + 1)]
         n_keys = x.level.shape[0]
-        members = [torch.nonzero(x.level >= p).squeeze(1) for p in range(1, m + 1)]
+        members = [torch.nonzero(lay.view_members(x.level, p)).squeeze(1) for p in range(1, m + 1)]
         wide = views[0].new_zeros((n_keys, width + m))  # [v^(1..m) | |v^(p)|^2]
         for p in range(1, m + 1):
             wide[:, offs[p - 1] : offs[p]].index_copy_(0, members[p - 1], views[p - 1])
@@ -257,15 +274,7 @@ def forward_backward(spec: FamilySpec, x: FamilyInputs, compute_grad: bool = Tru
         logits_low = lin + b_1p[0]
     else:
         logits, logits_low = lin, lin
-    if spec.loss == "logistic":
-        prob = torch.sigmoid(logits)
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, x.labels, reduction="none"
-        )
-        g = prob - x.labels
-    else:
-        losses = 0.5 * (logits - x.labels) ** 2
-        g = logits - x.labels
+    losses, g = spec.loss_fn.losses_and_grad_torch(logits, x.labels)
     if x.weights is not None:
         g = g * x.weights
         losses = losses * x.weights
@@ -285,7 +294,7 @@ def forward_backward(spec: FamilySpec, x: FamilyInputs, compute_grad: bool = Tru
     sq_w = _bag(ga * ga, s_ord, uo, xsq_ord)[:, 0].to(out_dt) if spec.sum_sq else None
     if not m:
         return FamilyOutput(logits, logits_low, grad_w, [], loss, sq_w, [] if spec.sum_sq else None)
-    link = torch.sigmoid if spec.loss == "logistic" else (lambda t: t)
+    link = spec.loss_fn.link_torch
     free_rows, dep_rows, dep_scal = [], [], []
     zero = torch.zeros_like(ga)
     for p in range(1, m + 1):
@@ -334,7 +343,7 @@ def forward_backward(spec: FamilySpec, x: FamilyInputs, compute_grad: bool = Tru
     scal = torch.repeat_interleave(out[:, width : width + m], rep, 1)
     grad_wide = out[:, :width] - v * scal
 
-    def per_level(t: torch.Tensor) -> list[torch.Tensor]:
+    def per_level(t: torch.Tensor) -> list[torch.Tensor]:  # untied: stored rows = view rows
         return [
             t[:, offs[p - 1] : offs[p]].index_select(0, members[p - 1]).to(out_dt)
             for p in range(1, m + 1)
@@ -370,7 +379,7 @@ def _tied_backward(
     ``R_k[:, :D_p] += r_p`` for p <= k; only the free level has a scalar (g, no distillation),
     so an occurrence's gradient is ``x R_k - x^2 g u`` and one bag per key gives the sums (and
     the sums of squares, exactly: the fold happens before squaring)."""
-    ranks, m = spec.ranks, spec.levels
+    ranks, m, lay = spec.ranks, spec.levels, spec.layout
     top = ranks[-1]
     n_rows = ga.shape[0]
     variants = []
@@ -386,7 +395,7 @@ def _tied_backward(
     groups = [(top, 1), (1, 2)] + ([(top, 2), (top, 3), (1, 4)] if spec.sum_sq else [])
     out = _bag_powers(table, idx, uo, x_ord, groups)  # (U, cols)
     u = x.tables[0].new_zeros((x.level.shape[0], top)).to(acc)  # stored vectors, padded
-    at = [torch.nonzero(x.level == k).squeeze(1) for k in range(1, m + 1)]
+    at = [torch.nonzero(lay.members(x.level, k)).squeeze(1) for k in range(1, m + 1)]
     for k in range(1, m + 1):
         u[at[k - 1], : ranks[k - 1]] = x.tables[k - 1].to(acc)
     grad = out[:, :top] - u * out[:, top : top + 1]

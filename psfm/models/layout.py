@@ -56,6 +56,11 @@ class FactorLayout:
         lev: Any = level
         return lev >= p
 
+    def view_is_table(self, p: int) -> bool:
+        """Whether the level-p view is stored table p itself (same rows, same width): always
+        untied; tied only at the top level (its members have ``level == m``, i.e. ``>= m``)."""
+        return not self.tied or p == self.levels
+
     def tables_of_view(self, p: int) -> range:
         """The stored tables the level-p view reads: table p untied; tables p..m tied (their
         ``D_p`` prefixes)."""

@@ -52,7 +52,7 @@ class LocalClient:
 
     def __init__(self, shards: Sequence[ParameterShard]) -> None:
         self.shards = list(shards)
-        self.tied = self.shards[0].tied
+        self.layout = self.shards[0].layout
         self.bytes_pulled = 0
         self.bytes_pushed = 0
 
@@ -60,7 +60,7 @@ class LocalClient:
         r = route(keys, len(self.shards))
         parts = [s.pull(keys[idx], create) for s, idx in zip(self.shards, r.index)]
         self.bytes_pulled += keys.nbytes + sum(p.nbytes for p in parts)
-        return merge_pulls(r, parts, self.tied)
+        return merge_pulls(r, parts, self.layout)
 
     def pull_async(self, keys: np.ndarray, create: bool = False) -> PullResult:
         return self.pull(keys, create)
@@ -70,7 +70,7 @@ class LocalClient:
 
     def push(self, req: PushRequest) -> None:
         r = route(req.keys, len(self.shards))
-        for shard, part in zip(self.shards, split_push(r, req, self.tied)):
+        for shard, part in zip(self.shards, split_push(r, req, self.layout)):
             self.bytes_pushed += part.nbytes
             shard.push(part)
 

@@ -8,6 +8,8 @@ per level::
     rows_p = cumsum(member_p(level)) - 1        # batch-wide row of each key at level p
     merged_p[rows_p[idx_s][member_s]] = part_s  # pull
     part_s = grad_p[rows_p[idx_s][member_s]]    # push
+
+``member_p`` is the model's :class:`~psfm.models.layout.FactorLayout` (``layout.members``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from psfm.models.layout import FactorLayout
 from psfm.ps.messages import PullResult, PushRequest
 
-__all__ = ["Route", "route", "merge_pulls", "split_push", "shard_of", "table_members"]
+__all__ = ["Route", "route", "merge_pulls", "split_push", "shard_of"]
 
 
 def shard_of(keys: np.ndarray, n_shards: int) -> np.ndarray:
@@ -27,11 +30,6 @@ def shard_of(keys: np.ndarray, n_shards: int) -> np.ndarray:
     return ((np.asarray(keys, dtype=np.uint64) >> np.uint64(32)) % np.uint64(n_shards)).astype(
         np.int64
     )
-
-
-def table_members(level: np.ndarray, p: int, tied: bool) -> np.ndarray:
-    """Which keys have a stored row in table p: level >= p (untied), level == p (tied)."""
-    return level == p if tied else level >= p
 
 
 @dataclass
@@ -51,7 +49,7 @@ def route(keys: np.ndarray, n_shards: int) -> Route:
     return Route(keys.size, [order[bounds[s] : bounds[s + 1]] for s in range(n_shards)])
 
 
-def merge_pulls(r: Route, parts: Sequence[PullResult], tied: bool) -> PullResult:
+def merge_pulls(r: Route, parts: Sequence[PullResult], layout: FactorLayout) -> PullResult:
     """Shard answers -> one answer in batch key order."""
     if len(parts) == 1:
         return parts[0]
@@ -62,26 +60,26 @@ def merge_pulls(r: Route, parts: Sequence[PullResult], tied: bool) -> PullResult
         level[idx] = part.level
     tables = []
     for p in range(1, len(parts[0].tables) + 1):
-        member = table_members(level, p, tied)
+        member = layout.members(level, p)
         rows = np.cumsum(member) - 1
         dim = parts[0].tables[p - 1].shape[1]
         out = np.empty((int(member.sum()), dim), dtype=np.float32)
         for idx, part in zip(r.index, parts):
-            out[rows[idx[table_members(part.level, p, tied)]]] = part.tables[p - 1]
+            out[rows[idx[layout.members(part.level, p)]]] = part.tables[p - 1]
         tables.append(out)
     return PullResult(w, level, tables)
 
 
-def split_push(r: Route, req: PushRequest, tied: bool) -> list[PushRequest]:
+def split_push(r: Route, req: PushRequest, layout: FactorLayout) -> list[PushRequest]:
     """One request per shard."""
     if len(r.index) == 1:
         return [req]
     m = len(req.grad_tables)
-    rows = [np.cumsum(table_members(req.level, p, tied)) - 1 for p in range(1, m + 1)]
+    rows = [np.cumsum(layout.members(req.level, p)) - 1 for p in range(1, m + 1)]
     out = []
     for idx in r.index:
         lev = req.level[idx]
         out.append(
-            req.take(idx, [rows[p - 1][idx[table_members(lev, p, tied)]] for p in range(1, m + 1)])
+            req.take(idx, [rows[p - 1][idx[layout.members(lev, p)]] for p in range(1, m + 1)])
         )
     return out

@@ -1,4 +1,5 @@
-"""The Ray actors: ``ShardActor = ray.remote(ParameterShard)`` and a worker actor over
+"""The Ray actors: ``ShardActor = ray.remote(ShardServer)`` (a :class:`ParameterShard` with its
+transport and checkpoint files, :mod:`psfm.ray_backend.server`) and a worker actor over
 :class:`WorkerRunner`, a plain class that owns a :class:`Worker` and a :class:`RayClient`.
 A worker reports each unit (or its slice of a unit in synchronous steps) as the run loop's
 :class:`~psfm.runloop.UnitReport`, made by the same :func:`~psfm.local_backend.report_unit`
@@ -23,8 +24,8 @@ from psfm.config import config_from_dict
 from psfm.data.parquet import WorkUnit
 from psfm.local_backend import pipeline_of, report_unit
 from psfm.metrics import MetricAccumulator
-from psfm.ps.shard import ParameterShard
 from psfm.ray_backend.client import RayClient
+from psfm.ray_backend.server import ShardServer
 from psfm.runloop import UnitReport
 from psfm.worker import Worker
 
@@ -32,7 +33,7 @@ __all__ = ["ShardActor", "WorkerActor", "WorkerRunner"]
 
 log = logging.getLogger(__name__)
 
-ShardActor = ray.remote(ParameterShard)
+ShardActor = ray.remote(ShardServer)
 
 
 class WorkerRunner:

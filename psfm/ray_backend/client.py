@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from psfm.models.layout import FactorLayout
 from psfm.ps.messages import PullResult, PushRequest
 from psfm.ps.routing import Route, merge_pulls, route, split_push
 from psfm.ps.shm import MessageFile, default_dir
@@ -183,8 +184,8 @@ class RayClient:
         transport: str = "ray",
     ) -> None:
         self.shards = list(shards)
-        self.tied = tied
         self.ranks = tuple(ranks)
+        self.layout = FactorLayout(self.ranks, tied)
         self.max_in_flight = max_in_flight
         self.buffered_worker = buffered_worker  # sync mode, several workers: this worker's id
         self._pushes: deque = deque()
@@ -233,14 +234,14 @@ class RayClient:
             for out, where in zip(outs, pending.where)
         ]
         self.bytes_pulled += pending.key_bytes + sum(p.nbytes for p in parts)
-        return merge_pulls(pending.route, parts, self.tied)
+        return merge_pulls(pending.route, parts, self.layout)
 
     def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
         return self.wait_pull(self.pull_async(keys, create))
 
     def _split_push(self, req: PushRequest) -> list[PushRequest]:
         """A push per shard (counted in ``bytes_pushed``)."""
-        parts = split_push(route(req.keys, len(self.shards)), req, self.tied)
+        parts = split_push(route(req.keys, len(self.shards)), req, self.layout)
         self.bytes_pushed += sum(p.nbytes for p in parts)
         return parts
 

@@ -250,7 +250,7 @@ def test_bad_input_or_no_checkpoint_gives_up_at_once(data, tmp_path, error, run_
 
 
 def test_failure_policy_retries_lost_actors_up_to_n_per_day(caplog):
-    caplog.set_level(logging.INFO, logger="psfm.runloop")
+    caplog.set_level(logging.DEBUG, logger="psfm.runloop")
     policy = FailurePolicy(_lost, max_retries_per_day=2)
     retry, give_up = Decision.RETRY_DAY, Decision.GIVE_UP
     assert [policy.decide(Lost("gone"), "3", a) for a in (1, 2, 3)] == [retry, retry, give_up]
@@ -258,7 +258,9 @@ def test_failure_policy_retries_lost_actors_up_to_n_per_day(caplog):
     assert "day 3: an actor died (Lost: gone); restoring the last checkpoint" in caplog.text
     assert "on attempt 3; 2 retries per day spent: giving up" in caplog.text
     assert policy.decide(DataError("bad"), "3", 1) is give_up
-    assert "DataError: bad; not a lost shard or worker" in caplog.text
+    # debug only: the caller shows the error itself, as one line
+    assert "day 3: bad; not a lost shard or worker: giving up" in caplog.text
+    assert [r.levelname for r in caplog.records if "not a lost" in r.message] == ["DEBUG"]
     assert FailurePolicy(_lost, can_restore=False).decide(Lost(), "3", 1) is give_up
     assert FailurePolicy(_lost, max_retries_per_day=0).decide(Lost(), "3", 1) is give_up
 
@@ -356,11 +358,8 @@ def test_passes_train_the_days_again_with_shuffled_units_and_count_once(data, tm
         (p, d) for p in (1, 2, 3) for d in ("1", "2")
     ]
     assert rep["train"]["passes"] == rep["train"]["best_pass"] == 3
+    # train.keep_checkpoints = 3: the newest three of day=stats, day=1 ... pass=3.day=2
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "day=1",
-        "day=2",
-        "day=stats",
-        "pass=2.day=1",
         "pass=2.day=2",
         "pass=3.day=1",
         "pass=3.day=2",
@@ -482,7 +481,12 @@ def test_a_run_resumed_between_passes_continues_at_the_next_pass(data4, tmp_path
 
     run_dir = tmp_path / "run"
     cfg = _cfg(
-        data4, 'data.train_days="1..2"', 'data.valid_days="3"', "train.passes=3", run_dir=run_dir
+        data4,
+        'data.train_days="1..2"',
+        'data.valid_days="3"',
+        "train.passes=3",
+        "train.keep_checkpoints=0",
+        run_dir=run_dir,
     )
     full, _ = _run_valid(cfg, [0.6, 0.7, 0.8])
     for name in ("pass=2.day=2", "pass=3.day=1", "pass=3.day=2"):  # a crash in pass 2

@@ -29,6 +29,16 @@ def _shards(kind="rafm", n=1, policy="online", ranks=(), **lv):
     return [ParameterShard(model, FTRL, levels, seed=3, shard_id=i, n_shards=n) for i in range(n)]
 
 
+def _server(kind="rafm", policy="online", ranks=(), **lv):
+    """A shard behind its Ray-side server (packed and shared-memory calls), made in-process."""
+    from psfm.ray_backend.server import ShardServer
+
+    model = ModelConfig(kind=kind, ranks=ranks)
+    return ShardServer(
+        model, FTRL, LevelConfig(policy=policy, **lv), seed=3, shard_id=0, n_shards=1
+    )
+
+
 def _keys(rng, n):
     return np.unique(rng.integers(1, 2**63, size=n, dtype=np.int64).astype(np.uint64))
 
@@ -443,7 +453,7 @@ def test_wire_buffers_round_trip_and_packed_calls_match():
     assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(arrays, got))
     with pytest.raises(TypeError, match="complex64"):
         pack([np.zeros(2, np.complex64)])
-    a, b = _shards("rafm", ranks=(2, 4)), _shards("rafm", ranks=(2, 4))
+    a, b = _shards("rafm", ranks=(2, 4)), [_server("rafm", ranks=(2, 4))]
     k1, k2 = _keys(rng, 200), _keys(rng, 200)
     p1 = a[0].pull(k1, create=True)
     assert PullResult.unpack(b[0].pull_packed(k1, True)).w.tolist() == p1.w.tolist()
@@ -466,7 +476,7 @@ def test_shared_memory_messages_answer_like_direct_calls(tmp_path):
     from psfm.ps.wire import pack_into, pad
 
     rng = np.random.default_rng(4)
-    a, b = _shards("rafm", ranks=(2, 4)), _shards("rafm", ranks=(2, 4))
+    a, b = _shards("rafm", ranks=(2, 4)), [_server("rafm", ranks=(2, 4))]
     f = MessageFile.create(str(tmp_path), "psfm", 2, 1 << 16)
     assert f.slot_bytes % 4096 == 0 and f.slot_bytes >= 1 << 16
     assert b[0].shm_attach("w0", f.path, f.token, f.slots, f.slot_bytes)

@@ -87,7 +87,13 @@ def test_one_and_four_shards_train_bitwise_identical_models(small_data, tmp_path
 
 def test_report_run_dir_and_checkpoints(small_data, tmp_path):
     run = tmp_path / "run"
-    rep = _train(small_data, 'model.kind="rafm"', "model.ranks=[1,2,4]", run_dir=run)
+    rep = _train(
+        small_data,
+        'model.kind="rafm"',
+        "model.ranks=[1,2,4]",
+        "train.keep_checkpoints=0",
+        run_dir=run,
+    )
     assert set(rep) == {"test", "model", "train", "valid", "config"}
     assert {"auc", "logloss", "ne", "calibration", "rows", "auc_low"} <= set(rep["test"])
     assert {

@@ -1,0 +1,239 @@
+"""Run directories that cannot be lost: a new run does not delete an earlier one unasked,
+``--resume`` works in the directory given and applies the options given, checkpoints are
+verified and fall back, retention keeps the newest few and the best, and day partitions that
+would train or test the wrong rows are refused (in process; the Ray path shares the loop)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from psfm.checkpoint import MANIFEST, load_checkpoint, load_newest_checkpoint
+from psfm.cli import main
+from psfm.config import load_config
+from psfm.datasets.gen import GenSpec, generate
+from psfm.errors import CheckpointError, DataError
+from psfm.export import restore_model
+from psfm.trainer import train_local
+
+LR = ('model.kind="lr"', "ps.shards=2", "train.keep_checkpoints=0")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    generate(root, days=4, rows_per_day=8_000, spec=GenSpec.small(), seed=2, row_group_rows=4096)
+    return root
+
+
+def _train(root, *sets, run_dir=None, resume=False):
+    extra = [f"train.run_dir={json.dumps(str(run_dir))}"] if run_dir else []
+    cfg = load_config(None, [f"data.root={json.dumps(str(root))}", *sets, *extra])
+    return train_local(cfg, resume=resume)
+
+
+def _model(run_dir):
+    return restore_model(str(run_dir))[1]
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def full(data, tmp_path_factory):
+    """A finished 3-day LR run (every checkpoint kept) to copy, damage and resume."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    rep = _train(data, *LR, run_dir=run)
+    return run, rep
+
+
+def test_a_new_run_refuses_a_directory_that_holds_a_run_and_keeps_it(data, full, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full[0], run)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    with pytest.raises(CheckpointError, match=r"already holds a run \(3 checkpoint\(s\), report"):
+        _train(data, 'model.kind="fm"', run_dir=run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert (run / "report.json").exists()
+    # --overwrite starts over: the old checkpoints and report go, the new run's come
+    rep = _train(data, 'model.kind="fm"', "train.overwrite=true", run_dir=run)
+    assert rep["model"]["kind"] == "fm"
+    assert json.loads((run / "report.json").read_text())["model"]["kind"] == "fm"
+
+
+def test_resume_uses_the_directory_given_not_the_stored_one(data, full, tmp_path):
+    src, rep = full
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    shutil.rmtree(copy / "checkpoints" / "day=3")
+    (copy / "report.json").unlink()
+    stamp = {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+    assert main(["train", "--run-dir", str(copy), "--resume", "--in-process"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()} == stamp
+    assert (copy / "report.json").exists()
+    _same(_model(src), _model(copy))
+    # the stored config holds absolute paths: resuming from another directory finds the data
+    stored = json.loads((copy / "config.json").read_text())
+    assert stored["data"]["root"].startswith("/") and stored["train"]["run_dir"] == str(copy)
+
+
+def test_resume_applies_the_options_given_and_extends_a_run_by_days(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--data", str(data), "--model", "lr", "--run-dir", str(run), "--in-process"]
+    assert main([*base, "--train-days", "1..2", "--test-days", "4"]) == 0
+    # a named option on --resume is applied, not dropped: day 3 is trained on top
+    assert (
+        main(["train", "--run-dir", str(run), "--resume", "--in-process", "--train-days", "1..3"])
+        == 0
+    )
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["train"]["days"] == ["1", "2", "3"] and rep["test"]["days"] == ["4"]
+    # the days already trained cannot change under a checkpoint
+    capsys.readouterr()
+    code = main(
+        ["train", "--run-dir", str(run), "--resume", "--in-process", "--train-days", "2..3"]
+    )
+    assert code == 2
+    assert "was trained on (pass, day)" in capsys.readouterr().err
+    # --config has no meaning on resume (the stored config is the base)
+    code = main(["train", "--run-dir", str(run), "--resume", "--config", "x.toml", "--in-process"])
+    assert code == 2
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_the_replay_ends_identical(
+    data, full, tmp_path, caplog
+):
+    src, rep = full
+    for damage in ("truncate", "flip", "sha", "no_files", "no_manifest"):
+        run = tmp_path / damage
+        shutil.copytree(src, run)
+        (run / "report.json").unlink()
+        ck = run / "checkpoints" / "day=3"
+        shard = ck / "shard-00001.npz"
+        man = json.loads((ck / MANIFEST).read_text())
+        if damage == "truncate":
+            shard.write_bytes(shard.read_bytes()[:-100])
+        elif damage == "flip":
+            b = bytearray(shard.read_bytes())
+            b[len(b) // 2] ^= 0x40
+            shard.write_bytes(bytes(b))
+        elif damage == "sha":
+            man["files"]["shard-00000.npz"]["sha256"] = "0" * 64
+            (ck / MANIFEST).write_text(json.dumps(man))
+        elif damage == "no_files":
+            del man["files"]
+            (ck / MANIFEST).write_text(json.dumps(man))
+        else:
+            (ck / MANIFEST).unlink()
+        caplog.clear()
+        got = _train(data, *LR, run_dir=run, resume=True)
+        if damage != "no_manifest":  # without a manifest it never was a checkpoint
+            assert "skipped a damaged checkpoint" in caplog.text and "day=3" in caplog.text
+        assert [d["day"] for d in got["train"]["per_day"]] == ["1", "2", "3"]
+        assert got["test"]["auc"] == rep["test"]["auc"], damage
+        _same(_model(src), _model(run))
+
+
+def test_every_checkpoint_damaged_is_one_clear_error(full, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full[0], run)
+    for ck in (run / "checkpoints").iterdir():
+        (ck / "shard-00000.npz").write_bytes(b"not an npz")
+    with pytest.raises(CheckpointError, match=r"No checkpoint of .* verifies: .*--overwrite"):
+        load_newest_checkpoint(str(run))
+
+
+def test_a_manifest_cannot_point_outside_its_checkpoint_or_load_objects(full, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full[0], run)
+    ck = run / "checkpoints" / "day=1"
+    man = json.loads((ck / MANIFEST).read_text())
+    man["files"] = {"../../config.json": {"bytes": 1, "sha256": "x"}}
+    (ck / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(CheckpointError, match=r"'../../config.json'.*must be 'shard-NNNNN.npz'"):
+        load_checkpoint(str(ck))
+    # an object array needs pickle to load: refused as damage, nothing is executed
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, w=np.array([{"a": 1}], dtype=object))
+    raw = buf.getvalue()
+    ck2 = run / "checkpoints" / "day=2"
+    (ck2 / "shard-00000.npz").write_bytes(raw)
+    man2 = json.loads((ck2 / MANIFEST).read_text())
+    man2["files"]["shard-00000.npz"] = {
+        "bytes": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
+    (ck2 / MANIFEST).write_text(json.dumps(man2))
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        load_checkpoint(str(ck2))
+
+
+def test_retention_keeps_the_newest_and_the_best(data, tmp_path):
+    run = tmp_path / "run"
+    sets = (
+        'model.kind="lr"',
+        'data.train_days="1..2"',
+        'data.valid_days="3"',
+        "train.passes=4",
+        'train.early_stop="logloss"',
+        "train.patience=9",
+        "train.keep_checkpoints=2",
+        "ftrl.linear.alpha=3.0",  # large steps: later passes overfit, the best is early
+    )
+    rep = _train(data, *sets, run_dir=run)
+    left = sorted(p.name for p in (run / "checkpoints").iterdir())
+    best = rep["train"]["best_pass"]
+    want = {"pass=4.day=1", "pass=4.day=2"} | {"day=2" if best == 1 else f"pass={best}.day=2"}
+    assert set(left) == want, (left, best)
+
+
+@pytest.mark.parametrize(
+    "layout, match",
+    [
+        (("2", "02"), r"day=02 and day=2, two spellings of day 2"),
+        (("1", "2", "latest"), r"mixes numbered days with others: day=latest"),
+    ],
+)
+def test_day_partitions_that_would_train_the_wrong_rows_are_refused(data, tmp_path, layout, match):
+    root = tmp_path / "data"
+    for d in layout:
+        shutil.copytree(data / "day=1", root / f"day={d}")
+    with pytest.raises(DataError, match=match):
+        _train(root, 'model.kind="lr"', 'data.train_days="1"')
+
+
+def test_train_and_test_days_must_not_overlap(data):
+    with pytest.raises(DataError, match=r"'test_days' .* must not overlap the train days.*'3'"):
+        _train(data, 'model.kind="lr"', 'data.train_days="1..3"', 'data.test_days="3"')
+
+
+@pytest.mark.parametrize("flag", ["--shards", "--workers"])
+def test_zero_shards_or_workers_is_refused_not_replaced(data, flag, capsys):
+    code = main(["train", "--data", str(data), "--in-process", flag, "0"])
+    assert code == 2
+    assert "must be an int >= 1. Got 0" in capsys.readouterr().err
+
+
+def test_an_error_from_a_ray_actor_is_shown_as_its_one_line():
+    """Ray wraps an actor's exception in a class made from it whose text is the remote
+    traceback with colour codes; the user sees the psfm message alone."""
+    import ray.exceptions as rx
+
+    from psfm.errors import user_message
+
+    msg = "File 'f.parquet', row 100 (row group 0), column 'label': value 2.0 breaks the rule"
+    tb = "\x1b[36mray::WorkerRunner.run_unit()\x1b[39m\nTraceback ...\n  File 'worker.py'\n"
+    wrapped = rx.RayTaskError("run_unit", tb + msg, DataError(msg)).as_instanceof_cause()
+    assert isinstance(wrapped, DataError) and "File 'worker.py'" in str(wrapped) != msg
+    assert user_message(wrapped) == msg
+    plain = rx.RayTaskError("f", tb + "ValueError: boom", ValueError("boom")).as_instanceof_cause()
+    assert user_message(plain) == f"{type(plain).__name__}: ValueError: boom"
