@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from psfm.config import DataConfig
 from psfm.errors import DataError
-from psfm.hashing import BIAS_KEY, field_keys, numeric_field_key
+from psfm.hashing import BIAS_KEY, criteo_bucket, field_keys, numeric_field_key
 from psfm.models.loss import Loss, loss_by_name
 
 log = logging.getLogger(__name__)
@@ -226,11 +226,11 @@ def unique_inverse_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def log_bucket(x: np.ndarray) -> np.ndarray:
     """Criteo-style bucket of a numeric value: ``floor(x)`` for x <= 2, else
-    ``2^32 + floor(ln(x)^2)`` (offset so the two branches never collide)."""
+    ``2^32 + floor(ln(x)^2)`` (offset so the two branches never collide): the training key
+    space's form of :func:`psfm.hashing.criteo_bucket`."""
     x = np.asarray(x, dtype=np.float64)
-    big = x > 2
-    out = np.floor(np.where(big, np.square(np.log(np.where(big, x, 3.0))), x)).astype(np.int64)
-    return np.where(big, out + _LOG_OFFSET, out)
+    out = criteo_bucket(x)
+    return np.where(x > 2, out + _LOG_OFFSET, out)
 
 
 class _Bad:

@@ -31,6 +31,7 @@ __all__ = [
     "Cursor",
     "WorkUnit",
     "list_days",
+    "day_sort_key",
     "select_days",
     "split_days",
     "day_roles",
@@ -75,7 +76,7 @@ def _fs(root: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), posixpath.abspath(root) if "://" not in root else root
 
 
-def _day_sort_key(day: str) -> tuple[int, int | str]:
+def day_sort_key(day: str) -> tuple[int, int | str]:
     return (0, int(day)) if re.fullmatch(r"-?\d+", day) else (1, day)
 
 
@@ -99,7 +100,7 @@ def _check_days(root: str, days: list[str]) -> list[str]:
     """Sorted days; refused: numbered days mixed with others (a stray ``day=latest`` would
     become the test day) and two spellings of one number (``day=2`` and ``day=02`` would both
     be trained)."""
-    numbered = [d for d in days if _day_sort_key(d)[0] == 0]
+    numbered = [d for d in days if day_sort_key(d)[0] == 0]
     if numbered and len(numbered) < len(days):
         other = sorted(set(days) - set(numbered))
         raise DataError(
@@ -115,7 +116,7 @@ def _check_days(root: str, days: list[str]) -> list[str]:
                 f"{int(d)}: keep one partition per day."
             )
         seen[int(d)] = d
-    return sorted(days, key=_day_sort_key)
+    return sorted(days, key=day_sort_key)
 
 
 def _select(days: Sequence[str], spec: str, what: str) -> list[str]:

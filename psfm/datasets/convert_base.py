@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from psfm.data.parquet import _day_sort_key  # the reader's day order, for the summary
+from psfm.data.parquet import day_sort_key  # the reader's day order, for the summary
 from psfm.datasets.daywriter import DaySink, WriteOptions
 from psfm.datasets.textcheck import RowErrors
 from psfm.datasets.textin import BAD_ROWS_HINT, NeedSerial, TextStream
@@ -255,7 +255,7 @@ def finish(
         "skipped": sum(skipped.values()),
         "skipped_by_rule": dict(skipped),
         "lines": sum(r.lines for r in results),
-        "days": {d: rows[d] for d in sorted(rows, key=_day_sort_key)},
+        "days": {d: rows[d] for d in sorted(rows, key=day_sort_key)},
         "files": sorted(files),
         "seconds": seconds,
         "rows_per_s": total / seconds if seconds > 0 else 0.0,
