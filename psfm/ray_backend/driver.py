@@ -33,8 +33,10 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from psfm.checkpoint import write_manifest
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, split_tail
+from psfm.errors import PsfmError
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
+from psfm.ray_backend.placement import check_placement
 from psfm.runloop import OnUnit, UnitReport, run
 
 __all__ = ["train_ray", "connect", "RayBackend", "RayCluster", "LOCAL_SYSTEM_CONFIG", "ACTOR_ENV"]
@@ -61,7 +63,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:  # a job's runtime env (working_dir, env vars) comes from the job itself
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as e:
+            raise PsfmError(
+                f"Cannot reach the Ray cluster at {address!r} (--address / RAY_ADDRESS): {e}. "
+                "Check that its head is running ('ray status') and the address is its GCS "
+                "address (host:port)."
+            ) from e
     else:
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
@@ -93,6 +102,9 @@ class RayCluster:
             worker_opts["resources"] = {"psfm_worker": 0.01}
         if cfg.train.device == "cuda" or (cfg.train.device == "auto" and res.get("GPU", 0) > 0):
             worker_opts["num_gpus"] = 1
+        # fail in seconds, not wait forever, when the actors cannot all be placed
+        alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        check_placement(cfg, alive, float(worker_opts.get("num_gpus", 0)))
         n, k = cfg.ps.shards, cfg.train.workers
         # Named (psfm-RUN-shard-i / -worker-w) so operators and tests can find them.
         self.run_id = uuid.uuid4().hex[:8]

@@ -1,0 +1,42 @@
+"""The placement check that turns "waits forever for resources" into a one-line error before any
+actor is created (pure: nodes' resources as Ray reports them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from psfm.config import load_config
+from psfm.errors import ConfigError
+from psfm.ray_backend.placement import check_placement
+
+
+def _cfg(*sets):
+    return load_config(None, ["ps.shards=2", "train.workers=2", *sets])
+
+
+def test_two_shards_and_two_workers_do_not_fit_a_2_cpu_head():
+    with pytest.raises(ConfigError) as e:
+        check_placement(_cfg(), [{"CPU": 2.0}], 0.0)
+    msg = str(e.value)
+    assert "1 node(s), 2 CPUs" in msg and "need 4 CPUs in all" in msg
+    assert "--set ray.shard_cpus=0.5" in msg and "\n" not in msg
+
+
+def test_what_fits_passes():
+    check_placement(_cfg(), [{"CPU": 4.0}], 0.0)
+    check_placement(_cfg("ray.shard_cpus=0.5", "ray.worker_cpus=0.5"), [{"CPU": 2.0}], 0.0)
+    check_placement(_cfg(), [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 2.0}], 0.0)
+
+
+def test_packing_per_node_is_checked_not_only_the_sum():
+    # 4 CPUs in all, but no node holds a 2-CPU actor
+    with pytest.raises(ConfigError, match="on any one node, as packed"):
+        check_placement(_cfg("ray.worker_cpus=2", "ray.shard_cpus=0"), [{"CPU": 1.0}] * 4, 0.0)
+
+
+def test_cuda_workers_on_a_cluster_without_gpus_are_refused():
+    with pytest.raises(ConfigError, match=r"train.device = 'cuda' asks 2 GPU\(s\) .* has 0"):
+        check_placement(_cfg('train.device="cuda"'), [{"CPU": 8.0}], 1.0)
+    check_placement(_cfg('train.device="cuda"'), [{"CPU": 8.0, "GPU": 2.0}], 1.0)
+    with pytest.raises(ConfigError, match="on any one node"):  # GPUs on a node without CPUs left
+        check_placement(_cfg('train.device="cuda"'), [{"CPU": 4.0}, {"CPU": 0.0, "GPU": 2.0}], 1.0)
