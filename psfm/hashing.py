@@ -21,8 +21,11 @@ string array).
 
 Worked example::
 
-    >>> field_keys("C1", np.array([7, 7, 3]))      # equal values, equal keys
-    array([k7, k7, k3], dtype=uint64)
+    >>> k = field_keys("C1", np.array([7, 7, 3]))   # equal values, equal keys
+    >>> bool(k[0] == k[1]), bool(k[0] == k[2]), k.dtype.name
+    (True, False, 'uint64')
+    >>> bool(field_keys("C2", np.array([7]))[0] == k[0])   # the column is part of the key
+    False
 """
 
 from __future__ import annotations

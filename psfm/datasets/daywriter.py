@@ -19,10 +19,10 @@ what :mod:`psfm.data.parquet` reads:
 
 Example::
 
-    >>> w = DayWriter(day_dir(root, 3), "part", WriteOptions(row_group_rows=4, rows_per_file=10))
-    >>> w.add(table_of_25_rows)
-    >>> [p.name for p in w.close()]  # row groups 4+4+2, 4+4+2, 4+1
-    ['part-00000.parquet', 'part-00001.parquet', 'part-00002.parquet']
+    w = DayWriter(day_dir(root, 3), "part", WriteOptions(row_group_rows=4, rows_per_file=10))
+    w.add(table_of_25_rows)
+    [p.name for p in w.close()]  # row groups 4+4+2, 4+4+2, 4+1
+    # -> ['part-00000.parquet', 'part-00001.parquet', 'part-00002.parquet']
 """
 
 from __future__ import annotations

@@ -118,6 +118,13 @@ def ftrl_update(
     see the module docstring), else by ``g^2``. All arrays share one shape; the update is
     elementwise, so the result for a coordinate does not depend on which other coordinates are
     updated with it.
+
+    >>> p = FtrlParams(alpha=0.1, beta=1.0, l1=1.0, l2=1.0)
+    >>> z, n = ftrl_update(np.zeros(2), np.zeros(2), np.array([-3.0, 0.5]), p)
+    >>> z.tolist(), n.tolist()          # w was 0: z is the gradient, n its square
+    ([-3.0, 0.5], [9.0, 0.25])
+    >>> ftrl_weight(z, n, p).round(4).tolist()   # 2 / 41; |z| <= l1 keeps the second at 0
+    [0.0488, 0.0]
     """
     sqrt_n = np.sqrt(n)
     w = _weight(z, sqrt_n, p)
