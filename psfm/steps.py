@@ -7,8 +7,8 @@ steps, and the larger the batch the more it needs. Measured against the per-samp
 "Defaults"): on 20k- and 100k-row logs, batches of 64 (300-1500 steps) come within 0.002 and
 batches of 1024 (20-100 steps) fall 0.01-0.06 short; on 1M-row logs, 1024 (977 steps) is within
 0.003 and 4096 (244 steps) 0.008 short on a 10-field log and 0.04 on a 39-field Zipf log. Large
-batches are what makes psfm fast (every batch pays a pull and a push per shard: FM(8) steps at
-176k samples/s in batches of 1024 against 410k in batches of 4096, BENCHMARKS.md).
+batches are what makes psfm fast: every batch pays a pull and a push per shard (BENCHMARKS.md,
+"the training step at batch sizes 1k..64k").
 
 ``data.batch_size = 0`` (the default) therefore picks the largest power of two with at least
 :data:`AUTO_MIN_STEPS` steps per pass, between :data:`AUTO_MIN_BATCH` and

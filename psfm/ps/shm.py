@@ -1,12 +1,10 @@
 """Shared-memory message files between a worker and a shard on the same node (no Ray here).
 
 A Ray actor call copies its arguments and its result through the task RPC or the object store.
-For a worker's push + pull of a 4096-row FM(8) batch against one shard (1.2 MB out, about 1 MB
-back) the call costs 12.3 ms of CPU in all on the benchmark machine, of which the shard's own
-work is 5.6 ms and a call carrying a few bytes 1.2 ms (``psfm bench``, "Worker-shard message
-cost"). So when a worker and a shard share a node, the worker writes each message into a file
-that both processes have mapped, and the actor call carries only its place (9.3 ms in all, half
-of the worker's CPU per call)::
+A worker's push + pull of a batch against one shard is about a megabyte each way, and the copy
+costs the caller more CPU than the shard's own work (``psfm bench``, BENCHMARKS.md: "Worker-shard
+message cost"). So when a worker and a shard share a node, the worker writes each message into a
+file that both processes have mapped, and the actor call carries only its place::
 
     worker: pack(request) -> slot i              shard.shm_call(name, op, i, length)
     shard:  unpack(slot i) (views), apply it, pack(answer) -> slot i after the request,
