@@ -1,6 +1,7 @@
 """Ray job entry point: score days with a run's latest checkpoint.
 
-ray job submit --working-dir . -- python jobs/evaluate.py --run-dir RUN_DIR --days 8
+ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
+    python jobs/evaluate.py --run-dir RUN_DIR --days 8
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Ray job entry point: train on the configured days, evaluate the test days, write the report.
 
-    ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/rafm.toml \
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
+        python jobs/train.py --config jobs/configs/rafm.toml \
         --set data.root=s3://bucket/ctr --set train.run_dir=s3://bucket/runs/rafm
+
+(``cluster/runtime_env.yaml`` keeps local data, runs, models and checkpoints out of the upload.)
 
 Inside a Ray job ``RAY_ADDRESS`` is set, so the driver joins the job's cluster.
 """

@@ -44,6 +44,7 @@ __all__ = [
     "load_newest_checkpoint",
     "prune_checkpoints",
     "list_checkpoints",
+    "read_manifest",
     "MANIFEST",
 ]
 
@@ -261,3 +262,15 @@ def latest_checkpoint(run_dir: str) -> str | None:
             f"checkpoint, which has no readable manifest: {e}"
         ) from e
     return best
+
+
+def read_manifest(ckpt_dir: str) -> dict[str, Any]:
+    """A checkpoint's manifest alone (no shard file is read), or a CheckpointError naming
+    the folder."""
+    try:
+        manifest = json.loads(read_bytes(posixpath.join(str(ckpt_dir), MANIFEST)))
+    except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"Checkpoint '{ckpt_dir}' has no readable manifest: {e}") from e
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"Checkpoint '{ckpt_dir}' has a manifest that is not an object.")
+    return manifest

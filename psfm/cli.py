@@ -73,6 +73,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         help="start over in a --run-dir that holds a run (deletes its checkpoints)",
     )
     p.add_argument(
+        "--init-from",
+        metavar="RUN_DIR|MODEL.parquet",
+        help="warm start: begin from another run's model checkpoint or an exported model "
+        "instead of empty shards (train.init_from)",
+    )
+    p.add_argument(
         "--address",
         help="Ray cluster to join ('auto', host:port); default: "
         "RAY_ADDRESS, else a local Ray started by psfm",
@@ -156,6 +162,8 @@ def _option_sets(args: argparse.Namespace) -> list[str]:
         sets.append(f"data.batch_size={args.batch_size}")
     if getattr(args, "overwrite", False):
         sets.append("train.overwrite=true")
+    if getattr(args, "init_from", None):
+        sets.append(f"train.init_from={json.dumps(args.init_from)}")
     return sets
 
 
@@ -263,35 +271,58 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+_PREDICT_COLUMNS = ("day", "file", "row", "prediction", "label", "coverage")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from psfm.data.parquet import list_days, select_days
+    from psfm.errors import DataError
     from psfm.export import Predictor
     from psfm.metrics import MetricAccumulator
 
+    keep = list(dict.fromkeys(args.keep or []))
+    clash = [c for c in keep if c in _PREDICT_COLUMNS]
+    if clash:
+        raise PsfmError(
+            f"--keep {', '.join(clash)}: the output already has a column of that name "
+            f"(it has {', '.join(_PREDICT_COLUMNS)})."
+        )
     pred = Predictor(args.model)
     days = select_days(list_days(args.data), args.days) if args.days else None
     acc = MetricAccumulator()
     writer = None
     n = 0
-    for day, file, rows, probs, labels in pred.iter_scores(args.data, days):
+    for s in pred.iter_batches(args.data, days, keep=keep):
+        cols = {c: s.kept.column(c) for c in keep} if s.kept is not None else {}
         t = pa.table(
             {
-                "day": pa.array([day] * rows.size),
-                "file": pa.array([file] * rows.size),
-                "row": pa.array(rows),
-                "prediction": pa.array(probs.astype(np.float64)),
-                "label": pa.array(labels),
+                **cols,
+                "day": pa.repeat(s.day, s.rows.size),
+                "file": pa.repeat(s.file, s.rows.size),
+                "row": pa.array(s.rows),
+                "prediction": pa.array(s.probs.astype(np.float64)),
+                "label": pa.array(s.labels),
+                "coverage": pa.array(s.coverage),
             }
         )
-        writer = writer or pq.ParquetWriter(args.out, t.schema)
+        if writer is None:
+            writer = pq.ParquetWriter(args.out, t.schema)
+        elif t.schema != writer.schema:
+            try:
+                t = t.cast(writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+                raise DataError(
+                    f"File '{s.file}': the --keep columns have types {t.schema} there, "
+                    f"{writer.schema} in the first file scored: {e}"
+                ) from e
         writer.write_table(t)
         if pred.loss.classification:  # AUC and logloss; regression metrics are still to come
-            acc.update(labels, probs)
-        n += rows.size
+            acc.update(s.labels, s.probs)
+        n += s.rows.size
     if writer:
         writer.close()
     r = acc.result()
@@ -325,8 +356,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from psfm import __version__
+
     ap = argparse.ArgumentParser(prog="psfm", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("--version", action="version", version=f"psfm {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("quickstart", help="generate a small log, train RaFM, print the report")
@@ -372,6 +406,10 @@ def _parser() -> argparse.ArgumentParser:
     _convert.add_cli(sub)  # psfm convert criteo|avazu|libfm INPUT... --out DIR
     _stats.add_cli(sub)  # psfm stats --data DIR [--days SPEC] [--plot FILE]
 
+    from psfm import study as _study  # registers only; the runs import their modules lazily
+
+    _study.add_cli(sub)  # psfm study --config STUDY.toml --out DIR | psfm study report DIR
+
     p = sub.add_parser(
         "bench",
         help="run the benchmark suite (benchmarks/bench.py of a source checkout)",
@@ -379,11 +417,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=lambda a: _cmd_bench([]))  # main() hands it the raw arguments
 
-    p = sub.add_parser("predict", help="score Parquet logs with an exported model (no Ray)")
+    p = sub.add_parser(
+        "predict",
+        help="score Parquet logs with an exported model (no Ray)",
+        description="Writes, per input row: the --keep columns, day, file, row, prediction, "
+        "label and coverage (the fraction of the row's feature keys the model has). Data of "
+        "another layout or feature schema than the model's is refused.",
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--days", help="day SPEC (default: every day)")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--keep",
+        nargs="+",
+        metavar="COL",
+        help="input columns copied into the output (e.g. ids to join the predictions on)",
+    )
     p.set_defaults(func=_cmd_predict)
     return ap
 

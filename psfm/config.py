@@ -293,7 +293,20 @@ class TrainConfig:
     refuses a run directory that already holds a run unless ``overwrite`` (``--overwrite``),
     which deletes its checkpoints first. ``keep_checkpoints``: how many of the newest
     checkpoints are kept (0 = all); the best pass's checkpoint under early stopping is always
-    kept too."""
+    kept too.
+
+    ``init_from`` (``""`` = none): a warm start, the daily incremental loop (alphaFM ``-im``,
+    VW ``-i``). A new run whose run directory has no checkpoint of its own starts from
+    another run's state instead of empty shards: ``RUN_DIR``, that run's model checkpoint
+    (the full FTRL state; re-split by key when ``ps.shards`` differs), or ``MODEL.parquet``
+    from ``psfm export`` (weights only: ``n = 0`` and ``z`` such that the first pull returns
+    the exported weights under this run's FTRL parameters). The model kind, ranks and loss,
+    ``levels.policy`` and the feature schema (layout, feature columns, value kinds) must be
+    the source's; anything else (FTRL rates, shard count, days) may change. Static levels
+    count this run's training days in the statistics pass: a known key keeps its level or
+    rises to the level of its new count, new keys are admitted and levelled by the new
+    counts; online levels continue from the stored counts. A resumed run (``--resume``) or a
+    replayed day restores this run's own checkpoints and never reads ``init_from`` again."""
 
     workers: int = 1
     device: str = "cpu"
@@ -307,10 +320,13 @@ class TrainConfig:
     patience: int = 1
     overwrite: bool = False
     keep_checkpoints: int = 3
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or self.workers < 1:
             _fail("TrainConfig", "workers", "an int >= 1", self.workers)
+        if not isinstance(self.init_from, str):
+            _fail("TrainConfig", "init_from", "a path (str)", self.init_from)
         for name in ("passes", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -5,15 +5,17 @@ trains and scores work units (DESIGN §7, §8, §10).
 Schedule: resolve the days (train, validation, test) and the run directory; start the
 backend; restore the most recent complete checkpoint (``--resume``, or a replayed day) or run
 the statistics pass when the levels need counts (once, before pass 1, checkpointed as
-``day=stats``); then the ``train.passes`` passes of :mod:`psfm.passes`, per training day: the
-day's work units (``data.rows_per_unit``; shuffled after pass 1), trained with progressive
-validation (on the first day of pass 1, the first ``ps.warmup_units`` units by one worker
-alone), shards end the day, optionally the next day is scored (``train.eval_next_day``); at a
-pass's last day the validation days are scored and early stopping decides; a checkpoint is
-written and a ``train_day`` (and ``valid``) line goes to ``metrics.jsonl``. When early
-stopping kept an earlier pass as the best, that pass's end-of-pass checkpoint (or, without a
-run directory, its in-memory snapshot) is restored; then a predict-only pass over the test
-days, a ``test`` line and ``report.json`` (:mod:`psfm.rundir`).
+``day=stats``), or, for a warm start (``train.init_from``) without a checkpoint of its own,
+load the source's state (below); then the ``train.passes`` passes of :mod:`psfm.passes`, per
+training day: the day's work units (``data.rows_per_unit``; shuffled after pass 1), trained
+with progressive validation (on the first day of pass 1, the first ``ps.warmup_units`` units by
+one worker alone), shards end the day, optionally the next day is scored
+(``train.eval_next_day``); at a pass's last day the validation days are scored and early
+stopping decides; a checkpoint is written and a ``train_day`` (and ``valid``) line goes to
+``metrics.jsonl``. When early stopping kept an earlier pass as the best, that pass's
+end-of-pass checkpoint (or, without a run directory, its in-memory snapshot) is restored; then
+a predict-only pass over the test days, a ``test`` line and ``report.json``
+(:mod:`psfm.rundir`).
 
 Why one loop over a backend: the in-process trainer and the Ray driver used to hold a copy
 each, and the copies drifted (work units, metrics lines, retries). A backend only moves units
@@ -25,6 +27,21 @@ A failed day goes to a :class:`FailurePolicy`: a lost shard or worker (which onl
 can recognise) is retried a bounded number of times per day, by starting the backend afresh,
 restoring the last complete checkpoint and replaying the day, so each row is applied once in
 the final model (DESIGN §8); anything else (bad input, a bug) fails the run at once.
+
+A warm start is checked against its source before the run directory is touched or a backend
+starts (:func:`psfm.rundir.check_init_config`). It then restores the source's state
+(:func:`psfm.rundir.load_init_states`); when the levels need a statistics pass, the pass
+counts this run's training days on empty shards and its keys are folded into the source's
+state (:func:`psfm.ps.snapshot.resplit`: known keys keep their state and rise to the level of
+their new count, new keys come in as counted). The state is checkpointed as ``day=init``, so a
+replayed first day or a resumed run never reads the source again. Shards continue the source's
+day count (``day_base``, in every manifest), so eviction by ``levels.ttl_days`` sees the days
+since a key was last seen across the two runs; no warm-up unit is trained alone (the model is
+not empty). A run on days 1..3 and a run on days 1..2 followed by a warm start on day 3 train
+the same model bit for bit when nothing in between depends on the days a run sees: a fixed
+``data.batch_size`` and FTRL rates (the automatic ones follow the size of a pass), and
+no statistics pass (static RaFM/DiFacto levels, or static admission, count the training days
+of their own run).
 """
 
 from __future__ import annotations
@@ -48,7 +65,7 @@ from psfm.checkpoint import (
 )
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, day_roles, list_days, work_units
-from psfm.errors import CheckpointError
+from psfm.errors import CheckpointError, ConfigError
 from psfm.failure import MAX_RETRIES_PER_DAY, Decision, FailurePolicy
 from psfm.passes import (
     EarlyStopping,
@@ -59,14 +76,19 @@ from psfm.passes import (
     schedule,
     valid_record,
 )
+from psfm.ps.snapshot import resplit
 from psfm.rundir import (
+    InitSource,
     RunDir,
     build_report,
+    check_init_config,
     check_resume_config,
     day_record,
+    load_init_states,
     load_run_config,
     model_report,
     next_day_record,
+    open_init,
 )
 from psfm.scoring import EXACT_AUC_MAX_ROWS, Tally, evaluate_days, test_metrics
 from psfm.steps import auto_batch_size, resolve_ftrl, steps_warning
@@ -152,6 +174,18 @@ class _Run:
         self.run = RunDir(run_dir) if run_dir else None
         if resume and (self.run is None or resume_checkpoint(self.run.path) is None):
             raise CheckpointError(f"--resume: no complete checkpoint in '{run_dir}'.")
+        self.day_base = 0  # the day index the shards had reached before this run's first day
+        self.warm_from = ""  # the warm start's source, once started from it (no warm-up unit)
+        self.init: InitSource | None = None
+        init_from = self.cfg.train.init_from
+        if init_from and not resume:
+            if run_dir and init_from.rstrip("/") == run_dir.rstrip("/"):
+                raise ConfigError(
+                    f"train.init_from is this run's own directory '{run_dir}', which a new run "
+                    "starts over; continue that run with --resume instead."
+                )
+            self.init = open_init(init_from)
+            check_init_config(self.cfg, self.schema, self.init)
         if self.run:
             if resume:
                 self.run.keep_metrics()
@@ -179,12 +213,20 @@ class _Run:
         (``data.batch_size = 0``: :func:`psfm.steps.auto_batch_size` of one pass)."""
         from psfm.data.batch import resolve_layout
         from psfm.data.parquet import day_files
+        from psfm.export import schema_record
 
         days = self.train_days + self.test_days
-        data = resolve_layout(cfg.data, day_files(self.root, days[0])[0]) if days else cfg.data
+        first = day_files(self.root, days[0])[0] if days else ""
+        data = resolve_layout(cfg.data, first) if days else cfg.data
+        # the features as keys are made of them: in every manifest, in the exported model
+        self.schema = schema_record(data, first) if days else None
         # stored absolute: a resumed run, a Ray worker elsewhere read the same folders
         data = dataclasses.replace(data, root=_absolute(data.root))
-        train = dataclasses.replace(cfg.train, run_dir=_absolute(cfg.train.run_dir))
+        train = dataclasses.replace(
+            cfg.train,
+            run_dir=_absolute(cfg.train.run_dir),
+            init_from=_absolute(cfg.train.init_from),
+        )
         cfg = dataclasses.replace(cfg, train=train)
         rows = sum(u.rows for d in self.train_days for u in self._units_of(d))
         if data.batch_size == 0:
@@ -258,10 +300,14 @@ class _Run:
         where the schedule stands."""
         found = load_newest_checkpoint(self.run.path) if self.run else None
         if found is None:
+            if self.init is not None:
+                return self._warm_start(backend, self.init)
             if needs_stats_pass(self.cfg):
                 self._stats_pass(backend)
             return _Progress()
         ckpt, states, manifest = found
+        self.day_base = int(manifest.get("day_base", 0))
+        self.warm_from = str(manifest.get("init_from") or "")
         check_resume_config(self.cfg, manifest.get("config", {}), ckpt)
         self._check_schedule(ckpt, manifest)
         if len(states) != self.cfg.ps.shards:
@@ -287,6 +333,41 @@ class _Run:
         )
         return prog
 
+    def _meta(self, **meta: Any) -> dict[str, Any]:
+        """A checkpoint's manifest fields: ``meta`` and what every checkpoint of the run
+        carries (config, feature schema, the warm start's day base and source)."""
+        out = {**meta, "config": to_dict(self.cfg), "day_base": self.day_base}
+        if self.schema is not None:
+            out["schema"] = self.schema
+        if self.warm_from:
+            out["init_from"] = self.warm_from
+        return out
+
+    def _warm_start(self, backend: Backend, init: InitSource) -> _Progress:
+        """Put the warm start's source state on the empty shards (with this run's statistics
+        pass folded in when the levels need one) and checkpoint it as ``day=init``."""
+        t0 = time.perf_counter()
+        states, self.day_base = load_init_states(self.cfg, init)
+        self.warm_from = init.path
+        keys = sum(int(st["table.keys"].size) for st in states)
+        if needs_stats_pass(self.cfg):
+            self._stats_pass(backend, checkpoint=False)
+            counted = backend.snapshot()
+            states = resplit([*states, *counted], self.cfg.ps.shards, tied=self.cfg.model.tied)
+        backend.restore(states)
+        log.info(
+            "warm start from %s: %d keys%s, day index %d, in %.1fs",
+            init.checkpoint or init.path,
+            keys,
+            " (weights only: n = 0)" if not init.checkpoint else "",
+            self.day_base,
+            time.perf_counter() - t0,
+        )
+        if self.run:  # a replayed first day or a resumed run starts here, not from the source
+            meta = self._meta(day=None, day_index=-1, per_day=[])
+            backend.checkpoint(self.run.checkpoint_dir("day=init"), meta)
+        return _Progress()
+
     def _check_schedule(self, ckpt: str, manifest: dict[str, Any]) -> None:
         """A resumed run continues the schedule the checkpoint was trained on: the steps done
         must be the first steps of this run's schedule. Adding days after the last one (one
@@ -302,7 +383,7 @@ class _Run:
                 "to extend a one-pass run, add days after its last one."
             )
 
-    def _stats_pass(self, backend: Backend) -> None:
+    def _stats_pass(self, backend: Backend, checkpoint: bool = True) -> None:
         """Count every training day once, before pass 1: counts are occurrences in the log,
         whatever the number of passes."""
         t0 = time.perf_counter()
@@ -316,10 +397,10 @@ class _Run:
             info["not_admitted"],
             time.perf_counter() - t0,
         )
-        if self.run:  # so that a crash during day 1 resumes without a second counting pass
+        if self.run and checkpoint:  # a crash during day 1 resumes without a second count
             backend.checkpoint(
                 self.run.checkpoint_dir("day=stats"),
-                {"day": None, "day_index": -1, "per_day": [], "config": to_dict(self.cfg)},
+                self._meta(day=None, day_index=-1, per_day=[]),
             )
 
     def _train(self, backend: Backend, prog: _Progress) -> _Progress:
@@ -361,15 +442,14 @@ class _Run:
         if step.last and self.valid_days:
             nxt = self._validate(backend, step, nxt)
         if self.run:
-            meta: dict[str, Any] = {
-                "day": step.day,
-                "pass": step.pass_no,
-                "day_index": step.seq,
-                "per_day": nxt.per_day,
-                "valid": nxt.valid,
-                "stopped": nxt.stopped,
-                "config": to_dict(self.cfg),
-            }
+            meta = self._meta(
+                day=step.day,
+                day_index=step.seq,
+                per_day=nxt.per_day,
+                valid=nxt.valid,
+                stopped=nxt.stopped,
+            )
+            meta["pass"] = step.pass_no
             if self.stopper and nxt.valid:  # the run's model for export / evaluate
                 meta["best_checkpoint"] = self._best_name(nxt.valid)
             backend.checkpoint(self.run.checkpoint_dir(checkpoint_name(step)), meta)
@@ -391,7 +471,8 @@ class _Run:
             what, sum(u.rows for u in units), self.cfg.train.log_every_s, show_metrics=True
         )
         t0 = time.perf_counter()
-        backend.train(units, self.cfg.ps.warmup_units if step.seq == 0 else 0, tally.add)
+        warmup = self.cfg.ps.warmup_units if step.seq == 0 and not self.warm_from else 0
+        backend.train(units, warmup, tally.add)
         rec = day_record(
             day,
             step.pass_no,
@@ -401,7 +482,7 @@ class _Run:
             tally.acc,
             time.perf_counter() - t0,
         )
-        backend.end_day(step.seq + 1)
+        backend.end_day(self.day_base + step.seq + 1)
         k = self.all_days.index(day) + 1
         if self.cfg.train.eval_next_day and k < len(self.all_days):
             nxt = self.all_days[k]

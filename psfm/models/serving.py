@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from psfm.hashing import BIAS_KEY
 from psfm.models.layout import FactorLayout
 from psfm.models.loss import Loss
 
@@ -103,10 +104,12 @@ class ServingModel:
         occ_uniq: np.ndarray,
         occ_value: np.ndarray,
         n_rows: int,
+        idx: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(logits, RaFM-low logits) of a batch of ``n_rows`` samples whose occurrences are
-        ``occ_*`` over its distinct keys ``uniq`` (:class:`psfm.data.batch.Batch`'s arrays)."""
-        idx = self.lookup(uniq)
+        ``occ_*`` over its distinct keys ``uniq`` (:class:`psfm.data.batch.Batch`'s arrays);
+        ``idx``: :meth:`lookup` of ``uniq`` when the caller has it."""
+        idx = self.lookup(uniq) if idx is None else idx
         ok = idx >= 0
         w = np.where(ok, self.w[idx], 0.0)
         level = np.where(ok, self.level[idx], 0)
@@ -122,7 +125,23 @@ class ServingModel:
         occ_uniq: np.ndarray,
         occ_value: np.ndarray,
         n_rows: int,
+        idx: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(predictions, RaFM-low predictions): the loss's link of :meth:`logits`."""
-        logit, low = self.logits(uniq, occ_sample, occ_uniq, occ_value, n_rows)
+        logit, low = self.logits(uniq, occ_sample, occ_uniq, occ_value, n_rows, idx)
         return self.loss.link(logit), self.loss.link(low)
+
+    @staticmethod
+    def coverage(
+        idx: np.ndarray, uniq: np.ndarray, occ_sample: np.ndarray, occ_uniq: np.ndarray, n_rows: int
+    ) -> np.ndarray:
+        """Per row, the fraction of its feature occurrences (the bias left out) whose key the
+        model has (``idx``: :meth:`lookup` of ``uniq``); 1.0 for a row without features.
+        Keys the export dropped (all parameters zero) count as unknown: they score zero
+        either way."""
+        feat = uniq != BIAS_KEY
+        total = np.bincount(occ_sample, weights=feat[occ_uniq], minlength=n_rows)
+        hit = np.bincount(occ_sample, weights=(feat & (idx >= 0))[occ_uniq], minlength=n_rows)
+        out = np.ones(n_rows)
+        np.divide(hit, total, out=out, where=total > 0)
+        return out
