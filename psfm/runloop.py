@@ -27,21 +27,6 @@ A failed day goes to a :class:`FailurePolicy`: a lost shard or worker (which onl
 can recognise) is retried a bounded number of times per day, by starting the backend afresh,
 restoring the last complete checkpoint and replaying the day, so each row is applied once in
 the final model (DESIGN §8); anything else (bad input, a bug) fails the run at once.
-
-A warm start is checked against its source before the run directory is touched or a backend
-starts (:func:`psfm.rundir.check_init_config`). It then restores the source's state
-(:func:`psfm.rundir.load_init_states`); when the levels need a statistics pass, the pass
-counts this run's training days on empty shards and its keys are folded into the source's
-state (:func:`psfm.ps.snapshot.resplit`: known keys keep their state and rise to the level of
-their new count, new keys come in as counted). The state is checkpointed as ``day=init``, so a
-replayed first day or a resumed run never reads the source again. Shards continue the source's
-day count (``day_base``, in every manifest), so eviction by ``levels.ttl_days`` sees the days
-since a key was last seen across the two runs; no warm-up unit is trained alone (the model is
-not empty). A run on days 1..3 and a run on days 1..2 followed by a warm start on day 3 train
-the same model bit for bit when nothing in between depends on the days a run sees: a fixed
-``data.batch_size`` and FTRL rates (the automatic ones follow the size of a pass), and
-no statistics pass (static RaFM/DiFacto levels, or static admission, count the training days
-of their own run).
 """
 
 from __future__ import annotations
@@ -78,20 +63,17 @@ from psfm.passes import (
 )
 from psfm.ps.snapshot import resplit
 from psfm.rundir import (
-    InitSource,
     RunDir,
     build_report,
-    check_init_config,
     check_resume_config,
     day_record,
-    load_init_states,
     load_run_config,
     model_report,
     next_day_record,
-    open_init,
 )
 from psfm.scoring import EXACT_AUC_MAX_ROWS, Tally, evaluate_days, test_metrics
 from psfm.steps import auto_batch_size, resolve_ftrl, steps_warning
+from psfm.warmstart import InitSource, check_init_config, load_init_states, open_init
 
 __all__ = [
     "run",

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("worker and serving", ("psfm.worker", "psfm.export")),
     ("offline tooling", ("psfm.datasets",)),
     ("run loop", ("psfm.backend", "psfm.failure", "psfm.scoring", "psfm.passes", "psfm.rundir")),
-    ("run loop", ("psfm.runloop", "psfm.local_backend", "psfm.trainer")),
+    ("run loop", ("psfm.warmstart", "psfm.runloop", "psfm.local_backend", "psfm.trainer")),
     ("Ray backend", ("psfm.ray_backend",)),
     ("entry points", ("psfm.cli", "psfm", "psfm.study")),
 ]
