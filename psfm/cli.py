@@ -13,7 +13,6 @@ from typing import Any
 
 from psfm.config import Config, apply_overrides, config_from_dict, load_config, to_dict
 from psfm.errors import PsfmError, user_message
-from psfm.rundir import summary
 
 __all__ = ["main", "build_config", "summary"]
 
@@ -165,6 +164,14 @@ def _option_sets(args: argparse.Namespace) -> list[str]:
     if getattr(args, "init_from", None):
         sets.append(f"train.init_from={json.dumps(args.init_from)}")
     return sets
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The human summary of a report (:func:`psfm.rundir.summary`; imported when used, so
+    that ``psfm --help`` stays light)."""
+    from psfm.rundir import summary as _summary
+
+    return _summary(report)
 
 
 def run_training(cfg: Config, resume: bool, address: str | None, in_process: bool) -> dict:
@@ -355,7 +362,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; the offline tools' options (convert, stats) are registered only when that
+    command runs, so ``psfm --help`` and the other commands do not import them."""
     from psfm import __version__
 
     ap = argparse.ArgumentParser(prog="psfm", description=__doc__)
@@ -400,11 +409,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export)
 
-    from psfm.datasets import convert as _convert
-    from psfm.datasets import stats as _stats
+    if command == "convert":
+        from psfm.datasets import convert as _convert
 
-    _convert.add_cli(sub)  # psfm convert criteo|avazu|libfm INPUT... --out DIR
-    _stats.add_cli(sub)  # psfm stats --data DIR [--days SPEC] [--plot FILE]
+        _convert.add_cli(sub)  # psfm convert criteo|avazu|libfm INPUT... --out DIR
+    else:
+        sub.add_parser(
+            "convert", help="convert Criteo / Avazu / libFM text logs into day-partitioned Parquet"
+        )
+    if command == "stats":
+        from psfm.datasets import stats as _stats
+
+        _stats.add_cli(sub)  # psfm stats --data DIR [--days SPEC] [--plot FILE]
+    else:
+        sub.add_parser(
+            "stats", help="feature counts, log2 histogram, RaFM levels and model sizes of a log"
+        )
 
     from psfm import study as _study  # registers only; the runs import their modules lazily
 
@@ -464,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         except PsfmError as e:
             print(f"psfm: error: {user_message(e)}", file=sys.stderr)
             return 2
-    args = _parser().parse_args(argv)
+    args = _parser(argv[0] if argv else None).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

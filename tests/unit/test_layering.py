@@ -144,3 +144,13 @@ def test_the_public_names_still_resolve():
     assert callable(psfm.train_local) and psfm.ParameterShard.__name__ == "ParameterShard"
     with pytest.raises(AttributeError):
         psfm.no_such_name  # noqa: B018
+
+
+def test_the_top_level_help_does_not_import_the_offline_tools():
+    code = (
+        "import sys; from psfm.cli import _parser; _parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'ray', 'psfm.datasets.convert', 'psfm.rundir') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
