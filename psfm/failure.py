@@ -45,11 +45,11 @@ class FailurePolicy:
         reason = self.lost(error)
         if reason is None:
             # the caller shows the error itself (psfm train: one line)
-            log.debug("day %s: %s; not a lost shard or worker: giving up", day, what)
+            log.debug("%s: %s; not a lost shard or worker: giving up", day, what)
             return Decision.GIVE_UP
         if not self.can_restore:
             log.error(
-                "day %s: %s (%s); no run directory with checkpoints to restore from: giving up",
+                "%s: %s (%s); no run directory with checkpoints to restore from: giving up",
                 day,
                 reason,
                 what,
@@ -57,7 +57,7 @@ class FailurePolicy:
             return Decision.GIVE_UP
         if attempt > self.max_retries_per_day:
             log.error(
-                "day %s: %s (%s) on attempt %d; %d retries per day spent: giving up",
+                "%s: %s (%s) on attempt %d; %d retries per day or phase spent: giving up",
                 day,
                 reason,
                 what,
@@ -66,8 +66,8 @@ class FailurePolicy:
             )
             return Decision.GIVE_UP
         log.warning(
-            "day %s: %s (%s); restoring the last checkpoint and replaying the day "
-            "(retry %d of %d for this day)",
+            "%s: %s (%s); restarting, restoring the last checkpoint and running it again "
+            "(retry %d of %d)",
             day,
             reason,
             what,

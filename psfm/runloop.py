@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from psfm.backend import Backend, OnUnit, States, UnitReport
 from psfm.checkpoint import (
@@ -96,6 +96,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def needs_stats_pass(cfg: Config) -> bool:
@@ -237,7 +239,9 @@ class _Run:
         backend = make_backend(self.cfg)
         try:
             backend.start()
-            prog = self._restore_or_start(backend)
+            prog = self._retrying(
+                backend, "the statistics pass", lambda b, fresh: self._restore_or_start(b)
+            )
             at = (
                 f"pass {self.steps[prog.next].pass_no} day {self.steps[prog.next].day}"
                 if prog.next < len(self.steps) and not prog.stopped
@@ -257,7 +261,14 @@ class _Run:
             )
             prog = self._train(backend, prog)
             tested = self._restore_best(backend, prog)
-            test = evaluate_days(self.cfg, backend, self.test_days)
+
+            def test_pass(b: Backend, fresh: bool) -> dict[str, Any]:
+                if fresh:  # a restarted backend: the tested state back on its shards
+                    self._restore_or_start(b)
+                    self._restore_best(b, prog)
+                return evaluate_days(self.cfg, b, self.test_days)
+
+            test = self._retrying(backend, "the test pass", test_pass)
             model = model_report(self.cfg, backend.stats())
         finally:
             backend.close()
@@ -276,6 +287,24 @@ class _Run:
             self.run.metric({"event": "test", **test})
             self.run.write_report(report)
         return report
+
+    def _retrying(self, backend: Backend, what: str, fn: Callable[[Backend, bool], T]) -> T:
+        """``fn(backend, fresh)`` for a phase outside the training days (the statistics
+        pass, the test pass), under the same failure policy as a day: a lost shard or worker
+        restarts the backend and runs the phase again with ``fresh`` true (``fn`` restores
+        what it needs), at most ``MAX_RETRIES_PER_DAY`` times."""
+        policy = FailurePolicy(backend.lost, can_restore=self.run is not None)
+        attempt, fresh = 0, False
+        while True:
+            try:
+                return fn(backend, fresh)
+            except Exception as e:
+                attempt += 1
+                if policy.decide(e, what, attempt) is Decision.GIVE_UP:
+                    raise
+                backend.close()
+                backend.start()
+                fresh = True
 
     def _restore_or_start(self, backend: Backend) -> _Progress:
         """Load the most recent complete checkpoint, or run the statistics pass; returns
@@ -396,10 +425,8 @@ class _Run:
                 nxt, rec = self._step(backend, step, prog)
             except Exception as e:
                 failures[step.seq] += 1
-                label = (
-                    step.day
-                    if self.cfg.train.passes == 1
-                    else (f"{step.day} of pass {step.pass_no}")
+                label = f"day {step.day}" + (
+                    f" of pass {step.pass_no}" if self.cfg.train.passes > 1 else ""
                 )
                 if policy.decide(e, label, failures[step.seq]) is Decision.GIVE_UP:
                     raise

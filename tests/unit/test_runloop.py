@@ -90,6 +90,8 @@ class ScriptedBackend:
 
     def count(self, units):
         self.calls.append(("count", len(units)))
+        if self.fail.get("count"):
+            raise self.fail["count"].pop(0)
         return sum(u.rows for u in units)
 
     def finish_counts(self):
@@ -106,6 +108,8 @@ class ScriptedBackend:
 
     def evaluate(self, units, keep_predictions, on_unit):
         self.calls.append(("evaluate", units[0].day, len(units), keep_predictions))
+        if self.fail.get("evaluate"):
+            raise self.fail["evaluate"].pop(0)
         for u in units:
             on_unit(_report(u, keep_predictions))
 
@@ -221,8 +225,8 @@ def test_lost_actors_are_retried_per_day_and_each_row_is_applied_once(data, tmp_
     assert b.rows == 2 * ROWS_PER_DAY  # each replay started from the last checkpoint
     assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2"]
     assert _events(run_dir) == ["train_day", "train_day", "test"]  # no line twice
-    assert caplog.text.count("replaying the day") == 4
-    assert "retry 2 of 2 for this day" in caplog.text
+    assert caplog.text.count("running it again") == 4
+    assert "retry 2 of 2)" in caplog.text
 
 
 def test_a_third_loss_on_one_day_gives_up_after_the_days_before(data, tmp_path):
@@ -253,11 +257,12 @@ def test_failure_policy_retries_lost_actors_up_to_n_per_day(caplog):
     caplog.set_level(logging.DEBUG, logger="psfm.runloop")
     policy = FailurePolicy(_lost, max_retries_per_day=2)
     retry, give_up = Decision.RETRY_DAY, Decision.GIVE_UP
-    assert [policy.decide(Lost("gone"), "3", a) for a in (1, 2, 3)] == [retry, retry, give_up]
-    assert policy.decide(Lost("gone"), "4", 1) is retry  # the next day starts from zero
-    assert "day 3: an actor died (Lost: gone); restoring the last checkpoint" in caplog.text
-    assert "on attempt 3; 2 retries per day spent: giving up" in caplog.text
-    assert policy.decide(DataError("bad"), "3", 1) is give_up
+    got = [policy.decide(Lost("gone"), "day 3", a) for a in (1, 2, 3)]
+    assert got == [retry, retry, give_up]
+    assert policy.decide(Lost("gone"), "day 4", 1) is retry  # the next day starts from zero
+    assert "day 3: an actor died (Lost: gone); restarting, restoring the last" in caplog.text
+    assert "on attempt 3; 2 retries per day or phase spent: giving up" in caplog.text
+    assert policy.decide(DataError("bad"), "day 3", 1) is give_up
     # debug only: the caller shows the error itself, as one line
     assert "day 3: bad; not a lost shard or worker: giving up" in caplog.text
     assert [r.levelname for r in caplog.records if "not a lost" in r.message] == ["DEBUG"]
@@ -550,3 +555,22 @@ def test_early_stopping_decisions():
     assert auc.decide(hist([0.7, 0.65], "auc")) is StopDecision.STOP
     assert auc.decide(hist([0.7, float("nan")], "auc")) is StopDecision.STOP  # never better
     assert auc.best(hist([float("nan"), 0.6], "auc"))["pass"] == 2
+
+
+def test_a_lost_actor_in_the_statistics_or_test_pass_is_retried(data, tmp_path, caplog):
+    """The statistics pass and the test pass go through the same failure policy as a day: a
+    lost actor restarts the backend and the phase runs again (the test pass on the tested
+    state, restored from the last checkpoint); anything else gives up at once."""
+    caplog.set_level(logging.INFO, logger="psfm.runloop")
+    cfg = _cfg(data, 'model.kind="rafm"', run_dir=tmp_path / "run")  # static levels: counts
+    rep, b = _run(cfg, fail={"count": [Lost("gone")], "evaluate": [Lost("gone")]})
+    assert b.starts == 3  # the first start, one restart per lost phase
+    assert [c[0] for c in b.calls].count("count") == 2  # the statistics pass ran again
+    evals = [c for c in b.calls if c[0] == "evaluate"]
+    assert len(evals) == 2 and ("restore", 2 * ROWS_PER_DAY) in b.calls
+    assert b.rows == 2 * ROWS_PER_DAY  # the test pass scored the trained state, not an empty one
+    assert "the statistics pass: an actor died (Lost: gone); restarting" in caplog.text
+    assert "the test pass: an actor died" in caplog.text
+    assert rep["test"]["rows"] > 0
+    with pytest.raises(ValueError, match="boom"):
+        _run(_cfg(data, run_dir=tmp_path / "run2"), fail={"evaluate": [ValueError("boom")]})
