@@ -72,7 +72,7 @@ from psfm.rundir import (
     next_day_record,
 )
 from psfm.scoring import EXACT_AUC_MAX_ROWS, Tally, evaluate_days, test_metrics
-from psfm.steps import auto_batch_size, resolve_ftrl, steps_warning
+from psfm.steps import resolve_steps
 from psfm.warmstart import InitSource, check_init_config, load_init_states, open_init
 
 __all__ = [
@@ -213,26 +213,7 @@ class _Run:
         )
         cfg = dataclasses.replace(cfg, train=train)
         rows = sum(u.rows for d in self.train_days for u in self._units_of(d))
-        if data.batch_size == 0:
-            data = dataclasses.replace(data, batch_size=auto_batch_size(rows))
-            log.info(
-                "data.batch_size = 0 (auto): %d rows per update for a pass of %d rows",
-                data.batch_size,
-                rows,
-            )
-        else:
-            warning = steps_warning(rows, data.batch_size)
-            if warning:
-                log.warning("%s", warning)
-        ftrl = resolve_ftrl(cfg.ftrl, data.batch_size)
-        if ftrl != cfg.ftrl:
-            log.info(
-                "ftrl alpha = 0 (auto): linear %g, factor %g for batches of %d rows",
-                ftrl.linear.alpha,
-                ftrl.factor.alpha,
-                data.batch_size,
-            )
-        return dataclasses.replace(cfg, data=data, ftrl=ftrl)
+        return resolve_steps(dataclasses.replace(cfg, data=data), rows)
 
     def go(self, make_backend: Callable[[Config], Backend]) -> dict[str, Any]:
         t_start = time.perf_counter()

@@ -26,10 +26,15 @@ steps.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
-from psfm.config import FtrlConfig
+from psfm.config import Config, FtrlConfig
+
+# its lines belong to the run loop's story (resolved before any worker starts)
+log = logging.getLogger("psfm.runloop")
 
 __all__ = [
+    "resolve_steps",
     "AUTO_ALPHA",
     "AUTO_MAX_BATCH",
     "AUTO_MIN_BATCH",
@@ -97,3 +102,31 @@ def steps_warning(rows_per_pass: int, batch_size: int) -> str | None:
         f"learn clearly worse than a per-sample FTRL trainer. Set data.batch_size = 0 (auto: "
         f"{auto_batch_size(rows_per_pass)} here) or a smaller batch size."
     )
+
+
+def resolve_steps(cfg: Config, rows: int) -> Config:
+    """``cfg`` with what it leaves to the size of a pass of ``rows`` rows settled (and
+    logged): ``data.batch_size = 0`` becomes :func:`auto_batch_size`, ``alpha = 0`` the
+    automatic rates for that batch size; a set batch size with too few steps is warned
+    about (:func:`steps_warning`)."""
+    data = cfg.data
+    if data.batch_size == 0:
+        data = dataclasses.replace(data, batch_size=auto_batch_size(rows))
+        log.info(
+            "data.batch_size = 0 (auto): %d rows per update for a pass of %d rows",
+            data.batch_size,
+            rows,
+        )
+    else:
+        warning = steps_warning(rows, data.batch_size)
+        if warning:
+            log.warning("%s", warning)
+    ftrl = resolve_ftrl(cfg.ftrl, data.batch_size)
+    if ftrl != cfg.ftrl:
+        log.info(
+            "ftrl alpha = 0 (auto): linear %g, factor %g for batches of %d rows",
+            ftrl.linear.alpha,
+            ftrl.factor.alpha,
+            data.batch_size,
+        )
+    return dataclasses.replace(cfg, data=data, ftrl=ftrl)

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("run loop", ("psfm.backend", "psfm.failure", "psfm.scoring", "psfm.passes", "psfm.rundir")),
     ("run loop", ("psfm.warmstart", "psfm.runloop", "psfm.local_backend", "psfm.trainer")),
     ("Ray backend", ("psfm.ray_backend",)),
-    ("entry points", ("psfm.cli", "psfm", "psfm.study")),
+    ("entry points", ("psfm.cli_options", "psfm.cli", "psfm", "psfm.study")),
 ]
 
 # the pure core: what a reader can import (and type-check) without torch or Ray
