@@ -34,6 +34,7 @@ from psfm.checkpoint import latest_checkpoint, load_checkpoint, resolve
 from psfm.config import Config, DataConfig, ModelConfig, config_from_dict, to_dict
 from psfm.data.batch import Batch, FeatureSchema, build_batch, resolve_schema
 from psfm.data.parquet import list_days, open_parquet, read_unit, row_group_starts, work_units
+from psfm.data.schemas import schema_record, value_kind
 from psfm.errors import CheckpointError, DataError
 from psfm.hashing import BIAS_KEY
 from psfm.models.layout import FactorLayout
@@ -59,39 +60,6 @@ __all__ = [
 _META = b"psfm"
 
 log = logging.getLogger(__name__)
-
-
-def _value_kind(t: pa.DataType) -> str:
-    """How a categorical column's values are hashed: ``int`` (integers and booleans hash
-    alike) or ``string``; any other type by its name."""
-    if pa.types.is_dictionary(t):
-        return _value_kind(t.value_type)
-    if pa.types.is_integer(t) or pa.types.is_boolean(t):
-        return "int"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "string"
-    return str(t)
-
-
-def schema_record(data: DataConfig, file: str) -> dict[str, Any]:
-    """The feature schema a run trains on, resolved from ``file`` (a training file) under
-    ``data``: ``{"layout": "hashed"}``, or ``{"layout": "columns", "categorical": [columns],
-    "value_kinds": {column: "int" | "string"}, "numeric": [columns], "numeric_transform":
-    ...}`` (columns in file order). Keys are a hash of (column, value), and an int and a string
-    value hash differently, so the kind of each categorical column is part of the schema.
-    Checkpoints carry it (``schema`` in their manifest), the exported model too; predictions
-    and warm starts check against it."""
-    arrow = open_parquet(file).schema_arrow
-    fs = resolve_schema(data, arrow, file)
-    if fs.layout == "hashed":
-        return {"layout": "hashed"}
-    return {
-        "layout": "columns",
-        "categorical": list(fs.categorical),
-        "value_kinds": {c: _value_kind(arrow.field(c).type) for c in fs.categorical},
-        "numeric": list(fs.numeric),
-        "numeric_transform": fs.numeric_transform,
-    }
 
 
 def gather_model(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -379,7 +347,7 @@ class Predictor:
                 f"has {has}."
             )
         for c, kind in rec["value_kinds"].items():
-            got = _value_kind(arrow.field(c).type)
+            got = value_kind(arrow.field(c).type)
             if got != kind:
                 raise DataError(
                     f"File '{file}': column '{c}' has type {arrow.field(c).type} ({got} values) "

@@ -237,3 +237,33 @@ def test_an_error_from_a_ray_actor_is_shown_as_its_one_line():
     assert user_message(wrapped) == msg
     plain = rx.RayTaskError("f", tb + "ValueError: boom", ValueError("boom")).as_instanceof_cause()
     assert user_message(plain) == f"{type(plain).__name__}: ValueError: boom"
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ("string", r"column 'C1' holds string values, int in the first file"),
+        ("missing", r"categorical column\(s\) 'C2' missing"),
+    ],
+)
+def test_a_file_with_another_feature_schema_is_refused_before_training(
+    data, tmp_path, change, match
+):
+    """An int column that is a string in another file would hash to other keys; a file
+    without some feature columns would train fewer features: both silently, before."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    bad = sorted((root / "day=3").glob("*.parquet"))[0]
+    t = pq.read_table(bad)
+    if change == "string":
+        t = t.set_column(t.schema.get_field_index("C1"), "C1", t["C1"].cast(pa.string()))
+    else:
+        t = t.drop_columns(["C2"])
+    pq.write_table(t, bad)
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match=rf"File '.*day=3.*' does not have the feature .*{match}"):
+        _train(root, 'model.kind="lr"', run_dir=run)
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
