@@ -448,7 +448,7 @@ class _Run:
             backend.checkpoint(self.run.checkpoint_dir(checkpoint_name(step)), meta)
             protect = {meta["best_checkpoint"]} if "best_checkpoint" in meta else set()
             for gone in prune_checkpoints(self.run.path, self.cfg.train.keep_checkpoints, protect):
-                log.info(
+                log.debug(
                     "removed checkpoint %s (train.keep_checkpoints = %d)",
                     gone,
                     self.cfg.train.keep_checkpoints,
