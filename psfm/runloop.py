@@ -223,8 +223,11 @@ class _Run:
         backend = make_backend(self.cfg)
         try:
             backend.start()
-            prog = self._retrying(
-                backend, "the statistics pass", lambda b, fresh: self._restore_or_start(b)
+            prog = self._retrying(  # counts again from the log: nothing to restore first
+                backend,
+                "the statistics pass",
+                lambda b, fresh: self._restore_or_start(b),
+                needs_restore=False,
             )
             at = (
                 f"pass {self.steps[prog.next].pass_no} day {self.steps[prog.next].day}"
@@ -272,12 +275,19 @@ class _Run:
             self.run.write_report(report)
         return report
 
-    def _retrying(self, backend: Backend, what: str, fn: Callable[[Backend, bool], T]) -> T:
+    def _retrying(
+        self,
+        backend: Backend,
+        what: str,
+        fn: Callable[[Backend, bool], T],
+        needs_restore: bool = True,
+    ) -> T:
         """``fn(backend, fresh)`` for a phase outside the training days (the statistics
         pass, the test pass), under the same failure policy as a day: a lost shard or worker
         restarts the backend and runs the phase again with ``fresh`` true (``fn`` restores
         what it needs), at most ``MAX_RETRIES_PER_DAY`` times."""
-        policy = FailurePolicy(backend.lost, can_restore=self.run is not None)
+        can_restore = self.run is not None or not needs_restore
+        policy = FailurePolicy(backend.lost, can_restore=can_restore)
         attempt, fresh = 0, False
         while True:
             try:

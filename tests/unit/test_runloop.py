@@ -574,3 +574,13 @@ def test_a_lost_actor_in_the_statistics_or_test_pass_is_retried(data, tmp_path, 
     assert rep["test"]["rows"] > 0
     with pytest.raises(ValueError, match="boom"):
         _run(_cfg(data, run_dir=tmp_path / "run2"), fail={"evaluate": [ValueError("boom")]})
+
+
+def test_a_lost_statistics_pass_is_retried_without_a_run_directory(data):
+    """Counting again needs no checkpoint: the statistics pass retries even without a run
+    directory (a lost test pass there still gives up: the trained state would be gone)."""
+    rep, b = _run(_cfg(data, 'model.kind="rafm"'), fail={"count": [Lost("gone")]})
+    assert b.starts == 2 and [c[0] for c in b.calls].count("count") == 2
+    assert rep["test"]["rows"] > 0
+    with pytest.raises(Lost):
+        _run(_cfg(data, 'model.kind="rafm"'), fail={"evaluate": [Lost("gone")]})
