@@ -152,8 +152,8 @@ def option_sets(args: argparse.Namespace) -> list[str]:
         sets.append(f"train.workers={args.workers}")
     if args.batch_size is not None:
         sets.append(f"data.batch_size={args.batch_size}")
-    if getattr(args, "overwrite", False):
+    if args.overwrite:
         sets.append("train.overwrite=true")
-    if getattr(args, "init_from", None):
+    if args.init_from:
         sets.append(f"train.init_from={json.dumps(args.init_from)}")
     return sets

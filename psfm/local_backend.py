@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from psfm.backend import OnUnit, UnitReport
 from psfm.checkpoint import save_checkpoint
 from psfm.config import Config
 from psfm.data.parquet import WorkUnit
@@ -21,7 +22,6 @@ from psfm.metrics import MetricAccumulator
 from psfm.ps.client import LocalClient, PsClient
 from psfm.ps.messages import ShardStats
 from psfm.ps.shard import ParameterShard
-from psfm.runloop import OnUnit, UnitReport
 from psfm.worker import Worker
 
 __all__ = ["LocalBackend", "make_shards", "report_unit", "pipeline_of"]

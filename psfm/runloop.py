@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from psfm.backend import Backend, OnUnit, States, UnitReport
+from psfm.backend import Backend, States
 from psfm.checkpoint import (
     load_checkpoint,
     load_newest_checkpoint,
@@ -51,7 +51,7 @@ from psfm.checkpoint import (
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, day_roles, list_days, work_units
 from psfm.errors import CheckpointError, ConfigError
-from psfm.failure import MAX_RETRIES_PER_DAY, Decision, FailurePolicy
+from psfm.failure import Decision, FailurePolicy
 from psfm.passes import (
     EarlyStopping,
     Step,
@@ -67,33 +67,14 @@ from psfm.rundir import (
     build_report,
     check_resume_config,
     day_record,
-    load_run_config,
     model_report,
     next_day_record,
 )
-from psfm.scoring import EXACT_AUC_MAX_ROWS, Tally, evaluate_days, test_metrics
+from psfm.scoring import Tally, evaluate_days
 from psfm.steps import resolve_steps
 from psfm.warmstart import InitSource, check_init_config, load_init_states, open_init
 
-__all__ = [
-    "run",
-    "Backend",
-    "UnitReport",
-    "OnUnit",
-    "Decision",
-    "FailurePolicy",
-    "RunDir",
-    "Tally",
-    "needs_stats_pass",
-    "check_resume_config",
-    "load_run_config",
-    "evaluate_days",
-    "test_metrics",
-    "model_report",
-    "build_report",
-    "EXACT_AUC_MAX_ROWS",
-    "MAX_RETRIES_PER_DAY",
-]
+__all__ = ["run", "needs_stats_pass"]
 
 log = logging.getLogger(__name__)
 

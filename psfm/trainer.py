@@ -15,18 +15,9 @@ from typing import Any
 from psfm.config import Config
 from psfm.local_backend import LocalBackend, make_shards
 from psfm.ps.client import LocalClient
-from psfm.runloop import (
-    EXACT_AUC_MAX_ROWS,
-    RunDir,
-    build_report,
-    check_resume_config,
-    evaluate_days,
-    load_run_config,
-    model_report,
-    needs_stats_pass,
-    run,
-    test_metrics,
-)
+from psfm.rundir import RunDir, build_report, check_resume_config, load_run_config, model_report
+from psfm.runloop import needs_stats_pass, run
+from psfm.scoring import EXACT_AUC_MAX_ROWS, evaluate_days, test_metrics
 from psfm.worker import Worker
 
 __all__ = [

@@ -30,13 +30,14 @@ from psfm.datasets.convert_base import (
     convert_options,
     finish,
     format_summary,
+    input_paths,
     input_sink,
     prepare_out,
     require_rows,
 )
 from psfm.datasets.textcheck import RowErrors, as_mask, binary_label, empty_lines, parse_ints
 from psfm.datasets.textin import TextStream, read_header
-from psfm.errors import ConfigError, DataError
+from psfm.errors import DataError
 
 __all__ = ["AVAZU_INT_COLUMNS", "convert_avazu", "add_cli"]
 
@@ -104,11 +105,7 @@ def convert_avazu(
         block_size,
         compression,
     )
-    inputs = [str(p) for p in inputs]
-    if not inputs:
-        raise ConfigError(
-            "The 'inputs' parameter of convert_avazu must name at least one file. Got [] instead."
-        )
+    inputs = input_paths("convert_avazu", inputs)
     headers = [read_header(p) for p in inputs]
     for path, names in zip(inputs, headers):
         for need, why in (

@@ -93,6 +93,16 @@ def convert_options(
     return ConvertOptions(bad_rows, bool(use_threads), block_size, write)
 
 
+def input_paths(fn: str, inputs: Sequence[Any]) -> list[str]:
+    """Converter ``fn``'s input files as strings; at least one is required."""
+    paths = [str(p) for p in inputs]
+    if not paths:
+        raise ConfigError(
+            f"The 'inputs' parameter of {fn} must name at least one file. Got [] instead."
+        )
+    return paths
+
+
 def input_sink(root: Path, index: int, opts: ConvertOptions) -> DaySink:
     """The day writers of input ``index``: ``root/day=D/part-IIII-KKKKK.parquet``."""
     return DaySink(root, f"part-{index:04d}", opts.write)

@@ -33,6 +33,7 @@ from psfm.datasets.convert_base import (
     convert_options,
     finish,
     format_summary,
+    input_paths,
     input_sink,
     prepare_out,
     require_rows,
@@ -105,11 +106,7 @@ def convert_criteo(
         block_size,
         compression,
     )
-    inputs = [str(p) for p in inputs]
-    if not inputs:
-        raise ConfigError(
-            "The 'inputs' parameter of convert_criteo must name at least one file. Got [] instead."
-        )
+    inputs = input_paths("convert_criteo", inputs)
     if days is None:
         names = [_DAY_FILE_RE.match(Path(p).name) for p in inputs]
         unnamed = [p for p, m in zip(inputs, names) if m is None]

@@ -72,6 +72,7 @@ from psfm.datasets.convert_base import (
     convert_options,
     finish,
     format_summary,
+    input_paths,
     input_sink,
     prepare_out,
     require_rows,
@@ -134,11 +135,7 @@ def convert_libfm_files(
         block_size,
         compression,
     )
-    inputs = [str(p) for p in inputs]
-    if not inputs:
-        raise ConfigError(
-            "The 'inputs' parameter of convert_libfm must name at least one file. Got [] instead."
-        )
+    inputs = input_paths("convert_libfm", inputs)
     labels = _day_labels(days, len(inputs))
     if field_map is not None and field_ranges is not None:
         raise ConfigError(

@@ -20,13 +20,13 @@ import ray
 import torch
 from ray.util import metrics as ray_metrics
 
+from psfm.backend import UnitReport
 from psfm.config import config_from_dict
 from psfm.data.parquet import WorkUnit
 from psfm.local_backend import pipeline_of, report_unit
 from psfm.metrics import MetricAccumulator
 from psfm.ray_backend.client import RayClient
 from psfm.ray_backend.server import ShardServer
-from psfm.runloop import UnitReport
 from psfm.worker import Worker
 
 __all__ = ["ShardActor", "WorkerActor", "WorkerRunner"]

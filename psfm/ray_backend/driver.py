@@ -30,6 +30,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, WorkerCrashedError
 
+from psfm.backend import OnUnit, UnitReport
 from psfm.checkpoint import write_manifest
 from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, split_tail
@@ -37,7 +38,7 @@ from psfm.errors import PsfmError
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
 from psfm.ray_backend.placement import check_placement
-from psfm.runloop import OnUnit, UnitReport, run
+from psfm.runloop import run
 
 __all__ = ["train_ray", "connect", "RayBackend", "RayCluster", "LOCAL_SYSTEM_CONFIG", "ACTOR_ENV"]
 

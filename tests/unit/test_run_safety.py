@@ -13,11 +13,9 @@ import pytest
 
 from psfm.checkpoint import MANIFEST, load_checkpoint, load_newest_checkpoint
 from psfm.cli import main
-from psfm.config import load_config
 from psfm.datasets.gen import GenSpec, generate
 from psfm.errors import CheckpointError, DataError
-from psfm.export import restore_model
-from psfm.trainer import train_local
+from tests.unit.test_trainer import _final_model, _train
 
 LR = ('model.kind="lr"', "ps.shards=2", "train.keep_checkpoints=0")
 
@@ -27,16 +25,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("safety")
     generate(root, days=4, rows_per_day=8_000, spec=GenSpec.small(), seed=2, row_group_rows=4096)
     return root
-
-
-def _train(root, *sets, run_dir=None, resume=False):
-    extra = [f"train.run_dir={json.dumps(str(run_dir))}"] if run_dir else []
-    cfg = load_config(None, [f"data.root={json.dumps(str(root))}", *sets, *extra])
-    return train_local(cfg, resume=resume)
-
-
-def _model(run_dir):
-    return restore_model(str(run_dir))[1]
 
 
 def _same(a, b):
@@ -77,7 +65,7 @@ def test_resume_uses_the_directory_given_not_the_stored_one(data, full, tmp_path
     assert main(["train", "--run-dir", str(copy), "--resume", "--in-process"]) == 0
     assert {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()} == stamp
     assert (copy / "report.json").exists()
-    _same(_model(src), _model(copy))
+    _same(_final_model(src), _final_model(copy))
     # the stored config holds absolute paths: resuming from another directory finds the data
     stored = json.loads((copy / "config.json").read_text())
     assert stored["data"]["root"].startswith("/") and stored["train"]["run_dir"] == str(copy)
@@ -137,7 +125,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_replay_ends_identical(
             assert "skipped a damaged checkpoint" in caplog.text and "day=3" in caplog.text
         assert [d["day"] for d in got["train"]["per_day"]] == ["1", "2", "3"]
         assert got["test"]["auc"] == rep["test"]["auc"], damage
-        _same(_model(src), _model(run))
+        _same(_final_model(src), _final_model(run))
 
 
 def test_every_checkpoint_damaged_is_one_clear_error(full, tmp_path):

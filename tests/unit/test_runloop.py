@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from psfm.backend import UnitReport
 from psfm.checkpoint import load_checkpoint, save_checkpoint
 from psfm.config import load_config
 from psfm.datasets.gen import GenSpec, generate
 from psfm.errors import DataError
+from psfm.failure import Decision, FailurePolicy
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
-from psfm.runloop import Decision, FailurePolicy, UnitReport, run
+from psfm.runloop import run
 
 ROWS_PER_DAY = 5000
 
