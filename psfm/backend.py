@@ -39,6 +39,7 @@ class UnitReport:
     bytes_pulled: int = 0
     bytes_pushed: int = 0
     predictions: np.ndarray | None = None
+    cached: bool = False  # replayed from the worker's pass cache, not read from the file
 
 
 OnUnit = Callable[[UnitReport], None]
@@ -59,7 +60,9 @@ class Backend(Protocol):
     directory keeps the best pass's state in memory with it). ``lost(error)``: why ``error``
     means a lost shard or worker that a restore and replay recovers from (e.g.
     ``"an actor died"``), or None when it is anything else. ``workers``: how many train at
-    once."""
+    once. ``reuse``: the units will be read again in this run, so the workers keep their
+    batches in the pass cache (:mod:`psfm.data.cache`); a unit read again goes to the worker
+    that kept it where the backend can choose."""
 
     workers: int
 
@@ -69,14 +72,20 @@ class Backend(Protocol):
 
     def lost(self, error: BaseException) -> str | None: ...
 
-    def count(self, units: Sequence[WorkUnit]) -> int: ...
+    def count(self, units: Sequence[WorkUnit], reuse: bool = False) -> int: ...
 
     def finish_counts(self) -> dict[str, int]: ...
 
-    def train(self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit) -> None: ...
+    def train(
+        self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit, reuse: bool = False
+    ) -> None: ...
 
     def evaluate(
-        self, units: Sequence[WorkUnit], keep_predictions: bool, on_unit: OnUnit
+        self,
+        units: Sequence[WorkUnit],
+        keep_predictions: bool,
+        on_unit: OnUnit,
+        reuse: bool = False,
     ) -> None: ...
 
     def end_day(self, days_done: int) -> None: ...

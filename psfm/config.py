@@ -88,6 +88,10 @@ class DataConfig:
     predict-only after each pass over the training days (``train.passes``), for early
     stopping (``train.early_stop``); it must not overlap the train or test days, and when
     ``train_days`` is left empty the default training days leave the validation days out.
+    ``cache_mb`` / ``cache_disk_mb``: what each worker's pass cache may hold in memory and on
+    local disk (``cache_dir``, default the system's temporary folder), in MiB; a unit read
+    again in the run (the statistics pass before pass 1, every pass but the last, validation)
+    is replayed from it instead of decoded again (:mod:`psfm.data.cache`). 0 and 0: off.
     """
 
     root: str = ""
@@ -104,6 +108,9 @@ class DataConfig:
     batch_size: int = 0
     bad_rows: str = "fail"
     rows_per_unit: int = 1 << 18
+    cache_mb: int = 1024
+    cache_disk_mb: int = 8192
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("DataConfig", "layout", self.layout, ("columns", "hashed"))
@@ -115,6 +122,10 @@ class DataConfig:
             _fail("DataConfig", "batch_size", "an int >= 0 (0 = auto)", self.batch_size)
         if not isinstance(self.rows_per_unit, int) or self.rows_per_unit < 1:
             _fail("DataConfig", "rows_per_unit", "an int >= 1", self.rows_per_unit)
+        for name in ("cache_mb", "cache_disk_mb"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                _fail("DataConfig", name, "an int >= 0 (MiB; 0 = none)", v)
         overlap = set(self.categorical) & set(self.numeric)
         if overlap:
             _fail("DataConfig", "categorical", "disjoint from 'numeric'", sorted(overlap))

@@ -46,12 +46,15 @@ def report_unit(
     train: bool,
     keep_predictions: bool,
     pipeline: str,
+    reuse: bool = False,
 ) -> UnitReport:
     """Train on (or score) ``unit`` with ``worker`` against ``client``; the unit's metrics,
     bytes and (when kept) predictions as one :class:`UnitReport`."""
     acc, acc_low = MetricAccumulator(), MetricAccumulator()
     p0, q0 = client.bytes_pulled, client.bytes_pushed
-    res = worker.run_unit(unit, client, train, acc, acc_low, keep_predictions, pipeline=pipeline)
+    res = worker.run_unit(
+        unit, client, train, acc, acc_low, keep_predictions, pipeline=pipeline, reuse=reuse
+    )
     return UnitReport(
         unit=unit.uid,
         rows=res.rows,
@@ -63,6 +66,7 @@ def report_unit(
         bytes_pulled=client.bytes_pulled - p0,
         bytes_pushed=client.bytes_pushed - q0,
         predictions=np.concatenate(res.predictions, axis=1) if res.predictions else None,
+        cached=res.cached,
     )
 
 
@@ -91,6 +95,8 @@ class LocalBackend:
         self.client = self.client or LocalClient(make_shards(self.cfg))
 
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.cache.close()
         self.worker = self.client = None
 
     def _pair(self) -> tuple[Worker, LocalClient]:
@@ -100,23 +106,33 @@ class LocalBackend:
     def lost(self, error: BaseException) -> str | None:
         return None
 
-    def count(self, units: Sequence[WorkUnit]) -> int:
+    def count(self, units: Sequence[WorkUnit], reuse: bool = False) -> int:
         worker, client = self._pair()
-        return sum(worker.count_unit(u, client) for u in units)
+        return sum(worker.count_unit(u, client, reuse) for u in units)
 
     def finish_counts(self) -> dict[str, int]:
         return self._pair()[1].finish_counts()
 
-    def _run(self, units: Sequence[WorkUnit], train: bool, keep: bool, on_unit: OnUnit) -> None:
+    def _run(
+        self, units: Sequence[WorkUnit], train: bool, keep: bool, on_unit: OnUnit, reuse: bool
+    ) -> None:
         worker, client = self._pair()
         for u in units:
-            on_unit(report_unit(worker, client, u, train, keep, self.pipeline))
+            on_unit(report_unit(worker, client, u, train, keep, self.pipeline, reuse))
 
-    def train(self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit) -> None:
-        self._run(units, True, False, on_unit)
+    def train(
+        self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit, reuse: bool = False
+    ) -> None:
+        self._run(units, True, False, on_unit, reuse)
 
-    def evaluate(self, units: Sequence[WorkUnit], keep_predictions: bool, on_unit: OnUnit) -> None:
-        self._run(units, False, keep_predictions, on_unit)
+    def evaluate(
+        self,
+        units: Sequence[WorkUnit],
+        keep_predictions: bool,
+        on_unit: OnUnit,
+        reuse: bool = False,
+    ) -> None:
+        self._run(units, False, keep_predictions, on_unit, reuse)
 
     def end_day(self, days_done: int) -> None:
         self._pair()[1].end_day(days_done)

@@ -131,9 +131,11 @@ def day_record(
     nbytes: int,
     acc: MetricAccumulator,
     seconds: float,
+    cached_rows: int = 0,
 ) -> dict[str, Any]:
     """One ``train.per_day`` entry (also a metrics.jsonl line): day ``day`` of pass
-    ``pass_no``, its rows and its progressive metrics ``acc``."""
+    ``pass_no``, its rows (``cached_rows`` of them replayed from the workers' pass cache)
+    and its progressive metrics ``acc``."""
     r = acc.result()
     rec = {
         "day": day,
@@ -147,6 +149,7 @@ def day_record(
         "ne": r["ne"],
         "calibration": r["calibration"],
         "bytes": nbytes,
+        "cached_rows": cached_rows,
     }
     log.info(
         "day %s%s: %d rows in %.1fs (%.0f samples/s), progressive logloss %.4f auc %.4f",

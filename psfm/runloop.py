@@ -374,7 +374,7 @@ class _Run:
         whatever the number of passes."""
         t0 = time.perf_counter()
         units = [u for d in self.train_days for u in self._units_of(d)]
-        rows = backend.count(units)
+        rows = backend.count(units, reuse=True)  # pass 1 replays the batches
         info = backend.finish_counts()
         log.info(
             "statistics pass: %d rows, %d keys (%d not admitted) in %.1fs",
@@ -456,7 +456,7 @@ class _Run:
         )
         t0 = time.perf_counter()
         warmup = self.cfg.ps.warmup_units if step.seq == 0 and not self.warm_from else 0
-        backend.train(units, warmup, tally.add)
+        backend.train(units, warmup, tally.add, reuse=step.pass_no < self.cfg.train.passes)
         rec = day_record(
             day,
             step.pass_no,
@@ -465,20 +465,28 @@ class _Run:
             tally.bytes,
             tally.acc,
             time.perf_counter() - t0,
+            cached_rows=tally.cached_rows,
         )
         backend.end_day(self.day_base + step.seq + 1)
         k = self.all_days.index(day) + 1
         if self.cfg.train.eval_next_day and k < len(self.all_days):
             nxt = self.all_days[k]
-            rec["next_day"] = next_day_record(nxt, evaluate_days(self.cfg, backend, [nxt]))
+            # keep its batches when it is read again: validated, or trained later
+            later = {st.day for st in self.steps[step.seq + 1 :]}
+            again = nxt in self.valid_days or nxt in later
+            rec["next_day"] = next_day_record(
+                nxt, evaluate_days(self.cfg, backend, [nxt], reuse=again)
+            )
         return rec
 
     def _validate(self, backend: Backend, step: Step, prog: _Progress) -> _Progress:
         """Score the validation days after pass ``step.pass_no``; with early stopping, decide
         (:class:`~psfm.passes.StopDecision`, logged with its numbers) and, without a run
         directory, keep a new best pass's state in memory."""
+        more = step.pass_no < self.cfg.train.passes  # scored again after the next pass
         rec = valid_record(
-            step.pass_no, evaluate_days(self.cfg, backend, self.valid_days, what="valid")
+            step.pass_no,
+            evaluate_days(self.cfg, backend, self.valid_days, what="valid", reuse=more),
         )
         if self.stopper is None:
             return dataclasses.replace(prog, valid=[*prog.valid, rec])

@@ -35,7 +35,7 @@ class Tally:
             every_s,
             show_metrics,
         )
-        self.rows = self.skipped = self.bytes = 0
+        self.rows = self.skipped = self.bytes = self.cached_rows = 0
         self.acc, self.acc_low = MetricAccumulator(), MetricAccumulator()
         self.predictions: list[np.ndarray] = []
         self.t0 = self.last = time.perf_counter()
@@ -44,6 +44,7 @@ class Tally:
         self.rows += r.rows
         self.skipped += r.skipped
         self.bytes += r.bytes_pulled + r.bytes_pushed
+        self.cached_rows += r.rows if r.cached else 0
         if r.acc_state is not None:
             self.acc.merge(MetricAccumulator.from_state(r.acc_state))
         if r.acc_low_state is not None:
@@ -66,17 +67,23 @@ class Tally:
 
 
 def evaluate_days(
-    cfg: Config, backend: Backend, days: Sequence[str], root: str | None = None, what: str = "test"
+    cfg: Config,
+    backend: Backend,
+    days: Sequence[str],
+    root: str | None = None,
+    what: str = "test",
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Predict-only pass over ``days`` (no keys created, no updates): AUC (histogram, and
     exact when the rows fit), logloss, normalized entropy, calibration, and the RaFM-low AUC
-    (``sum w x + B_{1,1}``). ``what`` names the pass in progress lines."""
+    (``sum w x + B_{1,1}``). ``what`` names the pass in progress lines; ``reuse``: the days
+    are scored again later (validation), so the workers keep their batches."""
     root = cfg.data.root if root is None else root
     units = [u for d in days for u in work_units(root, d, cfg.data.rows_per_unit)]
     total = sum(u.rows for u in units)
     keep = total <= EXACT_AUC_MAX_ROWS
     tally = Tally(what, total, cfg.train.log_every_s, show_metrics=False)
-    backend.evaluate(units, keep, tally.add)
+    backend.evaluate(units, keep, tally.add, reuse)
     return test_metrics(
         list(days),
         tally.rows,

@@ -18,6 +18,7 @@ import torch
 
 from psfm.config import Config
 from psfm.data.batch import Batch, FeatureSchema, batch_of, decode_rows, resolve_schema
+from psfm.data.cache import PassCache
 from psfm.data.parquet import Cursor, WorkUnit, open_parquet, read_unit, row_group_starts
 from psfm.metrics import MetricAccumulator
 from psfm.models.family import FamilyInputs, FamilyOutput, FamilySpec, forward_backward
@@ -82,6 +83,7 @@ class UnitResult:
     seconds: float = 0.0
     cursor: Cursor | None = None
     predictions: list[np.ndarray] = field(default_factory=list)  # (probs, probs_low, labels)
+    cached: bool = False  # replayed from the pass cache
 
 
 class Worker:
@@ -95,6 +97,8 @@ class Worker:
         self.spec = family_spec(config)
         self.device = resolve_device(config.train.device)
         self._schemas: dict[str, FeatureSchema] = {}
+        d = config.data
+        self.cache = PassCache(d.cache_mb << 20, d.cache_disk_mb << 20, d.cache_dir)
 
     def schema_of(self, file: str) -> FeatureSchema:
         if file not in self._schemas:
@@ -104,14 +108,36 @@ class Worker:
         return self._schemas[file]
 
     def batches(
-        self, unit: WorkUnit, start: Cursor | None = None, part: int = 0, parts: int = 1
+        self,
+        unit: WorkUnit,
+        start: Cursor | None = None,
+        part: int = 0,
+        parts: int = 1,
+        reuse: bool = False,
     ) -> Iterator[tuple[Batch, Cursor]]:
         """Batches of a unit with the cursor after each. With ``parts > 1`` (synchronous
         data-parallel steps) this worker takes rows ``[part*B/parts, (part+1)*B/parts)`` of
         every global batch of ``B = data.batch_size`` rows.
 
-        Rows are read and hashed a chunk of whole batches at a time (about a row group), then
-        cut into batches: per-column costs are paid once per chunk, not once per batch."""
+        A whole unit read before with ``reuse`` is replayed from the pass cache
+        (:mod:`psfm.data.cache`); ``reuse`` says it will be read again, so this read keeps it
+        (or, replayed, keeps it kept)."""
+        key = self._cache_key(unit, part, parts)
+        if start is None and key in self.cache:
+            return self.cache.replay(key, last=not reuse)
+        read = self._read(unit, start, part, parts)
+        if start is None and reuse:
+            return self.cache.record(key, read)
+        return read
+
+    def _cache_key(self, unit: WorkUnit, part: int = 0, parts: int = 1) -> tuple:
+        return (unit.uid, self.batch_rows, part, parts)
+
+    def _read(
+        self, unit: WorkUnit, start: Cursor | None, part: int, parts: int
+    ) -> Iterator[tuple[Batch, Cursor]]:
+        """Rows are read and hashed a chunk of whole batches at a time (about a row group),
+        then cut into batches: per-column costs are paid once per chunk, not once per batch."""
         schema = self.schema_of(unit.file)
         d = self.cfg.data
         where = f"File '{unit.file}'"
@@ -210,16 +236,19 @@ class Worker:
         keep_predictions: bool = False,
         start: Cursor | None = None,
         pipeline: str = "none",
+        reuse: bool = False,
     ) -> UnitResult:
         """Train on (or score) a unit; metrics go into ``acc`` / ``acc_low``.
 
         ``pipeline``: ``"overlap"`` reads and builds batch t+1 while the pull of batch t is in
         flight, and pushes t and pulls t+1 in one call per shard (a worker always sees its own
         updates); ``"prefetch"`` also sends the pull of t+1 before
-        computing t (one batch staler, more overlap); ``"none"`` is strictly sequential."""
+        computing t (one batch staler, more overlap); ``"none"`` is strictly sequential.
+        ``reuse``: the unit will be read again (:meth:`batches`)."""
         res = UnitResult()
         t0 = time.perf_counter()
-        batches = self.batches(unit, start)
+        res.cached = start is None and self._cache_key(unit) in self.cache
+        batches = self.batches(unit, start, reuse=reuse)
         if pipeline == "none":
             for batch, cursor in batches:
                 out = self.step(batch, client, train)
@@ -254,10 +283,10 @@ class Worker:
         res.seconds = time.perf_counter() - t0
         return res
 
-    def count_unit(self, unit: WorkUnit, client: PsClient) -> int:
+    def count_unit(self, unit: WorkUnit, client: PsClient, reuse: bool = False) -> int:
         """Statistics pass: push the unit's key occurrence counts to the shards."""
         rows = 0
-        for batch, _ in self.batches(unit):
+        for batch, _ in self.batches(unit, reuse=reuse):
             client.add_counts(batch.uniq, batch.counts)
             rows += batch.size
         return rows

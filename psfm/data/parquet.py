@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +30,7 @@ __all__ = [
     "row_group_starts",
     "Cursor",
     "WorkUnit",
+    "UnitQueue",
     "list_days",
     "day_sort_key",
     "select_days",
@@ -277,14 +278,18 @@ def work_units(root: str, day: str, rows_per_unit: int = 1 << 20) -> list[WorkUn
 
 
 def split_tail(units: list[WorkUnit], parts: int) -> list[WorkUnit]:
-    """Guided scheduling: the last ``parts`` units (the final round over ``parts`` workers)
-    split into units of one row group each, so that workers handed units as they free up
-    finish within about a row group of each other instead of one worker training the last
-    whole unit alone."""
+    """Guided scheduling: ``parts`` units (the final round over ``parts`` workers) split into
+    units of one row group each and handed out last, so that workers handed units as they free
+    up finish within about a row group of each other instead of one worker training the last
+    whole unit alone. The units split are the last ``parts`` in file order, whatever the order
+    given (a pass's shuffle): every pass splits the same units, so a unit's batches are the
+    same in every pass and a worker's pass cache holds them (:mod:`psfm.data.cache`)."""
     if parts <= 1 or len(units) <= 1:
         return list(units)
-    out = list(units[:-parts])
-    for u in units[-parts:]:
+    by_file = sorted(range(len(units)), key=lambda i: (units[i].file, units[i].rg_start))
+    last = set(by_file[-parts:])
+    out = [u for i, u in enumerate(units) if i not in last]
+    for u in (units[i] for i in sorted(last)):
         if u.rg_end - u.rg_start <= 1:
             out.append(u)
             continue
@@ -294,6 +299,37 @@ def split_tail(units: list[WorkUnit], parts: int) -> list[WorkUnit]:
             for rg in range(u.rg_start, u.rg_end)
         ]
     return out
+
+
+class UnitQueue:
+    """Units handed to workers as they free up, where their batches are: a free worker takes
+    the next unit it read before (its pass cache may hold it), else the next unit no worker
+    read, else the next one left. ``home`` (unit id -> worker) is updated as units are taken
+    and outlives the queue: the first pass goes in order to whoever is free, later passes
+    and the pass after the statistics pass replay where the batches are kept."""
+
+    def __init__(self, units: Sequence[WorkUnit], home: dict[str, int], workers: int) -> None:
+        self.units, self.home = list(units), home
+        self.own: dict[int, deque[int]] = {w: deque() for w in range(workers)}
+        self.nobody: deque[int] = deque()
+        for i, u in enumerate(self.units):
+            w = home.get(u.uid)
+            if w is None:
+                self.nobody.append(i)
+            elif w in self.own:
+                self.own[w].append(i)
+        self.order = deque(range(len(self.units)))
+        self.taken = [False] * len(self.units)
+
+    def take(self, worker: int) -> WorkUnit | None:
+        for q in (self.own.get(worker, deque()), self.nobody, self.order):
+            while q:
+                i = q.popleft()
+                if not self.taken[i]:
+                    self.taken[i] = True
+                    self.home[self.units[i].uid] = worker
+                    return self.units[i]
+        return None
 
 
 def read_unit(

@@ -85,25 +85,27 @@ class WorkerRunner:
             if value > 0:
                 metric.inc(value, {**self._tags, **tags})
 
-    def count_unit(self, unit: WorkUnit) -> int:
-        rows = self.worker.count_unit(unit, self.client)
+    def count_unit(self, unit: WorkUnit, reuse: bool = False) -> int:
+        rows = self.worker.count_unit(unit, self.client, reuse)
         self.client.flush()
         return rows
 
-    def run_unit(self, unit: WorkUnit, train: bool, keep_predictions: bool = False) -> UnitReport:
+    def run_unit(
+        self, unit: WorkUnit, train: bool, keep_predictions: bool = False, reuse: bool = False
+    ) -> UnitReport:
         p0, q0 = self.client.bytes_pulled, self.client.bytes_pushed
         rep = report_unit(
-            self.worker, self.client, unit, train, keep_predictions, pipeline_of(self.cfg)
+            self.worker, self.client, unit, train, keep_predictions, pipeline_of(self.cfg), reuse
         )
         self._publish(rep.rows, "train" if train else "eval", p0, q0)
         return rep
 
     # Synchronous data-parallel steps (driver-orchestrated barrier) -----------------------
-    def begin_sync(self, unit: WorkUnit) -> None:
+    def begin_sync(self, unit: WorkUnit, reuse: bool = False) -> None:
         self._sync = {
             "unit": unit.uid,
             "t0": time.perf_counter(),
-            "it": self.worker.batches(unit, part=self.worker_id, parts=self.n_workers),
+            "it": self.worker.batches(unit, part=self.worker_id, parts=self.n_workers, reuse=reuse),
             "acc": MetricAccumulator(),
             "rows": 0,
             "skipped": 0,
@@ -143,6 +145,11 @@ class WorkerRunner:
 
     def ping(self) -> int:
         return self.worker_id
+
+    def close(self) -> None:
+        """Drop the pass cache (its disk files are unlinked already: a killed worker frees
+        them too)."""
+        self.worker.cache.close()
 
 
 WorkerActor = ray.remote(WorkerRunner)

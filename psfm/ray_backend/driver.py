@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from psfm.backend import OnUnit, UnitReport
 from psfm.checkpoint import write_manifest
 from psfm.config import Config, to_dict
-from psfm.data.parquet import WorkUnit, split_tail
+from psfm.data.parquet import UnitQueue, WorkUnit, split_tail
 from psfm.errors import PsfmError
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
@@ -123,6 +122,7 @@ class RayCluster:
             for w in range(k)
         ]
         ray.get([w.ping.remote() for w in self.workers])
+        self.home: dict[str, int] = {}  # unit -> the worker that read it last (its pass cache)
 
     def kill(self) -> None:
         for a in self.shards + self.workers:
@@ -134,22 +134,27 @@ class RayCluster:
     def dispatch(
         self, units: Sequence[WorkUnit], method: str, args: tuple, on_result: Callable[[Any], None]
     ) -> None:
-        """Hand units to whichever worker is free; one ``ray.wait`` at a time."""
-        queue = deque(units)
+        """Hand units to whichever worker is free, one ``ray.wait`` at a time. A free worker
+        takes the next unit it read before (its pass cache may hold it), else the next unit
+        nobody read, else the next one left: the first pass goes in order to whoever is
+        free, later passes replay where the batches are."""
+        queue = UnitQueue(units, self.home, len(self.workers))
         pending: dict = {}
-        for w in self.workers:
-            if queue:
-                pending[getattr(w, method).remote(queue.popleft(), *args)] = w
+        for w, actor in enumerate(self.workers):
+            u = queue.take(w)
+            if u is not None:
+                pending[getattr(actor, method).remote(u, *args)] = w
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             w = pending.pop(done[0])
             on_result(ray.get(done[0]))
-            if queue:
-                pending[getattr(w, method).remote(queue.popleft(), *args)] = w
+            u = queue.take(w)
+            if u is not None:
+                pending[getattr(self.workers[w], method).remote(u, *args)] = w
 
-    def sync_unit(self, unit: WorkUnit) -> list[UnitReport]:
+    def sync_unit(self, unit: WorkUnit, reuse: bool) -> list[UnitReport]:
         """Barrier steps over one unit: all workers step, then all shards apply."""
-        ray.get([w.begin_sync.remote(unit) for w in self.workers])
+        ray.get([w.begin_sync.remote(unit, reuse) for w in self.workers])
         while True:
             more = ray.get([w.sync_step.remote() for w in self.workers])
             self.on_shards("apply_buffered")
@@ -198,13 +203,15 @@ class RayBackend:
             return "an actor died"
         return None
 
-    def count(self, units: Sequence[WorkUnit]) -> int:
+    def count(self, units: Sequence[WorkUnit], reuse: bool = False) -> int:
         rows = [0]
         c = self._live()
+        if self.cfg.ps.mode == "sync" and len(c.workers) > 1:
+            reuse = False  # synchronous steps read slices of units, not the units counted
         c.dispatch(
             split_tail(list(units), len(c.workers)),
             "count_unit",
-            (),
+            (reuse,),
             lambda r: rows.__setitem__(0, rows[0] + r),
         )
         return rows[0]
@@ -213,7 +220,9 @@ class RayBackend:
         infos = self._live().on_shards("finish_counts")
         return {k: sum(i[k] for i in infos) for k in infos[0]}
 
-    def train(self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit) -> None:
+    def train(
+        self, units: Sequence[WorkUnit], warmup: int, on_unit: OnUnit, reuse: bool = False
+    ) -> None:
         """Barrier steps (sync mode, several workers), or units from a queue with the first
         ``warmup`` of them trained by one worker alone (FTRL's first steps from an empty
         model are large; several workers taking them on stale weights made the AUC depend
@@ -221,19 +230,28 @@ class RayBackend:
         c = self._live()
         if self.cfg.ps.mode == "sync" and len(c.workers) > 1:
             for u in units:
-                for r in c.sync_unit(u):
+                for r in c.sync_unit(u, reuse):
                     on_unit(r)
             return
         units = list(units)
         w = min(warmup, len(units) - 1) if len(c.workers) > 1 else 0
         if w > 0:
-            c.dispatch(units[:w], "run_unit", (True, False), on_unit)
-        c.dispatch(split_tail(units[w:], len(c.workers)), "run_unit", (True, False), on_unit)
+            c.dispatch(units[:w], "run_unit", (True, False, reuse), on_unit)
+        c.dispatch(split_tail(units[w:], len(c.workers)), "run_unit", (True, False, reuse), on_unit)
 
-    def evaluate(self, units: Sequence[WorkUnit], keep_predictions: bool, on_unit: OnUnit) -> None:
+    def evaluate(
+        self,
+        units: Sequence[WorkUnit],
+        keep_predictions: bool,
+        on_unit: OnUnit,
+        reuse: bool = False,
+    ) -> None:
         c = self._live()
         c.dispatch(
-            split_tail(list(units), len(c.workers)), "run_unit", (False, keep_predictions), on_unit
+            split_tail(list(units), len(c.workers)),
+            "run_unit",
+            (False, keep_predictions, reuse),
+            on_unit,
         )
 
     def end_day(self, days_done: int) -> None:

@@ -350,6 +350,10 @@ def test_in_process_and_ray_with_one_worker_write_the_same_lines_and_report(
     assert _structure(on_disk["ray"]) == _structure(on_disk["local"]) == _structure(reps["local"])
     assert reps["local"]["train"]["rows"] == reps["ray"]["train"]["rows"] == 150_000
     assert reps["local"]["valid"] == reps["ray"]["valid"]
+    # pass 2 replays every unit from the worker's pass cache, on Ray as in-process
+    for k in reps:
+        again = [x for x in lines[k] if x["event"] == "train_day" and x["pass"] == 2]
+        assert len(again) == 3 and all(x["cached_rows"] == x["rows"] > 0 for x in again), k
     a, b = restore_model(str(tmp_path / "local"))[1], restore_model(str(tmp_path / "ray"))[1]
     assert a["keys"].size > 1000
     for k in a:

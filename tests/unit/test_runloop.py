@@ -77,6 +77,7 @@ class ScriptedBackend:
     def __init__(self, cfg, fail: dict[str, list[BaseException]] | None = None) -> None:
         self.cfg, self.fail = cfg, {d: list(e) for d, e in (fail or {}).items()}
         self.calls: list[tuple] = []
+        self.reuse: list[tuple] = []  # (call, day, the reuse flag it was given)
         self.rows = 0
         self.starts = 0
 
@@ -90,8 +91,9 @@ class ScriptedBackend:
     def lost(self, error):
         return _lost(error)
 
-    def count(self, units):
+    def count(self, units, reuse=False):
         self.calls.append(("count", len(units)))
+        self.reuse.append(("count", None, reuse))
         if self.fail.get("count"):
             raise self.fail["count"].pop(0)
         return sum(u.rows for u in units)
@@ -99,8 +101,9 @@ class ScriptedBackend:
     def finish_counts(self):
         return {"keys": 7, "not_admitted": 0}
 
-    def train(self, units, warmup, on_unit):
+    def train(self, units, warmup, on_unit, reuse=False):
         day = units[0].day
+        self.reuse.append(("train", day, reuse))
         self.calls.append(("train", day, [u.rows for u in units], warmup))
         for i, u in enumerate(units):
             if i == len(units) // 2 and self.fail.get(day):
@@ -108,7 +111,8 @@ class ScriptedBackend:
             self.rows += u.rows
             on_unit(_report(u))
 
-    def evaluate(self, units, keep_predictions, on_unit):
+    def evaluate(self, units, keep_predictions, on_unit, reuse=False):
+        self.reuse.append(("evaluate", units[0].day, reuse))
         self.calls.append(("evaluate", units[0].day, len(units), keep_predictions))
         if self.fail.get("evaluate"):
             raise self.fail["evaluate"].pop(0)
@@ -305,9 +309,10 @@ class ValidScripted(ScriptedBackend):
         super().__init__(cfg)
         self.q = list(q)
 
-    def evaluate(self, units, keep_predictions, on_unit):
+    def evaluate(self, units, keep_predictions, on_unit, reuse=False):
         if units[0].day != "3":
-            return super().evaluate(units, keep_predictions, on_unit)
+            return super().evaluate(units, keep_predictions, on_unit, reuse)
+        self.reuse.append(("evaluate", units[0].day, reuse))
         self.calls.append(("validate", self.rows))
         q = self.q.pop(0)
         labels = np.array([0, 1, 1, 0], np.float32)
@@ -356,6 +361,8 @@ def test_passes_train_the_days_again_with_shuffled_units_and_count_once(data, tm
     rep, b = _run(cfg)
     # The statistics pass counts one pass's units once (occurrences, not x passes).
     assert [c for c in b.calls if c[0] == "count"] == [("count", 10)]
+    # ... and keeps the batches for pass 1, which keeps them for pass 2, ... but not pass 3.
+    assert [r[2] for r in b.reuse] == [True] + [True] * 4 + [False] * 2 + [False]
     trained = _trained(b)
     assert [c[1] for c in trained] == ["1", "2"] * 3
     assert [c[3] for c in trained] == [2, 0, 0, 0, 0, 0]  # warm-up: day 1 of pass 1 only
@@ -374,6 +381,21 @@ def test_passes_train_the_days_again_with_shuffled_units_and_count_once(data, tm
     _, manifest = load_checkpoint(run_dir / "checkpoints" / "pass=3.day=1")
     assert manifest["pass"] == 3 and manifest["day_index"] == 4
     assert _events(run_dir) == ["train_day"] * 6 + ["test"]
+
+
+def test_a_next_day_scored_during_training_keeps_its_batches_when_it_is_trained_again(data):
+    _, b = _run(_cfg(data, "train.eval_next_day=true", "train.passes=2"))
+    assert b.reuse == [
+        ("train", "1", True),
+        ("evaluate", "2", True),  # trained next in this pass
+        ("train", "2", True),
+        ("evaluate", "3", False),  # the test day
+        ("train", "1", False),
+        ("evaluate", "2", True),  # trained next in this (last) pass
+        ("train", "2", False),
+        ("evaluate", "3", False),
+        ("evaluate", "3", False),  # the test pass
+    ]
 
 
 def test_the_unit_order_of_later_passes_is_a_seeded_shuffle(data):
@@ -401,6 +423,17 @@ def test_validation_is_scored_after_each_pass(data4, tmp_path):
         ("validate", 4 * ROWS_PER_DAY),
     ]
     assert _events(run_dir) == ["train_day", "train_day", "valid"] * 2 + ["test"]
+    # The pass cache: what is read again in the run is kept, what is not is not (the last
+    # pass's days, the last validation, the test day).
+    assert b.reuse == [
+        ("train", "1", True),
+        ("train", "2", True),
+        ("evaluate", "3", True),
+        ("train", "1", False),
+        ("train", "2", False),
+        ("evaluate", "3", False),
+        ("evaluate", "4", False),
+    ]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     valid = [x for x in lines if x["event"] == "valid"]
     assert [v["pass"] for v in valid] == [1, 2] and all(v["rows"] == 4 for v in valid)
