@@ -157,7 +157,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     acc = MetricAccumulator()
     writer = None
     n = 0
-    for s in pred.iter_batches(args.data, days, keep=keep):
+    labelled = 0
+    for s in pred.iter_batches(args.data, days, keep=keep, label_optional=True):
         cols = {c: s.kept.column(c) for c in keep} if s.kept is not None else {}
         t = pa.table(
             {
@@ -166,7 +167,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 "file": pa.repeat(s.file, s.rows.size),
                 "row": pa.array(s.rows),
                 "prediction": pa.array(s.probs.astype(np.float64)),
-                "label": pa.array(s.labels),
+                "label": pa.array(s.labels, mask=np.isnan(s.labels)),  # null: none
                 "coverage": pa.array(s.coverage),
             }
         )
@@ -181,27 +182,36 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     f"{writer.schema} in the first file scored: {e}"
                 ) from e
         writer.write_table(t)
-        if pred.loss.classification:  # AUC and logloss; regression metrics are still to come
-            acc.update(s.labels, s.probs)
+        has = ~np.isnan(s.labels)  # a file without the label column: predictions only
+        if pred.loss.classification and has.any():  # regression metrics are still to come
+            acc.update(s.labels[has], s.probs[has])
+            labelled += int(has.sum())
         n += s.rows.size
     if writer:
         writer.close()
     r = acc.result()
-    print(
-        f"scored {n:,} rows into {args.out}"
-        + (f": AUC {r['auc']:.4f}, logloss {r['logloss']:.4f}" if pred.loss.classification else "")
-    )
+    if not labelled:
+        what = " (no labels: predictions only)" if pred.loss.classification else ""
+    else:
+        on = f" on the {labelled:,} labelled rows" if labelled < n else ""
+        what = f": AUC {r['auc']:.4f}, logloss {r['logloss']:.4f}{on}"
+    print(f"scored {n:,} rows into {args.out}{what}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from psfm.checkpoint import latest_checkpoint, load_checkpoint
-    from psfm.data.parquet import list_days, select_days
+    from psfm.data.parquet import day_files, list_days, select_days
+    from psfm.data.schemas import check_files
     from psfm.ps.client import LocalClient
     from psfm.trainer import evaluate, load_run_config, make_shards
     from psfm.worker import Worker
 
     cfg = load_run_config(args.run_dir)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
     root = args.data or cfg.data.root
     all_days = list_days(root)
     days = select_days(all_days, args.days) if args.days else [all_days[-1]]
@@ -209,6 +219,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if ckpt is None:
         raise PsfmError(f"Run directory '{args.run_dir}' has no complete checkpoint.")
     states, manifest = load_checkpoint(ckpt)
+    if manifest.get("schema"):  # data of another layout or schema would score other keys
+        check_files(cfg.data, [f for d in days for f in day_files(root, d)], manifest["schema"])
     client = LocalClient(make_shards(cfg))
     client.restore(states)
     out = evaluate(cfg, Worker(cfg), client, root, days)
@@ -295,7 +307,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         "predict",
         help="score Parquet logs with an exported model (no Ray)",
         description="Writes, per input row: the --keep columns, day, file, row, prediction, "
-        "label and coverage (the fraction of the row's feature keys the model has). Data of "
+        "label (null for logs without the label column: serving data) and coverage (the "
+        "fraction of the row's feature keys the model has). Data of "
         "another layout or feature schema than the model's is refused.",
     )
     p.add_argument("--model", required=True)

@@ -312,13 +312,17 @@ class Predictor:
             tables=tables,
         )
 
-    def feature_schema(self, arrow: pa.Schema, file: str) -> FeatureSchema:
+    def feature_schema(
+        self, arrow: pa.Schema, file: str, label_optional: bool = False
+    ) -> FeatureSchema:
         """The feature columns to read from ``file`` (its Arrow schema ``arrow``): the
         model's recorded ones, after checking that the file has them with values that hash
-        alike; a file of another layout or schema is a DataError naming both sides."""
+        alike; a file of another layout or schema is a DataError naming both sides. With
+        ``label_optional`` a file without the label column is scored without labels."""
         rec = self.schema
+        opt = label_optional
         if rec is None:
-            return resolve_schema(self.data, arrow, file)
+            return resolve_schema(self.data, arrow, file, opt)
         names = arrow.names
         keys_type = arrow.field("keys").type if "keys" in names else None
         hashed = keys_type is not None and (
@@ -331,7 +335,8 @@ class Predictor:
                     f"{', '.join(names)}) but the model '{self.path}' was trained on the hashed "
                     "layout (keys: list<uint64>)."
                 )
-            return resolve_schema(dataclasses.replace(self.data, layout="hashed"), arrow, file)
+            hashed_data = dataclasses.replace(self.data, layout="hashed")
+            return resolve_schema(hashed_data, arrow, file, opt)
         cat, num = list(rec["categorical"]), list(rec["numeric"])
         missing = [c for c in [*cat, *num] if c not in names]
         if missing:
@@ -361,7 +366,7 @@ class Predictor:
             numeric=tuple(num),
             numeric_transform=rec["numeric_transform"],
         )
-        return resolve_schema(data, arrow, file)
+        return resolve_schema(data, arrow, file, opt)
 
     def score_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, RaFM-low probabilities) of a batch (logits for squared loss)."""
@@ -375,13 +380,15 @@ class Predictor:
         days: Sequence[str] | None = None,
         batch_size: int = 65536,
         keep: Sequence[str] = (),
+        label_optional: bool = False,
     ) -> Iterator[Scored]:
         """Score every row of ``days`` (default: all) of ``root``, a batch at a time, with the
-        ``keep`` columns of the same rows passed through."""
+        ``keep`` columns of the same rows passed through. With ``label_optional`` files
+        without the label column are scored too, their labels NaN."""
         for day in days or list_days(root):
             for u in work_units(root, day):
                 pf = open_parquet(u.file)
-                schema = self.feature_schema(pf.schema_arrow, u.file)
+                schema = self.feature_schema(pf.schema_arrow, u.file, label_optional)
                 absent = [c for c in keep if c not in pf.schema_arrow.names]
                 if absent:
                     raise DataError(

@@ -63,7 +63,7 @@ class FeatureSchema:
 
     @property
     def columns(self) -> list[str]:
-        cols = [self.label] + ([self.weight] if self.weight else [])
+        cols = ([self.label] if self.label else []) + ([self.weight] if self.weight else [])
         if self.layout == "hashed":
             return cols + ["keys", "values"]
         return cols + list(self.categorical) + list(self.numeric)
@@ -110,9 +110,14 @@ def _is_str(t: pa.DataType) -> bool:
     )
 
 
-def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSchema:
-    """Check a file's Arrow schema against the config and infer the feature columns."""
+def resolve_schema(
+    cfg: DataConfig, schema: pa.Schema, file: str, label_optional: bool = False
+) -> FeatureSchema:
+    """Check a file's Arrow schema against the config and infer the feature columns. With
+    ``label_optional`` (scoring unlabelled logs) a file without the label column is read
+    without labels (the schema's ``label`` is "")."""
     names = schema.names
+    label = "" if label_optional and cfg.label not in names else cfg.label
 
     def need(col: str, ok: bool, rule: str) -> None:
         if col not in names:
@@ -127,13 +132,14 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
     def typ(col: str) -> pa.DataType:
         return schema.field(col).type if col in names else pa.null()
 
-    need(
-        cfg.label,
-        pa.types.is_integer(typ(cfg.label))
-        or pa.types.is_floating(typ(cfg.label))
-        or pa.types.is_boolean(typ(cfg.label)),
-        "the label must be numeric",
-    )
+    if label:
+        need(
+            label,
+            pa.types.is_integer(typ(label))
+            or pa.types.is_floating(typ(label))
+            or pa.types.is_boolean(typ(label)),
+            "the label must be numeric",
+        )
     if cfg.weight:
         need(
             cfg.weight,
@@ -155,7 +161,7 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
                 pa.types.is_list(typ("values")) or pa.types.is_large_list(typ("values")),
                 "values must be list<float>",
             )
-        return FeatureSchema("hashed", cfg.label, cfg.weight)
+        return FeatureSchema("hashed", label, cfg.weight)
     skip = {cfg.label, cfg.weight, *cfg.ignore}
     cat, num = list(cfg.categorical), list(cfg.numeric)
     if not cat and not num:
@@ -177,7 +183,7 @@ def resolve_schema(cfg: DataConfig, schema: pa.Schema, file: str) -> FeatureSche
     if not cat and not num:
         raise DataError(f"File '{file}': no feature columns (columns: {', '.join(names)}).")
     return FeatureSchema(
-        "columns", cfg.label, cfg.weight, tuple(cat), tuple(num), cfg.numeric_transform
+        "columns", label, cfg.weight, tuple(cat), tuple(num), cfg.numeric_transform
     )
 
 
@@ -300,9 +306,12 @@ def decode_rows(
     file row of the table's first row and ``rg_starts`` the first row of every row group."""
     n = table.num_rows
     bad = _Bad(n, bad_rows, where, first_row, rg_starts)
-    labels = _float_col(table, schema.label)  # nulls -> nan
-    rule = loss_by_name(loss)
-    bad.check(rule.bad_labels(labels), schema.label, labels, rule.label_rule)
+    if schema.label:
+        labels = _float_col(table, schema.label)  # nulls -> nan
+        rule = loss_by_name(loss)
+        bad.check(rule.bad_labels(labels), schema.label, labels, rule.label_rule)
+    else:  # scoring an unlabelled log (resolve_schema(label_optional=True))
+        labels = np.full(n, np.nan)
     weights = None
     if schema.weight:
         weights = _float_col(table, schema.weight)

@@ -147,6 +147,14 @@ def test_data_of_another_layout_or_schema_is_refused(logs, tmp_path, capsys):
     _write(tmp_path / "fewer" / "day=1" / "part-0.parquet", t.drop_columns(["I2"]))
     with pytest.raises(DataError, match=r"lacks the feature column\(s\) I2 of the model"):
         list(Predictor(str(model)).iter_batches(str(tmp_path / "fewer")))
+    # psfm evaluate of a run checks the same, against the schema its checkpoint records
+    for bad, said in (("strings", "column 'C2' holds string values, int in"), ("fewer", "'I2'")):
+        run = ["evaluate", "--run-dir", str(root / "run"), "--data", str(tmp_path / bad)]
+        assert main(run) == 2
+        err = capsys.readouterr().err
+        assert "does not have the feature schema" in err and said in err, err
+    assert main(["evaluate", "--run-dir", str(root / "run"), "--days", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 4000
     # a --keep column the data does not have, or one the output already has
     with pytest.raises(DataError, match=r"has no column 'order_id' to keep"):
         list(Predictor(str(model)).iter_batches(str(data), ["3"], keep=["order_id"]))
@@ -160,3 +168,29 @@ def test_version(capsys):
         main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out == f"psfm {psfm.__version__}\n" == "psfm 0.1.0\n"
+
+
+def test_an_unlabelled_log_is_scored_with_null_labels(logs, tmp_path, capsys):
+    """Serving data has no label column: the same rows score the same, labels come out null,
+    and the metrics are over the labelled rows only."""
+    _, data, model = logs
+    unlabelled = tmp_path / "serving"
+    for f in sorted(data.glob("day=3/*.parquet")):
+        t = pq.read_table(f)
+        _write(unlabelled / "day=4" / f.name, t.drop_columns(["label"]))
+        _write(unlabelled / "day=3" / f.name, t)
+    out = _predict(model, unlabelled, tmp_path / "u.parquet", "--days", "4", "--keep", "id")
+    assert "no labels: predictions only" in capsys.readouterr().out
+    assert out.num_rows == 4000 and out["label"].null_count == 4000
+    ref = _predict(model, data, tmp_path / "r.parquet", "--days", "3", "--keep", "id")
+    assert np.array_equal(out["prediction"].to_numpy(), ref["prediction"].to_numpy())
+    assert np.array_equal(out["id"].to_numpy(), ref["id"].to_numpy())
+    # a labelled and an unlabelled day together: AUC over the labelled rows
+    both = _predict(model, unlabelled, tmp_path / "b.parquet")
+    said = capsys.readouterr().out
+    assert "on the 4,000 labelled rows" in said and both["label"].null_count == 4000
+    # training still needs the label: the rule and the file are named
+    root = json.dumps(str(unlabelled))
+    cfg = load_config(None, [f"data.root={root}", 'data.train_days="4"', 'data.test_days="3"'])
+    with pytest.raises(DataError, match="column 'label' is missing"):
+        train_local(cfg)
