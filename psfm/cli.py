@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -357,11 +359,35 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # ray job stop, kill: as Ctrl-C
     try:
         return int(args.func(args) or 0)
     except PsfmError as e:
         print(f"psfm: error: {user_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the run loop has closed its backend (actors killed) by now
+        print(f"psfm: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What to do after an interrupted command: how to continue it without losing work."""
+    if args.cmd == "train" and getattr(args, "run_dir", None):
+        return (
+            f". Nothing trained is lost past the newest checkpoint in '{args.run_dir}': "
+            f"continue with psfm train --run-dir {args.run_dir} --resume"
+        )
+    if args.cmd == "study":
+        return (
+            ". Run the same command again: finished runs are skipped, the interrupted one "
+            "resumes from its checkpoints"
+        )
+    return ""
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -255,3 +259,32 @@ def test_a_file_with_another_feature_schema_is_refused_before_training(
     with pytest.raises(DataError, match=rf"File '.*day=3.*' does not have the feature .*{match}"):
         _train(root, 'model.kind="lr"', run_dir=run)
     assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_train_says_how_to_resume_and_the_resumed_run_loses_nothing(
+    data, full, tmp_path, sig
+):
+    """Ctrl-C (or ray job stop's SIGTERM) during a day: one line naming the resume command,
+    exit 130, the newest checkpoint kept; the resumed run ends with the uninterrupted model."""
+    run = tmp_path / "run"
+    # LR at 16-row batches: 3 days of 8k rows take seconds, so the signal lands mid-run
+    cmd = [sys.executable, "-m", "psfm.cli", "train", "--in-process", "--data", str(data),
+           "--run-dir", str(run), "--set", "data.batch_size=16"]  # fmt: skip
+    cmd += [f"--set={s}" for s in LR]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("day=1/MANIFEST*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("psfm: interrupted.") and f"--run-dir {run} --resume" in last, err
+    assert "Traceback" not in err
+    assert not (run / "report.json").exists()  # interrupted before the end
+    assert main(["train", "--run-dir", str(run), "--resume", "--in-process"]) == 0
+    reference = _train(data, *LR, "data.batch_size=16", run_dir=tmp_path / "whole")
+    report = json.loads((run / "report.json").read_text())
+    assert report["test"]["auc"] == reference["test"]["auc"]
+    _same(_final_model(run), _final_model(tmp_path / "whole"))
