@@ -168,7 +168,9 @@ def load_checkpoint(ckpt_dir: str) -> tuple[list[dict[str, np.ndarray]], dict[st
 
 def list_checkpoints(run_dir: str) -> list[tuple[int, str, str]]:
     """Every checkpoint folder of a run, newest first: (day_index, folder, problem) where
-    problem is "" for a readable manifest with a day index (the statistics pass's is -1)."""
+    problem is "" for a readable manifest with a day index (the statistics pass's is -1). A
+    checkpoint within a day has the day index of the step before it and ``units_done`` of
+    its own step: it sorts after that step's checkpoint and before the next one's."""
     fs, root = resolve(posixpath.join(str(run_dir), "checkpoints"))
     try:
         entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -180,11 +182,18 @@ def list_checkpoints(run_dir: str) -> list[tuple[int, str, str]]:
             continue
         d = posixpath.join(str(run_dir), "checkpoints", e.base_name)
         try:
-            i = int(json.loads(read_bytes(posixpath.join(d, MANIFEST))).get("day_index", -1))
-            out.append((i, d, ""))
-        except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-            out.append((-2, d, f"no readable manifest ({err})"))
-    return sorted(out, key=lambda t: (t[0], t[1]), reverse=True)
+            m = json.loads(read_bytes(posixpath.join(d, MANIFEST)))
+            out.append((int(m.get("day_index", -1)), int(m.get("units_done", 0)), d, ""))
+        except (
+            CheckpointError,
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+            ValueError,
+            TypeError,
+            AttributeError,
+        ) as err:
+            out.append((-2, 0, d, f"no readable manifest ({err})"))
+    return [(i, d, p) for i, _, d, p in sorted(out, reverse=True)]
 
 
 def resume_checkpoint(run_dir: str) -> str | None:

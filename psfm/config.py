@@ -304,7 +304,10 @@ class TrainConfig:
     refuses a run directory that already holds a run unless ``overwrite`` (``--overwrite``),
     which deletes its checkpoints first. ``keep_checkpoints``: how many of the newest
     checkpoints are kept (0 = all); the best pass's checkpoint under early stopping is always
-    kept too.
+    kept too. ``checkpoint_every_rows`` (0 = at day ends only): also checkpoint within a day
+    after every group of work units of at least this many rows (the workers finish their
+    units first), so a crash, a lost actor or an interrupted run loses at most that much
+    training instead of the day; a resumed day continues after the units done.
 
     ``init_from`` (``""`` = none): a warm start, the daily incremental loop (alphaFM ``-im``,
     VW ``-i``). A new run whose run directory has no checkpoint of its own starts from
@@ -331,6 +334,7 @@ class TrainConfig:
     patience: int = 1
     overwrite: bool = False
     keep_checkpoints: int = 3
+    checkpoint_every_rows: int = 0
     init_from: str = ""
 
     def __post_init__(self) -> None:
@@ -355,6 +359,9 @@ class TrainConfig:
         k = self.keep_checkpoints
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             _fail("TrainConfig", "keep_checkpoints", "an int >= 0 (0 = keep all)", k)
+        k = self.checkpoint_every_rows
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            _fail("TrainConfig", "checkpoint_every_rows", "an int >= 0 (0 = day ends only)", k)
 
 
 @dataclass(frozen=True)

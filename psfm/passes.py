@@ -39,6 +39,7 @@ __all__ = [
     "schedule",
     "checkpoint_name",
     "pass_units",
+    "unit_groups",
     "StopDecision",
     "EarlyStopping",
     "valid_record",
@@ -87,6 +88,32 @@ def pass_units(
         return list(units)
     rng = np.random.default_rng([seed & ((1 << 64) - 1), pass_no, day_index])
     return [units[i] for i in rng.permutation(len(units))]
+
+
+def unit_groups(rows: Sequence[int], start: int, every: int) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` index ranges in which a day's units (``rows`` each) are trained from
+    unit ``start``: one range, or with ``every > 0`` ranges of at least ``every`` rows (the
+    last one what is left), a checkpoint after each but the last.
+
+    >>> unit_groups([5, 5, 5, 5, 5], 0, 0), unit_groups([5, 5, 5, 5, 5], 0, 8)
+    ([(0, 5)], [(0, 2), (2, 4), (4, 5)])
+    >>> unit_groups([5, 5, 5, 5, 5], 3, 8), unit_groups([5, 5, 5], 3, 8)
+    ([(3, 5)], [])
+    """
+    n = len(rows)
+    if start >= n:
+        return []
+    if every <= 0:
+        return [(start, n)]
+    out, lo, acc = [], start, 0
+    for i in range(start, n):
+        acc += rows[i]
+        if acc >= every:
+            out.append((lo, i + 1))
+            lo, acc = i + 1, 0
+    if lo < n:
+        out.append((lo, n))
+    return out
 
 
 class StopDecision(enum.Enum):

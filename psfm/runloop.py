@@ -59,6 +59,7 @@ from psfm.passes import (
     checkpoint_name,
     pass_units,
     schedule,
+    unit_groups,
     valid_record,
 )
 from psfm.ps.snapshot import resplit
@@ -107,13 +108,16 @@ def _absolute(path: str) -> str:
 class _Progress:
     """Where a run stands: ``next``, the index in the schedule of the next step to train;
     the per-day and validation records so far; whether early stopping ended training; and,
-    without a run directory, the best pass's shard states (with one, its checkpoint)."""
+    without a run directory, the best pass's shard states (with one, its checkpoint);
+    ``units_done``: work units of step ``next`` trained before a checkpoint within the day
+    (``train.checkpoint_every_rows``)."""
 
     next: int = 0
     per_day: list[dict[str, Any]] = field(default_factory=list)
     valid: list[dict[str, Any]] = field(default_factory=list)
     stopped: bool = False
     best_states: States | None = None
+    units_done: int = 0
 
 
 class _Run:
@@ -307,14 +311,16 @@ class _Run:
             list(manifest.get("per_day", [])),
             list(manifest.get("valid", [])),
             bool(manifest.get("stopped")),
+            units_done=int(manifest.get("units_done", 0)),
         )
         log.info(
-            "restored %s: %d of %d training days (%d x %d passes) done%s",
+            "restored %s: %d of %d training days (%d x %d passes) done%s%s",
             ckpt,
             prog.next,
             len(self.steps),
             len(self.train_days),
             self.cfg.train.passes,
+            f", and {prog.units_done} work units of the next" if prog.units_done else "",
             "; early stopping ended training" if prog.stopped else "",
         )
         return prog
@@ -421,42 +427,65 @@ class _Run:
     ) -> tuple[_Progress, dict[str, Any]]:
         """Train one day of one pass; at a pass's end, validate and let early stopping
         decide; checkpoint. Returns where the run then stands and the day's record."""
-        rec = self._day(backend, step)
-        nxt = dataclasses.replace(prog, next=step.seq + 1, per_day=[*prog.per_day, rec])
+        rec = self._day(backend, step, prog)
+        nxt = dataclasses.replace(
+            prog, next=step.seq + 1, per_day=[*prog.per_day, rec], units_done=0
+        )
         if step.last and self.valid_days:
             nxt = self._validate(backend, step, nxt)
         if self.run:
-            meta = self._meta(
-                day=step.day,
-                day_index=step.seq,
-                per_day=nxt.per_day,
-                valid=nxt.valid,
-                stopped=nxt.stopped,
-            )
-            meta["pass"] = step.pass_no
-            if self.stopper and nxt.valid:  # the run's model for export / evaluate
-                meta["best_checkpoint"] = self._best_name(nxt.valid)
-            backend.checkpoint(self.run.checkpoint_dir(checkpoint_name(step)), meta)
-            protect = {meta["best_checkpoint"]} if "best_checkpoint" in meta else set()
-            for gone in prune_checkpoints(self.run.path, self.cfg.train.keep_checkpoints, protect):
-                log.debug(
-                    "removed checkpoint %s (train.keep_checkpoints = %d)",
-                    gone,
-                    self.cfg.train.keep_checkpoints,
-                )
+            self._checkpoint(backend, step, nxt)
         return nxt, rec
 
-    def _day(self, backend: Backend, step: Step) -> dict[str, Any]:
-        """Train ``step``'s day, end it on the shards, score the next day if asked."""
+    def _checkpoint(
+        self, backend: Backend, step: Step, prog: _Progress, units_done: int = 0
+    ) -> None:
+        """Checkpoint after ``step`` (``prog``: where the run then stands), or within it after
+        its first ``units_done`` work units (``prog``: where it stood before the step); then
+        keep the newest ``train.keep_checkpoints`` (and the best pass's)."""
+        assert self.run is not None
+        name = checkpoint_name(step)
+        meta = self._meta(
+            day=step.day,
+            day_index=step.seq - 1 if units_done else step.seq,
+            per_day=prog.per_day,
+            valid=prog.valid,
+            stopped=prog.stopped,
+        )
+        meta["pass"] = step.pass_no
+        if units_done:
+            meta["units_done"] = units_done
+            name += f".units={units_done:06d}"
+        if self.stopper and prog.valid:  # the run's model for export / evaluate
+            meta["best_checkpoint"] = self._best_name(prog.valid)
+        backend.checkpoint(self.run.checkpoint_dir(name), meta)
+        protect = {meta["best_checkpoint"]} if "best_checkpoint" in meta else set()
+        for gone in prune_checkpoints(self.run.path, self.cfg.train.keep_checkpoints, protect):
+            log.debug(
+                "removed checkpoint %s (train.keep_checkpoints = %d)",
+                gone,
+                self.cfg.train.keep_checkpoints,
+            )
+
+    def _day(self, backend: Backend, step: Step, prog: _Progress) -> dict[str, Any]:
+        """Train ``step``'s day (from unit ``prog.units_done``, checkpointing within it every
+        ``train.checkpoint_every_rows``), end it on the shards, score the next day if
+        asked."""
         day = step.day
         units = pass_units(self._units_of(day), self.cfg.train.seed, step.pass_no, step.index)
+        start = prog.units_done
         what = f"day {day}" + (f" of pass {step.pass_no}" if step.pass_no > 1 else "")
-        tally = Tally(
-            what, sum(u.rows for u in units), self.cfg.train.log_every_s, show_metrics=True
-        )
+        tally = Tally(what, sum(u.rows for u in units[start:]), self.cfg.train.log_every_s, True)
         t0 = time.perf_counter()
-        warmup = self.cfg.ps.warmup_units if step.seq == 0 and not self.warm_from else 0
-        backend.train(units, warmup, tally.add, reuse=step.pass_no < self.cfg.train.passes)
+        first = step.seq == 0 and not self.warm_from and start == 0
+        warmup = self.cfg.ps.warmup_units if first else 0
+        reuse = step.pass_no < self.cfg.train.passes
+        every = self.cfg.train.checkpoint_every_rows if self.run else 0
+        for lo, hi in unit_groups([u.rows for u in units], start, every):
+            backend.train(units[lo:hi], warmup, tally.add, reuse=reuse)
+            warmup = 0
+            if hi < len(units):  # within the day: resumes after unit hi
+                self._checkpoint(backend, step, prog, units_done=hi)
         rec = day_record(
             day,
             step.pass_no,
@@ -467,6 +496,8 @@ class _Run:
             time.perf_counter() - t0,
             cached_rows=tally.cached_rows,
         )
+        if start:
+            rec["resumed_at_unit"] = start  # the rows and metrics are those after it
         backend.end_day(self.day_base + step.seq + 1)
         k = self.all_days.index(day) + 1
         if self.cfg.train.eval_next_day and k < len(self.all_days):

@@ -288,3 +288,36 @@ def test_an_interrupted_train_says_how_to_resume_and_the_resumed_run_loses_nothi
     report = json.loads((run / "report.json").read_text())
     assert report["test"]["auc"] == reference["test"]["auc"]
     _same(_final_model(run), _final_model(tmp_path / "whole"))
+
+
+def test_checkpoints_within_a_day_resume_after_the_units_done(data, tmp_path):
+    """train.checkpoint_every_rows: a checkpoint after every group of units in a day; a run
+    resumed from one trains the rest of that day and ends with the uninterrupted model."""
+    sets = (*LR, "data.rows_per_unit=4096", "train.checkpoint_every_rows=4096")
+    rep = _train(data, *sets, run_dir=tmp_path / "a")
+    names = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    assert names == [
+        "day=1",
+        "day=1.units=000001",
+        "day=2",
+        "day=2.units=000001",
+        "day=3",
+        "day=3.units=000001",
+    ]
+    plain = _train(data, *LR, "data.rows_per_unit=4096", run_dir=tmp_path / "b")
+    assert rep["test"] == plain["test"]  # the barriers change nothing in-process
+    _same(_final_model(tmp_path / "a"), _final_model(tmp_path / "b"))
+    # a crash during day 2's second unit: the newest checkpoint is day 2's first unit
+    run = tmp_path / "c"
+    shutil.copytree(tmp_path / "a", run)
+    for gone in ("day=3", "day=3.units=000001", "day=2"):
+        shutil.rmtree(run / "checkpoints" / gone)
+    (run / "report.json").unlink()
+    _, manifest = load_checkpoint(run / "checkpoints" / "day=2.units=000001")
+    assert manifest["units_done"] == 1 and manifest["day_index"] == 0
+    assert main(["train", "--run-dir", str(run), "--resume", "--in-process"]) == 0
+    _same(_final_model(run), _final_model(tmp_path / "a"))
+    resumed = json.loads((run / "report.json").read_text())
+    assert resumed["test"] == rep["test"]
+    day2 = resumed["train"]["per_day"][1]
+    assert day2["resumed_at_unit"] == 1 and day2["rows"] == 8_000 - 4096

@@ -235,6 +235,52 @@ def test_lost_actors_are_retried_per_day_and_each_row_is_applied_once(data, tmp_
     assert "retry 2 of 2)" in caplog.text
 
 
+class LateLoss(ScriptedBackend):
+    """Loses an actor after one unit of the second group of units of day 2."""
+
+    def train(self, units, warmup, on_unit, reuse=False):
+        day = units[0].day
+        self.groups = getattr(self, "groups", 0) + (day == "2")
+        if day == "2" and self.groups == 2:
+            self.calls.append(("train", day, [u.rows for u in units], warmup))
+            self.rows += units[0].rows
+            on_unit(_report(units[0]))
+            raise Lost()
+        return super().train(units, warmup, on_unit, reuse)
+
+
+def test_a_loss_after_a_checkpoint_within_the_day_replays_only_the_units_after_it(data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(
+        data,
+        "data.rows_per_unit=1000",  # 5 units a day, a checkpoint after every 2
+        "train.checkpoint_every_rows=2000",
+        "train.keep_checkpoints=0",
+        run_dir=run_dir,
+    )
+    made: list[ScriptedBackend] = []
+    rep = run(cfg, lambda c: made.append(LateLoss(c)) or made[-1])
+    b = made[0]
+    assert [c[2] for c in _trained(b) if c[1] == "2"] == [
+        [1000] * 2,
+        [1000] * 2,  # lost after its first unit
+        [1000] * 2,  # replayed from the checkpoint after units 0-1
+        [1000],
+    ]
+    assert [c for c in b.calls if c[0] == "restore"] == [("restore", ROWS_PER_DAY + 2000)]
+    assert b.rows == 2 * ROWS_PER_DAY  # every row applied once
+    day2 = rep["train"]["per_day"][1]
+    assert day2["resumed_at_unit"] == 2 and day2["rows"] == 3000
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "day=1",
+        "day=1.units=000002",
+        "day=1.units=000004",
+        "day=2",
+        "day=2.units=000002",
+        "day=2.units=000004",
+    ]
+
+
 def test_a_third_loss_on_one_day_gives_up_after_the_days_before(data, tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(Lost):
