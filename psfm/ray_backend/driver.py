@@ -56,9 +56,42 @@ LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20}
 ACTOR_ENV = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 
 
+TOKEN_AUTH_SINCE = (2, 52)  # the first Ray with token authentication (RAY_AUTH_MODE)
+TOKEN_AUTH_LOCAL_DEFAULT = (2, 59)  # the first that turns it on for a local ray.init()
+
+
+def _ray_version() -> tuple[int, ...]:
+    return tuple(int(p) for p in ray.__version__.split(".")[:2] if p.isdigit())
+
+
+def check_local_ray_security() -> None:
+    """The embedded Ray's processes listen on every interface of the machine (measured with
+    ``ss -ltnp``: raylet, GCS and workers on ``*``, whatever ``_node_ip_address`` says), so
+    it must refuse calls from others. Ray >= 2.59 starts a local Ray with token
+    authentication (a random token in ``~/.ray/auth_token``, readable by the user only)
+    unless ``RAY_AUTH_MODE`` says otherwise; anything less is warned about, with the fix."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() == "token":
+        return
+    if mode is not None:
+        why = f"RAY_AUTH_MODE={mode}"
+    elif _ray_version() < TOKEN_AUTH_LOCAL_DEFAULT:
+        why = f"ray {ray.__version__} starts it without authentication"
+    else:
+        return
+    log.warning(
+        "%s: the local Ray psfm starts accepts calls from any host that reaches this machine. "
+        "Set RAY_AUTH_MODE=token before starting psfm (ray >= %d.%d) or unset it (ray >= "
+        "%d.%d turns token authentication on by itself).",
+        why,
+        *TOKEN_AUTH_SINCE,
+        *TOKEN_AUTH_LOCAL_DEFAULT,
+    )
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join a cluster (``address``, else ``RAY_ADDRESS``) or start an embedded local Ray bound
-    to 127.0.0.1."""
+    """Join a cluster (``address``, else ``RAY_ADDRESS``) or start an embedded local Ray with
+    token authentication (:func:`check_local_ray_security`)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -72,6 +105,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
                 "address (host:port)."
             ) from e
     else:
+        check_local_ray_security()
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,

@@ -40,3 +40,22 @@ def test_cuda_workers_on_a_cluster_without_gpus_are_refused():
     check_placement(_cfg('train.device="cuda"'), [{"CPU": 8.0, "GPU": 2.0}], 1.0)
     with pytest.raises(ConfigError, match="on any one node"):  # GPUs on a node without CPUs left
         check_placement(_cfg('train.device="cuda"'), [{"CPU": 4.0}, {"CPU": 0.0, "GPU": 2.0}], 1.0)
+
+
+def test_an_unauthenticated_local_ray_is_warned_about(monkeypatch, caplog):
+    from psfm.ray_backend import driver
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    driver.check_local_ray_security()
+    assert "RAY_AUTH_MODE=disabled: the local Ray psfm starts accepts calls" in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setattr(driver, "_ray_version", lambda: (2, 45))
+    driver.check_local_ray_security()
+    assert "starts it without authentication" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(driver, "_ray_version", lambda: (2, 60))
+    driver.check_local_ray_security()  # on by default there: nothing to say
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    driver.check_local_ray_security()
+    assert caplog.text == ""

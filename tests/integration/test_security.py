@@ -1,0 +1,49 @@
+"""The local Ray psfm starts listens on every interface (Ray binds its servers to ``*``), so
+it must refuse callers without its token: a client without it is refused, one with it gets in."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CLIENT = "import ray; ray.init(address={gcs!r}); print('CONNECTED')"
+
+
+def _client(gcs: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | env
+    return subprocess.run(
+        [sys.executable, "-c", CLIENT.format(gcs=gcs)],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_embedded_ray_refuses_clients_without_its_token():
+    import ray
+
+    from psfm.ray_backend.driver import TOKEN_AUTH_LOCAL_DEFAULT, _ray_version, connect
+
+    if _ray_version() < TOKEN_AUTH_LOCAL_DEFAULT:
+        pytest.skip(f"ray {ray.__version__} starts a local Ray without token authentication")
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = os.environ.pop("RAY_AUTH_MODE", None)
+    try:
+        connect(num_cpus=1)
+        gcs = ray.get_runtime_context().gcs_address
+        refused = _client(gcs, RAY_AUTH_MODE="disabled")
+        assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
+        assert "token" in (refused.stdout + refused.stderr).lower()
+        allowed = _client(gcs, RAY_AUTH_MODE="token")  # the user's own token file
+        assert allowed.returncode == 0 and "CONNECTED" in allowed.stdout, allowed.stderr[-2000:]
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
