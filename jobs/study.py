@@ -5,7 +5,8 @@
         --data s3://bucket/ctr --out s3://bucket/studies/small
 
 Inside a Ray job ``RAY_ADDRESS`` is set, so every run of the study joins the job's cluster; the
-runs go one after another. ``python jobs/study.py report STUDY_DIR`` re-renders the outputs.
+runs go one after another, or ``--concurrency N`` at once (each waits for room for all its
+actors). ``python jobs/study.py report STUDY_DIR`` re-renders the outputs.
 """
 
 from __future__ import annotations

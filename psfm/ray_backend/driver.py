@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, WorkerCrashedError
+from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from psfm.backend import OnUnit, UnitReport
 from psfm.checkpoint import write_manifest
@@ -36,7 +39,7 @@ from psfm.data.parquet import UnitQueue, WorkUnit, split_tail
 from psfm.errors import PsfmError
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
-from psfm.ray_backend.placement import check_placement
+from psfm.ray_backend.placement import bundles, check_placement
 from psfm.runloop import run
 
 __all__ = ["train_ray", "connect", "RayBackend", "RayCluster", "LOCAL_SYSTEM_CONFIG", "ACTOR_ENV"]
@@ -116,6 +119,24 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         )
 
 
+def _wait_ready(pg: Any, spec: list[dict[str, float]]) -> None:
+    """Wait until the placement group is placed, saying every half minute what it waits for
+    (the cluster can hold it: :func:`check_placement` said so; other runs hold the room)."""
+    t0 = time.perf_counter()
+    while True:
+        try:
+            ray.get(pg.ready(), timeout=30)
+            return
+        except GetTimeoutError:
+            cpus = sum(b.get("CPU", 0.0) for b in spec)
+            log.info(
+                "waiting %.0fs for room for this run's %d actors (%g CPUs): other runs hold it",
+                time.perf_counter() - t0,
+                len(spec),
+                cpus,
+            )
+
+
 class RayCluster:
     """The run's actors and the calls the driver makes on them."""
 
@@ -138,29 +159,46 @@ class RayCluster:
             worker_opts["num_gpus"] = 1
         # fail in seconds, not wait forever, when the actors cannot all be placed
         alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-        check_placement(cfg, alive, float(worker_opts.get("num_gpus", 0)))
+        gpus = float(worker_opts.get("num_gpus", 0))
+        check_placement(cfg, alive, gpus)
         n, k = cfg.ps.shards, cfg.train.workers
         # Named (psfm-RUN-shard-i / -worker-w) so operators and tests can find them.
         self.run_id = uuid.uuid4().hex[:8]
+        # All the run's actors or none: a placement group, so that runs sharing a cluster (a
+        # study's concurrent runs) wait for room instead of each holding part of it.
+        self.pg = None
+        spec = bundles(cfg, gpus, {k: k in res for k in ("psfm_shard", "psfm_worker")})
+        if spec is not None:
+            self.pg = placement_group(spec, strategy="SPREAD", name=f"psfm-{self.run_id}")
+            _wait_ready(self.pg, spec)
+        at = self._bundle_strategy
         self.shards = [
-            ShardActor.options(name=f"psfm-{self.run_id}-shard-{i}", **shard_opts).remote(
-                cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n
-            )
+            ShardActor.options(
+                name=f"psfm-{self.run_id}-shard-{i}", **{**shard_opts, **at(i)}
+            ).remote(cfg.model, cfg.ftrl, cfg.levels, cfg.train.seed, i, n)
             for i in range(n)
         ]
         conf = to_dict(cfg)
         self.workers = [
-            WorkerActor.options(name=f"psfm-{self.run_id}-worker-{w}", **worker_opts).remote(
-                conf, self.shards, w, k
-            )
+            WorkerActor.options(
+                name=f"psfm-{self.run_id}-worker-{w}", **{**worker_opts, **at(n + w)}
+            ).remote(conf, self.shards, w, k)
             for w in range(k)
         ]
         ray.get([w.ping.remote() for w in self.workers])
         self.home: dict[str, int] = {}  # unit -> the worker that read it last (its pass cache)
 
+    def _bundle_strategy(self, i: int) -> dict[str, Any]:
+        if self.pg is None:
+            return {}
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, i)}
+
     def kill(self) -> None:
         for a in self.shards + self.workers:
             ray.kill(a, no_restart=True)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
 
     def on_shards(self, method: str, *args: Any) -> list:
         return ray.get([getattr(s, method).remote(*args) for s in self.shards])

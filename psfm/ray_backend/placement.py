@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from psfm.config import Config
 from psfm.errors import ConfigError
 
-__all__ = ["ActorNeed", "needs", "check_placement"]
+__all__ = ["ActorNeed", "needs", "check_placement", "bundles"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,30 @@ def needs(cfg: Config, gpus_per_worker: float) -> list[ActorNeed]:
     shards = [ActorNeed("shard", cfg.ray.shard_cpus, 0.0)] * cfg.ps.shards
     workers = [ActorNeed("worker", cfg.ray.worker_cpus, gpus_per_worker)] * cfg.train.workers
     return shards + workers
+
+
+def bundles(
+    cfg: Config, gpus_per_worker: float, labels: Mapping[str, bool]
+) -> list[dict[str, float]] | None:
+    """The run's placement-group bundles, shards first then workers (each actor's CPUs, GPUs
+    and, where the cluster labels nodes with them (``labels``), the ``psfm_shard`` /
+    ``psfm_worker`` fraction), or None when an actor asks for nothing Ray can reserve (0
+    CPUs on an unlabelled cluster): such a run is placed actor by actor instead.
+
+    >>> from psfm.config import load_config
+    >>> bundles(load_config(None, ["ps.shards=1", "train.workers=2"]), 0.0, {})
+    [{'CPU': 1.0}, {'CPU': 1.0}, {'CPU': 1.0}]
+    """
+    out = []
+    for a in needs(cfg, gpus_per_worker):
+        b = {k: v for k, v in (("CPU", a.cpus), ("GPU", a.gpus)) if v > 0}
+        label = f"psfm_{a.what}"
+        if labels.get(label):
+            b[label] = 0.01
+        if not b:
+            return None
+        out.append(b)
+    return out
 
 
 def check_placement(

@@ -38,7 +38,13 @@ def main_study(args: argparse.Namespace) -> int:
             "(or: psfm study report STUDY_DIR)."
         )
     study = load_study(args.config, data=args.data, sets=list(args.set))
-    res = run_study(study, args.out, in_process=args.in_process, address=args.address)
+    res = run_study(
+        study,
+        args.out,
+        in_process=args.in_process,
+        address=args.address,
+        concurrency=args.concurrency,
+    )
     return 1 if any(a == "failed" for a in res["actions"].values()) else 0
 
 
@@ -82,6 +88,13 @@ def add_cli(subparsers: Any) -> None:
         help="Ray cluster to join ('auto', host:port); default: RAY_ADDRESS, else a local Ray",
     )
     p.add_argument("--in-process", action="store_true", help="no Ray: each run in this process")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="runs at once on Ray (default: the config's concurrency, 1); each run waits for "
+        "room for all its actors, so the cluster's CPUs are never oversubscribed",
+    )
     p.set_defaults(func=main_study)
     sub = p.add_subparsers(dest="study_cmd", required=False, metavar="{report}")
     r = sub.add_parser("report", help="re-render a study's tables and plot from its runs")

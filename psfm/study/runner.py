@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from psfm.checkpoint import latest_checkpoint, load_checkpoint, resume_checkpoint, write_bytes
@@ -148,7 +150,11 @@ def _one(
     ``trained``, ``resumed``, ``failed``) and the record to write (None: keep the old one)."""
     report_path = posixpath.join(run_dir, "report.json")
     t0 = time.perf_counter()
-    record: dict[str, Any] = {"name": point.name, "params": point.params()}
+    record: dict[str, Any] = {
+        "name": point.name,
+        "params": point.params(),
+        "started_at": time.time(),
+    }
     try:
         cfg = study.run_config(point, run_dir)
         if exists(report_path):
@@ -173,6 +179,7 @@ def _one(
             record.update(status="ok", error=None, resumed=resume)
             action = "resumed" if resume else "trained"
         record["study_seconds"] = time.perf_counter() - t0
+        record["finished_at"] = time.time()
         if study.measure_test_seconds and "seconds" not in report["test"]:
             try:
                 secs, auc = measure_test_seconds(run_dir, list(report["test"]["days"]))
@@ -210,21 +217,38 @@ def run_study(
     address: str | None = None,
     echo: Callable[[str], None] = print,
     plot: bool = True,
+    concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """Run every grid point of ``study`` under ``out`` (``STUDY_DIR``) one after another;
+    """Run every grid point of ``study`` under ``out`` (``STUDY_DIR``), one after another or,
+    on Ray, ``concurrency`` at once (default ``study.concurrency``; each run's actors are one
+    placement group, so a run waits for room rather than oversubscribing the cluster);
     returns :func:`~psfm.study.report.write_outputs`'s result plus ``actions`` (per grid
     point: skipped, trained, resumed or failed)."""
     out = out if "://" in str(out) else posixpath.abspath(str(out))
     write_bytes(posixpath.join(out, STUDY_FILE), json.dumps(study.to_dict(), indent=1).encode())
     n = len(study.points)
     where = "in this process" if in_process else f"on Ray ({address or 'local or RAY_ADDRESS'})"
-    echo(f"study {study.name!r} ({study.protocol}): {n} runs {where}, into {out}")
+    at_once = max(1, concurrency or study.concurrency)
+    if in_process and at_once > 1:
+        echo(f"concurrency {at_once} needs Ray: with --in-process the runs go one at a time")
+        at_once = 1
+    at_once = min(at_once, n) if n else 1
+    echo(
+        f"study {study.name!r} ({study.protocol}): {n} runs {where}"
+        + (f", {at_once} at once" if at_once > 1 else "")
+        + f", into {out}"
+    )
     actions: dict[str, str] = {}
     res: dict[str, Any] = {}
     t_study = time.perf_counter()
-    for i, point in enumerate(study.points, 1):
+
+    def one(point: GridPoint) -> tuple[str, dict[str, Any] | None]:
+        return _one(study, point, run_dir_of(out, point), in_process=in_process, address=address)
+
+    finished = 0
+    for i, point, (action, record) in _run_points(study.points, one, at_once, address):
+        finished += 1
         run_dir = run_dir_of(out, point)
-        action, record = _one(study, point, run_dir, in_process=in_process, address=address)
         actions[point.name] = action
         if record is not None:
             _write_record(run_dir, record)
@@ -234,9 +258,11 @@ def run_study(
         elif record is not None:
             line += f" in {record['study_seconds']:.1f}s"
         echo(line)
-        if action != "skipped" or i == n:  # the outputs as runs finish
+        if action != "skipped" or finished == n:  # the outputs as runs finish
             res = write_outputs(out, study, plot=plot)
-    res["actions"] = actions
+    if not n:
+        res = write_outputs(out, study, plot=plot)
+    res["actions"] = {p.name: actions[p.name] for p in study.points}  # grid order
     failed = [k for k, a in actions.items() if a == "failed"]
     echo(format_summary(res["summary"]))
     echo(
@@ -246,3 +272,46 @@ def run_study(
     if res["plot_error"]:
         echo(f"no auc_vs_size.png: {res['plot_error']}")
     return res
+
+
+def _run_points(
+    points: Sequence[GridPoint],
+    one: Callable[[GridPoint], tuple[str, dict[str, Any] | None]],
+    at_once: int,
+    address: str | None,
+) -> Iterator[tuple[int, GridPoint, tuple[str, dict[str, Any] | None]]]:
+    """``(grid index, point, one(point))`` as runs finish: in order in this thread, or from
+    ``at_once`` threads, each taking the next point (Ray is connected once, first; the
+    outputs are written here, by the caller, one run at a time). The threads are daemons: a
+    Ctrl-C ends the study without waiting for the runs in flight (their actors go with the
+    driver; rerunning resumes them from their checkpoints)."""
+    if at_once <= 1:
+        for i, p in enumerate(points, 1):
+            yield i, p, one(p)
+        return
+    from psfm.ray_backend.driver import connect
+
+    connect(address)
+    todo: queue.Queue[tuple[int, GridPoint]] = queue.Queue()
+    for item in enumerate(points, 1):
+        todo.put(item)
+    done: queue.Queue[tuple[int, GridPoint, tuple[str, dict[str, Any] | None]]] = queue.Queue()
+
+    def work() -> None:
+        while True:
+            try:
+                i, p = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result = one(p)
+            except BaseException as e:  # _one records failures; this is what escaped it
+                result = ("failed", {"name": p.name, "params": p.params(), "status": "failed",
+                                     "error": user_message(e), "resumed": False,
+                                     "study_seconds": 0.0})  # fmt: skip
+            done.put((i, p, result))
+
+    for _ in range(at_once):
+        threading.Thread(target=work, daemon=True).start()
+    for _ in range(len(points)):
+        yield done.get()

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 PROTOCOLS = ("grid", "table4")
-_TOP_KEYS = ("protocol", "name", "base", "grid", "models", "measure_test_seconds")
+_TOP_KEYS = ("protocol", "name", "base", "grid", "models", "measure_test_seconds", "concurrency")
 _GRID_KEYS = ("seeds", "count_per_dim", "l1")
 _MODEL_KEYS = ("kind", "ranks", "label", "count_per_dim", "l1", "set")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -130,6 +130,7 @@ class Study:
     points: tuple[GridPoint, ...]
     measure_test_seconds: bool = True
     source: str = ""
+    concurrency: int = 1  # runs at once on Ray (each waits for room for all its actors)
 
     def run_config(self, point: GridPoint, run_dir: str) -> Config:
         """The run config of ``point`` (raises ConfigError when a value breaks its rule)."""
@@ -148,6 +149,7 @@ class Study:
             "protocol": self.protocol,
             "source": self.source,
             "measure_test_seconds": self.measure_test_seconds,
+            "concurrency": self.concurrency,
             "base": self.base,
             "points": [{**p.params(), "overrides": p.overrides} for p in self.points],
         }
@@ -176,6 +178,7 @@ class Study:
             base=d.get("base", {}),
             points=points,
             measure_test_seconds=bool(d.get("measure_test_seconds", True)),
+            concurrency=int(d.get("concurrency", 1)),
             source=d.get("source", ""),
         )
 
@@ -335,6 +338,9 @@ def study_from_dict(
     measure = values.get("measure_test_seconds", True)
     if not isinstance(measure, bool):
         raise _fail("measure_test_seconds", "true or false", measure)
+    concurrency = values.get("concurrency", 1)
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise _fail("concurrency", "an int >= 1 (runs at once on Ray)", concurrency)
     base = _base_values(values.get("base"), where, data, sets)
 
     grid = values.get("grid", {})
@@ -406,6 +412,7 @@ def study_from_dict(
         points=tuple(points),
         measure_test_seconds=measure,
         source=source,
+        concurrency=concurrency,
     )
 
 

@@ -57,3 +57,37 @@ def test_a_tiny_study_on_a_local_ray(ray_local, data, tmp_path):
 
     again = run_study(study, str(out), echo=lambda s: None)
     assert again["actions"] == {**dict.fromkeys(ok, "skipped"), "bad_c-1_l1-1_s0": "failed"}
+
+
+def test_runs_go_at_once_on_ray_and_train_what_they_train_one_by_one(ray_local, data, tmp_path):
+    """--concurrency 2: two runs' actors at a time (placement groups), each run the same
+    model as alone (one worker: deterministic, the in-process run's model)."""
+    study = study_from_dict(
+        {
+            "name": "tiny-concurrent",
+            "concurrency": 2,
+            "measure_test_seconds": False,
+            "base": {
+                "data": {"root": str(data), "train_days": "1..2", "test_days": "3"},
+                "ps": {"shards": 1},
+                "train": {"workers": 1},
+            },
+            "grid": {"seeds": [0], "l1": [1.0, 4.0]},
+            "models": [{"kind": "lr"}, {"kind": "fm", "ranks": [4]}],
+        }
+    )
+    lines: list[str] = []
+    res = run_study(study, str(tmp_path / "ray"), echo=lines.append)
+    assert "4 runs on Ray (local or RAY_ADDRESS), 2 at once" in lines[0]
+    assert set(res["actions"].values()) == {"trained"}
+    alone = run_study(study, str(tmp_path / "local"), in_process=True, echo=lambda s: None)
+    assert set(alone["actions"].values()) == {"trained"}
+    spans = []
+    for name in res["actions"]:
+        a = json.loads((tmp_path / "ray" / "runs" / name / "report.json").read_text())
+        b = json.loads((tmp_path / "local" / "runs" / name / "report.json").read_text())
+        assert a["test"]["auc"] == b["test"]["auc"], name
+        rec = json.loads((tmp_path / "ray" / "runs" / name / "study_run.json").read_text())
+        spans.append((rec["started_at"], rec["finished_at"]))
+    spans.sort()
+    assert any(s2 < e1 for (_, e1), (s2, _) in zip(spans, spans[1:]))  # some ran together

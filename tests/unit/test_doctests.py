@@ -17,6 +17,8 @@ MODULES = [
     "psfm.steps",
     "psfm.ps.table",
     "psfm.datasets.gen",
+    "psfm.passes",
+    "psfm.ray_backend.placement",
 ]
 
 

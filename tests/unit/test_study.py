@@ -387,6 +387,8 @@ def test_a_base_run_config_file_and_set_overrides(data, tmp_path):
         ({"base": {"ps": {"shards": 0}}}, ["'shards'", "PsConfig", "0"]),
         ({"base": {"model": {"kind": "rafm"}}, "_no_root": True}, ["no data", "--data DIR"]),
         ({"base": "missing.toml"}, ["Cannot read base run config", "missing.toml"]),
+        ({"concurrency": 0}, ["'concurrency'", "an int >= 1", "0"]),
+        ({"concurrency": "2"}, ["'concurrency'", "'2'"]),
     ],
 )
 def test_bad_study_configs_name_the_key_the_rule_and_the_value(data, change, words):
