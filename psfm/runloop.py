@@ -208,6 +208,7 @@ class _Run:
         backend = make_backend(self.cfg)
         try:
             backend.start()
+            t_started = time.perf_counter()
             prog = self._retrying(  # counts again from the log: nothing to restore first
                 backend,
                 "the statistics pass",
@@ -231,6 +232,7 @@ class _Run:
                 backend.workers,
                 self.cfg.ps.mode,
             )
+            t_train = time.perf_counter()
             prog = self._train(backend, prog)
             tested = self._restore_best(backend, prog)
 
@@ -240,7 +242,9 @@ class _Run:
                     self._restore_best(b, prog)
                 return evaluate_days(self.cfg, b, self.test_days)
 
+            t_test = time.perf_counter()
             test = self._retrying(backend, "the test pass", test_pass)
+            t_tested = time.perf_counter()
             model = model_report(self.cfg, backend.stats())
         finally:
             backend.close()
@@ -255,6 +259,13 @@ class _Run:
             best_pass=tested,
             early_stopped=prog.stopped,
         )
+        # where the time outside the training days goes: starting Ray and its actors, then
+        # the statistics pass or the restore, before the first batch; the test pass
+        report["timing"] = {
+            "startup_seconds": t_started - t_start,
+            "seconds_before_training": t_train - t_start,
+            "test_seconds": t_tested - t_test,
+        }
         if self.run:
             self.run.metric({"event": "test", **test})
             self.run.write_report(report)

@@ -216,6 +216,57 @@ def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data
         assert np.array_equal(a[k], b[k]), k
 
 
+def test_a_worker_killed_after_a_checkpoint_within_the_day_resumes_after_its_units(
+    ray_local, data, tmp_path, caplog
+):
+    """train.checkpoint_every_rows on Ray: a worker killed during day 2 costs the units after
+    the newest checkpoint within the day, not the day; the model is the uninterrupted one."""
+    import logging
+    import threading
+
+    import ray
+
+    sets = [
+        'ps.mode="sync"',
+        "train.workers=1",
+        "ps.shards=2",
+        "data.batch_size=512",  # small steps: the kill lands while day 2 trains
+        "data.rows_per_unit=8192",  # 4 units a day
+        "train.checkpoint_every_rows=8192",
+        "train.keep_checkpoints=0",
+    ]
+    _train(data, tmp_path / "full", *sets)
+    run = tmp_path / "killed"
+    result: dict = {}
+
+    def target():
+        try:
+            result["report"] = _train(data, run, *sets)
+        except Exception as e:  # noqa: BLE001 - surfaced by the assertion below
+            result["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    manifest = run / "checkpoints" / "day=2.units=000001" / "MANIFEST.json"
+    deadline = time.time() + 120
+    while not manifest.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    caplog.set_level(logging.INFO, logger="psfm.runloop")
+    names = [n for n in ray.util.list_named_actors() if n.endswith("-worker-0")]
+    assert names, "no worker actor found"
+    ray.kill(ray.get_actor(names[-1]), no_restart=True)
+    t.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    assert "an actor died" in caplog.text and "work units of the next" in caplog.text
+    rep = result["report"]
+    assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2", "3", "4"]
+    day2 = rep["train"]["per_day"][1]
+    assert day2["resumed_at_unit"] in (1, 2, 3) and day2["rows"] < 25_000
+    a, b = restore_model(str(tmp_path / "full"))[1], restore_model(str(run))[1]
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
 def test_shared_memory_and_ray_messages_train_the_same_model(ray_local, data, tmp_path):
     """ps.transport: shared-memory messages (the default on one node) and Ray's messages give a
     bitwise equal model (sync, one worker, 2 shards)."""

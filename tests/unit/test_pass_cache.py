@@ -88,6 +88,7 @@ def _strip(report):
     out = json.loads(json.dumps(report))
     out.pop("seconds", None)
     out.pop("config")  # the cache settings and the run directory differ
+    out.pop("timing")
     for sec in ("train", "test"):
         for k in [k for k in out.get(sec, {}) if "second" in k or k.endswith("_per_s")]:
             out[sec].pop(k)
