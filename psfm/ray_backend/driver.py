@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 # (ps.transport = "auto"); this applies to ps.transport = "ray" and to messages between
 # nodes. Set for the Ray that psfm starts itself; clusters set
 # RAY_max_direct_call_object_size on their nodes (cluster/README.md).
-LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20}
+# The embedded Ray exports no metrics: its exporter would serve them without authentication on
+# every interface (measured: the dashboard agent on 0.0.0.0); a cluster keeps its own setting.
+LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20, "enable_metrics_collection": False}
 # One thread per actor (torch and BLAS): actors are sized one per CPU.
 ACTOR_ENV = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 
@@ -117,6 +119,20 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
             log_to_driver=True,
             _system_config=LOCAL_SYSTEM_CONFIG,
         )
+        private_token()
+
+
+def private_token() -> None:
+    """The token of the local Ray (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN_PATH``) readable
+    by its owner only: Ray writes it with the umask's permissions (measured: world-readable),
+    and anyone who reads it can run code in this user's Ray."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    try:
+        st = os.stat(path)
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:
+        pass  # no token file (auth off, or the token comes from RAY_AUTH_TOKEN)
 
 
 def _wait_ready(pg: Any, spec: list[dict[str, float]]) -> None:

@@ -4,6 +4,7 @@ it must refuse callers without its token: a client without it is refused, one wi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -35,6 +36,15 @@ def test_the_embedded_ray_refuses_clients_without_its_token():
     saved = os.environ.pop("RAY_AUTH_MODE", None)
     try:
         connect(num_cpus=1)
+        token = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+        assert os.stat(token).st_mode & 0o777 == 0o600  # the owner's alone
+        ss = shutil.which("ss")
+        listening = (
+            subprocess.run([ss, "-ltnpH"], capture_output=True, text=True).stdout if ss else ""
+        )
+        mine = [ln for ln in listening.splitlines() if f"pid={os.getpid()}," not in ln]
+        # no metrics exporter on 0.0.0.0 (it would serve without the token)
+        assert not [ln for ln in mine if "0.0.0.0:" in ln.split()[3] and "ray::" in ln], mine
         gcs = ray.get_runtime_context().gcs_address
         refused = _client(gcs, RAY_AUTH_MODE="disabled")
         assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
