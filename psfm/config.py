@@ -92,6 +92,9 @@ class DataConfig:
     local disk (``cache_dir``, default the system's temporary folder), in MiB; a unit read
     again in the run (the statistics pass before pass 1, every pass but the last, validation)
     is replayed from it instead of decoded again (:mod:`psfm.data.cache`). 0 and 0: off.
+    ``max_row_keys`` (hashed layout): the most keys a row may have; a longer row is bad input
+    (a chunk of rows is decoded as a dense rows x longest-row matrix, so one 10,000-key row
+    would take gigabytes).
     """
 
     root: str = ""
@@ -111,6 +114,7 @@ class DataConfig:
     cache_mb: int = 1024
     cache_disk_mb: int = 8192
     cache_dir: str = ""
+    max_row_keys: int = 1000
 
     def __post_init__(self) -> None:
         _check_choice("DataConfig", "layout", self.layout, ("columns", "hashed"))
@@ -122,6 +126,8 @@ class DataConfig:
             _fail("DataConfig", "batch_size", "an int >= 0 (0 = auto)", self.batch_size)
         if not isinstance(self.rows_per_unit, int) or self.rows_per_unit < 1:
             _fail("DataConfig", "rows_per_unit", "an int >= 1", self.rows_per_unit)
+        if not isinstance(self.max_row_keys, int) or self.max_row_keys < 1:
+            _fail("DataConfig", "max_row_keys", "an int >= 1", self.max_row_keys)
         for name in ("cache_mb", "cache_disk_mb"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:

@@ -60,6 +60,7 @@ class FeatureSchema:
     categorical: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()
     numeric_transform: str = "log_bucket"
+    max_row_keys: int = 1000  # hashed layout: DataConfig.max_row_keys
 
     @property
     def columns(self) -> list[str]:
@@ -161,7 +162,7 @@ def resolve_schema(
                 pa.types.is_list(typ("values")) or pa.types.is_large_list(typ("values")),
                 "values must be list<float>",
             )
-        return FeatureSchema("hashed", label, cfg.weight)
+        return FeatureSchema("hashed", label, cfg.weight, max_row_keys=cfg.max_row_keys)
     skip = {cfg.label, cfg.weight, *cfg.ignore}
     cat, num = list(cfg.categorical), list(cfg.numeric)
     if not cat and not num:
@@ -322,7 +323,7 @@ def decode_rows(
             "weights must be finite and >= 0",
         )
     if schema.layout == "hashed":
-        keys, mask, values = _hashed_matrix(table, bad)
+        keys, mask, values = _hashed_matrix(table, bad, schema.max_row_keys)
     else:
         keys, mask, values = _column_matrix(table, schema, bad)
     return DecodedRows(keys, mask, values, labels, weights, bad.rows)
@@ -415,23 +416,46 @@ def _column_matrix(
     return keys, mask, values
 
 
-def _hashed_matrix(table: pa.Table, bad: _Bad) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _hashed_matrix(
+    table: pa.Table, bad: _Bad, max_keys: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     n = table.num_rows
     karr = table.column("keys").combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(karr), 0).to_numpy().astype(np.int64)
+    too_long = lengths > max_keys
+    bad.check(
+        too_long,
+        "keys",
+        lengths,
+        f"a row has at most data.max_row_keys = {max_keys} keys (the value is the row's count; "
+        "raise the setting for longer rows)",
+    )
     flat = pc.list_flatten(karr).to_numpy(zero_copy_only=False).astype(np.uint64)
+    if too_long.any():  # skipped rows (bad_rows = "skip"): their keys never widen the matrix
+        keep = np.repeat(~too_long, lengths)
+        flat = flat[keep]
+        karr_lengths = lengths
+        lengths = np.where(too_long, 0, lengths)
+    else:
+        keep, karr_lengths = None, lengths
     flat[flat == BIAS_KEY] = np.uint64(1)  # key 0 is the bias
     has_values = "values" in table.column_names
     if has_values:
         varr = table.column("values").combine_chunks()
         vflat = pc.list_flatten(varr).to_numpy(zero_copy_only=False).astype(np.float32)
         vlen = pc.fill_null(pc.list_value_length(varr), 0).to_numpy().astype(np.int64)
-        bad.check(vlen != lengths, "values", vlen, "each row needs one value per key")
+        bad.check(vlen != karr_lengths, "values", vlen, "each row needs one value per key")
+        if keep is not None and vflat.size == keep.size:
+            vflat = vflat[keep]
         if vflat.size != flat.size:
             vflat = np.ones(flat.size, np.float32)  # only reached under "skip"; rows dropped
         row_of = np.repeat(np.arange(n), lengths)
-        nonfinite = np.bincount(row_of, weights=~np.isfinite(vflat), minlength=n) > 0
-        bad.check(nonfinite, "values", np.zeros(n), "feature values must be finite")
+        odd = np.flatnonzero(~np.isfinite(vflat))
+        nonfinite = np.zeros(n, bool)
+        nonfinite[row_of[odd]] = True
+        shown = np.zeros(n, np.float32)  # each bad row's first non-finite value
+        shown[row_of[odd[::-1]]] = vflat[odd[::-1]]
+        bad.check(nonfinite, "values", shown, "feature values must be finite")
     width = 1 + (int(lengths.max()) if n else 0)
     keys = np.zeros((n, width), dtype=np.uint64)
     mask = np.zeros((n, width), dtype=bool)

@@ -244,6 +244,41 @@ def test_raw_numeric_and_hashed_layout():
 # ------------------------------------------------------------------------------ bad input
 
 
+def test_a_hashed_row_longer_than_max_row_keys_is_bad_input_and_never_widens_the_matrix():
+    long_row = list(range(1, 3001))
+    h = pa.table(
+        {
+            "label": pa.array([1, 0, 1], pa.int8()),
+            "keys": pa.array([[5, 6], long_row, [7]], pa.list_(pa.uint64())),
+            "values": pa.array([[1.0, 0.5], [1.0] * 3000, [2.0]], pa.list_(pa.float32())),
+        }
+    )
+    schema = _schema(h, layout="hashed", max_row_keys=1000)
+    with pytest.raises(DataError) as e:
+        build_batch(h, schema, "logistic", "fail", "File 'f.parquet'")
+    msg = str(e.value)
+    assert "File 'f.parquet', row 1, column 'keys': value 3000" in msg
+    assert "data.max_row_keys = 1000" in msg
+    b = build_batch(h, schema, "logistic", "skip", "File 'f.parquet'")
+    assert b.size == 2 and b.skipped == 1 and b.keys.shape[1] == 3  # bias + the longest kept
+    assert b.occ_value.tolist() == [1.0, 1.0, 0.5, 1.0, 2.0]
+    # at a higher bound the row is read
+    assert build_batch(h, _schema(h, layout="hashed", max_row_keys=3000), "logistic", "fail",
+                       "f").size == 3  # fmt: skip
+
+
+def test_a_non_finite_hashed_value_is_named_as_it_is():
+    h = pa.table(
+        {
+            "label": pa.array([1, 0], pa.int8()),
+            "keys": pa.array([[5, 6], [7, 8]], pa.list_(pa.uint64())),
+            "values": pa.array([[1.0, 0.5], [2.0, float("inf")]], pa.list_(pa.float32())),
+        }
+    )
+    with pytest.raises(DataError, match=r"row 1, column 'values': value inf breaks the rule"):
+        build_batch(h, _schema(h, layout="hashed"), "logistic", "fail", "f")
+
+
 def test_missing_label_column_names_file_and_column():
     t = _table().drop(["label"])
     with pytest.raises(DataError, match=r"File 'f.parquet': column 'label' is missing"):
