@@ -366,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     except PsfmError as e:
         print(f"psfm: error: {user_message(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that is missing, not a folder, not readable: the user's to fix
+        if args.verbose:
+            logging.getLogger("psfm").exception("the traceback")
+        print(f"psfm: error: {user_message(e)} (-v shows where)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # the run loop has closed its backend (actors killed) by now
         print(f"psfm: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130

@@ -118,6 +118,12 @@ def resolve_schema(
     ``label_optional`` (scoring unlabelled logs) a file without the label column is read
     without labels (the schema's ``label`` is "")."""
     names = schema.names
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise DataError(
+            f"File '{file}': column name(s) {', '.join(map(repr, twice))} appear more than "
+            "once; every column needs a name of its own."
+        )
     label = "" if label_optional and cfg.label not in names else cfg.label
 
     def need(col: str, ok: bool, rule: str) -> None:
@@ -155,7 +161,13 @@ def resolve_schema(
     )
     if hashed:  # named, or inferred from a list-typed 'keys' column (psfm convert libfm)
         t = typ("keys")
-        need("keys", pa.types.is_list(t) or pa.types.is_large_list(t), "keys must be list<uint64>")
+        need(
+            "keys",
+            (pa.types.is_list(t) or pa.types.is_large_list(t))
+            and pa.types.is_integer(t.value_type),
+            "keys must be list<uint64> (hashed integer keys; text features go in columns, "
+            "or through psfm convert)",
+        )
         if "values" in names:
             need(
                 "values",
