@@ -179,15 +179,13 @@ def test_driver_crash_after_day_2_then_resume_gives_the_uninterrupted_model(
         assert np.array_equal(a[k], b[k]), k
 
 
-def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data, tmp_path, caplog):
-    import logging
+def _train_and_kill(data, run, sets, after: str, actor: str) -> dict:
+    """Train in a thread; once checkpoint ``after`` is written, kill the run's actor named
+    ``...-{actor}``; return the report of the run (which must recover)."""
     import threading
 
     import ray
 
-    sets = ['ps.mode="sync"', "train.workers=1", "ps.shards=2"]
-    _train(data, tmp_path / "full", *sets)
-    run = tmp_path / "killed"
     result: dict = {}
 
     def target():
@@ -198,18 +196,27 @@ def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data
 
     t = threading.Thread(target=target)
     t.start()
-    manifest = run / "checkpoints" / "day=1" / "MANIFEST.json"
+    manifest = run / "checkpoints" / after / "MANIFEST.json"
     deadline = time.time() + 120
     while not manifest.exists() and time.time() < deadline:
         time.sleep(0.02)
-    caplog.set_level(logging.WARNING, logger="psfm.runloop")
-    names = [n for n in ray.util.list_named_actors() if n.endswith("-shard-0")]
-    assert names, "no shard actor found"
-    ray.kill(ray.get_actor(names[-1]), no_restart=True)  # during day 2
+    names = [n for n in ray.util.list_named_actors() if n.endswith(f"-{actor}")]
+    assert names, f"no {actor} actor found"
+    ray.kill(ray.get_actor(names[-1]), no_restart=True)
     t.join(timeout=300)
     assert "error" not in result, result.get("error")
+    return result["report"]
+
+
+def test_a_shard_killed_mid_day_is_restored_and_the_day_replayed(ray_local, data, tmp_path, caplog):
+    import logging
+
+    sets = ['ps.mode="sync"', "train.workers=1", "ps.shards=2"]
+    _train(data, tmp_path / "full", *sets)
+    run = tmp_path / "killed"
+    caplog.set_level(logging.WARNING, logger="psfm.runloop")
+    rep = _train_and_kill(data, run, sets, after="day=1", actor="shard-0")  # during day 2
     assert "an actor died" in caplog.text and "running it again" in caplog.text
-    rep = result["report"]
     assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2", "3", "4"]
     a, b = restore_model(str(tmp_path / "full"))[1], restore_model(str(run))[1]
     for k in a:
@@ -222,9 +229,6 @@ def test_a_worker_killed_after_a_checkpoint_within_the_day_resumes_after_its_uni
     """train.checkpoint_every_rows on Ray: a worker killed during day 2 costs the units after
     the newest checkpoint within the day, not the day; the model is the uninterrupted one."""
     import logging
-    import threading
-
-    import ray
 
     sets = [
         'ps.mode="sync"',
@@ -237,28 +241,9 @@ def test_a_worker_killed_after_a_checkpoint_within_the_day_resumes_after_its_uni
     ]
     _train(data, tmp_path / "full", *sets)
     run = tmp_path / "killed"
-    result: dict = {}
-
-    def target():
-        try:
-            result["report"] = _train(data, run, *sets)
-        except Exception as e:  # noqa: BLE001 - surfaced by the assertion below
-            result["error"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-    manifest = run / "checkpoints" / "day=2.units=000001" / "MANIFEST.json"
-    deadline = time.time() + 120
-    while not manifest.exists() and time.time() < deadline:
-        time.sleep(0.02)
     caplog.set_level(logging.INFO, logger="psfm.runloop")
-    names = [n for n in ray.util.list_named_actors() if n.endswith("-worker-0")]
-    assert names, "no worker actor found"
-    ray.kill(ray.get_actor(names[-1]), no_restart=True)
-    t.join(timeout=300)
-    assert "error" not in result, result.get("error")
+    rep = _train_and_kill(data, run, sets, after="day=2.units=000001", actor="worker-0")
     assert "an actor died" in caplog.text and "work units of the next" in caplog.text
-    rep = result["report"]
     assert [d["day"] for d in rep["train"]["per_day"]] == ["1", "2", "3", "4"]
     day2 = rep["train"]["per_day"][1]
     assert day2["resumed_at_unit"] in (1, 2, 3) and day2["rows"] < 25_000
