@@ -153,6 +153,17 @@ def _wait_ready(pg: Any, spec: list[dict[str, float]]) -> None:
             )
 
 
+def local_cpus(cfgs: Sequence[Config]) -> int:
+    """The CPUs an embedded Ray gets for runs of ``cfgs``: the machine's, or what the largest
+    run's actors ask for when that is more (a 1-shard + 2-worker run on 2 cores: 3; the
+    actors then share the cores, as they would as processes)."""
+    need = max(
+        (c.ps.shards * c.ray.shard_cpus + c.train.workers * c.ray.worker_cpus for c in cfgs),
+        default=0.0,
+    )
+    return max(os.cpu_count() or 1, int(need + 0.999))
+
+
 class RayCluster:
     """The run's actors and the calls the driver makes on them."""
 
@@ -261,19 +272,8 @@ class RayBackend:
         self.cluster: RayCluster | None = None
 
     def start(self) -> None:
-        cfg = self.cfg
-        connect(
-            self.address,
-            num_cpus=max(
-                os.cpu_count() or 1,
-                int(
-                    cfg.ps.shards * cfg.ray.shard_cpus
-                    + cfg.train.workers * cfg.ray.worker_cpus
-                    + 0.999
-                ),
-            ),
-        )
-        self.cluster = RayCluster(cfg)
+        connect(self.address, num_cpus=local_cpus([self.cfg]))
+        self.cluster = RayCluster(self.cfg)
 
     def close(self) -> None:
         if self.cluster is not None:

@@ -246,7 +246,13 @@ def run_study(
         return _one(study, point, run_dir_of(out, point), in_process=in_process, address=address)
 
     finished = 0
-    for i, point, (action, record) in _run_points(study.points, one, at_once, address):
+    configs = []
+    for p in study.points if at_once > 1 else ():
+        try:
+            configs.append(study.run_config(p, run_dir_of(out, p)))
+        except PsfmError:
+            pass  # recorded as failed when its turn comes
+    for i, point, (action, record) in _run_points(study.points, one, at_once, address, configs):
         finished += 1
         run_dir = run_dir_of(out, point)
         actions[point.name] = action
@@ -279,19 +285,21 @@ def _run_points(
     one: Callable[[GridPoint], tuple[str, dict[str, Any] | None]],
     at_once: int,
     address: str | None,
+    configs: Sequence[Config] = (),
 ) -> Iterator[tuple[int, GridPoint, tuple[str, dict[str, Any] | None]]]:
     """``(grid index, point, one(point))`` as runs finish: in order in this thread, or from
-    ``at_once`` threads, each taking the next point (Ray is connected once, first; the
-    outputs are written here, by the caller, one run at a time). The threads are daemons: a
-    Ctrl-C ends the study without waiting for the runs in flight (their actors go with the
-    driver; rerunning resumes them from their checkpoints)."""
+    ``at_once`` threads, each taking the next point. Ray is connected once, first (a local
+    one sized for the largest of the runs' ``configs``); the caller writes the outputs, one
+    run at a time. The threads are daemons: a Ctrl-C ends the study without waiting for the
+    runs in flight (their actors go with the driver; rerunning resumes them from their
+    checkpoints)."""
     if at_once <= 1:
         for i, p in enumerate(points, 1):
             yield i, p, one(p)
         return
-    from psfm.ray_backend.driver import connect
+    from psfm.ray_backend.driver import connect, local_cpus
 
-    connect(address)
+    connect(address, num_cpus=local_cpus(configs))
     todo: queue.Queue[tuple[int, GridPoint]] = queue.Queue()
     for item in enumerate(points, 1):
         todo.put(item)

@@ -59,3 +59,14 @@ def test_an_unauthenticated_local_ray_is_warned_about(monkeypatch, caplog):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     driver.check_local_ray_security()
     assert caplog.text == ""
+
+
+def test_an_embedded_ray_is_sized_for_the_largest_run(monkeypatch):
+    from psfm.ray_backend import driver
+
+    monkeypatch.setattr(driver.os, "cpu_count", lambda: 2)
+    assert driver.local_cpus([_cfg("ps.shards=1", "train.workers=1")]) == 2  # the machine's
+    # a study of 1+2 and 2+2 runs: the 2+2 run's four CPUs (runs then wait for room)
+    assert driver.local_cpus([_cfg("ps.shards=1"), _cfg()]) == 4
+    assert driver.local_cpus([_cfg("ray.worker_cpus=0.5")]) == 3  # 2 + 2 x 0.5
+    assert driver.local_cpus([]) == 2
