@@ -94,7 +94,7 @@ def test_report_run_dir_and_checkpoints(small_data, tmp_path):
         "train.keep_checkpoints=0",
         run_dir=run,
     )
-    assert set(rep) == {"test", "model", "train", "valid", "config"}
+    assert set(rep) == {"test", "model", "train", "valid", "timing", "config"}
     assert {"auc", "logloss", "ne", "calibration", "rows", "auc_low"} <= set(rep["test"])
     assert {
         "kind",
