@@ -21,22 +21,24 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from psfm.backend import OnUnit, UnitReport
-from psfm.checkpoint import write_manifest
+from psfm.checkpoint import read_bytes, resolve, write_bytes, write_manifest
 from psfm.config import Config, to_dict
 from psfm.data.parquet import UnitQueue, WorkUnit, split_tail
-from psfm.errors import PsfmError
+from psfm.errors import ConfigError, PsfmError
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
 from psfm.ray_backend.placement import bundles, check_placement
@@ -151,6 +153,36 @@ def _wait_ready(pg: Any, spec: list[dict[str, float]]) -> None:
                 len(spec),
                 cpus,
             )
+
+
+def check_run_dir_reach(run_dir: str, cluster: RayCluster) -> None:
+    """Every shard writes its checkpoint file into the run directory and the driver its
+    manifest: a folder local to each node (a path on the head that workers' nodes do not
+    share) would leave checkpoints no process can resume from. Each shard reads a file the
+    driver writes there and writes one back; any that cannot is an error before training."""
+    probe = posixpath.join(run_dir, f".psfm-reach-{cluster.run_id}")
+    token = os.urandom(16)
+    write_bytes(probe, token)
+    try:
+        problems = [p for p in ray.get([s.reach.remote(probe, token) for s in cluster.shards]) if p]
+        for i in range(len(cluster.shards) if not problems else 0):
+            try:
+                ok = read_bytes(f"{probe}.shard-{i}") == token
+            except Exception:  # noqa: BLE001 - not there, or not readable: not shared
+                ok = False
+            if not ok:
+                problems.append(f"shard {i} wrote its file where the driver cannot read it")
+    finally:
+        fs, p = resolve(run_dir)
+        for info in fs.get_file_info(pafs.FileSelector(p)):
+            if info.base_name.startswith(f".psfm-reach-{cluster.run_id}"):
+                fs.delete_file(info.path)
+    if problems:
+        raise ConfigError(
+            f"Run directory '{run_dir}' is not one folder for every process of the run: "
+            f"{'; '.join(problems)}. A multi-node run needs a folder every node shares (a "
+            "network file system) or a URI (s3://..., gs://...) for train.run_dir."
+        )
 
 
 def local_cpus(cfgs: Sequence[Config]) -> int:
@@ -274,6 +306,8 @@ class RayBackend:
     def start(self) -> None:
         connect(self.address, num_cpus=local_cpus([self.cfg]))
         self.cluster = RayCluster(self.cfg)
+        if self.cfg.train.run_dir:
+            check_run_dir_reach(self.cfg.train.run_dir, self.cluster)
 
     def close(self) -> None:
         if self.cluster is not None:

@@ -14,11 +14,12 @@ A plain class: it imports no Ray (the unit tests call it in-process).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import numpy as np
 
-from psfm.checkpoint import write_shard_state
+from psfm.checkpoint import read_bytes, write_bytes, write_shard_state
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
 from psfm.errors import PsfmError
 from psfm.ps.messages import PullResult, PushRequest, ShardStats
@@ -95,6 +96,23 @@ class ShardServer:
         return pack_into(out.arrays, buf[pad(length) :])
 
     # ------------------------------------------------------------------ checkpoint files
+    def reach(self, probe: str, token: bytes) -> str:
+        """Whether this process sees the run directory the driver does: read the driver's
+        ``probe`` file (it must hold ``token``) and write ``probe.shard-N`` back. Returns ""
+        or why not, naming this host (the driver turns it into an error)."""
+        where = f"shard {self.shard.shard_id} on {socket.gethostname()}"
+        try:
+            got = read_bytes(probe)
+        except Exception as e:  # noqa: BLE001 - any failure is the answer
+            return f"{where} cannot read the driver's file {probe!r} ({e})"
+        if got != token:
+            return f"{where} reads another file at {probe!r} (a folder of its own node)"
+        try:
+            write_bytes(f"{probe}.shard-{self.shard.shard_id}", token)
+        except Exception as e:  # noqa: BLE001
+            return f"{where} cannot write next to {probe!r} ({e})"
+        return ""
+
     def save_state(self, path: str) -> dict[str, Any]:
         """Write this shard's checkpoint file; returns its size and SHA-256."""
         return write_shard_state(path, self.shard.snapshot())

@@ -70,3 +70,18 @@ def test_an_embedded_ray_is_sized_for_the_largest_run(monkeypatch):
     assert driver.local_cpus([_cfg("ps.shards=1"), _cfg()]) == 4
     assert driver.local_cpus([_cfg("ray.worker_cpus=0.5")]) == 3  # 2 + 2 x 0.5
     assert driver.local_cpus([]) == 2
+
+
+def test_a_shard_says_whether_it_sees_the_drivers_run_directory(tmp_path):
+    from psfm.config import FtrlConfig, LevelConfig, ModelConfig
+    from psfm.ray_backend.server import ShardServer
+
+    shard = ShardServer(ModelConfig(kind="lr"), FtrlConfig(), LevelConfig(), shard_id=3, n_shards=4)
+    probe = tmp_path / ".psfm-reach-x"
+    probe.write_bytes(b"token")
+    assert shard.reach(str(probe), b"token") == ""
+    assert (tmp_path / ".psfm-reach-x.shard-3").read_bytes() == b"token"  # written back
+    # a node whose folder of that name is its own: another file, or none
+    assert "reads another file" in shard.reach(str(probe), b"other")
+    gone = shard.reach(str(tmp_path / "elsewhere" / ".psfm-reach-x"), b"token")
+    assert gone.startswith("shard 3 on ") and "cannot read the driver's file" in gone
