@@ -60,6 +60,9 @@ def compact(b: Batch) -> Compact:
         out["weights"] = b.weights.copy()
     if not b.unit_values:
         out["occ_value"] = b.occ_value.copy()
+    for v in out.values():  # replayed batches share these: a write would change later passes
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
     return out
 
 
