@@ -372,10 +372,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Actor sizing on a Ray cluster (logical CPUs per shard and per worker)."""
+    """Actor sizing on a Ray cluster (logical CPUs per shard and per worker). ``metrics``: the
+    local Ray psfm starts exports Prometheus metrics (psfm's row and byte counters with Ray's
+    own); off by default, since Ray's exporter serves them without authentication on every
+    interface. A cluster keeps its own setting."""
 
     shard_cpus: float = 1.0
     worker_cpus: float = 1.0
+    metrics: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("RayConfig", "shard_cpus", self.shard_cpus, allow_zero=True)

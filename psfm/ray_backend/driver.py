@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 # (ps.transport = "auto"); this applies to ps.transport = "ray" and to messages between
 # nodes. Set for the Ray that psfm starts itself; clusters set
 # RAY_max_direct_call_object_size on their nodes (cluster/README.md).
-# The embedded Ray exports no metrics: its exporter would serve them without authentication on
-# every interface (measured: the dashboard agent on 0.0.0.0); a cluster keeps its own setting.
+# The embedded Ray exports no metrics unless ray.metrics: its exporter would serve them without
+# authentication on every interface (measured: the dashboard agent on 0.0.0.0); a cluster keeps
+# its own setting.
 LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20, "enable_metrics_collection": False}
 # One thread per actor (torch and BLAS): actors are sized one per CPU.
 ACTOR_ENV = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
@@ -96,7 +97,7 @@ def check_local_ray_security() -> None:
     )
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, num_cpus: int | None = None, metrics: bool = False) -> None:
     """Join a cluster (``address``, else ``RAY_ADDRESS``) or start an embedded local Ray with
     token authentication (:func:`check_local_ray_security`)."""
     if ray.is_initialized():
@@ -119,7 +120,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
             _node_ip_address="127.0.0.1",
             runtime_env=ACTOR_ENV,
             log_to_driver=True,
-            _system_config=LOCAL_SYSTEM_CONFIG,
+            _system_config={**LOCAL_SYSTEM_CONFIG, "enable_metrics_collection": metrics},
         )
         private_token()
 
@@ -304,7 +305,7 @@ class RayBackend:
         self.cluster: RayCluster | None = None
 
     def start(self) -> None:
-        connect(self.address, num_cpus=local_cpus([self.cfg]))
+        connect(self.address, num_cpus=local_cpus([self.cfg]), metrics=self.cfg.ray.metrics)
         self.cluster = RayCluster(self.cfg)
         if self.cfg.train.run_dir:
             check_run_dir_reach(self.cfg.train.run_dir, self.cluster)
