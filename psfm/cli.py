@@ -201,6 +201,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from psfm.report_html import write_run_report
+
+    print(f"wrote {write_run_report(args.run_dir, args.out)}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -304,6 +311,17 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         add_help=False,
     )
     p.set_defaults(func=lambda a: _cmd_bench([]))  # main() hands it the raw arguments
+
+    p = sub.add_parser(
+        "report",
+        help="write a run's report as one HTML page (charts inline; opens from disk)",
+        description="Reads RUN_DIR/report.json and writes RUN_DIR/report.html (or --out): "
+        "test metrics, progressive AUC and logloss by day and pass, validation by pass, time, "
+        "model size per level, the config.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
         "predict",

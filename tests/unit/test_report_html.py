@@ -1,0 +1,51 @@
+"""``psfm report RUN_DIR``: a real run's report.json rendered as one self-contained HTML page."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from psfm.cli import main
+from psfm.datasets.gen import GenSpec, generate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_html")
+    generate(root / "data", days=4, rows_per_day=3000, spec=GenSpec.small(), seed=6)
+    run = root / "run"
+    argv = ["train", "--in-process", "--data", str(root / "data"), "--run-dir", str(run),
+            "--set", 'model.kind="rafm"', "--set", "model.ranks=[1,2,4]", "--set",
+            'data.train_days="1..2"', "--valid-days", "3", "--passes", "2", "--early-stop",
+            "auc", "--set", "train.patience=2"]  # fmt: skip
+    assert main(argv) == 0
+    return run
+
+
+def test_a_run_renders_as_one_page_with_its_numbers_and_charts(run, capsys):
+    assert main(["report", str(run)]) == 0
+    assert f"wrote {run / 'report.html'}" in capsys.readouterr().out
+    page = (run / "report.html").read_text()
+    report = json.loads((run / "report.json").read_text())
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    # self-contained: no script, no link, nothing fetched
+    assert not re.search(r"<script|<link|src=|href=", page)
+    assert f"{report['test']['auc']:,.4f}" in page
+    for d in report["train"]["per_day"]:  # every day of every pass in the table
+        assert f"{d['progressive_auc']:,.4f}" in page
+    # charts: AUC and logloss over the 4 (pass, day) steps, validation over 2 passes, rows
+    # per level for 3 levels
+    assert page.count("<svg") == 4
+    lines = re.findall(r'<polyline [^>]*points="([^"]+)"', page)
+    assert [len(p.split()) for p in lines] == [4, 4, 2]
+    assert ">2:1<" in page and ">level 3 (rank 4)<" in page
+    assert page.count("<rect ") == 3
+    assert "config.json" in page and "&quot;kind&quot;: &quot;rafm&quot;" in page
+
+
+def test_a_run_without_a_report_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has no readable report.json" in err and err.count("\n") == 1
