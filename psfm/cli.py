@@ -233,7 +233,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     client = LocalClient(make_shards(cfg))
     client.restore(states)
     out = evaluate(cfg, Worker(cfg), client, root, days)
-    print(json.dumps({"checkpoint_day": manifest.get("day"), **out}, indent=1))
+    if args.json:
+        print(json.dumps({"checkpoint_day": manifest.get("day"), **out}, indent=1))
+    else:
+        from psfm.rundir import test_lines
+
+        name = ckpt.rstrip("/").rsplit("/", 1)[-1]
+        print("\n".join([f"checkpoint {name}", *test_lines(out)]))
     return 0
 
 
@@ -277,6 +283,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--days", help="day SPEC (default: the last day)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", help="write the serving model (non-zero parameters, Parquet)")

@@ -242,12 +242,19 @@ def summary(report: dict[str, Any]) -> str:
         )
     if tr.get("early_stopped"):
         lines.append(f"           stopped early after pass {len(report.get('valid', []))}")
-    lines += [
+    lines.append(
         f"size       {m['nonzero_params']:,} non-zero parameters ({m['nonzero_w']:,} linear, "
         f"factor rows per level {m['factor_rows_per_level']}), {m['ps_bytes'] / 2**20:.1f} MiB "
-        "on the parameter servers",
-        f"test       days {', '.join(t['days'])}: {t['rows']:,} rows, logloss {t['logloss']:.4f}, "
-        f"NE {t['ne']:.4f}, calibration {t['calibration']:.3f}, RaFM-low AUC {t['auc_low']:.4f}",
+        "on the parameter servers"
+    )
+    return "\n".join(lines + test_lines(t))
+
+
+def test_lines(t: dict[str, Any]) -> list[str]:
+    """The test metrics' lines of a summary (also ``psfm evaluate``'s); the last is the AUC."""
+    return [
+        f"test       days {', '.join(map(str, t['days']))}: {t['rows']:,} rows, logloss "
+        f"{t['logloss']:.4f}, NE {t['ne']:.4f}, calibration {t['calibration']:.3f}, "
+        f"RaFM-low AUC {t['auc_low']:.4f}",
         f"test AUC   {t['auc']:.4f}",
     ]
-    return "\n".join(lines)

@@ -114,6 +114,11 @@ def connect(address: str | None = None, num_cpus: int | None = None, metrics: bo
             ) from e
     else:
         check_local_ray_security()
+        # Ray announces the token authentication it turns on for a local Ray at every start;
+        # psfm's README explains it, so the notice goes to psfm's debug log, not the terminal
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            _token_notice_to_debug
+        )
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
@@ -123,6 +128,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, metrics: bo
             _system_config={**LOCAL_SYSTEM_CONFIG, "enable_metrics_collection": metrics},
         )
         private_token()
+
+
+def _token_notice_to_debug(record: logging.LogRecord) -> bool:
+    if "Token authentication is enabled" in record.getMessage():
+        log.debug("ray: %s", record.getMessage())
+        return False
+    return True
 
 
 def private_token() -> None:

@@ -153,8 +153,12 @@ def test_data_of_another_layout_or_schema_is_refused(logs, tmp_path, capsys):
         assert main(run) == 2
         err = capsys.readouterr().err
         assert "does not have the feature schema" in err and said in err, err
-    assert main(["evaluate", "--run-dir", str(root / "run"), "--days", "3"]) == 0
+    assert main(["evaluate", "--run-dir", str(root / "run"), "--days", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 4000
+    assert main(["evaluate", "--run-dir", str(root / "run"), "--days", "3"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == "checkpoint day=2" and said[1].startswith("test       days 3: 4,000 rows")
+    assert said[-1].startswith("test AUC   0.")
     # a --keep column the data does not have, or one the output already has
     with pytest.raises(DataError, match=r"has no column 'order_id' to keep"):
         list(Predictor(str(model)).iter_batches(str(data), ["3"], keep=["order_id"]))
