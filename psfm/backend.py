@@ -52,7 +52,8 @@ class Backend(Protocol):
     ``train`` / ``evaluate`` run every unit once and call ``on_unit`` with each report as it
     arrives (in the order units finish), so progress is logged during the pass; ``warmup``
     units are trained first by one worker alone (moot with one worker). ``count`` runs the
-    statistics pass and returns the rows counted; ``finish_counts`` sets the levels and
+    statistics pass and returns the rows counted (``on_rows`` hears each unit's rows as it
+    finishes); ``finish_counts`` sets the levels and
     returns ``keys`` and ``not_admitted`` summed over shards. ``end_day(n)``: ``n`` training
     days (counted over all passes) are done (decay, eviction). ``checkpoint`` writes every
     shard's file and then the manifest with ``meta``; ``restore`` loads shard states in shard
@@ -72,7 +73,12 @@ class Backend(Protocol):
 
     def lost(self, error: BaseException) -> str | None: ...
 
-    def count(self, units: Sequence[WorkUnit], reuse: bool = False) -> int: ...
+    def count(
+        self,
+        units: Sequence[WorkUnit],
+        reuse: bool = False,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> int: ...
 
     def finish_counts(self) -> dict[str, int]: ...
 

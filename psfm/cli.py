@@ -142,10 +142,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from psfm.data.parquet import list_days, select_days
+    from psfm.data.parquet import list_days, select_days, work_units
     from psfm.errors import DataError
     from psfm.export import Predictor
     from psfm.metrics import MetricAccumulator
+    from psfm.scoring import Progress
 
     keep = list(dict.fromkeys(args.keep or []))
     clash = [c for c in keep if c in _PREDICT_COLUMNS]
@@ -156,6 +157,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
     pred = Predictor(args.model)
     days = select_days(list_days(args.data), args.days) if args.days else None
+    total = sum(u.rows for d in days or list_days(args.data) for u in work_units(args.data, d))
+    progress = Progress("predict", total, 10.0)
     acc = MetricAccumulator()
     writer = None
     n = 0
@@ -189,6 +192,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             acc.update(s.labels[has], s.probs[has])
             labelled += int(has.sum())
         n += s.rows.size
+        progress.add(s.rows.size)
     if writer:
         writer.close()
     r = acc.result()

@@ -8,7 +8,7 @@ the Ray worker actor calls it too, so both backends report a unit the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,9 +106,20 @@ class LocalBackend:
     def lost(self, error: BaseException) -> str | None:
         return None
 
-    def count(self, units: Sequence[WorkUnit], reuse: bool = False) -> int:
+    def count(
+        self,
+        units: Sequence[WorkUnit],
+        reuse: bool = False,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> int:
         worker, client = self._pair()
-        return sum(worker.count_unit(u, client, reuse) for u in units)
+        total = 0
+        for u in units:
+            rows = worker.count_unit(u, client, reuse)
+            total += rows
+            if on_rows is not None:
+                on_rows(rows)
+        return total
 
     def finish_counts(self) -> dict[str, int]:
         return self._pair()[1].finish_counts()

@@ -71,7 +71,7 @@ from psfm.rundir import (
     model_report,
     next_day_record,
 )
-from psfm.scoring import Tally, evaluate_days
+from psfm.scoring import Progress, Tally, evaluate_days
 from psfm.steps import resolve_steps
 from psfm.warmstart import InitSource, check_init_config, load_init_states, open_init
 
@@ -391,7 +391,10 @@ class _Run:
         whatever the number of passes."""
         t0 = time.perf_counter()
         units = [u for d in self.train_days for u in self._units_of(d)]
-        rows = backend.count(units, reuse=True)  # pass 1 replays the batches
+        progress = Progress(
+            "statistics pass", sum(u.rows for u in units), self.cfg.train.log_every_s
+        )
+        rows = backend.count(units, reuse=True, on_rows=progress.add)  # pass 1 replays them
         info = backend.finish_counts()
         log.info(
             "statistics pass: %d rows, %d keys (%d not admitted) in %.1fs",

@@ -23,6 +23,31 @@ log = logging.getLogger("psfm.runloop")
 EXACT_AUC_MAX_ROWS = 20_000_000  # test sets up to this size also get the exact AUC
 
 
+class Progress:
+    """Rows done of a long phase with a line at a steady interval: rows, rows/s, ETA."""
+
+    def __init__(self, what: str, total_rows: int, every_s: float) -> None:
+        self.what, self.total, self.every_s = what, total_rows, every_s
+        self.rows = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            rate = self.rows / max(now - self.t0, 1e-9)
+            eta = max(self.total - self.rows, 0) / max(rate, 1e-9)
+            log.info(
+                "%s: %s/%s rows, %s rows/s, ETA %.0fs",
+                self.what,
+                f"{self.rows:,}",
+                f"{self.total:,}",
+                f"{rate:,.0f}",
+                eta,
+            )
+
+
 class Tally:
     """A pass's unit reports summed (rows, skipped rows, bytes, metric accumulators, kept
     predictions), with a progress line at a steady interval: rows, samples/s, (with

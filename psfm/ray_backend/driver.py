@@ -338,8 +338,19 @@ class RayBackend:
             return "an actor died"
         return None
 
-    def count(self, units: Sequence[WorkUnit], reuse: bool = False) -> int:
+    def count(
+        self,
+        units: Sequence[WorkUnit],
+        reuse: bool = False,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> int:
         rows = [0]
+
+        def heard(r: int) -> None:
+            rows[0] += r
+            if on_rows is not None:
+                on_rows(r)
+
         c = self._live()
         if self.cfg.ps.mode == "sync" and len(c.workers) > 1:
             reuse = False  # synchronous steps read slices of units, not the units counted
@@ -347,7 +358,7 @@ class RayBackend:
             split_tail(list(units), len(c.workers)),
             "count_unit",
             (reuse,),
-            lambda r: rows.__setitem__(0, rows[0] + r),
+            heard,
         )
         return rows[0]
 

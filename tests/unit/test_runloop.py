@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from psfm.config import load_config
 from psfm.datasets.gen import GenSpec, generate
 from psfm.errors import DataError
 from psfm.failure import Decision, FailurePolicy
+from psfm.local_backend import LocalBackend
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
 from psfm.runloop import run
@@ -91,7 +93,7 @@ class ScriptedBackend:
     def lost(self, error):
         return _lost(error)
 
-    def count(self, units, reuse=False):
+    def count(self, units, reuse=False, on_rows=None):
         self.calls.append(("count", len(units)))
         self.reuse.append(("count", None, reuse))
         if self.fail.get("count"):
@@ -200,6 +202,16 @@ def test_report_metrics_lines_and_checkpoints(data, tmp_path):
     states, manifest = load_checkpoint(run_dir / "checkpoints" / "day=2")
     assert manifest["day_index"] == 1 and int(states[0]["rows"][0]) == 2 * ROWS_PER_DAY
     assert json.loads((run_dir / "report.json").read_text())["test"] == rep["test"]
+
+
+def test_long_phases_log_progress_lines(data, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = _cfg(data, 'model.kind="rafm"', "model.ranks=[1,2]", "train.log_every_s=1e-9")
+    run(cfg, lambda c: LocalBackend(c))
+    text = caplog.text
+    assert re.search(r"statistics pass: [\d,]+/10,000 rows, [\d,]+ rows/s, ETA \d+s", text)
+    assert re.search(r"day 1: [\d,]+/5,000 rows, [\d,]+ samples/s", text)
+    assert re.search(r"test: [\d,]+/5,000 rows", text)
 
 
 def test_statistics_pass_is_checkpointed(data, tmp_path):
