@@ -13,7 +13,9 @@ and not the (rows x fields) key matrix, which training does not use (about 9 B p
 and 12 B per unique key). Units are kept in memory up to ``data.cache_mb`` per worker; a unit
 that does not fit goes to a file on local disk (``data.cache_dir``, up to
 ``data.cache_disk_mb`` per worker) that is unlinked as soon as it is opened, so the space comes
-back when the worker ends, however it ends. A unit that fits neither is read again next time.
+back when the worker ends, however it ends. A folder that lives in memory (``tmpfs``, as
+``/tmp`` is on many systems) is not used as disk, and a write that would leave the file system
+less than 1 GiB free is not made. A unit that fits neither is read again next time.
 An entry is dropped after the read that the run loop says is its last.
 """
 
@@ -35,6 +37,7 @@ __all__ = ["PassCache", "compact", "expand"]
 log = logging.getLogger(__name__)
 
 _I32_MAX = np.iinfo(np.int32).max
+_KEEP_FREE = 1 << 30  # bytes a disk entry leaves free on its file system
 _NO_KEYS = np.empty((0, 0), np.uint64)
 _NO_MASK = np.empty((0, 0), bool)
 
@@ -91,6 +94,24 @@ def expand(c: Compact) -> Batch:
     )
 
 
+def in_memory(directory: str) -> bool:
+    """Whether ``directory`` is on a file system held in memory (tmpfs, ramfs): Linux's
+    ``/proc/mounts``, the longest mount point above it; False where that cannot be read."""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return False
+    path = os.path.realpath(directory)
+    best, kind = "", ""
+    for point, fstype in mounts:
+        point = point.replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fstype
+    return kind in ("tmpfs", "ramfs")
+
+
 def _nbytes(c: Compact) -> int:
     return sum(v.nbytes for v in c.values() if isinstance(v, np.ndarray))
 
@@ -123,6 +144,7 @@ class PassCache:
         self._entries: dict[tuple, _Entry] = {}
         self.memory_used = self.disk_used = 0
         self.hits = self.stored = self.refused = 0
+        self._disk_in_memory: bool | None = None  # found out at the first disk entry
 
     @property
     def enabled(self) -> bool:
@@ -211,6 +233,17 @@ class PassCache:
         return e
 
     def _open(self, e: _Entry) -> bool:
+        if self._disk_in_memory is None:
+            self._disk_in_memory = in_memory(self.directory or tempfile.gettempdir())
+            if self._disk_in_memory:
+                log.warning(
+                    "pass cache: '%s' is in memory (tmpfs), not on disk: units that do not "
+                    "fit data.cache_mb are read again; set data.cache_dir to a disk folder to "
+                    "keep them there",
+                    self.directory or tempfile.gettempdir(),
+                )
+        if self._disk_in_memory:
+            return False
         try:
             fd, path = tempfile.mkstemp(prefix="psfm-pass-", dir=self.directory or None)
             os.unlink(path)  # the space returns when the worker ends, however it ends
@@ -230,6 +263,9 @@ class PassCache:
                 parts.append(a)
                 at += a.nbytes
         try:
+            fs = os.fstatvfs(e.file.fileno())
+            if fs.f_bavail * fs.f_frsize < at + _KEEP_FREE:
+                return False  # the disk is nearly full: leave it to the rest of the system
             offset = e.file.seek(0, os.SEEK_END)
             for a in parts:
                 e.file.write(a.reshape(-1).view(np.uint8).data)

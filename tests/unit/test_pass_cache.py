@@ -198,3 +198,15 @@ def test_units_go_back_to_the_worker_that_read_them():
     # units no worker read come before another worker's units
     q = UnitQueue([*units[:2], WorkUnit("1", "new", 0, 1, 10)], home, 2)
     assert q.take(1).file == "new"
+
+
+def test_a_folder_in_memory_is_not_used_as_disk(caplog):
+    from psfm.data.cache import in_memory
+
+    if not os.path.isdir("/dev/shm") or not in_memory("/dev/shm"):
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    items = _batches(3)
+    cache = PassCache(memory_bytes=0, disk_bytes=1 << 30, directory="/dev/shm")
+    list(cache.record(("u", 0), iter(items)))
+    assert ("u", 0) not in cache and cache.refused == 1 and cache.disk_used == 0
+    assert "is in memory (tmpfs), not on disk" in caplog.text
