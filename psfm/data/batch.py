@@ -413,9 +413,9 @@ def _column_matrix(
         keys[:, j] = field_keys(col, arr)
         j += 1
     for col in schema.numeric:
-        x = _float_col(table, col)
-        present = ~np.isnan(x) | ~table.column(col).is_null().to_numpy(zero_copy_only=False)
-        bad.check(present & ~np.isfinite(x), col, x, "numeric values must be finite")
+        x = _float_col(table, col)  # null and NaN: missing (pandas writes NaN for missing)
+        present = ~np.isnan(x)
+        bad.check(present & ~np.isfinite(x), col, x, "numeric values must be finite or missing")
         ok = present & np.isfinite(x)
         mask[:, j] = ok
         if raw:

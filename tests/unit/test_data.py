@@ -307,14 +307,15 @@ def test_label_two_fails_with_row_and_value_or_is_skipped():
     assert b.skipped == 2 and b.size == 8 and set(b.labels.tolist()) <= {0.0, 1.0}
 
 
-def test_nan_in_a_numeric_column_is_an_error_but_null_is_missing():
+def test_nan_and_null_numerics_are_missing_but_infinity_is_an_error():
     t = _table(6).set_column(
-        1, "I1", pa.array([1.0, None, float("nan"), 4.0, 5.0, None], pa.float32())
+        1, "I1", pa.array([1.0, None, float("nan"), 4.0, float("inf"), None], pa.float32())
     )
-    with pytest.raises(DataError, match=r"row 2, column 'I1': value nan breaks .* must be finite"):
+    with pytest.raises(DataError, match=r"row 4, column 'I1': value inf breaks .* finite or missing"):
         build_batch(t, _schema(t), "logistic", "fail", "f")
     b = build_batch(t, _schema(t), "logistic", "skip", "f")
-    assert b.skipped == 1 and b.mask[:, 3].tolist() == [True, False, True, True, False]
+    # the infinite row dropped; null (row 1) and NaN (row 2) are missing, like a pandas NaN
+    assert b.skipped == 1 and b.mask[:, 3].tolist() == [True, False, False, True, False]
 
 
 def test_mistyped_column_is_named():
