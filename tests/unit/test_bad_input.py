@@ -34,6 +34,8 @@ def logs(tmp_path_factory):
             (root / name / f"day={d}").mkdir(parents=True)
             pq.write_table(table, root / name / f"day={d}" / "part-0.parquet")
     (root / "a_file").write_text("not a folder")
+    (root / "empty").mkdir()
+    (root / "bad.toml").write_text("a = [\n")
     assert main(["train", "--in-process", "--data", str(good), "--run-dir", str(root / "run")]) == 0
     return root
 
@@ -77,6 +79,83 @@ CASES = {
         ],  # fmt: skip
         ["missing.parquet", "No such file or directory"],
     ),
+    "unknown model kind": (
+        ["train", "--in-process", "--data", "{root}/good", "--set", 'model.kind="ffm"'],
+        ["'kind'", "'lr', 'fm', 'difacto', 'rafm'", "'ffm'"],
+    ),
+    "negative batch size": (
+        ["train", "--in-process", "--data", "{root}/good", "--set", "data.batch_size=-1"],
+        ["'batch_size'", "an int >= 0", "-1"],
+    ),
+    "negative learning rate": (
+        ["train", "--in-process", "--data", "{root}/good", "--set", "ftrl.linear.alpha=-1"],
+        ["'alpha'", ">= 0", "-1.0"],
+    ),
+    "unknown config section": (
+        ["train", "--in-process", "--data", "{root}/good", "--set", "foo.bar=1"],
+        ["Unknown parameter 'foo'", "data, model, ftrl"],
+    ),
+    "train days not in the data": (
+        ["train", "--in-process", "--data", "{root}/good", "--set", 'data.train_days="9..10"'],
+        ["'9..10'", "day '9'", "days: 1, 2, 3"],
+    ),
+    "a data root that does not exist": (
+        ["train", "--in-process", "--data", "{root}/nowhere"],
+        ["nowhere", "is not a directory"],
+    ),
+    "a data root without day partitions": (
+        ["train", "--in-process", "--data", "{root}/empty"],
+        ["empty", "no 'day=...' partitions"],
+    ),
+    "resume without a run directory": (
+        ["train", "--in-process", "--resume"],
+        ["--resume needs --run-dir"],
+    ),
+    "a missing config file": (
+        ["train", "--in-process", "--data", "{root}/good", "--config", "{root}/missing.toml"],
+        ["missing.toml", "No such file"],
+    ),
+    "a config file that is not TOML": (
+        ["train", "--in-process", "--data", "{root}/good", "--config", "{root}/bad.toml"],
+        ["bad.toml", "not valid TOML"],
+    ),
+    "export without a checkpoint": (
+        ["export", "--run-dir", "{root}/empty", "--out", "{root}/x.parquet"],
+        ["'{root}/empty'", "no complete checkpoint"],
+    ),
+    "zero days to generate": (
+        ["gen", "--out", "{root}/g", "--days", "0"],
+        ["'days'", "an int >= 1", "0"],
+    ),
+    "a rank of zero": (
+        ["train", "--in-process", "--data", "{root}/good", "--set", "model.ranks=[0]"],
+        ["'ranks'", "positive ints", "[0]"],
+    ),
+    "zero rows per unit": (
+        ["train", "--in-process", "--data", "{root}/good", "--set", "data.rows_per_unit=0"],
+        ["'rows_per_unit'", ">= 1", "0"],
+    ),
+    "early stopping without validation days": (
+        ["train", "--in-process", "--data", "{root}/good", "--early-stop", "logloss"],
+        ["'early_stop'", "data.valid_days is empty", "'logloss'"],
+    ),
+    "a negative number of passes": (
+        ["train", "--in-process", "--data", "{root}/good", "--passes", "-1"],
+        ["passes"],
+    ),
+    "test days that are train days": (
+        [
+            "train",
+            "--in-process",
+            "--data",
+            "{root}/good",
+            "--set",
+            'data.train_days="1..2"',
+            "--set",
+            'data.test_days="2"',
+        ],  # fmt: skip
+        ["day '2'", "also a train day"],
+    ),
     "evaluate a run directory without checkpoints": (
         ["evaluate", "--run-dir", "{root}/a_folder_without_a_run"],
         ["a_folder_without_a_run"],
@@ -88,7 +167,7 @@ CASES = {
 def test_bad_input_is_one_line_and_exit_2(logs, capsys, case):
     argv, words = CASES[case]
     (logs / "a_folder_without_a_run").mkdir(exist_ok=True)
-    _fails(capsys, [a.format(root=logs) for a in argv], *words)
+    _fails(capsys, [a.format(root=logs) for a in argv], *(w.format(root=logs) for w in words))
     # what was trained is still there
     report = json.loads((logs / "run" / "report.json").read_text())
     assert report["test"]["rows"] == 2000
