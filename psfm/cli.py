@@ -118,7 +118,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     bayes = gen["per_day"][-1]["bayes_auc"]
     print(
         f"(Bayes-optimal test AUC of the generator's true model: {bayes:.4f}; "
-        f"report: {work / 'run' / 'report.json'})"
+        f"report: {work / 'run' / 'report.json'}; charts: psfm report {work / 'run'})"
     )
     return 0
 

@@ -49,3 +49,14 @@ def test_a_run_without_a_report_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "has no readable report.json" in err and err.count("\n") == 1
+
+
+def test_the_quickstart_ends_with_the_test_auc_and_the_report_command(tmp_path, capsys):
+    argv = ["quickstart", "--dir", str(tmp_path / "qs"), "--days", "3", "--rows-per-day", "4000",
+            "--in-process"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("test AUC   0.")
+    assert out[-1].endswith(f"charts: psfm report {tmp_path / 'qs' / 'run'})")
+    assert main(["report", str(tmp_path / "qs" / "run")]) == 0
+    assert (tmp_path / "qs" / "run" / "report.html").exists()
