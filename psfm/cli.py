@@ -156,8 +156,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"(it has {', '.join(_PREDICT_COLUMNS)})."
         )
     pred = Predictor(args.model)
-    days = select_days(list_days(args.data), args.days) if args.days else None
-    total = sum(u.rows for d in days or list_days(args.data) for u in work_units(args.data, d))
+    all_days = list_days(args.data)
+    days = select_days(all_days, args.days) if args.days else all_days
+    total = sum(u.rows for d in days for u in work_units(args.data, d))
     progress = Progress("predict", total, 10.0)
     acc = MetricAccumulator()
     writer = None

@@ -9,9 +9,8 @@ in ``train``, ``passes`` (how many were trained), ``best_pass`` (the pass whose 
 was tested: the best by validation under early stopping, else the last) and
 ``early_stopped``.
 
-A warm start (``train.init_from``) reads another run's model checkpoint or an exported model:
-:func:`open_init` finds it, :func:`check_init_config` refuses one this run cannot continue,
-:func:`load_init_states` loads it as this run's shard states.
+A warm start (``train.init_from``) from another run's checkpoint or an exported model is
+:mod:`psfm.warmstart`.
 """
 
 from __future__ import annotations
@@ -23,12 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from psfm.checkpoint import (
-    list_checkpoints,
-    read_bytes,
-    resolve,
-    write_bytes,
-)
+from psfm.checkpoint import list_checkpoints, read_bytes, resolve, write_bytes
 from psfm.config import Config, config_from_dict, to_dict
 from psfm.errors import CheckpointError
 from psfm.metrics import MetricAccumulator

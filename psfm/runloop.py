@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -170,11 +170,15 @@ class _Run:
             self.run.write_config(self.cfg)
 
     def _units_of(self, day: str) -> list[WorkUnit]:
-        """A training day's work units, listed once per run (every file's footer is read: the
-        batch-size resolution, the statistics pass and each pass over the day share them)."""
+        """A day's work units, listed once per run (every file's footer is read: the
+        batch-size resolution, the statistics pass, each pass over the day and each scoring
+        of a validation, next or test day share them)."""
         if day not in self._units:
             self._units[day] = work_units(self.root, day, self.cfg.data.rows_per_unit)
         return self._units[day]
+
+    def _units_in(self, days: Sequence[str]) -> list[WorkUnit]:
+        return [u for d in days for u in self._units_of(d)]
 
     def _resolve(self, cfg: Config) -> Config:
         """What the config leaves to the data, settled before any worker starts and written
@@ -200,7 +204,7 @@ class _Run:
             init_from=_absolute(cfg.train.init_from),
         )
         cfg = dataclasses.replace(cfg, train=train)
-        rows = sum(u.rows for d in self.train_days for u in self._units_of(d))
+        rows = sum(u.rows for u in self._units_in(self.train_days))
         return resolve_steps(dataclasses.replace(cfg, data=data), rows)
 
     def go(self, make_backend: Callable[[Config], Backend]) -> dict[str, Any]:
@@ -240,7 +244,9 @@ class _Run:
                 if fresh:  # a restarted backend: the tested state back on its shards
                     self._restore_or_start(b)
                     self._restore_best(b, prog)
-                return evaluate_days(self.cfg, b, self.test_days)
+                return evaluate_days(
+                    self.cfg, b, self.test_days, units=self._units_in(self.test_days)
+                )
 
             t_test = time.perf_counter()
             test = self._retrying(backend, "the test pass", test_pass)
@@ -390,7 +396,7 @@ class _Run:
         """Count every training day once, before pass 1: counts are occurrences in the log,
         whatever the number of passes."""
         t0 = time.perf_counter()
-        units = [u for d in self.train_days for u in self._units_of(d)]
+        units = self._units_in(self.train_days)
         progress = Progress(
             "statistics pass", sum(u.rows for u in units), self.cfg.train.log_every_s
         )
@@ -520,7 +526,7 @@ class _Run:
             later = {st.day for st in self.steps[step.seq + 1 :]}
             again = nxt in self.valid_days or nxt in later
             rec["next_day"] = next_day_record(
-                nxt, evaluate_days(self.cfg, backend, [nxt], reuse=again)
+                nxt, evaluate_days(self.cfg, backend, [nxt], reuse=again, units=self._units_of(nxt))
             )
         return rec
 
@@ -531,7 +537,14 @@ class _Run:
         more = step.pass_no < self.cfg.train.passes  # scored again after the next pass
         rec = valid_record(
             step.pass_no,
-            evaluate_days(self.cfg, backend, self.valid_days, what="valid", reuse=more),
+            evaluate_days(
+                self.cfg,
+                backend,
+                self.valid_days,
+                what="valid",
+                reuse=more,
+                units=self._units_in(self.valid_days),
+            ),
         )
         if self.stopper is None:
             return dataclasses.replace(prog, valid=[*prog.valid, rec])

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from psfm.backend import Backend, UnitReport
 from psfm.config import Config
-from psfm.data.parquet import work_units
+from psfm.data.parquet import WorkUnit, work_units
 from psfm.metrics import MetricAccumulator, auc_exact
 
 __all__ = ["Tally", "evaluate_days", "test_metrics", "EXACT_AUC_MAX_ROWS"]
@@ -24,10 +24,24 @@ EXACT_AUC_MAX_ROWS = 20_000_000  # test sets up to this size also get the exact 
 
 
 class Progress:
-    """Rows done of a long phase with a line at a steady interval: rows, rows/s, ETA."""
+    """Rows done of a long phase with a line at a steady interval: rows, rate, ``detail()``
+    (when given), ETA. ``per`` names what the rate counts (rows/s, samples/s)."""
 
-    def __init__(self, what: str, total_rows: int, every_s: float) -> None:
-        self.what, self.total, self.every_s = what, total_rows, every_s
+    def __init__(
+        self,
+        what: str,
+        total_rows: int,
+        every_s: float,
+        per: str = "rows",
+        detail: Callable[[], str] | None = None,
+    ) -> None:
+        self.what, self.total, self.every_s, self.per, self.detail = (
+            what,
+            total_rows,
+            every_s,
+            per,
+            detail,
+        )
         self.rows = 0
         self.t0 = self.last = time.perf_counter()
 
@@ -38,35 +52,28 @@ class Progress:
             self.last = now
             rate = self.rows / max(now - self.t0, 1e-9)
             eta = max(self.total - self.rows, 0) / max(rate, 1e-9)
-            log.info(
-                "%s: %s/%s rows, %s rows/s, ETA %.0fs",
-                self.what,
-                f"{self.rows:,}",
-                f"{self.total:,}",
-                f"{rate:,.0f}",
-                eta,
-            )
+            msg = f"{self.what}: {self.rows:,}/{self.total:,} rows, {rate:,.0f} {self.per}/s"
+            log.info("%s%s, ETA %.0fs", msg, self.detail() if self.detail else "", eta)
 
 
 class Tally:
     """A pass's unit reports summed (rows, skipped rows, bytes, metric accumulators, kept
-    predictions), with a progress line at a steady interval: rows, samples/s, (with
+    predictions), with a :class:`Progress` line at a steady interval: rows, samples/s, (with
     ``show_metrics``) logloss and AUC so far, ETA."""
 
     def __init__(self, what: str, total_rows: int, every_s: float, show_metrics: bool) -> None:
-        self.what, self.total, self.every_s, self.show_metrics = (
-            what,
-            total_rows,
-            every_s,
-            show_metrics,
+        self.progress = Progress(
+            what, total_rows, every_s, "samples", self._metrics if show_metrics else None
         )
-        self.rows = self.skipped = self.bytes = self.cached_rows = 0
+        self.skipped = self.bytes = self.cached_rows = 0
         self.acc, self.acc_low = MetricAccumulator(), MetricAccumulator()
         self.predictions: list[np.ndarray] = []
-        self.t0 = self.last = time.perf_counter()
+
+    @property
+    def rows(self) -> int:
+        return self.progress.rows
 
     def add(self, r: UnitReport) -> None:
-        self.rows += r.rows
         self.skipped += r.skipped
         self.bytes += r.bytes_pulled + r.bytes_pushed
         self.cached_rows += r.rows if r.cached else 0
@@ -76,19 +83,11 @@ class Tally:
             self.acc_low.merge(MetricAccumulator.from_state(r.acc_low_state))
         if r.predictions is not None:
             self.predictions.append(r.predictions)
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self._log(now)
+        self.progress.add(r.rows)  # last: its line shows this unit's metrics too
 
-    def _log(self, now: float) -> None:
-        rate = self.rows / max(now - self.t0, 1e-9)
-        eta = max(self.total - self.rows, 0) / max(rate, 1e-9)
-        msg = f"{self.what}: {self.rows:,}/{self.total:,} rows, {rate:,.0f} samples/s"
+    def _metrics(self) -> str:
         r = self.acc.result()
-        if self.show_metrics and r["rows"]:
-            msg += f", logloss {r['logloss']:.4f}, auc {r['auc']:.4f}"
-        log.info("%s, ETA %.0fs", msg, eta)
+        return f", logloss {r['logloss']:.4f}, auc {r['auc']:.4f}" if r["rows"] else ""
 
 
 def evaluate_days(
@@ -98,13 +97,16 @@ def evaluate_days(
     root: str | None = None,
     what: str = "test",
     reuse: bool = False,
+    units: Sequence[WorkUnit] | None = None,
 ) -> dict[str, Any]:
     """Predict-only pass over ``days`` (no keys created, no updates): AUC (histogram, and
     exact when the rows fit), logloss, normalized entropy, calibration, and the RaFM-low AUC
     (``sum w x + B_{1,1}``). ``what`` names the pass in progress lines; ``reuse``: the days
-    are scored again later (validation), so the workers keep their batches."""
-    root = cfg.data.root if root is None else root
-    units = [u for d in days for u in work_units(root, d, cfg.data.rows_per_unit)]
+    are scored again later (validation), so the workers keep their batches; ``units``: the
+    days' work units when the caller has listed them already."""
+    if units is None:
+        root = cfg.data.root if root is None else root
+        units = [u for d in days for u in work_units(root, d, cfg.data.rows_per_unit)]
     total = sum(u.rows for u in units)
     keep = total <= EXACT_AUC_MAX_ROWS
     tally = Tally(what, total, cfg.train.log_every_s, show_metrics=False)
