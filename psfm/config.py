@@ -272,7 +272,10 @@ class PsConfig:
     the same to 1e-4). ``transport``: ``"auto"`` passes a worker's messages to a shard on
     its node through a shared-memory file (the actor call carries only where they are: a
     quarter less CPU per 4096-row FM(8) push + pull, half less on the worker), and through
-    Ray to other nodes; ``"ray"`` always through Ray."""
+    Ray to other nodes; ``"ray"`` always through Ray. ``local_steps`` (async): how many
+    batches' FTRL steps a worker takes on its own copy of their keys' state between a pull
+    and a push (:mod:`psfm.ps.local`); 0 = auto, as many as fill a message of 4,096 rows;
+    1 = a pull and a push per batch. Sync mode always steps per batch."""
 
     shards: int = 2
     mode: str = "async"
@@ -280,12 +283,15 @@ class PsConfig:
     pipeline: str = "overlap"
     warmup_units: int = 1
     transport: str = "auto"
+    local_steps: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.shards, int) or self.shards < 1:
             _fail("PsConfig", "shards", "an int >= 1", self.shards)
         if not isinstance(self.warmup_units, int) or self.warmup_units < 0:
             _fail("PsConfig", "warmup_units", "an int >= 0", self.warmup_units)
+        if not isinstance(self.local_steps, int) or self.local_steps < 0:
+            _fail("PsConfig", "local_steps", "an int >= 0 (0 = auto)", self.local_steps)
         _check_choice("PsConfig", "mode", self.mode, ("sync", "async"))
         if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             _fail("PsConfig", "max_in_flight", "an int >= 1", self.max_in_flight)

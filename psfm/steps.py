@@ -7,8 +7,9 @@ steps, and the larger the batch the more it needs. Measured against the per-samp
 "Defaults"): on 20k- and 100k-row logs, batches of 64 (300-1500 steps) come within 0.002 and
 batches of 1024 (20-100 steps) fall 0.01-0.06 short; on 1M-row logs, 1024 (977 steps) is within
 0.003 and 4096 (244 steps) 0.008 short on a 10-field log and 0.04 on a 39-field Zipf log. Large
-batches are what makes psfm fast: every batch pays a pull and a push per shard (BENCHMARKS.md,
-"the training step at batch sizes 1k..64k").
+*messages* are what makes psfm fast: every message pays a pull and a push per shard, so a worker
+takes ``ps.local_steps`` batches' steps per message (:mod:`psfm.ps.local`,
+:func:`auto_local_steps`).
 
 ``data.batch_size = 0`` (the default) therefore picks the largest power of two with at least
 :data:`AUTO_MIN_STEPS` steps per pass, between :data:`AUTO_MIN_BATCH` and
@@ -42,6 +43,10 @@ __all__ = [
     "FEW_STEPS",
     "auto_alpha",
     "auto_batch_size",
+    "local_steps",
+    "auto_local_steps",
+    "AUTO_MESSAGE_ROWS",
+    "AUTO_MIN_MESSAGES",
     "resolve_ftrl",
     "steps_warning",
 ]
@@ -50,6 +55,11 @@ AUTO_MIN_STEPS = 1000  # steps per pass that data.batch_size = 0 aims for
 AUTO_MIN_BATCH = 64  # smaller batches cost more in calls than they gain (close to per-sample)
 AUTO_MAX_BATCH = 4096  # the throughput plateau: bigger batches gain little speed
 FEW_STEPS = 100  # under this many steps per pass a minibatch clearly falls short
+# ps.local_steps = 0: a worker's pull and push cover up to this many rows, and a pass has at
+# least AUTO_MIN_MESSAGES of them per worker-visible update (another worker's steps reach a
+# worker once per message, so a pass of few messages would be trained mostly apart)
+AUTO_MESSAGE_ROWS = 16384
+AUTO_MIN_MESSAGES = 128
 
 # The FTRL rates (linear alpha, factor alpha) that ftrl.*.alpha = 0 takes, by batch size: the
 # largest batch each row covers. With square_of_sum a batch is one step of about alpha per
@@ -90,6 +100,33 @@ def resolve_ftrl(ftrl: FtrlConfig, batch_size: int) -> FtrlConfig:
     return dataclasses.replace(ftrl, **groups)
 
 
+def auto_local_steps(rows_per_pass: int, batch_size: int) -> int:
+    """The ``ps.local_steps`` that 0 (auto) resolves to: as many batches as fill a message of
+    :data:`AUTO_MESSAGE_ROWS` rows, but at least :data:`AUTO_MIN_MESSAGES` messages a pass.
+
+    >>> auto_local_steps(2_000_000, 1024), auto_local_steps(1_000_000, 512)
+    (15, 15)
+    >>> auto_local_steps(20_000, 64), auto_local_steps(10**9, 4096), auto_local_steps(5000, 64)
+    (2, 4, 1)
+    """
+    rows = min(AUTO_MESSAGE_ROWS, rows_per_pass // AUTO_MIN_MESSAGES)
+    return max(1, rows // batch_size)
+
+
+def local_steps(cfg: Config, batch_size: int) -> int:
+    """Batches per worker message (:mod:`psfm.ps.local`): ``ps.local_steps`` as set (the run
+    loop resolves 0, :func:`resolve_steps`); 0 outside a run: a message of
+    :data:`AUTO_MESSAGE_ROWS` rows; always 1 in sync mode.
+
+    >>> from psfm.config import Config
+    >>> local_steps(Config(), 1024), local_steps(Config(), 4096), local_steps(Config(), 32768)
+    (16, 4, 1)
+    """
+    if cfg.ps.mode == "sync":
+        return 1
+    return cfg.ps.local_steps or max(1, AUTO_MESSAGE_ROWS // batch_size)
+
+
 def steps_warning(rows_per_pass: int, batch_size: int) -> str | None:
     """A warning naming the setting to change when a pass has fewer than :data:`FEW_STEPS`
     updates, else None."""
@@ -121,6 +158,13 @@ def resolve_steps(cfg: Config, rows: int) -> Config:
         warning = steps_warning(rows, data.batch_size)
         if warning:
             log.warning("%s", warning)
+    ps = cfg.ps
+    if ps.local_steps == 0 and ps.mode == "async":
+        ps = dataclasses.replace(ps, local_steps=auto_local_steps(rows, data.batch_size))
+        log.info(
+            "ps.local_steps = 0 (auto): %d batches of FTRL steps per worker pull and push",
+            ps.local_steps,
+        )
     ftrl = resolve_ftrl(cfg.ftrl, data.batch_size)
     if ftrl != cfg.ftrl:
         log.info(
@@ -129,4 +173,4 @@ def resolve_steps(cfg: Config, rows: int) -> Config:
             ftrl.factor.alpha,
             data.batch_size,
         )
-    return dataclasses.replace(cfg, data=data, ftrl=ftrl)
+    return dataclasses.replace(cfg, data=data, ftrl=ftrl, ps=ps)

@@ -7,6 +7,7 @@ validation), so training-day logloss and AUC come for free.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import warnings
@@ -22,14 +23,18 @@ from psfm.data.cache import PassCache
 from psfm.data.parquet import Cursor, WorkUnit, open_parquet, read_unit, row_group_starts
 from psfm.metrics import MetricAccumulator
 from psfm.models.family import FamilyInputs, FamilyOutput, FamilySpec, forward_backward
+from psfm.models.layout import FactorLayout
 from psfm.ps.client import PsClient
-from psfm.ps.messages import PullResult, PushRequest
-from psfm.steps import AUTO_MAX_BATCH
+from psfm.ps.local import LocalSteps
+from psfm.ps.messages import PullResult, PushRequest, row_maps
+from psfm.ps.update import FtrlRule
+from psfm.steps import AUTO_MAX_BATCH, local_steps, resolve_ftrl
 
 __all__ = ["Worker", "UnitResult", "resolve_device", "family_spec", "push_request"]
 
 log = logging.getLogger(__name__)
 
+_EMPTY = (np.zeros(0, np.float32), np.zeros(0, np.float32), 0.0)  # an empty batch's scores
 _CHUNK_ROWS = 1 << 16  # rows decoded at once (a whole number of batches)
 
 
@@ -73,6 +78,36 @@ def push_request(batch: Batch, level: np.ndarray, out: FamilyOutput) -> PushRequ
     )
 
 
+def union_keys(uniqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted union of several sorted unique key arrays and, for their concatenation,
+    each key's position in it (a stable sort merges the sorted runs)."""
+    cat = np.concatenate(uniqs)
+    order = np.argsort(cat, kind="stable")
+    srt = cat[order]
+    new = np.empty(srt.size, bool)
+    new[:1] = True
+    np.not_equal(srt[1:], srt[:-1], out=new[1:])
+    pos = np.cumsum(new) - 1
+    inv = np.empty(cat.size, np.int64)
+    inv[order] = pos
+    return srt[new], inv
+
+
+@dataclass
+class _Message:
+    """The batches one pull and one push cover: their keys (sorted, unique) and, for several
+    batches, each batch's keys as positions in them and the keys' summed counts."""
+
+    batches: list[tuple[Batch, Cursor]]
+    keys: np.ndarray
+    idx: list[np.ndarray] | None = None
+    counts: np.ndarray | None = None
+
+    @property
+    def grouped(self) -> bool:
+        return self.idx is not None
+
+
 @dataclass
 class UnitResult:
     """What one work unit did."""
@@ -96,6 +131,10 @@ class Worker:
         self.batch_rows = batch_rows or config.data.batch_size or AUTO_MAX_BATCH
         self.spec = family_spec(config)
         self.device = resolve_device(config.train.device)
+        self.layout = FactorLayout(tuple(config.model.ranks), config.model.tied)
+        # the shard's FTRL rule, resolved as the shard resolves it (worker-local steps)
+        self.rule = FtrlRule(resolve_ftrl(config.ftrl, 0), self.layout)
+        self.local_steps = local_steps(config, self.batch_rows)
         self._schemas: dict[str, FeatureSchema] = {}
         d = config.data
         self.cache = PassCache(d.cache_mb << 20, d.cache_disk_mb << 20, d.cache_dir)
@@ -202,8 +241,7 @@ class Worker:
         predictions, summed loss); the predictions use the weights pulled *before* the
         update (progressive validation)."""
         if batch.size == 0:
-            z = np.zeros(0, np.float32)
-            return z, z, 0.0
+            return _EMPTY
         preds, push = self._score(batch, client.pull(batch.uniq, create=train), train)
         if push is not None:
             client.push(push)
@@ -240,48 +278,101 @@ class Worker:
     ) -> UnitResult:
         """Train on (or score) a unit; metrics go into ``acc`` / ``acc_low``.
 
-        ``pipeline``: ``"overlap"`` reads and builds batch t+1 while the pull of batch t is in
-        flight, and pushes t and pulls t+1 in one call per shard (a worker always sees its own
-        updates); ``"prefetch"`` also sends the pull of t+1 before
-        computing t (one batch staler, more overlap); ``"none"`` is strictly sequential.
+        A message (one pull and one push per shard) covers ``local_steps`` batches when
+        training (:mod:`psfm.ps.local`: the batches' FTRL steps on the worker's copy of the
+        state) and as many when scoring (one pull of weights), else one batch.
+
+        ``pipeline``: ``"overlap"`` reads and builds message t+1 while the pull of message t is
+        in flight, and pushes t and pulls t+1 in one call per shard (a worker always sees its
+        own updates); ``"prefetch"`` also sends the pull of t+1 before computing t (one
+        message staler, more overlap); ``"none"`` is strictly sequential.
         ``reuse``: the unit will be read again (:meth:`batches`)."""
         res = UnitResult()
         t0 = time.perf_counter()
         res.cached = start is None and self._cache_key(unit) in self.cache
-        batches = self.batches(unit, start, reuse=reuse)
-        if pipeline == "none":
-            for batch, cursor in batches:
-                out = self.step(batch, client, train)
-                self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
-        else:
+        msgs = self._messages(self.batches(unit, start, reuse=reuse), self.local_steps)
+        state = train and self.local_steps > 1
 
-            def pull(item):
-                return client.pull_async(item[0].uniq, create=train) if item[0].size else None
+        def record(batch: Batch, cursor: Cursor, out) -> None:
+            self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
 
-            fused = pipeline == "overlap"  # one call per shard and batch: push t, pull t + 1
-            cur = next(batches, None)
-            handle = pull(cur) if cur is not None else None
-            while cur is not None:
-                nxt = next(batches, None)  # read and hash while the pull is in flight
-                nxt_handle = pull(nxt) if nxt is not None and pipeline == "prefetch" else None
-                batch, cursor = cur
+        def pull(msg: _Message | None):
+            if msg is None or not msg.keys.size:
+                return None
+            return client.pull_async(msg.keys, create=train, state=state and msg.grouped)
+
+        fused = pipeline == "overlap"  # one call per shard and message: push t, pull t + 1
+        cur = next(msgs, None)
+        handle = pull(cur)
+        while cur is not None:
+            nxt = next(msgs, None)  # read and hash while the pull is in flight
+            nxt_handle = pull(nxt) if pipeline == "prefetch" else None
+            pulled = None if handle is None else client.wait_pull(handle)
+            push = self._process(cur, pulled, train, record)
+            if push is not None and fused and nxt is not None and nxt.keys.size:
+                nxt_handle = client.push_pull(
+                    push, nxt.keys, create=train, state=state and nxt.grouped
+                )
                 push = None
-                if handle is None:
-                    out = self.step(batch, client, train)
-                else:
-                    out, push = self._score(batch, client.wait_pull(handle), train)
-                self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
-                if push is not None and fused and nxt is not None and nxt[0].size:
-                    nxt_handle = client.push_pull(push, nxt[0].uniq, create=train)
-                    push = None
-                if push is not None:
-                    client.push(push)
-                if nxt is not None and pipeline != "prefetch" and nxt_handle is None:
-                    nxt_handle = pull(nxt)
-                cur, handle = nxt, nxt_handle
+            if push is not None:
+                client.push(push)
+            if pipeline != "prefetch" and nxt_handle is None:
+                nxt_handle = pull(nxt)
+            cur, handle = nxt, nxt_handle
         client.flush()
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _messages(self, batches: Iterator[tuple[Batch, Cursor]], k: int) -> Iterator[_Message]:
+        """The unit's batches, ``k`` to a message (the last may have fewer)."""
+        if k <= 1:
+            for batch, cursor in batches:
+                yield _Message([(batch, cursor)], batch.uniq)
+            return
+        while True:
+            group = list(itertools.islice(batches, k))
+            if not group:
+                return
+            if len(group) == 1:
+                yield _Message(group, group[0][0].uniq)
+                continue
+            keys, inv = union_keys([b.uniq for b, _ in group])
+            counts = np.zeros(keys.size, np.float32)
+            np.add.at(counts, inv, np.concatenate([b.counts for b, _ in group]))
+            bounds = np.cumsum([0] + [b.uniq.size for b, _ in group])
+            idx = [inv[bounds[i] : bounds[i + 1]] for i in range(len(group))]
+            yield _Message(group, keys, idx, counts)
+
+    def _process(
+        self, msg: _Message, pulled: PullResult | None, train: bool, record
+    ) -> PushRequest | None:
+        """Score (and train on) a message's batches with what its pull returned; returns
+        the push (None when scoring). An empty batch (every row skipped) scores nothing."""
+        local = None
+        rowmap: list[np.ndarray] = []
+        if pulled is not None and msg.idx is not None:
+            if pulled.state:
+                local = LocalSteps(msg.keys, pulled, self.rule)
+            else:  # scoring: every batch reads the message's weights
+                rowmap = row_maps(pulled.level, self.layout)
+        push = None
+        for i, (batch, cursor) in enumerate(msg.batches):
+            if batch.size == 0 or pulled is None:
+                record(batch, cursor, _EMPTY)
+                continue
+            if msg.idx is None:
+                out, push = self._score(batch, pulled, train)
+            elif local is None:
+                out, _ = self._score(batch, pulled.select(msg.idx[i], rowmap, self.layout), False)
+            else:
+                out, step = self._score(batch, local.weights(msg.idx[i]), True)
+                assert step is not None
+                local.update(step)
+            record(batch, cursor, out)
+        if local is not None:
+            assert msg.counts is not None
+            return local.delta(msg.counts)
+        return push
 
     def count_unit(self, unit: WorkUnit, client: PsClient, reuse: bool = False) -> int:
         """Statistics pass: push the unit's key occurrence counts to the shards."""

@@ -35,6 +35,8 @@ corrected row by row), ``count_scaled`` too, while ``square_of_sum`` stays stabl
 rows a batch comes within 0.003 on 1M rows. So ``square_of_sum`` is the default, and what
 closes the gap to per-sample FTRL is enough steps per pass: ``data.batch_size = 0`` picks the
 batch size from the pass (:mod:`psfm.steps`). The other rules stay selectable for studies.
+Small batches stay fast because a worker takes several of them per pull and push, running
+these same functions on its copy of the keys' state (:mod:`psfm.ps.local`).
 
 A factor coordinate starts at a random ``v0`` encoded in ``z`` (``n = 0``)::
 
@@ -52,7 +54,14 @@ import numpy as np
 
 from psfm.errors import ConfigError
 
-__all__ = ["FtrlParams", "ftrl_weight", "ftrl_update", "ftrl_init_z"]
+__all__ = [
+    "FtrlParams",
+    "ftrl_weight",
+    "ftrl_weight_sqrt",
+    "ftrl_update",
+    "ftrl_step",
+    "ftrl_init_z",
+]
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,11 @@ def _weight(z: np.ndarray, sqrt_n: np.ndarray, p: FtrlParams) -> np.ndarray:
     return w
 
 
+def ftrl_weight_sqrt(z: np.ndarray, sqrt_n: np.ndarray, p: FtrlParams) -> np.ndarray:
+    """:func:`ftrl_weight` given ``sqrt(n)``."""
+    return _weight(z, sqrt_n, p)
+
+
 def ftrl_weight(z: np.ndarray, n: np.ndarray, p: FtrlParams) -> np.ndarray:
     """The FTRL-Proximal weight for state ``(z, n)``; exactly 0 where ``|z| <= l1``."""
     return _weight(z, np.sqrt(n), p)
@@ -127,7 +141,20 @@ def ftrl_update(
     [0.0488, 0.0]
     """
     sqrt_n = np.sqrt(n)
-    w = _weight(z, sqrt_n, p)
+    return ftrl_step(z, n, sqrt_n, _weight(z, sqrt_n, p), g, p, g2)
+
+
+def ftrl_step(
+    z: np.ndarray,
+    n: np.ndarray,
+    sqrt_n: np.ndarray,
+    w: np.ndarray,
+    g: np.ndarray,
+    p: FtrlParams,
+    g2: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ftrl_update` given ``sqrt(n)`` and the weight ``w`` of ``(z, n)`` already
+    computed (a worker that scored with them, :mod:`psfm.ps.local`)."""
     n_new = g * g if g2 is None else g2.astype(n.dtype, copy=True)
     n_new += n
     sigma = np.sqrt(n_new)

@@ -26,21 +26,24 @@ class PsClient(Protocol):
 
     ``pull_async`` starts a pull and ``wait_pull`` returns its answer (a client may answer at
     once); ``push_pull`` pushes one batch and starts the pull of the next in one call per
-    shard, the push applied first; ``flush`` waits for every push in flight. ``bytes_pulled``
-    and ``bytes_pushed`` count the message payloads."""
+    shard, the push applied first; ``flush`` waits for every push in flight. ``state`` asks
+    for the FTRL state instead of the weights (:class:`PullResult`, worker-local steps).
+    ``bytes_pulled`` and ``bytes_pushed`` count the message payloads."""
 
     bytes_pulled: int
     bytes_pushed: int
 
-    def pull(self, keys: np.ndarray, create: bool = False) -> PullResult: ...
+    def pull(self, keys: np.ndarray, create: bool = False, state: bool = False) -> PullResult: ...
 
-    def pull_async(self, keys: np.ndarray, create: bool = False) -> Any: ...
+    def pull_async(self, keys: np.ndarray, create: bool = False, state: bool = False) -> Any: ...
 
     def wait_pull(self, pending: Any) -> PullResult: ...
 
     def push(self, req: PushRequest) -> None: ...
 
-    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False) -> Any: ...
+    def push_pull(
+        self, req: PushRequest, keys: np.ndarray, create: bool = False, state: bool = False
+    ) -> Any: ...
 
     def flush(self) -> None: ...
 
@@ -56,14 +59,14 @@ class LocalClient:
         self.bytes_pulled = 0
         self.bytes_pushed = 0
 
-    def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
+    def pull(self, keys: np.ndarray, create: bool = False, state: bool = False) -> PullResult:
         r = route(keys, len(self.shards))
-        parts = [s.pull(keys[idx], create) for s, idx in zip(self.shards, r.index)]
+        parts = [s.pull(keys[idx], create, state) for s, idx in zip(self.shards, r.index)]
         self.bytes_pulled += keys.nbytes + sum(p.nbytes for p in parts)
         return merge_pulls(r, parts, self.layout)
 
-    def pull_async(self, keys: np.ndarray, create: bool = False) -> PullResult:
-        return self.pull(keys, create)
+    def pull_async(self, keys: np.ndarray, create: bool = False, state: bool = False) -> PullResult:
+        return self.pull(keys, create, state)
 
     def wait_pull(self, pending: PullResult) -> PullResult:
         return pending
@@ -74,9 +77,11 @@ class LocalClient:
             self.bytes_pushed += part.nbytes
             shard.push(part)
 
-    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False) -> PullResult:
+    def push_pull(
+        self, req: PushRequest, keys: np.ndarray, create: bool = False, state: bool = False
+    ) -> PullResult:
         self.push(req)
-        return self.pull(keys, create)
+        return self.pull(keys, create, state)
 
     def flush(self) -> None:
         """Nothing is ever in flight."""

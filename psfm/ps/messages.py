@@ -1,15 +1,18 @@
 """The parameter-server protocol as typed values (pure numpy, no Ray): what a worker sends a
 shard and what it gets back, and their wire form (:mod:`psfm.ps.wire`).
 
-- :class:`PullResult`: the weights of a batch's keys.
+- :class:`PullResult`: the weights of a batch's keys or, for worker-local steps, their FTRL
+  state ``(z, n)``.
 - :class:`PushRequest`: one batch's per-key gradient sums, occurrence counts, the levels the
   pull returned (they say which factor rows the gradients have) and, for the
-  ``sum_of_squares`` FTRL rule, the per-key sums of the squared per-occurrence gradients.
+  ``sum_of_squares`` FTRL rule, the per-key sums of the squared per-occurrence gradients; or,
+  after worker-local steps, what those steps added to each coordinate's ``(z, n)``.
 - :class:`ShardStats`: model size of a shard (and of all shards, :meth:`ShardStats.merge`).
 
 Wire form of a push: ``[keys, counts, level, grad_w, g_1..g_m]`` followed by ``[sq_w,
 sq_1..sq_m]`` when the request carries sums of squares (``5 + 2m`` arrays instead of
-``4 + m``); a fused push + pull appends ``[pull_keys, [create]]``.
+``4 + m``) and by ``[[1]]`` (int8) for a delta push (``6 + 2m``); a fused push + pull appends
+``[pull_keys, flags]``. A pull's flags are ``[create]`` or ``[create, state]`` (int8).
 """
 
 from __future__ import annotations
@@ -21,18 +24,39 @@ import numpy as np
 
 from psfm.ps.wire import pack, unpack
 
-__all__ = ["PullResult", "PushRequest", "ShardStats"]
+__all__ = ["PullResult", "PushRequest", "ShardStats", "row_maps"]
+
+_DELTA = np.ones(1, np.int8)  # the wire marker of a delta push
 
 
 @dataclass
 class PullResult:
     """Weights of ``keys`` in key order: ``w`` (n,) float32, ``level`` (n,) int8 and
     ``tables[p-1]``: (rows, D_p) float32 for the keys with a stored row at level p
-    (level >= p untied, level == p tied), in key order."""
+    (level >= p untied, level == p tied), in key order.
+
+    A *state* pull (for worker-local steps, :mod:`psfm.ps.local`) carries the FTRL state
+    instead of the weights: ``w`` is (n, 2) ``[z, n]``, ``tables[p-1]`` (rows, 2 D_p), the
+    row's ``z`` then its ``n``, and ``level`` is -1 for a key the shard does not store (it
+    was not admitted: its weights stay 0)."""
 
     w: np.ndarray
     level: np.ndarray
     tables: list[np.ndarray]
+
+    @property
+    def state(self) -> bool:
+        return self.w.ndim == 2
+
+    def select(self, idx: np.ndarray, rowmap: Sequence[np.ndarray], layout) -> PullResult:
+        """The answer for the keys ``idx`` (ascending positions into this answer's keys);
+        ``rowmap[p-1]``: each key's row in table p (:func:`row_maps`)."""
+        lev = self.level[idx]
+        tables = [
+            t[rm[idx[layout.members(lev, p)]]]
+            for p, (t, rm) in enumerate(zip(self.tables, rowmap), start=1)
+        ]
+        return PullResult(self.w[idx], lev, tables)
 
     @property
     def nbytes(self) -> int:
@@ -52,6 +76,12 @@ class PullResult:
         return cls(a[0], a[1], a[2:])
 
 
+def row_maps(level: np.ndarray, layout) -> list[np.ndarray]:
+    """Per table p, each key's row in a pull answer's table p (meaningful where the key is a
+    member: :meth:`FactorLayout.members`)."""
+    return [np.cumsum(layout.members(level, p)) - 1 for p in range(1, layout.levels + 1)]
+
+
 @dataclass
 class PushRequest:
     """One batch's update for a set of keys (unique, the pull's order).
@@ -62,6 +92,10 @@ class PushRequest:
     pull's rows). ``sq_w`` / ``sq_tables``: the same shapes, sums over the key's occurrences
     of the squared per-occurrence gradients (``sum_i g_i^2``); None unless the FTRL rule
     ``sum_of_squares`` asks for them.
+
+    A ``delta`` push follows worker-local steps (:mod:`psfm.ps.local`): ``grad_*`` hold what
+    the steps added to each coordinate's ``z`` and ``sq_*`` what they added to its ``n``; the
+    shard adds them (no FTRL math of its own).
     """
 
     keys: np.ndarray
@@ -71,6 +105,7 @@ class PushRequest:
     grad_tables: list[np.ndarray]
     sq_w: np.ndarray | None = None
     sq_tables: list[np.ndarray] | None = None
+    delta: bool = False
 
     @property
     def has_sq(self) -> bool:
@@ -81,6 +116,8 @@ class PushRequest:
         out = [self.keys, self.counts, self.level, self.grad_w, *self.grad_tables]
         if self.sq_w is not None:
             out += [self.sq_w, *(self.sq_tables or [])]
+        if self.delta:
+            out.append(_DELTA)
         return out
 
     @property
@@ -90,11 +127,16 @@ class PushRequest:
     @classmethod
     def from_arrays(cls, a: Sequence[np.ndarray], m: int) -> PushRequest:
         """The request of :attr:`arrays` for a model of ``m`` levels."""
-        if len(a) == 5 + 2 * m:
-            return cls(a[0], a[1], a[2], a[3], list(a[4 : 4 + m]), a[4 + m], list(a[5 + m :]))
+        if len(a) in (5 + 2 * m, 6 + 2 * m):
+            delta = len(a) == 6 + 2 * m
+            sq_end = len(a) - int(delta)
+            return cls(
+                a[0], a[1], a[2], a[3], list(a[4 : 4 + m]), a[4 + m], list(a[5 + m : sq_end]), delta
+            )
         if len(a) != 4 + m:
             raise ValueError(
-                f"a push of a {m}-level model has {4 + m} or {5 + 2 * m} arrays; got {len(a)}"
+                f"a push of a {m}-level model has {4 + m}, {5 + 2 * m} or {6 + 2 * m} arrays; "
+                f"got {len(a)}"
             )
         return cls(a[0], a[1], a[2], a[3], list(a[4:]))
 
@@ -111,6 +153,7 @@ class PushRequest:
             [t[r] for t, r in zip(self.grad_tables, rows)],
             None if self.sq_w is None else self.sq_w[idx],
             sq,
+            self.delta,
         )
 
 

@@ -53,7 +53,7 @@ def merge_pulls(r: Route, parts: Sequence[PullResult], layout: FactorLayout) -> 
     """Shard answers -> one answer in batch key order."""
     if len(parts) == 1:
         return parts[0]
-    w = np.empty(r.n_keys, dtype=np.float32)
+    w = np.empty((r.n_keys, *parts[0].w.shape[1:]), dtype=np.float32)  # (n,) or (n, 2)
     level = np.empty(r.n_keys, dtype=np.int8)
     for idx, part in zip(r.index, parts):
         w[idx] = part.w

@@ -181,11 +181,13 @@ class ParameterShard:
             self._create(keys[ok], est[ok])
 
     # ------------------------------------------------------------------ pull / push
-    def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
+    def pull(self, keys: np.ndarray, create: bool = False, state: bool = False) -> PullResult:
         """Weights of ``keys`` (unique, any order); unknown keys: w = 0, level 0.
 
         ``create`` inserts unknown keys (training); evaluation never creates keys. Keys are
         created only when ``admit_min_count`` is 1; otherwise :meth:`push` admits them.
+        ``state``: the keys' FTRL state instead of their weights, for worker-local steps
+        (:class:`PullResult`; a key not stored has level -1).
         """
         keys = np.asarray(keys, dtype=np.uint64)
         store, rule = self.store, self.rule
@@ -194,12 +196,24 @@ class ParameterShard:
             self._recent.append((keys, slots))
         else:
             slots = store.table.lookup(keys)
+        present = slots >= 0
         lev = np.zeros(keys.size, dtype=np.int8)
         if self.m:
-            present = slots >= 0
             lev[present] = store.level[slots[present]]
-        tables = [rule.row_weights(f, r) for f, r in zip(store.fac, store.member_rows(slots, lev))]
-        out = PullResult(rule.weights(store, slots, keys), lev, tables)
+        rows = store.member_rows(slots, lev)
+        if state:
+            lev[~present] = -1
+            w = np.zeros((keys.size, 2), np.float32)
+            s = slots[present]
+            w[present, 0] = store.z_w[s]
+            w[present, 1] = store.n_w[s]
+            tables = [
+                np.take(f.s, r, axis=0).reshape(r.size, 2 * f.dim) for f, r in zip(store.fac, rows)
+            ]
+            out = PullResult(w, lev, tables)
+        else:
+            tables = [rule.row_weights(f, r) for f, r in zip(store.fac, rows)]
+            out = PullResult(rule.weights(store, slots, keys), lev, tables)
         self.bytes_out += out.nbytes
         self.bytes_in += keys.nbytes
         return out
@@ -211,19 +225,31 @@ class ParameterShard:
         keys = np.asarray(req.keys, dtype=np.uint64)
         store = self.store
         self.bytes_in += req.nbytes
-        inc_w, inc_tables = self.rule.increments(req, f"Shard {self.shard_id}")
+        inc_w: np.ndarray | None
+        inc_tables: list[np.ndarray | None]
+        if req.delta:  # worker-local steps: add what they added to (z, n)
+            inc_w, inc_tables = req.sq_w, list(req.sq_tables or [])
+        else:
+            inc_w, inc_tables = self.rule.increments(req, f"Shard {self.shard_id}")
         slots = self._slots_of_pulled(keys)
         present = slots >= 0
         s = slots[present]
         if s.size:
-            self.rule.update_linear(
-                store,
-                s,
-                req.grad_w[present],
-                keys[present],
-                None if inc_w is None else inc_w[present],
+            if req.delta:
+                assert inc_w is not None
+                self.rule.add_linear(store, s, req.grad_w[present], inc_w[present])
+            else:
+                self.rule.update_linear(
+                    store,
+                    s,
+                    req.grad_w[present],
+                    keys[present],
+                    None if inc_w is None else inc_w[present],
+                )
+            level = np.maximum(req.level, 0) if req.delta else req.level
+            self.rule.update_factors(
+                store, slots, level, req.grad_tables, inc_tables, delta=req.delta
             )
-            self.rule.update_factors(store, slots, req.level, req.grad_tables, inc_tables)
             if self._counting:
                 store.count[s] += req.counts[present]
             if store.has("last_day"):
@@ -243,11 +269,11 @@ class ParameterShard:
         return self.table.lookup(keys)
 
     def push_pull(
-        self, req: PushRequest, pull_keys: np.ndarray, create: bool = False
+        self, req: PushRequest, pull_keys: np.ndarray, create: bool = False, state: bool = False
     ) -> PullResult:
         """:meth:`push` one batch, then :meth:`pull` the next: one actor call instead of two."""
         self.push(req)
-        return self.pull(pull_keys, create)
+        return self.pull(pull_keys, create, state)
 
     def push_buffered(self, worker: int, req: PushRequest) -> None:
         """Sync mode: hold one worker's gradients of the current step until

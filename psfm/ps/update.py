@@ -8,6 +8,8 @@ key with its own, unregularised, parameters.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from psfm.config import FtrlConfig
@@ -18,7 +20,15 @@ from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.messages import PushRequest
 from psfm.ps.store import FactorRows, KeyStore
 
-__all__ = ["FtrlRule"]
+__all__ = ["FtrlRule", "LinearState"]
+
+
+class LinearState(Protocol):
+    """What the linear update reads and writes: a store's ``z_w, n_w`` (or a worker's copy,
+    :class:`psfm.ps.local.LocalSteps`)."""
+
+    z_w: np.ndarray
+    n_w: np.ndarray
 
 
 class FtrlRule:
@@ -81,7 +91,7 @@ class FtrlRule:
 
     def update_linear(
         self,
-        store: KeyStore,
+        store: KeyStore | LinearState,
         s: np.ndarray,
         g: np.ndarray,
         keys: np.ndarray,
@@ -101,6 +111,12 @@ class FtrlRule:
             inc = None if inc is None else inc[~bias]
         store.z_w[s], store.n_w[s] = ftrl_update(store.z_w[s], store.n_w[s], g, self.linear, inc)
 
+    @staticmethod
+    def add_linear(store: KeyStore, s: np.ndarray, dz: np.ndarray, dn: np.ndarray) -> None:
+        """A delta push (worker-local steps): add what the steps added to ``(z, n)``."""
+        store.z_w[s] += dz
+        store.n_w[s] += dn
+
     def update_factors(
         self,
         store: KeyStore,
@@ -108,11 +124,20 @@ class FtrlRule:
         level: np.ndarray,
         grad_tables: list[np.ndarray],
         inc_tables: list[np.ndarray | None],
+        delta: bool = False,
     ) -> None:
         """Apply table p's gradients to the rows of the keys of ``level`` (what their pull
         returned). Keys evicted since (slot -1) are skipped; a tied key promoted since the pull
-        updates the prefix of its new vector."""
+        updates the prefix of its new vector. ``delta``: the tables are what worker-local
+        steps added to ``z`` (``grad_tables``) and ``n`` (``inc_tables``); they are added."""
         m, lay = self.layout.levels, self.layout
+        factor = self.factor
+
+        def step(z, n, g, inc):
+            if delta:
+                return z + g, n + inc
+            return ftrl_update(z, n, g, factor, inc)
+
         if m == 0:
             return
         gone = slots < 0  # keys evicted between pull and push
@@ -126,7 +151,7 @@ class FtrlRule:
         ):
             if not lay.tied:
                 st = np.take(f.s, r, axis=0)
-                st[:, 0], st[:, 1] = ftrl_update(st[:, 0], st[:, 1], g, self.factor, inc)
+                st[:, 0], st[:, 1] = step(st[:, 0], st[:, 1], g, inc)
                 f.s[r] = st
                 continue
             d = lay.width(p)
@@ -136,10 +161,6 @@ class FtrlRule:
                 at = cur == k
                 fk = store.fac[k - 1]
                 rk = store.row[sl[at]]
-                fk.z[rk, :d], fk.nn[rk, :d] = ftrl_update(
-                    fk.z[rk, :d],
-                    fk.nn[rk, :d],
-                    g[at],
-                    self.factor,
-                    None if inc is None else inc[at],
+                fk.z[rk, :d], fk.nn[rk, :d] = step(
+                    fk.z[rk, :d], fk.nn[rk, :d], g[at], None if inc is None else inc[at]
                 )

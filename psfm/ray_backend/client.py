@@ -37,14 +37,16 @@ log = logging.getLogger(__name__)
 _GROWTH = 1.5  # a message file grows to this times the message that did not fit
 
 
-def _answer_bound(n_keys: int, ranks: Sequence[int]) -> int:
-    """Most bytes a pull answer for ``n_keys`` keys can take (every key at every level)."""
+def _answer_bound(n_keys: int, ranks: Sequence[int], state: bool = False) -> int:
+    """Most bytes a pull answer for ``n_keys`` keys can take (every key at every level; a
+    state pull carries two floats per coordinate)."""
+    f = 8 if state else 4
     return (
         packed_size([])
         + 24 * (2 + len(ranks))
-        + pad(4 * n_keys)
+        + pad(f * n_keys)
         + pad(n_keys)
-        + sum(pad(4 * d * n_keys) for d in ranks)
+        + sum(pad(f * d * n_keys) for d in ranks)
     )
 
 
@@ -203,28 +205,32 @@ class RayClient:
                 len(self.shards),
             )
 
-    def _pull_call(self, s: int, keys: np.ndarray, create: bool, push: PushRequest | None):
+    def _pull_call(
+        self, s: int, keys: np.ndarray, create: bool, push: PushRequest | None, state: bool
+    ):
         """One shard's pull (after ``push``, that shard's push arguments): (ref, where)."""
         shard, link = self.shards[s], self.links[s]
-        if push is None:
-            arrays = [keys, np.array([create], np.int8)]
-        else:
-            arrays = [*push.arrays, keys, np.array([create], np.int8)]
+        flags = np.array([create, state] if state else [create], np.int8)
+        arrays = [keys, flags] if push is None else [*push.arrays, keys, flags]
         if link is not None:
             sent = link.call(
                 "pull" if push is None else "push_pull",
                 arrays,
-                _answer_bound(keys.size, self.ranks),
+                _answer_bound(keys.size, self.ranks, state),
             )
             if sent is not None:
                 return sent[0], (link, sent[1])
         if push is None:
-            return shard.pull_packed.remote(keys, create), None
+            return shard.pull_packed.remote(keys, create, state), None
         return shard.push_pull_packed.remote(pack(arrays)), None
 
-    def pull_async(self, keys: np.ndarray, create: bool = False) -> PendingPull:
+    def pull_async(
+        self, keys: np.ndarray, create: bool = False, state: bool = False
+    ) -> PendingPull:
         r = route(keys, len(self.shards))
-        calls = [self._pull_call(s, keys[idx], create, None) for s, idx in enumerate(r.index)]
+        calls = [
+            self._pull_call(s, keys[idx], create, None, state) for s, idx in enumerate(r.index)
+        ]
         return PendingPull(r, [c[0] for c in calls], keys.nbytes, [c[1] for c in calls])
 
     def wait_pull(self, pending: PendingPull) -> PullResult:
@@ -236,8 +242,8 @@ class RayClient:
         self.bytes_pulled += pending.key_bytes + sum(p.nbytes for p in parts)
         return merge_pulls(pending.route, parts, self.layout)
 
-    def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
-        return self.wait_pull(self.pull_async(keys, create))
+    def pull(self, keys: np.ndarray, create: bool = False, state: bool = False) -> PullResult:
+        return self.wait_pull(self.pull_async(keys, create, state))
 
     def _split_push(self, req: PushRequest) -> list[PushRequest]:
         """A push per shard (counted in ``bytes_pushed``)."""
@@ -263,16 +269,18 @@ class RayClient:
         while len(self._pushes) > self.max_in_flight:
             ray.get(self._pushes.popleft())
 
-    def push_pull(self, req: PushRequest, keys: np.ndarray, create: bool = False) -> PendingPull:
+    def push_pull(
+        self, req: PushRequest, keys: np.ndarray, create: bool = False, state: bool = False
+    ) -> PendingPull:
         """Push one batch's gradients and pull the next batch's keys: one call per shard
         (the shard applies the push first, so the pull sees it)."""
         if self.buffered_worker is not None:  # sync steps: pushes go to the step buffers
             self.push(req)
-            return self.pull_async(keys, create)
+            return self.pull_async(keys, create, state)
         parts = self._split_push(req)
         r = route(keys, len(self.shards))
         calls = [
-            self._pull_call(s, keys[idx], create, part)
+            self._pull_call(s, keys[idx], create, part, state)
             for s, (part, idx) in enumerate(zip(parts, r.index))
         ]
         return PendingPull(r, [c[0] for c in calls], keys.nbytes, [c[1] for c in calls])

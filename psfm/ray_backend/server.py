@@ -30,6 +30,11 @@ from psfm.ps.wire import pack_into, pad, unpack
 __all__ = ["ShardServer"]
 
 
+def _flags(a: np.ndarray) -> tuple[bool, bool]:
+    """A pull's ``[create]`` or ``[create, state]`` flags."""
+    return bool(a[0]), bool(a.size > 1 and a[1])
+
+
 class ShardServer:
     """One :class:`ParameterShard` behind the calls the Ray actors make."""
 
@@ -46,18 +51,21 @@ class ShardServer:
         self._files: dict[str, MessageFile] = {}  # workers' message files on this node
 
     # ------------------------------------------------------------------ packed buffers
-    def pull_packed(self, keys: np.ndarray, create: bool = False) -> np.ndarray:
+    def pull_packed(
+        self, keys: np.ndarray, create: bool = False, state: bool = False
+    ) -> np.ndarray:
         """:meth:`pull` answered as one buffer (:meth:`PullResult.unpack` reads it)."""
-        return self.shard.pull(keys, create).pack()
+        return self.shard.pull(keys, create, state).pack()
 
     def push_pull_packed(self, buf: np.ndarray) -> np.ndarray:
         """:meth:`push_pull` with its arguments in one buffer: ``pack([*req.arrays,
-        pull_keys, [create]])``; answers :meth:`pull_packed`'s buffer."""
+        pull_keys, flags])`` (flags ``[create]`` or ``[create, state]``); answers
+        :meth:`pull_packed`'s buffer."""
         return self._push_pull_message(unpack(buf)).pack()
 
     def _push_pull_message(self, a: list[np.ndarray]) -> PullResult:
         req = PushRequest.from_arrays(a[:-2], self.shard.m)
-        return self.shard.push_pull(req, a[-2], bool(a[-1][0]))
+        return self.shard.push_pull(req, a[-2], *_flags(a[-1]))
 
     # ------------------------------------------------------------------ same-node messages
     def shm_attach(self, name: str, path: str, token: bytes, slots: int, slot_bytes: int) -> bool:
@@ -84,7 +92,7 @@ class ShardServer:
         buf = self._files[name].slot(slot)
         a = unpack(buf[:length])
         if op == "pull":
-            out = shard.pull(a[0].copy(), bool(a[1][0]))  # keys outlive the call in _recent
+            out = shard.pull(a[0].copy(), *_flags(a[1]))  # keys outlive the call in _recent
         elif op == "push":
             shard.push(PushRequest.from_arrays(a, shard.m))
             return 0
@@ -118,8 +126,8 @@ class ShardServer:
         return write_shard_state(path, self.shard.snapshot())
 
     # ------------------------------------------------------------------ the shard's own calls
-    def pull(self, keys: np.ndarray, create: bool = False) -> PullResult:
-        return self.shard.pull(keys, create)
+    def pull(self, keys: np.ndarray, create: bool = False, state: bool = False) -> PullResult:
+        return self.shard.pull(keys, create, state)
 
     def push(self, req: PushRequest) -> None:
         self.shard.push(req)
