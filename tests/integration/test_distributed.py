@@ -416,3 +416,31 @@ def test_in_process_and_ray_with_one_worker_write_the_same_lines_and_report(
     assert mem["ray"]["valid"][1]["logloss"] > mem["ray"]["valid"][0]["logloss"]
     assert mem["ray"]["test"] == mem["local"]["test"]
     assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.parametrize("transport", ["auto", "ray"])
+def test_local_steps_on_ray_train_the_in_process_model(ray_local, data, tmp_path, transport):
+    """Worker-local steps (``ps.local_steps``): the state pulls and delta pushes crossing to two
+    shard actors, through shared memory or Ray's messages, train bit for bit the in-process
+    model (async, one worker), and several steps to a message move fewer bytes a sample."""
+    from psfm.trainer import train_local
+
+    sets = [
+        "train.workers=1",
+        "ps.shards=2",
+        "data.batch_size=512",
+        "ps.local_steps=6",
+        f'ps.transport="{transport}"',
+        'data.train_days="1..2"',
+        'data.test_days="3"',
+    ]
+    local = train_local(_cfg(data, tmp_path / "local", *sets))
+    ray_rep = _train(data, tmp_path / "ray", *sets)
+    a, b = restore_model(str(tmp_path / "local"))[1], restore_model(str(tmp_path / "ray"))[1]
+    assert a["keys"].size > 1000
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert local["test"]["auc"] == ray_rep["test"]["auc"]
+    per_batch = train_local(_cfg(data, tmp_path / "k1", *sets, "ps.local_steps=1"))
+    assert abs(per_batch["test"]["auc"] - local["test"]["auc"]) < 1e-4
+    assert ray_rep["train"]["bytes_per_sample"] < 0.7 * per_batch["train"]["bytes_per_sample"]
