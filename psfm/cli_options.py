@@ -96,6 +96,7 @@ _KNOBS = [
     ("model.init_std", "standard deviation of new factors"),
     ("levels.count_per_dim", "RaFM/DiFacto levels: occurrences per factor dimension (Eq. 17)"),
     ("ps.mode", "async | sync (reproducible)"),
+    ("ps.local_steps", "batches a worker steps on its own copy per pull/push; 0 = auto"),
     ("train.seed", "seed of the factor initialisation (and of the unit order of passes >= 2)"),
     ("train.passes", "epochs over the training days"),
     ("data.valid_days", "days (a SPEC) scored after each pass, for early stopping"),
