@@ -152,16 +152,18 @@ def ftrl_step(
     g: np.ndarray,
     p: FtrlParams,
     g2: np.ndarray | None = None,
+    inplace: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`ftrl_update` given ``sqrt(n)`` and the weight ``w`` of ``(z, n)`` already
-    computed (a worker that scored with them, :mod:`psfm.ps.local`)."""
-    n_new = g * g if g2 is None else g2.astype(n.dtype, copy=True)
-    n_new += n
-    sigma = np.sqrt(n_new)
+    computed (a worker that scored with them, :mod:`psfm.ps.local`); ``inplace`` writes the
+    new state into ``z`` and ``n`` (the same values, no new arrays)."""
+    inc = g * g if g2 is None else g2.astype(n.dtype, copy=True)
+    n_new = np.add(n, inc, out=n if inplace else None)
+    sigma = np.sqrt(n_new, out=inc)
     sigma -= sqrt_n
     sigma *= z.dtype.type(1.0 / p.alpha)
     sigma *= w  # sigma * w
-    z_new = z + g
+    z_new = np.add(z, g, out=z if inplace else None)
     z_new -= sigma
     return z_new, n_new
 

@@ -27,6 +27,7 @@ import numpy as np
 from psfm.hashing import BIAS_KEY
 from psfm.optim.ftrl import ftrl_step, ftrl_weight_sqrt
 from psfm.ps.messages import PullResult, PushRequest, row_maps
+from psfm.ps.store import set_rows
 from psfm.ps.update import FtrlRule
 
 __all__ = ["LocalSteps"]
@@ -46,11 +47,13 @@ class LocalSteps:
         self._z0, self._n0 = pulled.w[:, 0], pulled.w[:, 1]
         self.z_w, self.n_w = self._z0.copy(), self._n0.copy()
         self.stored = pulled.level >= 0  # a key the shard does not store stays at 0
-        self._t0 = [
-            t.reshape(t.shape[0], 2, self.layout.width(p))
-            for p, t in enumerate(pulled.tables, start=1)
-        ]
-        self.tables = [t.copy() for t in self._t0]  # (rows, 2, D_p): z then n
+        d = [self.layout.width(p) for p in range(1, len(pulled.tables) + 1)]
+        # a state table is (rows, 2 D_p): z then n; kept as separate contiguous copies, so
+        # every step reads and writes whole rows
+        self._zt0 = [t[:, :dp] for t, dp in zip(pulled.tables, d)]
+        self._nt0 = [t[:, dp:] for t, dp in zip(pulled.tables, d)]
+        self.zt = [np.ascontiguousarray(x) for x in self._zt0]
+        self.nt = [np.ascontiguousarray(x) for x in self._nt0]
         self.rowmap = row_maps(pulled.level, self.layout)
         self._bias = keys == BIAS_KEY
 
@@ -68,12 +71,12 @@ class LocalSteps:
         lev = np.maximum(self.level[idx], 0).astype(np.int8)
         rows = [rm[idx[lay.members(lev, p)]] for p, rm in enumerate(self.rowmap, start=1)]
         tables, held = [], []
-        for t, r in zip(self.tables, rows):
-            st = np.take(t, r, axis=0)
-            sq = np.sqrt(st[:, 1])
-            wt = ftrl_weight_sqrt(st[:, 0], sq, rule.factor)
+        for zt, nt, r in zip(self.zt, self.nt, rows):
+            zr, nr = np.take(zt, r, axis=0), np.take(nt, r, axis=0)
+            sq = np.sqrt(nr)
+            wt = ftrl_weight_sqrt(zr, sq, rule.factor)
             tables.append(wt)
-            held.append((st, sq, wt))
+            held.append((zr, nr, sq, wt))
         self._held = (idx, rows, z, n, sqrt_n, w, held)
         return PullResult(w, lev, tables)
 
@@ -88,23 +91,25 @@ class LocalSteps:
             idx, z, n, sqrt_n, w, g = idx[keep], z[keep], n[keep], sqrt_n[keep], w[keep], g[keep]
             inc_w = None if inc_w is None else inc_w[keep]
         # the step's rate is alpha alone (l1/l2 are in the weight), so the bias's step is the
-        # linear one given the bias's own weight
-        self.z_w[idx], self.n_w[idx] = ftrl_step(z, n, sqrt_n, w, g, self.rule.linear, inc_w)
-        for t, r, (st, sq, wt), g_p, inc in zip(self.tables, rows, held, req.grad_tables, inc_t):
-            st[:, 0], st[:, 1] = ftrl_step(st[:, 0], st[:, 1], sq, wt, g_p, self.rule.factor, inc)
-            t[r] = st
+        # linear one given the bias's own weight; z, n are this step's own gathered copies
+        ftrl_step(z, n, sqrt_n, w, g, self.rule.linear, inc_w, inplace=True)
+        self.z_w[idx], self.n_w[idx] = z, n
+        parts = zip(self.zt, self.nt, rows, held, req.grad_tables, inc_t)
+        for zt, nt, r, (zr, nr, sq, wt), g_p, inc in parts:
+            ftrl_step(zr, nr, sq, wt, g_p, self.rule.factor, inc, inplace=True)
+            set_rows(zt, r, zr)
+            set_rows(nt, r, nr)
 
     def delta(self, counts: np.ndarray) -> PushRequest:
         """What the steps added to every coordinate, as a delta push (``counts``: the keys'
         occurrences over the message's batches)."""
-        d = [t - t0 for t, t0 in zip(self.tables, self._t0)]
         return PushRequest(
             self.keys,
             counts,
             self.level,
             self.z_w - self._z0,
-            [np.ascontiguousarray(x[:, 0]) for x in d],
+            [z - z0 for z, z0 in zip(self.zt, self._zt0)],
             self.n_w - self._n0,
-            [np.ascontiguousarray(x[:, 1]) for x in d],
+            [n - n0 for n, n0 in zip(self.nt, self._nt0)],
             delta=True,
         )

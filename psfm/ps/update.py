@@ -18,7 +18,7 @@ from psfm.hashing import BIAS_KEY
 from psfm.models.layout import FactorLayout
 from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.messages import PushRequest
-from psfm.ps.store import FactorRows, KeyStore
+from psfm.ps.store import FactorRows, KeyStore, set_rows
 
 __all__ = ["FtrlRule", "LinearState"]
 
@@ -152,7 +152,7 @@ class FtrlRule:
             if not lay.tied:
                 st = np.take(f.s, r, axis=0)
                 st[:, 0], st[:, 1] = step(st[:, 0], st[:, 1], g, inc)
-                f.s[r] = st
+                set_rows(f.s, r, st)
                 continue
             d = lay.width(p)
             sl = slots[lay.members(level, p)]

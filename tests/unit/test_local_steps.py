@@ -17,6 +17,7 @@ from psfm.ps.client import LocalClient
 from psfm.ps.local import LocalSteps
 from psfm.ps.messages import PullResult, PushRequest
 from psfm.ps.shard import ParameterShard
+from psfm.ps.store import set_rows
 from psfm.ps.update import FtrlRule
 from psfm.ps.wire import pack, unpack
 from psfm.steps import auto_local_steps, local_steps, resolve_steps
@@ -228,3 +229,19 @@ def test_training_with_local_steps_equals_a_pull_and_push_per_batch(small_data, 
     np.testing.assert_allclose(mb["w"], ma["w"], atol=1e-3)
     # the messages: 8 batches to a pull and a push, so far fewer bytes per sample
     assert b["train"]["bytes_per_sample"] < a["train"]["bytes_per_sample"]
+
+
+@pytest.mark.parametrize("shape", [(50, 8), (50, 2, 4), (50, 1)])
+def test_set_rows_writes_what_fancy_assignment_writes(shape):
+    rng = np.random.default_rng(1)
+    table = rng.random(shape, dtype=np.float32)
+    rows = np.array([3, 0, 49, 17])
+    values = rng.random((4, *shape[1:]), dtype=np.float32)
+    want = table.copy()
+    want[rows] = values
+    set_rows(table, rows, values)
+    assert np.array_equal(table, want)
+    strided = np.zeros((50, 2 * shape[1]), np.float32)[:, : shape[1]]  # not contiguous
+    if len(shape) == 2:
+        set_rows(strided, rows, values)
+        assert np.array_equal(strided[rows], values)
