@@ -153,8 +153,10 @@ def _timed(fn: Callable[[], Any], reps: int) -> tuple[float, list[float], Any]:
 
 
 def _config(root: str, model: str, *extra: str) -> Config:
-    # The engine at the batch size large logs train with (data.batch_size = 0 would give this
-    # 2M-row day 1024-row batches: psfm.steps), so figures compare across versions.
+    # The engine at the batch size large logs train with, a pull and a push per batch
+    # (data.batch_size = 0 would give this 2M-row day 1024-row batches, psfm.steps, and
+    # ps.local_steps = 0 several of them to a message, psfm.ps.local), so figures compare
+    # across versions; end_to_end measures the defaults on their own.
     return load_config(
         None,
         [
@@ -163,10 +165,14 @@ def _config(root: str, model: str, *extra: str) -> Config:
             'data.test_days="2"',
             "ps.shards=1",
             "data.batch_size=4096",
+            "ps.local_steps=1",
             *MODELS[model],
             *extra,
         ],
     )
+
+
+DEFAULTS = ("data.batch_size=0", "ps.local_steps=0")  # what a user gets (on top of _config)
 
 
 def _proc_bytes(path: str, field: str) -> int | None:
@@ -400,6 +406,20 @@ def end_to_end(root: str, reps: int = 1) -> dict[str, Any]:
                 out[name][f"{key}_bytes_per_sample"] = rep["train"]["bytes_per_sample"]
                 out[name][f"{key}_auc"] = rep["test"]["auc"]
                 out[name][f"{key}_runs"] = [r["train"]["samples_per_s"] for r in runs]
+        out["defaults"] = {}
+        for name in (FM, RAFM):
+            _say(f"end to end on Ray, 1 shard + 2 workers, at the defaults: {name}")
+            runs = [
+                train_ray(_config(root, name, "train.workers=2", *DEFAULTS)) for _ in range(reps)
+            ]
+            rep = _median_run(runs)
+            out["defaults"][name] = {
+                "ray_1x2": rep["train"]["samples_per_s"],
+                "ray_1x2_auc": rep["test"]["auc"],
+                "ray_1x2_runs": [r["train"]["samples_per_s"] for r in runs],
+                "batch_size": rep["config"]["data"]["batch_size"],
+                "local_steps": rep["config"]["ps"]["local_steps"],
+            }
         _say("message cost")
         out["messages"] = message_cost(root)
     finally:
@@ -939,6 +959,36 @@ def render_markdown(res: dict[str, Any]) -> str:
             rows,
         ),
     ]
+    dflt = e.get("defaults")
+    if dflt:
+        md += [
+            "### At the defaults\n",
+            "The same day and Ray 1 shard + 2 workers at what a user gets: `data.batch_size = "
+            "0` (FTRL steps of the size the pass asks for, `psfm.steps`) and `ps.local_steps = "
+            "0` (several steps to a pull and a push, `psfm.ps.local`); against the table above "
+            "in the same run.\n",
+            _table(
+                [
+                    "model",
+                    "batch",
+                    "steps a message",
+                    "samples/s",
+                    "vs 4096, one a message",
+                    "test AUC",
+                ],
+                [
+                    [
+                        n,
+                        str(d["batch_size"]),
+                        str(d["local_steps"]),
+                        f"{d['ray_1x2']:,.0f}",
+                        f"{d['ray_1x2'] / e[n]['ray_1x2']:.2f}x",
+                        f"{d['ray_1x2_auc']:.4f}",
+                    ]
+                    for n, d in dflt.items()
+                ],
+            ),
+        ]
     msg = e.get("messages")
     if msg:
         rows = [

@@ -33,6 +33,11 @@ def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_p
     for name in ("LR", "FM(8)", "RaFM({1,2,4,8})"):
         for key in ("local", "ray_1x1", "ray_1x2", "ray_2x2"):
             assert e2e[name][key] > 0, (name, key)
+    # the defaults: smaller FTRL steps than the table's 4096, several to a message
+    assert "### At the defaults" in md
+    for name in ("FM(8)", "RaFM({1,2,4,8})"):
+        d = e2e["defaults"][name]
+        assert d["batch_size"] < 4096 and d["local_steps"] > 1 and d["ray_1x2"] > 0, d
     msg = e2e["messages"]
     # the shared-memory link takes the payload off Ray: the caller's CPU per call drops
     assert msg["auto"]["caller_cpu_ms"] < msg["ray"]["caller_cpu_ms"]
