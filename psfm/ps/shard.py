@@ -144,9 +144,13 @@ class ParameterShard:
         keys = self.table.keys[slots]
 
         def init(sel: np.ndarray, p: int) -> np.ndarray:
-            """Initial z of the table-p rows of ``keys[sel]`` (tied: one D_p vector, level 0)."""
-            lev = 0 if self.tied else p
-            v0 = init_factors(keys[sel], lev, self.ranks[p - 1], self.model.init_std, self.seed)
+            """Initial z of the table-p rows of ``keys[sel]``. An untied row is drawn by its
+            rank D_p: a key's D-dimensional factors start from the same draw in FM(D) and in
+            every RaFM with a rank D, so comparisons of models (a study's points) share their
+            random numbers and differ by the model alone. A tied vector is drawn by column
+            (salt 0), so a promotion extends it and keeps its prefix."""
+            salt = 0 if self.tied else self.ranks[p - 1]
+            v0 = init_factors(keys[sel], salt, self.ranks[p - 1], self.model.init_std, self.seed)
             return self.rule.init_z(v0)
 
         self.store.raise_levels(slots, old, new, init)

@@ -23,10 +23,11 @@ weights use ``linear`` and factor coordinates ``factor`` (:class:`~psfm.optim.ft
 A key gets state the first time it is seen: linear ``z = n = 0``; factors ``v0 ~ N(0,
 init_std^2)`` stored as ``z0 = -(v0 (beta/alpha + l2) + sgn(v0) l1)``, ``n = 0``
 (:func:`~psfm.optim.ftrl.ftrl_init_z`). ``v0`` is psfm's counter-based draw
-(:func:`~psfm.ps.levels.init_factors` at level 1), a pure function of (seed, key): with psfm's
-seed both start from the same factors, so a difference between them is the optimiser's, and
-giving a key its state when its chunk of rows is read equals giving it at its first row.
-Prediction on test rows is predict-only: unseen keys contribute 0 and no state is created.
+(:func:`~psfm.ps.levels.init_factors` salted by the rank, as psfm draws), a pure function of
+(seed, key): with psfm's seed both start from the same factors, so a difference between them is
+the optimiser's, and giving a key its state when its chunk of rows is read equals giving it at
+its first row. Prediction on test rows is predict-only: unseen keys contribute 0 and no state
+is created.
 
 State: float64 ``state[slot] = (z, n)``, shape (slots, 2, 1 + D); column 0 is the linear weight
 and columns 1..D the factors, so one gather and one scatter per row serve both, with (1 + D,)
@@ -317,7 +318,7 @@ class PerSampleFtrlFM:
             slots[new] = np.arange(lo, hi)
             self._slots.update(zip(keys[new].tolist(), range(lo, hi)))
             if self.dim:
-                v0 = init_factors(keys[new], 1, self.dim, self.init_std, self.seed)
+                v0 = init_factors(keys[new], self.dim, self.dim, self.init_std, self.seed)
                 self._state[lo:hi, 0, 1:] = ftrl_init_z(v0.astype(np.float64), self.factor)
             self._used = hi
         return slots

@@ -47,7 +47,7 @@ def _weight(z: float, n: float, p: FtrlParams) -> float:
 
 
 def _v0(keys: list[int], dim: int, std: float, seed: int) -> np.ndarray:
-    return init_factors(np.array(keys, np.uint64), 1, dim, std, seed).astype(np.float64)
+    return init_factors(np.array(keys, np.uint64), dim, dim, std, seed).astype(np.float64)
 
 
 def test_one_step_equals_hand_computation():

@@ -64,11 +64,11 @@ def test_created_fm_keys_get_deterministic_factors_and_bias_has_none():
     r = s.pull(keys, create=True)
     assert r.level.tolist() == [0, 1, 1]
     std = s.model.init_std
-    v0 = init_factors(keys[1:], 1, 8, std, seed=3)
+    v0 = init_factors(keys[1:], 8, 8, std, seed=3)
     np.testing.assert_allclose(
         r.tables[0], ftrl_weight(ftrl_init_z(v0, FTRL.factor), np.zeros_like(v0), FTRL.factor)
     )
-    big = init_factors(np.arange(1, 20001, dtype=np.uint64), 1, 8, std, seed=3)
+    big = init_factors(np.arange(1, 20001, dtype=np.uint64), 8, 8, std, seed=3)
     assert abs(big.std() - std) < 0.002 and abs(big.mean()) < 0.002
 
 
@@ -85,7 +85,7 @@ def test_push_applies_ftrl_and_the_bias_is_not_regularised():
     )
     assert r2.w[0] == ftrl_weight(z, n, FtrlParams(0.1, 1.0, 0.0, 0.0))[0] != 0
     assert r2.w[1] == 0  # |z| = 0.05 <= l1 = 0.2
-    v0 = init_factors(keys[1:], 1, 8, s.model.init_std, seed=3)
+    v0 = init_factors(keys[1:], 8, 8, s.model.init_std, seed=3)
     zf, nf = ftrl_update(ftrl_init_z(v0, FTRL.factor), np.zeros_like(v0), gf, FTRL.factor)
     np.testing.assert_array_equal(r2.tables[0], ftrl_weight(zf, nf, FTRL.factor))
 
