@@ -171,14 +171,14 @@ def test_tied_promotion_moves_the_trained_prefix():
 
 
 def test_static_levels_from_a_statistics_pass_and_admission():
-    (s,) = _shards("rafm", policy="static", ranks=(1, 2, 4), admit_min_count=2)
+    (s,) = _shards("rafm", policy="static", ranks=(1, 2, 4), admit_min_count=2, count_per_dim=1.0)
     keys = np.array([BIAS_KEY, 1, 2, 3, 4], dtype=np.uint64)
     s.add_counts(keys, np.array([100, 1, 2, 5, 2], np.float32))
     s.add_counts(keys[3:], np.array([5, 30], np.float32))
     info = s.finish_counts()
     assert info == {"keys": 4, "not_admitted": 1}
     r = s.pull(keys)
-    # counts 100 (bias: level 0), -, 2, 10, 32; thresholds 1, sqrt(2), sqrt(8)
+    # counts 100 (bias: level 0), -, 2, 10, 32; at c = 1 thresholds 1, sqrt(2), sqrt(8)
     assert r.level.tolist() == [0, 0, 2, 3, 3]
     assert s.pull(keys, create=True).level.tolist() == [0, 0, 2, 3, 3]  # no re-admission
     assert len(s) == 4
