@@ -80,7 +80,9 @@ def push_request(batch: Batch, level: np.ndarray, out: FamilyOutput) -> PushRequ
 
 def union_keys(uniqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The sorted union of several sorted unique key arrays and, for their concatenation,
-    each key's position in it (a stable sort merges the sorted runs)."""
+    each key's position in it. A stable sort merges the sorted runs: on a 15-batch message
+    0.6-0.7 ms, against 0.9-1.0 ms for the batch builder's general
+    :func:`~psfm.data.batch.unique_inverse_counts`, which cannot use the runs."""
     cat = np.concatenate(uniqs)
     order = np.argsort(cat, kind="stable")
     srt = cat[order]
@@ -291,7 +293,6 @@ class Worker:
         t0 = time.perf_counter()
         res.cached = start is None and self._cache_key(unit) in self.cache
         msgs = self._messages(self.batches(unit, start, reuse=reuse), self.local_steps)
-        state = train and self.local_steps > 1
 
         def record(batch: Batch, cursor: Cursor, out) -> None:
             self._record(res, batch, cursor, out, acc, acc_low, keep_predictions)
@@ -299,7 +300,8 @@ class Worker:
         def pull(msg: _Message | None):
             if msg is None or not msg.keys.size:
                 return None
-            return client.pull_async(msg.keys, create=train, state=state and msg.grouped)
+            # training on several batches: their FTRL state, for the local steps
+            return client.pull_async(msg.keys, create=train, state=train and msg.grouped)
 
         fused = pipeline == "overlap"  # one call per shard and message: push t, pull t + 1
         cur = next(msgs, None)
@@ -311,7 +313,7 @@ class Worker:
             push = self._process(cur, pulled, train, record)
             if push is not None and fused and nxt is not None and nxt.keys.size:
                 nxt_handle = client.push_pull(
-                    push, nxt.keys, create=train, state=state and nxt.grouped
+                    push, nxt.keys, create=train, state=train and nxt.grouped
                 )
                 push = None
             if push is not None:

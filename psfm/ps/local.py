@@ -36,8 +36,8 @@ __all__ = ["LocalSteps"]
 class LocalSteps:
     """A worker's copy of the FTRL state of one message's ``keys`` (sorted, unique), taken
     from a state pull; :meth:`weights` and :meth:`update` per batch, :meth:`delta` at the
-    end. ``z_w, n_w`` are named as the shard's store names them, so the shard's linear
-    update (:meth:`FtrlRule.update_linear`) runs on this object unchanged."""
+    end. The steps are the shard's (:func:`~psfm.optim.ftrl.ftrl_step` with the rule's
+    parameters), run on the rows the batch's weights were computed from."""
 
     def __init__(self, keys: np.ndarray, pulled: PullResult, rule: FtrlRule) -> None:
         if not pulled.state:

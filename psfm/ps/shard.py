@@ -250,9 +250,9 @@ class ParameterShard:
                     keys[present],
                     None if inc_w is None else inc_w[present],
                 )
-            level = np.maximum(req.level, 0) if req.delta else req.level
+            # a delta's level -1 (not stored at the pull) is no table's member: no rows
             self.rule.update_factors(
-                store, slots, level, req.grad_tables, inc_tables, delta=req.delta
+                store, slots, req.level, req.grad_tables, inc_tables, delta=req.delta
             )
             if self._counting:
                 store.count[s] += req.counts[present]

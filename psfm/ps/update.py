@@ -8,8 +8,6 @@ key with its own, unregularised, parameters.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
 from psfm.config import FtrlConfig
@@ -20,15 +18,7 @@ from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.messages import PushRequest
 from psfm.ps.store import FactorRows, KeyStore, set_rows
 
-__all__ = ["FtrlRule", "LinearState"]
-
-
-class LinearState(Protocol):
-    """What the linear update reads and writes: a store's ``z_w, n_w`` (or a worker's copy,
-    :class:`psfm.ps.local.LocalSteps`)."""
-
-    z_w: np.ndarray
-    n_w: np.ndarray
+__all__ = ["FtrlRule"]
 
 
 class FtrlRule:
@@ -91,7 +81,7 @@ class FtrlRule:
 
     def update_linear(
         self,
-        store: KeyStore | LinearState,
+        store: KeyStore,
         s: np.ndarray,
         g: np.ndarray,
         keys: np.ndarray,

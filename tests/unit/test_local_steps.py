@@ -4,11 +4,13 @@ delta push, their wire form, and training that equals one pull and push per batc
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig, load_config
+from psfm.data.batch import unique_inverse_counts
 from psfm.datasets.gen import GenSpec, generate
 from psfm.export import restore_model
 from psfm.hashing import BIAS_KEY
@@ -21,7 +23,7 @@ from psfm.ps.store import set_rows
 from psfm.ps.update import FtrlRule
 from psfm.ps.wire import pack, unpack
 from psfm.steps import auto_local_steps, local_steps, resolve_steps
-from psfm.worker import union_keys
+from psfm.worker import Worker
 
 FTRL = FtrlConfig(linear=FtrlParams(0.1, 1.0, 0.2, 1.0), factor=FtrlParams(0.05, 1.0, 0.1, 2.0))
 
@@ -77,7 +79,7 @@ def test_local_steps_then_a_delta_push_equal_pushing_every_step(kind, ranks):
     batches = [np.unique(np.concatenate([k, _keys(40, 9)[:10]])) for k in batches]
     for i, k in enumerate(batches):  # the per-batch reference
         a.push(_grads(a.pull(k, create=True), k, i))
-    keys, inv = union_keys(batches)
+    keys, inv, _, _ = unique_inverse_counts(np.concatenate(batches))
     bounds = np.cumsum([0] + [k.size for k in batches])
     local = LocalSteps(keys, b.pull(keys, create=True, state=True), FtrlRule(FTRL, b.layout))
     counts = np.zeros(keys.size, np.float32)
@@ -168,12 +170,24 @@ def test_delta_push_and_state_pull_cross_the_wire_and_split_by_shard():
     assert all(np.array_equal(x, y) for x, y in zip(a.arrays, b.arrays))
 
 
-def test_union_keys_gives_each_batch_its_positions():
+def test_a_message_holds_its_batches_keys_positions_and_summed_counts():
+    """``Worker._messages``: k batches to a message, the union of their keys, each batch's
+    keys as positions in it, the keys' occurrences summed; the last message takes the rest."""
     rng = np.random.default_rng(3)
-    parts = [np.unique(rng.integers(0, 50, 30).astype(np.uint64)) for _ in range(4)]
-    keys, inv = union_keys(parts)
-    assert np.array_equal(keys, np.unique(np.concatenate(parts)))
-    assert np.array_equal(keys[inv], np.concatenate(parts))
+    parts = [np.unique(rng.integers(0, 50, 30).astype(np.uint64)) for _ in range(5)]
+    batches = [
+        (SimpleNamespace(uniq=u, counts=rng.integers(1, 4, u.size).astype(np.float32)), i)
+        for i, u in enumerate(parts)
+    ]
+    msgs = list(Worker(load_config(None, []))._messages(iter(batches), 3))
+    assert [len(m.batches) for m in msgs] == [3, 2]
+    for m, group in zip(msgs, (batches[:3], batches[3:])):
+        assert np.array_equal(m.keys, np.unique(np.concatenate([b.uniq for b, _ in group])))
+        want = np.zeros(m.keys.size, np.float32)
+        for idx, (b, _) in zip(m.idx, group):
+            assert np.array_equal(m.keys[idx], b.uniq)
+            want[idx] += b.counts
+        assert m.counts.dtype == np.float32 and np.array_equal(m.counts, want)
 
 
 def test_auto_local_steps_fill_a_message_yet_leave_a_pass_many_messages():
