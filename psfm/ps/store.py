@@ -6,18 +6,21 @@ Per key (slot ``s``): linear FTRL state ``z_w[s], n_w[s]``; for factor models ``
 ``count[s]`` and ``last_day[s]`` when the shard asks for them. Factor rows: an untied model
 whose first threshold is 1 (every stored key but the bias has level >= 1) keeps its level-1 row
 *at the key's slot* (``slot1``); otherwise ``row0[slot]`` points at it. Higher levels are reached
-through ``up``: the level-(p+1) row of a key is ``fac[p-1].up[its level-p row]``, so a key pays
-a row index only for the levels it has. A tied model keeps one row, ``row[slot]``, in the table
-of its own level.
+through ``up``: the level-(p+1) row of a key is ``fac[p-1].up.get(its level-p row)``, so a key
+pays a row index only for the levels it has above 1 (level-1 rows link by rank,
+:class:`~psfm.ps.links.RankLinks`: a bit per key). A tied model keeps one row, ``row[slot]``,
+in the table of its own level.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
 from psfm.models.layout import FactorLayout
+from psfm.ps.links import DenseLinks, Links, RankLinks
 from psfm.ps.table import KeyTable
 
 __all__ = ["FactorRows", "KeyStore", "grow", "set_rows"]
@@ -28,16 +31,19 @@ RowInit = Callable[[np.ndarray, int], np.ndarray]
 
 class FactorRows:
     """A growable FTRL state table of one factor level: ``s[row] = (z, n)``, shape
-    (capacity, 2, D) float32, and (untied models below the top level) ``up[row]``: the key's
-    row at the next level, -1 if none. z and n of a row sit side by side, so a pull is one
-    random gather and a push one gather and one scatter per row (the shard's cost is memory
-    latency)."""
+    (capacity, 2, D) float32, and (untied models below the top level) ``up``: each row's
+    row at the next level (:mod:`psfm.ps.links`; ``sparse``: few rows have one). z and n of
+    a row sit side by side, so a pull is one random gather and a push one gather and one
+    scatter per row (the shard's cost is memory latency)."""
 
-    def __init__(self, dim: int, linked: bool) -> None:
+    def __init__(self, dim: int, linked: bool, sparse: bool = False) -> None:
         self.dim = dim
         self.n = 0
         self.s = np.zeros((16, 2, dim), dtype=np.float32)
-        self.up: np.ndarray | None = np.full(16, -1, np.int32) if linked else None
+        self.up: Links | None = None
+        if linked:
+            self.up = RankLinks() if sparse else DenseLinks()
+            self.up.reserve(16)
 
     @property
     def z(self) -> np.ndarray:
@@ -57,14 +63,14 @@ class FactorRows:
             cap = max(cap, self.s.shape[0] + self.s.shape[0] // 2)
             self.s = grow(self.s, cap)
             if self.up is not None:
-                self.up = grow(self.up, cap)
+                self.up.reserve(cap)
 
     def reset(self, rows: np.ndarray, z0: np.ndarray | float = 0.0) -> None:
         """Rows start over: ``z = z0``, ``n = 0``, no row above."""
         self.s[rows, 0] = z0
         self.s[rows, 1] = 0
         if self.up is not None:
-            self.up[rows] = -1
+            self.up.reset(rows)
 
     def add(self, z0: np.ndarray) -> np.ndarray:
         """Append rows with initial ``z`` (``n = 0``); returns their row indices."""
@@ -80,14 +86,14 @@ class FactorRows:
         k = rows.size
         self.s[:k] = self.s[rows]
         if self.up is not None:
-            self.up[:k] = self.up[rows]
+            self.up.keep(rows)
         self.n = k
 
     def trim(self, cap: int) -> None:
         if self.s.shape[0] > cap * 1.05:
             self.s = self.s[:cap].copy()
             if self.up is not None:
-                self.up = self.up[:cap].copy()
+                self.up.trim(cap)
 
 
 def set_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
@@ -155,8 +161,10 @@ class KeyStore:
         self.cap = 0
         for name, (dtype, _) in self.per_key.items():
             setattr(self, name, np.zeros(0, dtype))
+        # level-1 rows are every stored key's and few of them have a level-2 row: a bit per
+        # row and a link per linked row (RankLinks); the upper levels link most of their rows
         self.fac = [
-            FactorRows(self.layout.width(p), linked=not self.tied and p < self.m)
+            FactorRows(self.layout.width(p), linked=not self.tied and p < self.m, sparse=p == 1)
             for p in range(1, self.m + 1)
         ]
 
@@ -255,9 +263,7 @@ class KeyStore:
         for p in range(1, self.m + 1):
             if p > 1:
                 keep = self.layout.members(ml, p)
-                up = self.fac[p - 2].up
-                assert up is not None
-                rows, ml = up[rows[keep]], ml[keep]
+                rows, ml = self._up(p - 1).get(rows[keep]), ml[keep]
             out.append(rows)
         return out
 
@@ -282,9 +288,7 @@ class KeyStore:
         for p in range(2, self.m + 1):
             nxt = np.full(n, -1, np.int64)
             at = self.layout.members(lev, p)
-            up = self.fac[p - 2].up
-            assert up is not None
-            nxt[at] = up[cur[at]]
+            nxt[at] = self._up(p - 1).get(cur[at])
             out.append(nxt)
             cur = nxt
         return out
@@ -304,7 +308,7 @@ class KeyStore:
                 had = old >= p
                 if had.any():
                     rows[had] = (
-                        self.level1_rows(slots[had]) if p == 1 else self._up(p - 1)[below[had]]
+                        self.level1_rows(slots[had]) if p == 1 else self._up(p - 1).get(below[had])
                     )
                 gets = (old < p) & (new >= p)
                 if gets.any():
@@ -317,7 +321,7 @@ class KeyStore:
                         if p == 1:
                             self.row0[slots[gets]] = rows[gets]
                         else:
-                            self._up(p - 1)[below[gets]] = rows[gets]
+                            self._up(p - 1).add(below[gets], rows[gets])
                 below = rows
         else:
             for k in range(1, self.m + 1):
@@ -339,7 +343,7 @@ class KeyStore:
                 self.row[s_k] = rows
         self.level[slots] = new
 
-    def _up(self, p: int) -> np.ndarray:
+    def _up(self, p: int) -> Links:
         """``up`` of table p (untied, p < m)."""
         up = self.fac[p - 1].up
         assert up is not None
@@ -369,7 +373,7 @@ class KeyStore:
             elif p == 1:
                 self.row0[np.flatnonzero(has)] = r[has]
             else:
-                self._up(p - 1)[below[has]] = r[has]
+                self._up(p - 1).add(below[has], r[has])
             below = r
 
     def compact_rows(self) -> None:
@@ -377,18 +381,18 @@ class KeyStore:
         n = len(self.table)
         for p, f in enumerate(self.fac, start=1):
             ref: np.ndarray
-            put: tuple[np.ndarray, np.ndarray | slice]
+            put: Callable[[np.ndarray], None]
             if self.tied:
                 sel = np.flatnonzero(self.layout.members(self.level[:n], p))
-                ref, put = self.row[sel], (self.row, sel)
+                ref, put = self.row[sel], partial(self.row.__setitem__, sel)
             elif p == 1:
                 if self.slot1:
                     continue  # level-1 rows are the slots themselves
-                ref, put = self.row0[:n], (self.row0, slice(0, n))
+                ref, put = self.row0[:n], partial(self.row0.__setitem__, slice(0, n))
             else:
                 up = self._up(p - 1)
                 k = n if p == 2 and self.slot1 else self.fac[p - 2].n
-                ref, put = up[:k], (up, slice(0, k))
+                ref, put = up.dense(k), up.set_dense
             has = ref >= 0
             if int(has.sum()) == f.n:
                 continue
@@ -399,4 +403,4 @@ class KeyStore:
             new_index[order] = np.arange(keep_rows.size)
             ref = ref.copy()
             ref[has] = new_index
-            put[0][put[1]] = ref
+            put(ref)
