@@ -6,6 +6,7 @@ Layout::
     RUN_DIR/checkpoints/day=3/shard-00001.npz
     RUN_DIR/checkpoints/day=3/MANIFEST.json   <- written last, via a temp file and a rename
     RUN_DIR/checkpoints/pass=2.day=3/...      <- the second pass over the days (train.passes)
+    RUN_DIR/checkpoint_journal.json           <- a copy of every kept checkpoint's manifest
 
 Each shard writes its own file (:func:`write_shard_state`, called inside the shard's process)
 and returns its size and SHA-256; the driver then writes the manifest. A checkpoint without its
@@ -13,6 +14,11 @@ manifest, or whose files do not match the manifest's sizes and SHA-256 sums, is 
 Arrays are read with ``allow_pickle=False``: a checkpoint file cannot run code. Paths go through
 ``pyarrow.fs``, so run directories may be ``s3://``/``gs://``/``hdfs://`` URIs (the rename is
 atomic on local and HDFS file systems; on object stores the manifest is simply written last).
+
+The journal keeps a copy of each kept checkpoint's manifest, rewritten (atomically) after the
+manifest. A checkpoint whose manifest was lost, cut or edited is recovered from it on resume
+(:func:`recover_manifest`), but only when every shard file matches the size and SHA-256 the
+journal recorded: the journal can restore a manifest, never vouch for a damaged shard file.
 """
 
 from __future__ import annotations
@@ -45,10 +51,13 @@ __all__ = [
     "prune_checkpoints",
     "list_checkpoints",
     "read_manifest",
+    "recover_manifest",
     "MANIFEST",
+    "JOURNAL",
 ]
 
 MANIFEST = "MANIFEST.json"
+JOURNAL = "checkpoint_journal.json"  # in the run directory, beside checkpoints/
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +100,64 @@ def write_shard_state(path: str, state: dict[str, np.ndarray]) -> dict[str, Any]
 
 
 def write_manifest(ckpt_dir: str, files: dict[str, dict[str, Any]], meta: dict[str, Any]) -> None:
-    """The last write of a checkpoint: names every shard file with its size and checksum."""
+    """The last write of a checkpoint: names every shard file with its size and checksum;
+    then the run's journal records a copy."""
     manifest = {"format": 1, "shards": len(files), "files": files, **meta}
     write_bytes(
         posixpath.join(str(ckpt_dir), MANIFEST),
         json.dumps(manifest, indent=1, sort_keys=True).encode(),
     )
+    run_dir, name = _run_and_name(ckpt_dir)
+    journal = _read_journal(run_dir)
+    journal[name] = manifest
+    _write_journal(run_dir, journal)
+
+
+def _run_and_name(ckpt_dir: str) -> tuple[str, str]:
+    """``RUN_DIR/checkpoints/NAME`` -> (RUN_DIR, NAME)."""
+    root, name = posixpath.split(str(ckpt_dir).rstrip("/"))
+    return posixpath.dirname(root), name
+
+
+def _read_journal(run_dir: str) -> dict[str, Any]:
+    """The checkpoint journal of a run (folder name -> manifest); empty when there is none or
+    it cannot be read (a journal only ever adds a way to recover)."""
+    try:
+        got = json.loads(read_bytes(posixpath.join(run_dir, JOURNAL)))
+        return dict(got["checkpoints"]) if got.get("format") == 1 else {}
+    except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        if not isinstance(e, CheckpointError):
+            log.warning("ignored the unreadable checkpoint journal of '%s': %s", run_dir, e)
+        return {}
+
+
+def _write_journal(run_dir: str, journal: dict[str, Any]) -> None:
+    body = {"format": 1, "checkpoints": journal}
+    write_bytes(posixpath.join(run_dir, JOURNAL), json.dumps(body, sort_keys=True).encode())
+
+
+def recover_manifest(ckpt_dir: str) -> bool:
+    """Rewrite the manifest of ``ckpt_dir`` from the journal's copy when every shard file it
+    names matches the recorded size and SHA-256; False (nothing written) otherwise."""
+    run_dir, name = _run_and_name(ckpt_dir)
+    manifest = _read_journal(run_dir).get(name)
+    if not isinstance(manifest, dict):
+        return False
+    try:
+        files = _manifest_files(ckpt_dir, manifest)
+        for fname, size, sha in files:
+            data = read_bytes(posixpath.join(str(ckpt_dir), fname))
+            if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+                return False
+    except CheckpointError:
+        return False
+    if not files:
+        return False
+    write_bytes(
+        posixpath.join(str(ckpt_dir), MANIFEST),
+        json.dumps(manifest, indent=1, sort_keys=True).encode(),
+    )
+    return True
 
 
 def save_checkpoint(
@@ -205,24 +266,26 @@ def load_newest_checkpoint(
     run_dir: str,
 ) -> tuple[str, list[dict[str, np.ndarray]], dict[str, Any]] | None:
     """Where a resumed run continues: the newest checkpoint that verifies (manifest, sizes,
-    SHA-256, arrays), each newer one that does not skipped with a logged reason; None when
-    the run has no checkpoint at all. When checkpoints exist and none verifies, the error
-    lists every one with its reason."""
+    SHA-256, arrays), each newer one that does not skipped with a logged reason; a manifest
+    lost, cut or edited is first restored from the journal where the files allow it
+    (:func:`recover_manifest`). None when the run has no checkpoint at all. When checkpoints
+    exist and none verifies, the error lists every one with its reason."""
     found = list_checkpoints(run_dir)
+    # a folder without a readable manifest has no day to sort by: recover those first
+    if [d for _, d, problem in found if problem and _recovered(d, problem)]:
+        found = list_checkpoints(run_dir)
     skipped: list[str] = []
     for _, d, problem in found:
-        if not problem:
-            try:
-                states, manifest = load_checkpoint(d)
-            except CheckpointError as e:
-                problem = str(e)
-            else:
-                for what in skipped:
-                    log.warning("skipped a damaged checkpoint: %s", what)
-                if skipped:
-                    log.warning("resuming from the newest checkpoint that verifies: %s", d)
-                return d, states, manifest
-        skipped.append(f"'{d}': {problem}")
+        got = None if problem else _try_load(d)
+        if isinstance(got, str) and _recovered(d, got):
+            got = _try_load(d)
+        if isinstance(got, tuple):
+            for what in skipped:
+                log.warning("skipped a damaged checkpoint: %s", what)
+            if skipped:
+                log.warning("resuming from the newest checkpoint that verifies: %s", d)
+            return d, *got
+        skipped.append(f"'{d}': {got if isinstance(got, str) else problem}")
     if not found:
         return None
     raise CheckpointError(
@@ -230,6 +293,27 @@ def load_newest_checkpoint(
         + "; ".join(skipped)
         + ". Restore the damaged files, or start the run over with --overwrite."
     )
+
+
+def _recovered(d: str, problem: str) -> bool:
+    """:func:`recover_manifest`, logged with what was wrong."""
+    if not recover_manifest(d):
+        return False
+    log.warning(
+        "recovered the manifest of checkpoint '%s' from the run's checkpoint journal (every "
+        "shard file matches its recorded SHA-256); it was: %s",
+        d,
+        problem,
+    )
+    return True
+
+
+def _try_load(d: str) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]] | str:
+    """:func:`load_checkpoint`, or why it failed."""
+    try:
+        return load_checkpoint(d)
+    except CheckpointError as e:
+        return str(e)
 
 
 def prune_checkpoints(run_dir: str, keep: int, protect: set[str]) -> list[str]:
@@ -243,6 +327,11 @@ def prune_checkpoints(run_dir: str, keep: int, protect: set[str]) -> list[str]:
     for d in gone:
         fs, p = resolve(d)
         fs.delete_dir(p)
+    if gone:
+        journal = _read_journal(str(run_dir))
+        for d in gone:
+            journal.pop(posixpath.basename(d), None)
+        _write_journal(str(run_dir), journal)
     return gone
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from psfm.checkpoint import list_checkpoints, read_bytes, resolve, write_bytes
+from psfm.checkpoint import JOURNAL, list_checkpoints, read_bytes, resolve, write_bytes
 from psfm.config import Config, config_from_dict, to_dict
 from psfm.errors import CheckpointError
 from psfm.metrics import MetricAccumulator
@@ -85,12 +85,13 @@ class RunDir:
 
     def start_over(self) -> None:
         """A fresh (not resumed) run must never resume from an older run's checkpoints, nor
-        leave its report behind."""
+        leave its report or checkpoint journal behind."""
         fs, p = resolve(self.file("checkpoints"))
         fs.delete_dir_contents(p, missing_dir_ok=True)
-        fs, p = resolve(self.file("report.json"))
-        if fs.get_file_info(p).type == pafs.FileType.File:
-            fs.delete_file(p)
+        for name in ("report.json", JOURNAL):
+            fs, p = resolve(self.file(name))
+            if fs.get_file_info(p).type == pafs.FileType.File:
+                fs.delete_file(p)
 
 
 def check_resume_config(cfg: Config, saved: dict[str, Any], where: str) -> None:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from psfm.checkpoint import MANIFEST, load_checkpoint, load_newest_checkpoint
+from psfm.checkpoint import JOURNAL, MANIFEST, load_checkpoint, load_newest_checkpoint
 from psfm.cli import main
 from psfm.datasets.gen import GenSpec, generate
 from psfm.errors import CheckpointError, DataError
@@ -98,14 +98,20 @@ def test_resume_applies_the_options_given_and_extends_a_run_by_days(data, tmp_pa
     assert code == 2
 
 
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "no-journal"])
 def test_a_damaged_newest_checkpoint_falls_back_and_the_replay_ends_identical(
-    data, full, tmp_path, caplog
+    data, full, tmp_path, caplog, journal
 ):
+    """Damaged shard files fall back to the previous checkpoint; a lost, cut or edited
+    manifest is restored from the run's journal when its files match the recorded SHA-256
+    (and falls back without a journal). Every way ends with the uninterrupted model."""
     src, rep = full
-    for damage in ("truncate", "flip", "sha", "no_files", "no_manifest"):
-        run = tmp_path / damage
+    for damage in ("truncate", "flip", "no_shard", "sha", "no_files", "no_manifest"):
+        run = tmp_path / f"{damage}-{journal}"
         shutil.copytree(src, run)
         (run / "report.json").unlink()
+        if not journal:
+            (run / JOURNAL).unlink()
         ck = run / "checkpoints" / "day=3"
         shard = ck / "shard-00001.npz"
         man = json.loads((ck / MANIFEST).read_text())
@@ -115,6 +121,8 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_replay_ends_identical(
             b = bytearray(shard.read_bytes())
             b[len(b) // 2] ^= 0x40
             shard.write_bytes(bytes(b))
+        elif damage == "no_shard":
+            shard.unlink()
         elif damage == "sha":
             man["files"]["shard-00000.npz"]["sha256"] = "0" * 64
             (ck / MANIFEST).write_text(json.dumps(man))
@@ -125,18 +133,37 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_replay_ends_identical(
             (ck / MANIFEST).unlink()
         caplog.clear()
         got = _train(data, *LR, run_dir=run, resume=True)
-        if damage != "no_manifest":  # without a manifest it never was a checkpoint
+        recovered = journal and damage in ("sha", "no_files", "no_manifest")
+        assert ("recovered the manifest" in caplog.text) == recovered, damage
+        if not recovered and damage != "no_manifest":  # no manifest: never was a checkpoint
             assert "skipped a damaged checkpoint" in caplog.text and "day=3" in caplog.text
+        if recovered:
+            assert (
+                json.loads((ck / MANIFEST).read_text())["files"]
+                == json.loads((src / "checkpoints" / "day=3" / MANIFEST).read_text())["files"]
+            )
         assert [d["day"] for d in got["train"]["per_day"]] == ["1", "2", "3"]
         assert got["test"]["auc"] == rep["test"]["auc"], damage
         _same(_final_model(src), _final_model(run))
+
+
+def test_every_manifest_lost_resumes_from_the_journal(full, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full[0], run)
+    for ck in (run / "checkpoints").iterdir():
+        (ck / MANIFEST).unlink()
+    d, states, manifest = load_newest_checkpoint(str(run))
+    assert d.endswith("day=3") and len(states) == 2 and manifest["day_index"] == 2
+    # pruning keeps the journal to the kept checkpoints (this run keeps every one)
+    journal = json.loads((run / JOURNAL).read_text())
+    assert sorted(journal["checkpoints"]) == ["day=1", "day=2", "day=3"]
 
 
 def test_every_checkpoint_damaged_is_one_clear_error(full, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(full[0], run)
     for ck in (run / "checkpoints").iterdir():
-        (ck / "shard-00000.npz").write_bytes(b"not an npz")
+        (ck / "shard-00000.npz").write_bytes(b"not an npz")  # the journal cannot vouch for it
     with pytest.raises(CheckpointError, match=r"No checkpoint of .* verifies: .*--overwrite"):
         load_newest_checkpoint(str(run))
 
