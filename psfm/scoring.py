@@ -5,8 +5,7 @@ the RaFM-low AUC)."""
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,46 +13,14 @@ import numpy as np
 from psfm.backend import Backend, UnitReport
 from psfm.config import Config
 from psfm.data.parquet import WorkUnit, work_units
-from psfm.metrics import MetricAccumulator, auc_exact
+from psfm.metrics import MetricAccumulator, auc_exact, calibration_error
+from psfm.progress import Progress
 
-__all__ = ["Tally", "evaluate_days", "test_metrics", "EXACT_AUC_MAX_ROWS"]
+__all__ = ["Progress", "Tally", "evaluate_days", "test_metrics", "EXACT_AUC_MAX_ROWS"]
 
 log = logging.getLogger("psfm.runloop")
 
 EXACT_AUC_MAX_ROWS = 20_000_000  # test sets up to this size also get the exact AUC
-
-
-class Progress:
-    """Rows done of a long phase with a line at a steady interval: rows, rate, ``detail()``
-    (when given), ETA. ``per`` names what the rate counts (rows/s, samples/s)."""
-
-    def __init__(
-        self,
-        what: str,
-        total_rows: int,
-        every_s: float,
-        per: str = "rows",
-        detail: Callable[[], str] | None = None,
-    ) -> None:
-        self.what, self.total, self.every_s, self.per, self.detail = (
-            what,
-            total_rows,
-            every_s,
-            per,
-            detail,
-        )
-        self.rows = 0
-        self.t0 = self.last = time.perf_counter()
-
-    def add(self, rows: int) -> None:
-        self.rows += rows
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            rate = self.rows / max(now - self.t0, 1e-9)
-            eta = max(self.total - self.rows, 0) / max(rate, 1e-9)
-            msg = f"{self.what}: {self.rows:,}/{self.total:,} rows, {rate:,.0f} {self.per}/s"
-            log.info("%s%s, ETA %.0fs", msg, self.detail() if self.detail else "", eta)
 
 
 class Tally:
@@ -65,13 +32,9 @@ class Tally:
         self.progress = Progress(
             what, total_rows, every_s, "samples", self._metrics if show_metrics else None
         )
-        self.skipped = self.bytes = self.cached_rows = 0
+        self.rows = self.skipped = self.bytes = self.cached_rows = 0
         self.acc, self.acc_low = MetricAccumulator(), MetricAccumulator()
         self.predictions: list[np.ndarray] = []
-
-    @property
-    def rows(self) -> int:
-        return self.progress.rows
 
     def add(self, r: UnitReport) -> None:
         self.skipped += r.skipped
@@ -83,7 +46,9 @@ class Tally:
             self.acc_low.merge(MetricAccumulator.from_state(r.acc_low_state))
         if r.predictions is not None:
             self.predictions.append(r.predictions)
-        self.progress.add(r.rows)  # last: its line shows this unit's metrics too
+        self.rows += r.rows
+        # last: its line shows this unit's metrics too; skipped rows are part of the total
+        self.progress.add(r.rows + r.skipped)
 
     def _metrics(self) -> str:
         r = self.acc.result()
@@ -111,6 +76,7 @@ def evaluate_days(
     keep = total <= EXACT_AUC_MAX_ROWS
     tally = Tally(what, total, cfg.train.log_every_s, show_metrics=False)
     backend.evaluate(units, keep, tally.add, reuse)
+    tally.progress.close()
     return test_metrics(
         list(days),
         tally.rows,
@@ -130,9 +96,12 @@ def test_metrics(
     preds: list[np.ndarray] | None,
 ) -> dict[str, Any]:
     """The report's ``test`` section; exact AUCs when the predictions were kept (they must
-    agree with the histogram AUC to 1e-4)."""
+    agree with the histogram AUC to 1e-4). ``calibration_bins``: the reliability summary
+    (:meth:`~psfm.metrics.MetricAccumulator.calibration_bins`: per bin of about equal weight,
+    lo, hi, weight, pred and label sums), ``ece`` the expected calibration error over it."""
     r, r_low = acc.result(), acc_low.result()
-    out = {
+    bins = acc.calibration_bins()
+    out: dict[str, Any] = {
         "days": list(days),
         "rows": rows,
         "skipped_rows": skipped,
@@ -141,8 +110,10 @@ def test_metrics(
         "logloss": r["logloss"],
         "ne": r["ne"],
         "calibration": r["calibration"],
+        "ece": calibration_error(bins),
         "ctr": r["ctr"],
         "auc_low": r_low["auc"],
+        "calibration_bins": bins,
     }
     if preds:
         allp = np.concatenate(preds, axis=1)

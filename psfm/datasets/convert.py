@@ -32,7 +32,10 @@ Output: ``OUT/day=D/part-IIII-KKKKK.parquet`` (``IIII`` the input file's index, 
 file's sequence number), row groups of exactly ``row_group_rows`` rows (the last of a file may
 be shorter) and at most ``rows_per_file`` rows per file (rounded up to whole row groups). A file
 is written as ``_part-....inprogress`` (names starting with ``_`` are ignored by the reader) and
-renamed when complete; ``OUT/_convert.json`` records the summary.
+renamed when complete; ``OUT/_convert.json`` records the summary. Progress runs over the
+inputs' bytes on disk with the rows written so far
+(:class:`~psfm.datasets.convert_base.ConvertProgress`): a live bar when stderr is a terminal,
+else a log line every ``log_every_s`` seconds (10 by default).
 
 Bad input: a line with the wrong number of fields, an integer field that is not an integer, a
 label that is not 0/1, ... raises a :class:`~psfm.errors.DataError` naming the file, the

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from psfm.datasets.convert_base import (
+    ConvertProgress,
     Result,
     Transform,
     add_common_options,
@@ -88,6 +89,7 @@ def convert_avazu(
     block_size: int = 1 << 22,
     compression: str = "snappy",
     overwrite: bool = False,
+    log_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Avazu CSV (header ``id,click,hour,...``) -> ``out/day=YYMMDD/*.parquet``.
 
@@ -104,6 +106,7 @@ def convert_avazu(
         use_threads,
         block_size,
         compression,
+        log_every_s,
     )
     inputs = input_paths("convert_avazu", inputs)
     headers = [read_header(p) for p in inputs]
@@ -128,36 +131,38 @@ def convert_avazu(
     t0 = time.perf_counter()
     root = prepare_out(out, overwrite)
     results: list[Result] = []
-    for idx, (path, names) in enumerate(zip(inputs, headers)):
-        keep = [c for c in names if c not in ("id", "click", "hour")]
-        if keep and idx and keep != [c for c in headers[0] if c not in ("id", "click", "hour")]:
-            raise DataError(
-                f"File '{path}', line 1 (header): columns differ from those of '{inputs[0]}'."
-            )
-        rule = f"avazu lines have {len(names)} comma-separated fields (as the header)"
+    with ConvertProgress(inputs, opts) as progress:
+        for idx, (path, names) in enumerate(zip(inputs, headers)):
+            keep = [c for c in names if c not in ("id", "click", "hour")]
+            if keep and idx and keep != [c for c in headers[0] if c not in ("id", "click", "hour")]:
+                raise DataError(
+                    f"File '{path}', line 1 (header): columns differ from those of '{inputs[0]}'."
+                )
+            rule = f"avazu lines have {len(names)} comma-separated fields (as the header)"
 
-        def make(
-            threads: bool,
-            path: str = path,
-            names: list[str] = names,
-            keep: list[str] = keep,
-            rule: str = rule,
-        ) -> TextStream:
-            return TextStream(
-                path,
-                names,
-                delimiter=",",
-                header_lines=1,
-                block_size=opts.block_size,
-                use_threads=threads,
-                include=["click", "hour", *keep],
-                quote=True,
-                columns_rule=rule,
-            )
+            def make(
+                threads: bool,
+                path: str = path,
+                names: list[str] = names,
+                keep: list[str] = keep,
+                rule: str = rule,
+            ) -> TextStream:
+                return TextStream(
+                    path,
+                    names,
+                    delimiter=",",
+                    header_lines=1,
+                    block_size=opts.block_size,
+                    use_threads=threads,
+                    include=["click", "hour", *keep],
+                    quote=True,
+                    columns_rule=rule,
+                )
 
-        res = convert_input(make, input_sink(root, idx, opts), _avazu_transform(keep), opts)
-        require_rows(path, res, opts)
-        results.append(res)
+            sink = input_sink(root, idx, opts)
+            res = convert_input(make, sink, _avazu_transform(keep), opts, progress)
+            require_rows(path, res, opts)
+            results.append(res)
     return finish("avazu", root, inputs, results, t0, {})
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -31,9 +32,11 @@ from psfm.datasets.daywriter import DaySink, WriteOptions
 from psfm.datasets.textcheck import RowErrors
 from psfm.datasets.textin import BAD_ROWS_HINT, NeedSerial, TextStream
 from psfm.errors import ConfigError, DataError
+from psfm.progress import Progress
 
 __all__ = [
     "ConvertOptions",
+    "ConvertProgress",
     "Result",
     "Transform",
     "convert_options",
@@ -61,6 +64,7 @@ class ConvertOptions:
     use_threads: bool
     block_size: int
     write: WriteOptions
+    log_every_s: float = 10.0  # progress lines when stderr is not a terminal
 
 
 def convert_options(
@@ -71,6 +75,7 @@ def convert_options(
     use_threads: bool,
     block_size: int,
     compression: str,
+    log_every_s: float = 10.0,
 ) -> ConvertOptions:
     """Checked options of converter ``fn``; ``rows_per_file`` is rounded up to whole row
     groups. Strings and lists get no Parquet statistics (long ids make large footers)."""
@@ -87,10 +92,13 @@ def convert_options(
     ):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             fail(name, "an int >= 1", v)
+    number = isinstance(log_every_s, (int, float)) and not isinstance(log_every_s, bool)
+    if not number or not log_every_s > 0:
+        fail("log_every_s", "a number > 0", log_every_s)
     # whole row groups per file
     per_file = -(-rows_per_file // row_group_rows) * row_group_rows
     write = WriteOptions(row_group_rows, per_file, compression, string_statistics=False)
-    return ConvertOptions(bad_rows, bool(use_threads), block_size, write)
+    return ConvertOptions(bad_rows, bool(use_threads), block_size, write, float(log_every_s))
 
 
 def input_paths(fn: str, inputs: Sequence[Any]) -> list[str]:
@@ -122,15 +130,59 @@ class Result:
     lines: int
 
 
+class ConvertProgress:
+    """A conversion's progress over its inputs' bytes on disk (compressed bytes of a compressed
+    input: a steady measure of the reading still ahead), with the good rows written so far: a
+    :class:`~psfm.progress.Progress` bar on a terminal, else a log line every
+    ``opts.log_every_s`` seconds. Use as a context manager (the bar's line ends on exit)."""
+
+    def __init__(self, paths: Sequence[str], opts: ConvertOptions) -> None:
+        total = sum(os.path.getsize(p) if os.path.isfile(p) else 0 for p in paths)
+        self.rows = 0
+        self.bar = Progress(
+            "convert",
+            total,
+            opts.log_every_s,
+            detail=lambda: f", {self.rows:,} rows",
+            unit="bytes",
+            logger=log,
+            end_at_total=False,  # the reader reads ahead: the bytes end before the rows
+        )
+
+    def add(self, nbytes: int, rows: int) -> None:
+        self.rows += rows
+        self.bar.add(nbytes)
+
+    def mark(self) -> tuple[int, float]:
+        return self.rows, self.bar.rows
+
+    def rewind(self, mark: tuple[int, float]) -> None:
+        """Back to ``mark``: an input is converted again (the serial parser)."""
+        self.add(int(mark[1] - self.bar.rows), mark[0] - self.rows)
+
+    def __enter__(self) -> ConvertProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
 Transform = Callable[
     [pa.RecordBatch, RowErrors, Callable[[], np.ndarray]], tuple[pa.Table, "str | np.ndarray"]
 ]
 
 
-def _run_stream(stream: TextStream, sink: DaySink, transform: Transform, bad_rows: str) -> Result:
+def _run_stream(
+    stream: TextStream,
+    sink: DaySink,
+    transform: Transform,
+    bad_rows: str,
+    progress: ConvertProgress | None,
+) -> Result:
     """Read, validate, transform and write one input; bad rows raise or are skipped."""
     skipped: Counter[str] = Counter()
     fail = bad_rows == "fail"
+    seen = 0  # bytes of the input counted in ``progress``
     for batch, g0 in stream.batches():
         n = batch.num_rows
         cache: list[np.ndarray] = []
@@ -166,6 +218,11 @@ def _run_stream(stream: TextStream, sink: DaySink, transform: Transform, bad_row
             sink.write(day, table)
         else:
             sink.write_by_day(day, table)
+        if progress is not None:
+            progress.add(stream.bytes_read - seen, table.num_rows)
+            seen = stream.bytes_read
+    if progress is not None:
+        progress.add(stream.bytes_read - seen, 0)
     k, first_invalid = stream.take_invalid(None)
     if fail and k:
         raise stream.invalid_error(first_invalid)
@@ -175,21 +232,29 @@ def _run_stream(stream: TextStream, sink: DaySink, transform: Transform, bad_row
 
 
 def convert_input(
-    make: Callable[[bool], TextStream], sink: DaySink, transform: Transform, opts: ConvertOptions
+    make: Callable[[bool], TextStream],
+    sink: DaySink,
+    transform: Transform,
+    opts: ConvertOptions,
+    progress: ConvertProgress | None = None,
 ) -> Result:
-    """One input; with threads, a malformed line restarts it on the serial parser."""
+    """One input; with threads, a malformed line restarts it on the serial parser.
+    ``progress`` counts its bytes and rows."""
     stream = make(opts.use_threads)
+    mark = progress.mark() if progress is not None else (0, 0.0)
     try:
-        return _run_stream(stream, sink, transform, opts.bad_rows)
+        return _run_stream(stream, sink, transform, opts.bad_rows, progress)
     except NeedSerial:
         sink.abort()
+        if progress is not None:
+            progress.rewind(mark)
         log.info(
             "File '%s' has malformed lines: converting it again with the serial parser "
             "for exact line numbers.",
             stream.path,
         )
         try:
-            return _run_stream(make(False), sink, transform, opts.bad_rows)
+            return _run_stream(make(False), sink, transform, opts.bad_rows, progress)
         except BaseException:
             sink.abort()
             raise

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from psfm.datasets.convert_base import (
+    ConvertProgress,
     Result,
     Transform,
     add_common_options,
@@ -87,6 +88,7 @@ def convert_criteo(
     block_size: int = 1 << 22,
     compression: str = "snappy",
     overwrite: bool = False,
+    log_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Criteo TSV (``label, I1..I13, C1..C26``) -> ``out/day=D/*.parquet``.
 
@@ -105,6 +107,7 @@ def convert_criteo(
         use_threads,
         block_size,
         compression,
+        log_every_s,
     )
     inputs = input_paths("convert_criteo", inputs)
     if days is None:
@@ -140,24 +143,25 @@ def convert_criteo(
     results: list[Result] = []
     offset = 0  # lines of the previous inputs (split mode)
     rule = "criteo lines have 40 tab-separated fields (label, I1..I13, C1..C26)"
-    for idx, path in enumerate(inputs):
-        transform = _criteo_transform(day_of[idx] if days is None else None, bounds, offset)
+    with ConvertProgress(inputs, opts) as progress:
+        for idx, path in enumerate(inputs):
+            transform = _criteo_transform(day_of[idx] if days is None else None, bounds, offset)
 
-        def make(threads: bool, path: str = path) -> TextStream:
-            return TextStream(
-                path,
-                CRITEO_COLUMNS,
-                delimiter="\t",
-                header_lines=0,
-                block_size=opts.block_size,
-                use_threads=threads,
-                columns_rule=rule,
-            )
+            def make(threads: bool, path: str = path) -> TextStream:
+                return TextStream(
+                    path,
+                    CRITEO_COLUMNS,
+                    delimiter="\t",
+                    header_lines=0,
+                    block_size=opts.block_size,
+                    use_threads=threads,
+                    columns_rule=rule,
+                )
 
-        res = convert_input(make, input_sink(root, idx, opts), transform, opts)
-        require_rows(path, res, opts)
-        results.append(res)
-        offset += res.lines
+            res = convert_input(make, input_sink(root, idx, opts), transform, opts, progress)
+            require_rows(path, res, opts)
+            results.append(res)
+            offset += res.lines
     if days is not None and offset != rows:
         log.warning(
             "the inputs have %d lines, not rows=%d: the day ranges were computed for "

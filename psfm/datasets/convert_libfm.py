@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from psfm.datasets.convert_base import (
+    ConvertProgress,
     Result,
     add_common_options,
     common_kwargs,
@@ -120,6 +121,7 @@ def convert_libfm_files(
     block_size: int = 1 << 22,
     compression: str = "snappy",
     overwrite: bool = False,
+    log_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """libFM text files -> ``out/day=D/*.parquet``: input ``i`` to ``day=i+1`` or ``days[i]``;
     the hashed layout, or per-field columns with ``field_map`` (a file) or ``field_ranges``
@@ -134,6 +136,7 @@ def convert_libfm_files(
         use_threads,
         block_size,
         compression,
+        log_every_s,
     )
     inputs = input_paths("convert_libfm", inputs)
     labels = _day_labels(days, len(inputs))
@@ -153,23 +156,25 @@ def convert_libfm_files(
     root = prepare_out(out, overwrite)
     results: list[Result] = []
     rule = "a libFM line is 'label idx[:value] ...' and holds no \\x1f byte"
-    for i, (path, day) in enumerate(zip(inputs, labels)):
+    with ConvertProgress(inputs, opts) as progress:
+        for i, (path, day) in enumerate(zip(inputs, labels)):
 
-        def make(threads: bool, path: str = path) -> TextStream:
-            return TextStream(
-                path,
-                ["line"],
-                delimiter=UNIT_SEP,
-                header_lines=0,
-                block_size=opts.block_size,
-                use_threads=threads,
-                strings_can_be_null=False,
-                columns_rule=rule,
-            )
+            def make(threads: bool, path: str = path) -> TextStream:
+                return TextStream(
+                    path,
+                    ["line"],
+                    delimiter=UNIT_SEP,
+                    header_lines=0,
+                    block_size=opts.block_size,
+                    use_threads=threads,
+                    strings_can_be_null=False,
+                    columns_rule=rule,
+                )
 
-        res = convert_input(make, input_sink(root, i, opts), libfm_transform(day, fmap), opts)
-        require_rows(path, res, opts, empty_ok=False)
-        results.append(res)
+            sink = input_sink(root, i, opts)
+            res = convert_input(make, sink, libfm_transform(day, fmap), opts, progress)
+            require_rows(path, res, opts, empty_ok=False)
+            results.append(res)
     extra: dict[str, Any] = {"input_days": labels, "day_of_input": dict(zip(inputs, labels))}
     if fmap is None:
         extra.update(layout="hashed", key=f"field_keys({LIBFM_FIELD!r}, idx)")
@@ -197,6 +202,7 @@ def convert_libfm(
     overwrite: bool = False,
     field_map: str | None = None,
     field_ranges: str | None = None,
+    log_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """``train`` -> ``day=1``, ``valid`` -> ``day=2``, ``test`` -> the last day (``day=3``, or
     ``day=2`` without ``valid``): :func:`convert_libfm_files` on ``[train, valid, test]``."""
@@ -213,6 +219,7 @@ def convert_libfm(
         block_size=block_size,
         compression=compression,
         overwrite=overwrite,
+        log_every_s=log_every_s,
     )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -61,6 +62,7 @@ from psfm.datasets.stats_report import MissingDependency, format_stats, plot_sta
 from psfm.errors import ConfigError
 from psfm.hashing import BIAS_KEY
 from psfm.models.loss import LOGISTIC
+from psfm.progress import Progress
 from psfm.ps.levels import level_thresholds, levels_from_counts
 from psfm.ps.table import KeyTable
 from psfm.steps import AUTO_MAX_BATCH
@@ -73,6 +75,8 @@ __all__ = [
     "plot_stats",
     "add_cli",
 ]
+
+log = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 1 << 16  # rows decoded at once, as psfm.worker decodes them
 
@@ -120,11 +124,13 @@ def count_features(
     data: DataConfig | None = None,
     loss: str = LOGISTIC.name,
     batch_rows: int = 65536,
+    log_every_s: float = 10.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``(keys, counts, info)``: every key of the days (bias excluded) and its occurrences
     (float64), from the batches training builds; ``info`` has days, rows, skipped rows
     and per-day rows and new keys. ``days``: a SPEC, a list, or None for the training days of
-    the default split (every day but the last; the only day when there is one)."""
+    the default split (every day but the last; the only day when there is one). Progress
+    over the rows: a bar on a terminal, else a log line every ``log_every_s`` seconds."""
     chosen = _resolve_days(root, days, data)
     d = _resolve_data(root, chosen[0], data)
     cfg = Config(data=d, model=ModelConfig(kind="lr", loss=loss))
@@ -134,24 +140,28 @@ def count_features(
     counts = np.zeros(1 << 16, dtype=np.float64)
     rows = skipped = 0
     per_day = []
-    for day in chosen:
-        day_rows, before = 0, len(table)
-        for unit in work_units(root, day, d.rows_per_unit):
-            if unit.file not in schemas:
-                schemas[unit.file] = resolve_schema(
-                    d, open_parquet(unit.file).schema_arrow, unit.file
-                )
-            for batch in _unit_batches(unit, schemas[unit.file], cfg, batch_rows):
-                slots = table.insert(batch.uniq)
-                if len(table) > counts.size:
-                    counts = np.concatenate(
-                        [counts, np.zeros(max(len(table), 2 * counts.size) - counts.size)]
+    units = {day: work_units(root, day, d.rows_per_unit) for day in chosen}
+    total = sum(u.rows for us in units.values() for u in us)
+    with Progress("stats", total, log_every_s, logger=log) as progress:
+        for day in chosen:
+            day_rows, before = 0, len(table)
+            for unit in units[day]:
+                if unit.file not in schemas:
+                    schemas[unit.file] = resolve_schema(
+                        d, open_parquet(unit.file).schema_arrow, unit.file
                     )
-                counts[slots] += batch.counts  # uniq is unique: no repeated slot
-                day_rows += batch.size
-                skipped += batch.skipped
-        rows += day_rows
-        per_day.append({"day": day, "rows": day_rows, "new_keys": len(table) - before})
+                for batch in _unit_batches(unit, schemas[unit.file], cfg, batch_rows):
+                    slots = table.insert(batch.uniq)
+                    if len(table) > counts.size:
+                        counts = np.concatenate(
+                            [counts, np.zeros(max(len(table), 2 * counts.size) - counts.size)]
+                        )
+                    counts[slots] += batch.counts  # uniq is unique: no repeated slot
+                    day_rows += batch.size
+                    skipped += batch.skipped
+                    progress.add(batch.size + batch.skipped)
+            rows += day_rows
+            per_day.append({"day": day, "rows": day_rows, "new_keys": len(table) - before})
     keys = table.keys.copy()
     counts = counts[: keys.size]
     feat = keys != BIAS_KEY
@@ -181,12 +191,14 @@ def feature_stats(
     data: DataConfig | None = None,
     loss: str = LOGISTIC.name,
     batch_rows: int = 65536,
+    log_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Counts, the log2 histogram, levels and implied parameter counts (module docstring).
 
     ``data`` configures how rows become keys (layout, columns, numeric transform, bad rows) as
     in training; None reads the defaults (and the ``hashed`` layout when the files have a
-    ``keys`` list column). The result is JSON-serializable.
+    ``keys`` list column). ``log_every_s``: progress lines when stderr is not a terminal (a
+    bar when it is). The result is JSON-serializable.
     """
     ranks = [int(r) for r in ranks]
     if any(r < 1 for r in ranks):
@@ -204,7 +216,7 @@ def feature_stats(
             f"rank ({len(ranks)}). Got {list(level_min_count)!r} instead."
         )
     t0 = time.perf_counter()
-    keys, n, info = count_features(root, days, data, loss, batch_rows)
+    keys, n, info = count_features(root, days, data, loss, batch_rows, log_every_s)
 
     bins = _log2_bins(n) if n.size else np.zeros(0, np.int64)
     nb = int(bins.max()) + 1 if n.size else 0

@@ -52,6 +52,20 @@ def open_input(path: str) -> pa.NativeFile:
         raise DataError(f"File '{path}' cannot be opened: {e}") from e
 
 
+_CODECS = ((".bz2", "bz2"), (".gz", "gzip"), (".lz4", "lz4"), (".zst", "zstd"))  # as "detect"
+
+
+def _open_counted(path: str) -> tuple[pa.NativeFile, pa.NativeFile]:
+    """:func:`open_input`'s stream and the file under it, whose ``tell()`` is the position on
+    disk (compressed bytes of a compressed file): the converters' progress."""
+    codec = next((c for ext, c in _CODECS if path.endswith(ext)), None)
+    try:
+        raw = pa.OSFile(path)
+        return (pa.CompressedInputStream(raw, codec) if codec else raw), raw
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataError(f"File '{path}' cannot be opened: {e}") from e
+
+
 def count_lines(path: str, chunk: int = 1 << 24) -> int:
     """Lines in a text file (a last line without a newline counts), streamed in ``chunk``-byte
     pieces through the decompressor; about 1-2 GB/s on an uncompressed file."""
@@ -107,6 +121,7 @@ class TextStream:
         self.strings_can_be_null = strings_can_be_null
         self.columns_rule = columns_rule
         self.rows = 0  # good rows delivered so far
+        self.bytes_read = 0  # bytes of the file on disk read so far (progress)
         self._invalid: list[int] = []  # physical line numbers of malformed lines, ascending
         self._j0 = 0  # malformed lines before the current batch (see lines())
         self._texts: dict[int, tuple[int, str]] = {}  # first few: line -> (fields, text)
@@ -151,7 +166,7 @@ class TextStream:
             null_values=[""],
             quoted_strings_can_be_null=False,
         )
-        stream = open_input(self.path)
+        stream, raw = _open_counted(self.path)
         try:
             try:
                 reader = pcsv.open_csv(
@@ -173,12 +188,14 @@ class TextStream:
                     ) from e
                 if self._unknown:
                     raise NeedSerial()
+                self.bytes_read = raw.tell()
                 g0 = self.rows
                 self.rows += batch.num_rows
                 self._advance(g0)
                 yield batch, g0
             if self._unknown:
                 raise NeedSerial()
+            self.bytes_read = raw.tell()
         finally:
             stream.close()
 

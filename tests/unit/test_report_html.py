@@ -30,14 +30,15 @@ def test_a_run_renders_as_one_page_with_its_numbers_and_charts(run, capsys):
     page = (run / "report.html").read_text()
     report = json.loads((run / "report.json").read_text())
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
-    # self-contained: no script, no link, nothing fetched
-    assert not re.search(r"<script|<link|src=|href=", page)
+    # self-contained: no script, nothing fetched; links only to its own PNGs (psfm[plot])
+    assert not re.search(r"<script|<link|src=", page)
+    assert all(re.fullmatch(r"report/\w+\.png", h) for h in re.findall(r'href="([^"]*)"', page))
     assert f"{report['test']['auc']:,.4f}" in page
     for d in report["train"]["per_day"]:  # every day of every pass in the table
         assert f"{d['progressive_auc']:,.4f}" in page
     # charts: AUC and logloss over the 4 (pass, day) steps, validation over 2 passes, rows
-    # per level for 3 levels
-    assert page.count("<svg") == 4
+    # per level for 3 levels, calibration of the test day
+    assert page.count("<svg") == 5
     lines = re.findall(r'<polyline [^>]*points="([^"]+)"', page)
     assert [len(p.split()) for p in lines] == [4, 4, 2]
     assert ">2:1<" in page and ">level 3 (rank 4)<" in page
