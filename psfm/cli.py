@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from psfm.cli_options import build_config, knobs_epilog, option_sets, train_options
+from psfm.cli_options import (
+    build_config,
+    dashboard_option,
+    dashboard_sets,
+    knobs_epilog,
+    option_sets,
+    train_options,
+)
 from psfm.config import Config, apply_overrides, config_from_dict, load_config, to_dict
 from psfm.errors import PsfmError, user_message
 
@@ -105,6 +112,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
             # 200k rows a day: units of one row group give both workers work
             "data.rows_per_unit=65536",
             "train.overwrite=true",  # a demo: each quickstart starts its run afresh
+            *dashboard_sets(args),
             *args.set,
         ],
     )
@@ -194,6 +202,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             labelled += int(has.sum())
         n += s.rows.size
         progress.add(s.rows.size)
+    progress.close()
     if writer:
         writer.close()
     r = acc.result()
@@ -264,6 +273,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--rows-per-day", type=int, default=200_000)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--address", help="Ray cluster to join instead of a local Ray")
+    dashboard_option(p)
     p.add_argument("--in-process", action="store_true", help="no Ray")
     p.set_defaults(func=_cmd_quickstart)
 
@@ -329,7 +339,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         help="write a run's report as one HTML page (charts inline; opens from disk)",
         description="Reads RUN_DIR/report.json and writes RUN_DIR/report.html (or --out): "
         "test metrics, progressive AUC and logloss by day and pass, validation by pass, time, "
-        "model size per level, the config.",
+        "model size per level, the test days' calibration (reliability by bin, ECE), the "
+        "config. With matplotlib (pip install 'psfm[plot]') each chart is also written as a "
+        "PNG in report/ beside the page.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")

@@ -9,7 +9,14 @@ from typing import Any
 
 from psfm.config import Config, load_config, to_dict
 
-__all__ = ["build_config", "option_sets", "train_options", "knobs_epilog"]
+__all__ = [
+    "build_config",
+    "option_sets",
+    "train_options",
+    "dashboard_option",
+    "dashboard_sets",
+    "knobs_epilog",
+]
 
 
 def train_options(p: argparse.ArgumentParser) -> None:
@@ -75,9 +82,25 @@ def train_options(p: argparse.ArgumentParser) -> None:
         help="Ray cluster to join ('auto', host:port); default: "
         "RAY_ADDRESS, else a local Ray started by psfm",
     )
+    dashboard_option(p)
     p.add_argument(
         "--in-process", action="store_true", help="no Ray: shards and one worker in this process"
     )
+
+
+def dashboard_option(p: argparse.ArgumentParser) -> None:
+    """``--dashboard`` (``ray.dashboard = true``), for every command that starts a local Ray."""
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="the local Ray psfm starts serves its dashboard on 127.0.0.1 and exports psfm's "
+        "live metrics (Prometheus; cluster/grafana_psfm.json); its URL is logged (ray.dashboard)",
+    )
+
+
+def dashboard_sets(args: argparse.Namespace) -> list[str]:
+    """``--dashboard`` as a ``--set`` assignment (none when not given)."""
+    return ["ray.dashboard=true"] if getattr(args, "dashboard", False) else []
 
 
 # The hyper-parameters a user tunes first, listed under `psfm train --help` with their defaults.
@@ -157,4 +180,4 @@ def option_sets(args: argparse.Namespace) -> list[str]:
         sets.append("train.overwrite=true")
     if args.init_from:
         sets.append(f"train.init_from={json.dumps(args.init_from)}")
-    return sets
+    return sets + dashboard_sets(args)

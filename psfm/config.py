@@ -385,13 +385,16 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RayConfig:
     """Actor sizing on a Ray cluster (logical CPUs per shard and per worker). ``metrics``: the
-    local Ray psfm starts exports Prometheus metrics (psfm's row and byte counters with Ray's
-    own); off by default, since Ray's exporter serves them without authentication on every
-    interface. A cluster keeps its own setting."""
+    local Ray psfm starts exports Prometheus metrics (psfm's, tagged ``run``, with Ray's own;
+    :mod:`psfm.ray_backend.metrics`), with the node kept on 127.0.0.1; off by default, since
+    Ray's exporter serves them without authentication. ``dashboard`` (``--dashboard``): it
+    also serves the Ray dashboard on 127.0.0.1 (metrics on). A cluster keeps its own
+    settings."""
 
     shard_cpus: float = 1.0
     worker_cpus: float = 1.0
     metrics: bool = False
+    dashboard: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("RayConfig", "shard_cpus", self.shard_cpus, allow_zero=True)

@@ -1,9 +1,10 @@
-"""The Ray actors: ``ShardActor = ray.remote(ShardServer)`` (a :class:`ParameterShard` with its
-transport and checkpoint files, :mod:`psfm.ray_backend.server`) and a worker actor over
-:class:`WorkerRunner`, a plain class that owns a :class:`Worker` and a :class:`RayClient`.
-A worker reports each unit (or its slice of a unit in synchronous steps) as the run loop's
-:class:`~psfm.runloop.UnitReport`, made by the same :func:`~psfm.local_backend.report_unit`
-as in-process.
+"""The Ray actors: ``ShardActor = ray.remote(MeteredShard)`` (a :class:`ParameterShard` with its
+transport and checkpoint files, :mod:`psfm.ray_backend.server`, whose day end reports its keys
+and bytes for the driver's gauges) and a worker actor over :class:`WorkerRunner`, a plain class
+that owns a :class:`Worker` and a :class:`RayClient`. A worker reports each unit (or its slice
+of a unit in synchronous steps) as the run loop's :class:`~psfm.runloop.UnitReport`, made by
+the same :func:`~psfm.local_backend.report_unit` as in-process, and adds its rows and bytes to
+the run's counters (:mod:`psfm.ray_backend.metrics`: per unit, never per batch).
 
 Shards are placed with ``scheduling_strategy="SPREAD"`` (and a custom resource when the cluster
 defines one), workers ask for a GPU when their device is CUDA.
@@ -18,7 +19,6 @@ from typing import Any
 
 import ray
 import torch
-from ray.util import metrics as ray_metrics
 
 from psfm.backend import UnitReport
 from psfm.config import config_from_dict
@@ -26,21 +26,40 @@ from psfm.data.parquet import WorkUnit
 from psfm.local_backend import pipeline_of, report_unit
 from psfm.metrics import MetricAccumulator
 from psfm.ray_backend.client import RayClient
+from psfm.ray_backend.metrics import WorkerMetrics
 from psfm.ray_backend.server import ShardServer
 from psfm.worker import Worker
 
-__all__ = ["ShardActor", "WorkerActor", "WorkerRunner"]
+__all__ = ["ShardActor", "MeteredShard", "WorkerActor", "WorkerRunner"]
 
 log = logging.getLogger(__name__)
 
-ShardActor = ray.remote(ShardServer)
+
+class MeteredShard(ShardServer):
+    """A :class:`ShardServer` whose day end also reports ``ps_bytes``, the bytes its arrays
+    hold (``ShardStats.ps_bytes`` without the O(model) non-zero counts of ``stats()``), for
+    the driver's ``psfm_shard_ps_bytes`` gauge."""
+
+    def end_day(self, day: int) -> dict[str, int]:
+        out = super().end_day(day)
+        sketch = self.shard.sketch
+        out["ps_bytes"] = self.shard.store.nbytes + (sketch.nbytes if sketch is not None else 0)
+        return out
+
+
+ShardActor = ray.remote(MeteredShard)
 
 
 class WorkerRunner:
     """One worker process: reads its units, pulls, computes, pushes."""
 
     def __init__(
-        self, config: dict[str, Any], shards: list, worker_id: int, n_workers: int
+        self,
+        config: dict[str, Any],
+        shards: list,
+        worker_id: int,
+        n_workers: int,
+        run: str = "",
     ) -> None:
         self.cfg = config_from_dict(config)
         if self.cfg.train.torch_threads:
@@ -63,31 +82,19 @@ class WorkerRunner:
             ranks=self.cfg.model.ranks,
             transport=self.cfg.ps.transport,
         )
-        tags = {"worker": str(worker_id)}
-        self._m_rows = ray_metrics.Counter(
-            "psfm_rows_total", "rows processed by workers", tag_keys=("worker", "phase")
-        )
-        self._m_bytes = ray_metrics.Counter(
-            "psfm_bytes_total",
-            "bytes pulled and pushed by workers",
-            tag_keys=("worker", "direction"),
-        )
-        self._tags = tags
+        self._metrics = WorkerMetrics(run, worker_id)  # run: the tag of every metric
         self._sync: dict[str, Any] | None = None
 
     def _publish(self, rows: int, phase: str, pulled0: int, pushed0: int) -> None:
-        """Counters for the Ray dashboard / Prometheus (Ray counters take only values > 0)."""
-        for metric, value, tags in (
-            (self._m_rows, rows, {"phase": phase}),
-            (self._m_bytes, self.client.bytes_pulled - pulled0, {"direction": "pull"}),
-            (self._m_bytes, self.client.bytes_pushed - pushed0, {"direction": "push"}),
-        ):
-            if value > 0:
-                metric.inc(value, {**self._tags, **tags})
+        """A unit's rows and bytes (those since ``pulled0`` / ``pushed0``) to the counters."""
+        c = self.client
+        self._metrics.unit(rows, phase, c.bytes_pulled - pulled0, c.bytes_pushed - pushed0)
 
     def count_unit(self, unit: WorkUnit, reuse: bool = False) -> int:
+        p0, q0 = self.client.bytes_pulled, self.client.bytes_pushed
         rows = self.worker.count_unit(unit, self.client, reuse)
         self.client.flush()
+        self._publish(rows, "count", p0, q0)
         return rows
 
     def run_unit(

@@ -15,16 +15,24 @@ A shard or worker that dies mid-day raises ``RayActorError`` / ``WorkerCrashedEr
 :meth:`RayBackend.lost` names as a lost actor: the loop's failure policy then starts new
 actors, restores every shard from the last complete checkpoint and replays the day, so each
 row is applied once in the final model.
+
+Live metrics (:mod:`psfm.ray_backend.metrics`, every one tagged ``run``): the workers add rows
+and bytes per unit, and the backend sets the driver's gauges (samples/s and progressive AUC /
+logloss of the current day; per day end the days done and each shard's keys and bytes; each
+scored day's AUC / logloss) from the unit reports and day-end replies it hands the loop.
+``ray.dashboard`` (``--dashboard``) starts the embedded Ray with its dashboard and metrics; with
+metrics on, the embedded Ray is kept on 127.0.0.1 (:func:`connect`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,12 +47,22 @@ from psfm.checkpoint import read_bytes, resolve, write_bytes, write_manifest
 from psfm.config import Config, to_dict
 from psfm.data.parquet import UnitQueue, WorkUnit, split_tail
 from psfm.errors import ConfigError, PsfmError
+from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
+from psfm.ray_backend.metrics import RunMetrics, new_run_tag, run_tag
 from psfm.ray_backend.placement import bundles, check_placement
 from psfm.runloop import run
 
-__all__ = ["train_ray", "connect", "RayBackend", "RayCluster", "LOCAL_SYSTEM_CONFIG", "ACTOR_ENV"]
+__all__ = [
+    "train_ray",
+    "connect",
+    "connect_for",
+    "RayBackend",
+    "RayCluster",
+    "LOCAL_SYSTEM_CONFIG",
+    "ACTOR_ENV",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +74,14 @@ log = logging.getLogger(__name__)
 # (ps.transport = "auto"); this applies to ps.transport = "ray" and to messages between
 # nodes. Set for the Ray that psfm starts itself; clusters set
 # RAY_max_direct_call_object_size on their nodes (cluster/README.md).
-# The embedded Ray exports no metrics unless ray.metrics: its exporter would serve them without
-# authentication on every interface (measured: the dashboard agent on 0.0.0.0); a cluster keeps
-# its own setting.
+# The embedded Ray exports no metrics unless ray.metrics or ray.dashboard: its exporter serves
+# them without authentication, on every interface unless the node is kept on 127.0.0.1
+# (measured: the dashboard agent on 0.0.0.0; _loopback_node); a cluster keeps its own setting.
 LOCAL_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20, "enable_metrics_collection": False}
 # One thread per actor (torch and BLAS): actors are sized one per CPU.
 ACTOR_ENV = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+LOOPBACK = "127.0.0.1"
+ACTORS_WAIT_LOG_S = 10.0  # a line every this many seconds while actors start
 
 
 TOKEN_AUTH_SINCE = (2, 52)  # the first Ray with token authentication (RAY_AUTH_MODE)
@@ -97,21 +117,37 @@ def check_local_ray_security() -> None:
     )
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, metrics: bool = False) -> None:
+def connect(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    metrics: bool = False,
+    dashboard: bool = False,
+) -> None:
     """Join a cluster (``address``, else ``RAY_ADDRESS``) or start an embedded local Ray with
-    token authentication (:func:`check_local_ray_security`)."""
+    token authentication (:func:`check_local_ray_security`). ``metrics``: the embedded Ray
+    collects and exports metrics; ``dashboard``: it also serves its dashboard, on 127.0.0.1
+    (the URL is logged once). With either, the embedded Ray's node is kept on 127.0.0.1, so
+    its metrics exporter, dashboard and agents listen there only (:func:`_loopback_node`)."""
     if ray.is_initialized():
         return
+    t0 = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:  # a job's runtime env (working_dir, env vars) comes from the job itself
+        log.info("joining the Ray cluster at %s ...", address)
         try:
-            ray.init(address=address, log_to_driver=True)
+            ctx = ray.init(address=address, log_to_driver=True)
         except ConnectionError as e:
             raise PsfmError(
                 f"Cannot reach the Ray cluster at {address!r} (--address / RAY_ADDRESS): {e}. "
                 "Check that its head is running ('ray status') and the address is its GCS "
                 "address (host:port)."
             ) from e
+        if dashboard:
+            log.info(
+                "--dashboard: a cluster keeps its own dashboard and metrics settings (its "
+                "dashboard: %s)",
+                ctx.dashboard_url or "none",
+            )
     else:
         check_local_ray_security()
         # Ray announces the token authentication it turns on for a local Ray at every start;
@@ -119,15 +155,73 @@ def connect(address: str | None = None, num_cpus: int | None = None, metrics: bo
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
             _token_notice_to_debug
         )
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            runtime_env=ACTOR_ENV,
-            log_to_driver=True,
-            _system_config={**LOCAL_SYSTEM_CONFIG, "enable_metrics_collection": metrics},
+        cpus = num_cpus or os.cpu_count()
+        log.info(
+            "starting a local Ray (%s CPUs%s) ...",
+            cpus,
+            ", dashboard and metrics" if dashboard else ", metrics" if metrics else "",
         )
+        with _loopback_node() if metrics or dashboard else contextlib.nullcontext():
+            ctx = ray.init(
+                num_cpus=cpus,
+                include_dashboard=dashboard,
+                **({"dashboard_host": LOOPBACK} if dashboard else {}),
+                _node_ip_address=LOOPBACK,
+                runtime_env=ACTOR_ENV,
+                log_to_driver=True,
+                _system_config={
+                    **LOCAL_SYSTEM_CONFIG,
+                    "enable_metrics_collection": metrics or dashboard,
+                },
+            )
         private_token()
+        if dashboard:
+            log.info(
+                "Ray dashboard: http://%s (this machine only; it asks for the Ray token, "
+                "~/.ray/auth_token)",
+                ctx.dashboard_url,
+            )
+    log.info("Ray ready in %.1fs", time.perf_counter() - t0)
+
+
+def connect_for(cfgs: Sequence[Config], address: str | None = None) -> None:
+    """:func:`connect` for runs of ``cfgs``: an embedded Ray sized for the largest
+    (:func:`local_cpus`), with metrics / dashboard when any of them asks."""
+    connect(
+        address,
+        num_cpus=local_cpus(cfgs),
+        metrics=any(c.ray.metrics for c in cfgs),
+        dashboard=any(c.ray.dashboard for c in cfgs),
+    )
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Keep the node ``ray.init`` starts on 127.0.0.1. Ray 2.60 replaces a loopback
+    ``_node_ip_address`` by the host's routable IP (``ray._private.services
+    .resolve_ip_for_localhost``), and then its metrics exporter (the dashboard agent), the
+    dashboard's and autoscaler's own metrics servers listen on 0.0.0.0 and serve without the
+    token; with node IP 127.0.0.1 they, the agents and the gRPC servers bind 127.0.0.1 only
+    (measured with ``ss -ltnp``; the same wrap as ``cluster/ray_node.py``, for the duration of
+    the start)."""
+    from ray._private import services
+
+    original = getattr(services, "resolve_ip_for_localhost", None)
+    if original is None:
+        raise PsfmError(
+            f"ray {ray.__version__} has no ray._private.services.resolve_ip_for_localhost: psfm "
+            "cannot keep the local Ray's metrics exporter and dashboard on 127.0.0.1. Run "
+            "without --dashboard and with ray.metrics = false, or on a cluster (--address)."
+        )
+
+    def keep_loopback(host: str) -> str:
+        return host if host == LOOPBACK else original(host)
+
+    services.resolve_ip_for_localhost = keep_loopback
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = original
 
 
 def _token_notice_to_debug(record: logging.LogRecord) -> bool:
@@ -165,6 +259,22 @@ def _wait_ready(pg: Any, spec: list[dict[str, float]]) -> None:
                 time.perf_counter() - t0,
                 len(spec),
                 cpus,
+            )
+
+
+def _wait_actors(refs: list) -> None:
+    """Wait for the actors' first replies (their constructors have run), saying every
+    ``ACTORS_WAIT_LOG_S`` how many are up."""
+    t0, pending = time.perf_counter(), list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=ACTORS_WAIT_LOG_S)
+        ray.get(done)  # an actor whose constructor failed raises here
+        if pending:
+            log.info(
+                "starting actors: %d of %d ready after %.0fs",
+                len(refs) - len(pending),
+                len(refs),
+                time.perf_counter() - t0,
             )
 
 
@@ -210,10 +320,12 @@ def local_cpus(cfgs: Sequence[Config]) -> int:
 
 
 class RayCluster:
-    """The run's actors and the calls the driver makes on them."""
+    """The run's actors and the calls the driver makes on them; ``run``: the tag of their
+    metrics (:mod:`psfm.ray_backend.metrics`)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, run: str = "") -> None:
         self.cfg = cfg
+        t0 = time.perf_counter()
         res = ray.cluster_resources()
         shard_opts: dict[str, Any] = {
             "num_cpus": cfg.ray.shard_cpus,
@@ -244,6 +356,7 @@ class RayCluster:
             self.pg = placement_group(spec, strategy="SPREAD", name=f"psfm-{self.run_id}")
             _wait_ready(self.pg, spec)
         at = self._bundle_strategy
+        log.info("creating %d shard(s) + %d worker(s) ...", n, k)
         self.shards = [
             ShardActor.options(
                 name=f"psfm-{self.run_id}-shard-{i}", **{**shard_opts, **at(i)}
@@ -254,10 +367,13 @@ class RayCluster:
         self.workers = [
             WorkerActor.options(
                 name=f"psfm-{self.run_id}-worker-{w}", **{**worker_opts, **at(n + w)}
-            ).remote(conf, self.shards, w, k)
+            ).remote(conf, self.shards, w, k, run)
             for w in range(k)
         ]
-        ray.get([w.ping.remote() for w in self.workers])
+        _wait_actors(
+            [s.stats.remote() for s in self.shards] + [w.ping.remote() for w in self.workers]
+        )
+        log.info("actors ready in %.1fs", time.perf_counter() - t0)
         self.home: dict[str, int] = {}  # unit -> the worker that read it last (its pass cache)
 
     def _bundle_strategy(self, i: int) -> dict[str, Any]:
@@ -309,20 +425,30 @@ class RayCluster:
 
 class RayBackend:
     """The :class:`~psfm.runloop.Backend` of :func:`train_ray`: a :class:`RayCluster` made on
-    :meth:`start` (connecting to Ray first) and killed on :meth:`close`."""
+    :meth:`start` (connecting to Ray first) and killed on :meth:`close`. ``run``: the ``run``
+    tag of the run's metrics, the run directory's name (else a random one), the same after a
+    restart; the driver's gauges are set from the unit reports handed to the loop."""
 
     def __init__(self, cfg: Config, address: str | None = None) -> None:
         self.cfg, self.address = cfg, address
         self.workers = cfg.train.workers
         self.cluster: RayCluster | None = None
+        self.run = run_tag(cfg.train.run_dir) or new_run_tag()
+        self.metrics: RunMetrics | None = None
 
     def start(self) -> None:
-        connect(self.address, num_cpus=local_cpus([self.cfg]), metrics=self.cfg.ray.metrics)
-        self.cluster = RayCluster(self.cfg)
+        connect_for([self.cfg], self.address)
+        if self.metrics is None:  # made once Ray is up
+            self.metrics = RunMetrics(self.run)
+        self.metrics.day.reset()  # a restarted backend replays the day
+        self.metrics.start()
+        self.cluster = RayCluster(self.cfg, self.run)
         if self.cfg.train.run_dir:
             check_run_dir_reach(self.cfg.train.run_dir, self.cluster)
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.cluster is not None:
             self.cluster.kill()
             self.cluster = None
@@ -330,6 +456,10 @@ class RayBackend:
     def _live(self) -> RayCluster:
         assert self.cluster is not None, "start() first"
         return self.cluster
+
+    def _gauges(self) -> RunMetrics:
+        assert self.metrics is not None, "start() first"
+        return self.metrics
 
     def lost(self, error: BaseException) -> str | None:
         if isinstance(error, WorkerCrashedError):
@@ -373,17 +503,22 @@ class RayBackend:
         ``warmup`` of them trained by one worker alone (FTRL's first steps from an empty
         model are large; several workers taking them on stale weights made the AUC depend
         on timing)."""
-        c = self._live()
+        c, gauges = self._live(), self._gauges()
+
+        def heard(r: UnitReport) -> None:
+            on_unit(r)
+            gauges.train_unit(r)
+
         if self.cfg.ps.mode == "sync" and len(c.workers) > 1:
             for u in units:
                 for r in c.sync_unit(u, reuse):
-                    on_unit(r)
+                    heard(r)
             return
         units = list(units)
         w = min(warmup, len(units) - 1) if len(c.workers) > 1 else 0
         if w > 0:
-            c.dispatch(units[:w], "run_unit", (True, False, reuse), on_unit)
-        c.dispatch(split_tail(units[w:], len(c.workers)), "run_unit", (True, False, reuse), on_unit)
+            c.dispatch(units[:w], "run_unit", (True, False, reuse), heard)
+        c.dispatch(split_tail(units[w:], len(c.workers)), "run_unit", (True, False, reuse), heard)
 
     def evaluate(
         self,
@@ -392,16 +527,25 @@ class RayBackend:
         on_unit: OnUnit,
         reuse: bool = False,
     ) -> None:
+        """Score ``units``; each of their days' AUC and logloss go to the gauges at the end."""
         c = self._live()
-        c.dispatch(
-            split_tail(list(units), len(c.workers)),
-            "run_unit",
-            (False, keep_predictions, reuse),
-            on_unit,
-        )
+        units = split_tail(list(units), len(c.workers))
+        day_of = {u.uid: u.day for u in units}
+        days: dict[str, MetricAccumulator] = {}
 
-    def end_day(self, days_done: int) -> None:
-        self._live().on_shards("end_day", days_done)
+        def heard(r: UnitReport) -> None:
+            on_unit(r)
+            if r.acc_state is not None:
+                acc = days.setdefault(day_of[r.unit], MetricAccumulator())
+                acc.merge(MetricAccumulator.from_state(r.acc_state))
+
+        c.dispatch(units, "run_unit", (False, keep_predictions, reuse), heard)
+        self._gauges().scored(days)
+
+    def end_day(self, days_done: int) -> dict[str, int]:
+        infos = self._live().on_shards("end_day", days_done)
+        self._gauges().end_day(days_done, infos)
+        return {k: sum(int(i[k]) for i in infos) for k in ("keys", "evicted")}
 
     def checkpoint(self, ckpt_dir: str, meta: dict[str, Any]) -> None:
         shards = self._live().shards

@@ -26,6 +26,7 @@ __all__ = ["add_cli", "main_study", "main_report"]
 def main_study(args: argparse.Namespace) -> int:
     """``psfm study --config STUDY.toml --out STUDY_DIR``: 0 when every run finished, 1 when
     some failed (they are in the results with their errors)."""
+    from psfm.cli_options import dashboard_sets
     from psfm.errors import PsfmError
     from psfm.study.runner import run_study
     from psfm.study.spec import load_study
@@ -37,7 +38,7 @@ def main_study(args: argparse.Namespace) -> int:
             "psfm study needs --config STUDY.toml and --out STUDY_DIR "
             "(or: psfm study report STUDY_DIR)."
         )
-    study = load_study(args.config, data=args.data, sets=list(args.set))
+    study = load_study(args.config, data=args.data, sets=[*dashboard_sets(args), *args.set])
     res = run_study(
         study,
         args.out,
@@ -63,6 +64,8 @@ def main_report(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register ``study`` (and ``study report``) on an ``argparse`` subparsers object."""
+    from psfm.cli_options import dashboard_option
+
     p = subparsers.add_parser(
         "study",
         help="run a grid of runs (models x ranks x count_per_dim x l1 x seeds) and tabulate "
@@ -87,6 +90,7 @@ def add_cli(subparsers: Any) -> None:
         "--address",
         help="Ray cluster to join ('auto', host:port); default: RAY_ADDRESS, else a local Ray",
     )
+    dashboard_option(p)
     p.add_argument("--in-process", action="store_true", help="no Ray: each run in this process")
     p.add_argument(
         "--concurrency",

@@ -297,9 +297,9 @@ def _run_points(
         for i, p in enumerate(points, 1):
             yield i, p, one(p)
         return
-    from psfm.ray_backend.driver import connect, local_cpus
+    from psfm.ray_backend.driver import connect_for
 
-    connect(address, num_cpus=local_cpus(configs))
+    connect_for(configs, address)
     todo: queue.Queue[tuple[int, GridPoint]] = queue.Queue()
     for item in enumerate(points, 1):
         todo.put(item)
