@@ -55,7 +55,8 @@ class Backend(Protocol):
     statistics pass and returns the rows counted (``on_rows`` hears each unit's rows as it
     finishes); ``finish_counts`` sets the levels and
     returns ``keys`` and ``not_admitted`` summed over shards. ``end_day(n)``: ``n`` training
-    days (counted over all passes) are done (decay, eviction). ``checkpoint`` writes every
+    days (counted over all passes) are done (decay, eviction); it returns ``keys`` (stored
+    after it) and ``evicted``, summed over shards. ``checkpoint`` writes every
     shard's file and then the manifest with ``meta``; ``restore`` loads shard states in shard
     order; ``snapshot`` returns them (copies, in shard order: early stopping without a run
     directory keeps the best pass's state in memory with it). ``lost(error)``: why ``error``
@@ -94,7 +95,10 @@ class Backend(Protocol):
         reuse: bool = False,
     ) -> None: ...
 
-    def end_day(self, days_done: int) -> None: ...
+    def end_day(self, days_done: int) -> dict[str, int]:
+        """Day end on every shard (decay, eviction, compaction): the keys stored after it
+        and how many the day end evicted, summed over the shards."""
+        ...
 
     def checkpoint(self, ckpt_dir: str, meta: dict[str, Any]) -> None: ...
 

@@ -145,8 +145,8 @@ class LocalBackend:
     ) -> None:
         self._run(units, False, keep_predictions, on_unit, reuse)
 
-    def end_day(self, days_done: int) -> None:
-        self._pair()[1].end_day(days_done)
+    def end_day(self, days_done: int) -> dict[str, int]:
+        return self._pair()[1].end_day(days_done)
 
     def checkpoint(self, ckpt_dir: str, meta: dict[str, Any]) -> None:
         save_checkpoint(ckpt_dir, self._pair()[1].snapshots(), meta)

@@ -401,6 +401,7 @@ class _Run:
             "statistics pass", sum(u.rows for u in units), self.cfg.train.log_every_s
         )
         rows = backend.count(units, reuse=True, on_rows=progress.add)  # pass 1 replays them
+        progress.close()
         info = backend.finish_counts()
         log.info(
             "statistics pass: %d rows, %d keys (%d not admitted) in %.1fs",
@@ -506,6 +507,7 @@ class _Run:
             warmup = 0
             if hi < len(units):  # within the day: resumes after unit hi
                 self._checkpoint(backend, step, prog, units_done=hi)
+        tally.progress.close()
         rec = day_record(
             day,
             step.pass_no,
@@ -518,7 +520,10 @@ class _Run:
         )
         if start:
             rec["resumed_at_unit"] = start  # the rows and metrics are those after it
-        backend.end_day(self.day_base + step.seq + 1)
+        kept = backend.end_day(self.day_base + step.seq + 1)
+        rec["keys"], rec["evicted"] = int(kept["keys"]), int(kept["evicted"])
+        if self.cfg.levels.ttl_days:
+            log.info("day %s end: %d keys stored, %d evicted", day, rec["keys"], rec["evicted"])
         k = self.all_days.index(day) + 1
         if self.cfg.train.eval_next_day and k < len(self.all_days):
             nxt = self.all_days[k]

@@ -123,6 +123,7 @@ class ScriptedBackend:
 
     def end_day(self, days_done):
         self.calls.append(("end_day", days_done))
+        return {"keys": 0, "evicted": 0}
 
     def checkpoint(self, ckpt_dir, meta):
         states = [{"rows": np.array([self.rows])} for _ in range(self.cfg.ps.shards)]
