@@ -161,7 +161,7 @@ def connect(
             cpus,
             ", dashboard and metrics" if dashboard else ", metrics" if metrics else "",
         )
-        with _loopback_node() if metrics or dashboard else contextlib.nullcontext():
+        with _loopback_node(required=metrics or dashboard):
             ctx = ray.init(
                 num_cpus=cpus,
                 include_dashboard=dashboard,
@@ -196,17 +196,28 @@ def connect_for(cfgs: Sequence[Config], address: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _loopback_node() -> Iterator[None]:
+def _loopback_node(required: bool) -> Iterator[None]:
     """Keep the node ``ray.init`` starts on 127.0.0.1. Ray 2.60 replaces a loopback
     ``_node_ip_address`` by the host's routable IP (``ray._private.services
     .resolve_ip_for_localhost``), and then its metrics exporter (the dashboard agent), the
     dashboard's and autoscaler's own metrics servers listen on 0.0.0.0 and serve without the
     token; with node IP 127.0.0.1 they, the agents and the gRPC servers bind 127.0.0.1 only
     (measured with ``ss -ltnp``; the same wrap as ``cluster/ray_node.py``, for the duration of
-    the start)."""
+    the start). Done for every embedded Ray: without it Ray's autoscaler and dashboard serve
+    their own metrics on 0.0.0.0 (measured: ports 44217 and 44227). Where this Ray has no such
+    function a run without metrics or dashboard goes on (its token still guards the gRPC
+    servers) and one with them (``required``) is refused."""
     from ray._private import services
 
     original = getattr(services, "resolve_ip_for_localhost", None)
+    if original is None and not required:
+        log.info(
+            "ray %s: cannot keep the local Ray on 127.0.0.1 (no "
+            "ray._private.services.resolve_ip_for_localhost); its token guards it",
+            ray.__version__,
+        )
+        yield
+        return
     if original is None:
         raise PsfmError(
             f"ray {ray.__version__} has no ray._private.services.resolve_ip_for_localhost: psfm "
@@ -215,6 +226,7 @@ def _loopback_node() -> Iterator[None]:
         )
 
     def keep_loopback(host: str) -> str:
+        assert original is not None
         return host if host == LOOPBACK else original(host)
 
     services.resolve_ip_for_localhost = keep_loopback

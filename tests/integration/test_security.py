@@ -1,5 +1,5 @@
-"""The local Ray psfm starts listens on every interface (Ray binds its servers to ``*``), so
-it must refuse callers without its token: a client without it is refused, one with it gets in."""
+"""The local Ray psfm starts listens on 127.0.0.1 only and refuses callers without its token: a
+client without it is refused, one with it gets in."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import sys
 
 import pytest
 
-CLIENT = "import ray; ray.init(address={gcs!r}); print('CONNECTED')"
+from tests.integration.sockets import assert_loopback_only, listening
+
+# A client on this machine: Ray would turn the loopback address into the host's routable IP,
+# where the embedded Ray does not listen, so it keeps the address as psfm's driver does.
+CLIENT = (
+    "from ray._private import services; services.resolve_ip_for_localhost = lambda h: h; "
+    "import ray; ray.init(address={gcs!r}); print('CONNECTED')"
+)
 
 
 def _client(gcs: str, **env: str) -> subprocess.CompletedProcess:
@@ -38,13 +45,10 @@ def test_the_embedded_ray_refuses_clients_without_its_token():
         connect(num_cpus=1)
         token = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
         assert os.stat(token).st_mode & 0o777 == 0o600  # the owner's alone
-        ss = shutil.which("ss")
-        listening = (
-            subprocess.run([ss, "-ltnpH"], capture_output=True, text=True).stdout if ss else ""
-        )
-        mine = [ln for ln in listening.splitlines() if f"pid={os.getpid()}," not in ln]
-        # no metrics exporter on 0.0.0.0 (it would serve without the token)
-        assert not [ln for ln in mine if "0.0.0.0:" in ln.split()[3] and "ray::" in ln], mine
+        # every server of the embedded Ray (GCS, raylet, agents, the autoscaler's and the
+        # dashboard's metrics) on 127.0.0.1 alone, even with metrics and dashboard off
+        if shutil.which("ss"):
+            assert_loopback_only(listening())
         gcs = ray.get_runtime_context().gcs_address
         refused = _client(gcs, RAY_AUTH_MODE="disabled")
         assert refused.returncode != 0 and "CONNECTED" not in refused.stdout

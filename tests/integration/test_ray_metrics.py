@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -21,6 +18,7 @@ import pytest
 
 from psfm.config import load_config
 from psfm.datasets.gen import GenSpec, generate
+from tests.integration.sockets import assert_loopback_only, listening
 
 RUN = "ctr-metrics-7"  # the run directory's name: the run tag
 EXPORT_WAIT_S = 60.0  # Ray exports metrics every 10 s; a loaded machine can take longer
@@ -73,46 +71,6 @@ def _poll(port: int, ready: Callable[[list[Sample]], bool]) -> list[Sample]:
 
 def _of(samples: list[Sample], name: str, **labels: str) -> list[float]:
     return [v for n, lab, v in samples if n == name and labels.items() <= lab.items()]
-
-
-def _descendants(pid: int) -> set[int]:
-    """``pid`` and every process below it (the embedded Ray's GCS, raylet, dashboard, agents
-    and workers all descend from the driver)."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-    tree, grew = {pid}, True
-    while grew:
-        new = {p for p, pp in parent.items() if pp in tree} - tree
-        tree |= new
-        grew = bool(new)
-    return tree
-
-
-def _listening() -> list[str]:
-    """``local-address process`` of every TCP socket this process's tree listens on."""
-    ss = shutil.which("ss")
-    if ss is None:
-        pytest.skip("no ss on this machine")
-    out = subprocess.run([ss, "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    tree = _descendants(os.getpid())
-    mine = []
-    for line in out.splitlines():
-        m = re.search(r"pid=(\d+),", line)
-        if m and int(m.group(1)) in tree:
-            mine.append(f"{line.split()[3]} {line.split('users:', 1)[-1]}")
-    return mine
-
-
-def _assert_loopback_only(listening: list[str]) -> None:
-    assert listening, "found no listening socket of this process's Ray"
-    elsewhere = [ln for ln in listening if not ln.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:"))]
-    assert elsewhere == [], elsewhere
 
 
 def test_a_run_publishes_its_metrics_tagged_with_its_run(own_ray, data, tmp_path):
@@ -173,7 +131,7 @@ def test_a_run_publishes_its_metrics_tagged_with_its_run(own_ray, data, tmp_path
     assert _of(s, "ray_psfm_shard_keys", run=RUN, shard="0") == [report["model"]["keys"]]
     assert _of(s, "ray_psfm_shard_ps_bytes", run=RUN, shard="0")[0] > 0
     # the exporter (and the rest of this Ray) serves this machine only
-    _assert_loopback_only(_listening())
+    assert_loopback_only(listening())
 
 
 def test_the_dashboard_is_served_on_127_0_0_1_and_its_url_logged_once(own_ray, caplog):
@@ -189,4 +147,4 @@ def test_the_dashboard_is_served_on_127_0_0_1_and_its_url_logged_once(own_ray, c
         assert r.status == 200
     node = own_ray._private.worker.global_worker.node
     assert node.metrics_export_port > 0  # metrics on with the dashboard
-    _assert_loopback_only(_listening())
+    assert_loopback_only(listening())
