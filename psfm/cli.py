@@ -22,7 +22,7 @@ from psfm.cli_options import (
     train_options,
 )
 from psfm.config import Config, apply_overrides, config_from_dict, load_config, to_dict
-from psfm.errors import PsfmError, user_message
+from psfm.errors import PsfmError, RunStopped, user_message
 
 __all__ = ["main", "build_config", "summary"]
 
@@ -405,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)  # ray job stop, kill: as Ctrl-C
     try:
         return int(args.func(args) or 0)
+    except RunStopped as e:  # not the user's doing: the run ends, its checkpoints stay
+        print(f"psfm: {user_message(e)}{_resume_hint(args)}", file=sys.stderr)
+        return 1
     except PsfmError as e:
         print(f"psfm: error: {user_message(e)}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["PsfmError", "ConfigError", "DataError", "CheckpointError", "user_message"]
+__all__ = ["PsfmError", "ConfigError", "DataError", "CheckpointError", "RunStopped", "user_message"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -30,6 +30,11 @@ class DataError(PsfmError, ValueError):
 
 class CheckpointError(PsfmError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match its manifest."""
+
+
+class RunStopped(PsfmError, RuntimeError):
+    """The run cannot go on for a reason outside it (the local Ray lost its raylet): it ends
+    with what its checkpoints hold, which ``--resume`` continues from."""
 
 
 def user_message(error: BaseException) -> str:

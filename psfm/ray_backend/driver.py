@@ -50,6 +50,7 @@ from psfm.errors import ConfigError, PsfmError
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
+from psfm.ray_backend.liveness import check_local_ray, get, wait
 from psfm.ray_backend.metrics import RunMetrics, new_run_tag, run_tag
 from psfm.ray_backend.placement import bundles, check_placement
 from psfm.runloop import run
@@ -265,6 +266,7 @@ def _wait_ready(pg: Any, spec: list[dict[str, float]]) -> None:
             ray.get(pg.ready(), timeout=30)
             return
         except GetTimeoutError:
+            check_local_ray()
             cpus = sum(b.get("CPU", 0.0) for b in spec)
             log.info(
                 "waiting %.0fs for room for this run's %d actors (%g CPUs): other runs hold it",
@@ -282,6 +284,7 @@ def _wait_actors(refs: list) -> None:
         done, pending = ray.wait(pending, num_returns=len(pending), timeout=ACTORS_WAIT_LOG_S)
         ray.get(done)  # an actor whose constructor failed raises here
         if pending:
+            check_local_ray()
             log.info(
                 "starting actors: %d of %d ready after %.0fs",
                 len(refs) - len(pending),
@@ -299,7 +302,7 @@ def check_run_dir_reach(run_dir: str, cluster: RayCluster) -> None:
     token = os.urandom(16)
     write_bytes(probe, token)
     try:
-        problems = [p for p in ray.get([s.reach.remote(probe, token) for s in cluster.shards]) if p]
+        problems = [p for p in get([s.reach.remote(probe, token) for s in cluster.shards]) if p]
         for i in range(len(cluster.shards) if not problems else 0):
             try:
                 ok = read_bytes(f"{probe}.shard-{i}") == token
@@ -401,7 +404,7 @@ class RayCluster:
             self.pg = None
 
     def on_shards(self, method: str, *args: Any) -> list:
-        return ray.get([getattr(s, method).remote(*args) for s in self.shards])
+        return get([getattr(s, method).remote(*args) for s in self.shards])
 
     def dispatch(
         self, units: Sequence[WorkUnit], method: str, args: tuple, on_result: Callable[[Any], None]
@@ -417,7 +420,7 @@ class RayCluster:
             if u is not None:
                 pending[getattr(actor, method).remote(u, *args)] = w
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = wait(list(pending), num_returns=1)
             w = pending.pop(done[0])
             on_result(ray.get(done[0]))
             u = queue.take(w)
@@ -426,13 +429,13 @@ class RayCluster:
 
     def sync_unit(self, unit: WorkUnit, reuse: bool) -> list[UnitReport]:
         """Barrier steps over one unit: all workers step, then all shards apply."""
-        ray.get([w.begin_sync.remote(unit, reuse) for w in self.workers])
+        get([w.begin_sync.remote(unit, reuse) for w in self.workers])
         while True:
-            more = ray.get([w.sync_step.remote() for w in self.workers])
+            more = get([w.sync_step.remote() for w in self.workers])
             self.on_shards("apply_buffered")
             if not any(more):
                 break
-        return ray.get([w.end_sync.remote() for w in self.workers])
+        return get([w.end_sync.remote() for w in self.workers])
 
 
 class RayBackend:
@@ -474,6 +477,7 @@ class RayBackend:
         return self.metrics
 
     def lost(self, error: BaseException) -> str | None:
+        check_local_ray()  # the local Ray itself gone: no restart can help
         if isinstance(error, WorkerCrashedError):
             return "a worker process crashed"
         if isinstance(error, RayActorError):
@@ -561,13 +565,13 @@ class RayBackend:
 
     def checkpoint(self, ckpt_dir: str, meta: dict[str, Any]) -> None:
         shards = self._live().shards
-        infos = ray.get(
+        infos = get(
             [s.save_state.remote(f"{ckpt_dir}/shard-{i:05d}.npz") for i, s in enumerate(shards)]
         )
         write_manifest(ckpt_dir, {f"shard-{i:05d}.npz": inf for i, inf in enumerate(infos)}, meta)
 
     def restore(self, states: list[dict[str, np.ndarray]]) -> None:
-        ray.get([s.restore.remote(st) for s, st in zip(self._live().shards, states)])
+        get([s.restore.remote(st) for s, st in zip(self._live().shards, states)])
 
     def snapshot(self) -> list[dict[str, np.ndarray]]:
         """Every shard's state, fetched into the driver (early stopping without a run

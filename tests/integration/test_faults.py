@@ -1,0 +1,68 @@
+"""The embedded Ray losing its raylet mid-run: the run ends within seconds with one line that
+names the resume command (it used to wait for a restart that could not come), and the resumed
+run finishes from the newest checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from psfm.cli import main
+from psfm.datasets.gen import GenSpec, generate
+from tests.integration.sockets import descendants
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    generate(root, days=4, rows_per_day=8_000, spec=GenSpec.small(), seed=5, row_group_rows=2048)
+    return root
+
+
+def _raylet_of(pid: int) -> int | None:
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if b"raylet/raylet" in f.read().split(b"\0")[0]:
+                    return p
+        except OSError:
+            continue
+    return None
+
+
+def test_a_killed_raylet_ends_the_run_in_one_line_and_resume_finishes_it(data, tmp_path):
+    run = tmp_path / "run"
+    # FM at 16-row batches: each day takes seconds on Ray, so the kill lands mid-run
+    cmd = [sys.executable, "-m", "psfm.cli", "train", "--data", str(data), "--run-dir", str(run),
+           "--shards", "1", "--workers", "1", "--set", 'model.kind="fm"',
+           "--set", "model.ranks=[4]", "--set", "data.batch_size=16"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "checkpoints" / "day=1" / "MANIFEST.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no day-1 checkpoint"
+            time.sleep(0.1)
+        raylet = _raylet_of(proc.pid)
+        assert raylet is not None
+        killed = time.monotonic()
+        os.kill(raylet, signal.SIGKILL)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - killed < 60, err
+    assert proc.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("psfm: The local Ray stopped: its raylet"), err
+    assert f"--run-dir {run} --resume" in last and "Traceback" not in err
+    assert not (run / "report.json").exists()
+    assert main(["train", "--run-dir", str(run), "--resume", "--in-process"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert [d["day"] for d in report["train"]["per_day"]] == ["1", "2", "3"]
+    assert report["test"]["auc"] > 0.6
