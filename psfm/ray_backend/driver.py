@@ -30,6 +30,8 @@ import contextlib
 import logging
 import os
 import posixpath
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -136,7 +138,8 @@ def connect(
     if address:  # a job's runtime env (working_dir, env vars) comes from the job itself
         log.info("joining the Ray cluster at %s ...", address)
         try:
-            ctx = ray.init(address=address, log_to_driver=True)
+            with _own_signal_handlers():
+                ctx = ray.init(address=address, log_to_driver=True)
         except ConnectionError as e:
             raise PsfmError(
                 f"Cannot reach the Ray cluster at {address!r} (--address / RAY_ADDRESS): {e}. "
@@ -162,7 +165,7 @@ def connect(
             cpus,
             ", dashboard and metrics" if dashboard else ", metrics" if metrics else "",
         )
-        with _loopback_node(required=metrics or dashboard):
+        with _loopback_node(required=metrics or dashboard), _own_signal_handlers():
             ctx = ray.init(
                 num_cpus=cpus,
                 include_dashboard=dashboard,
@@ -194,6 +197,22 @@ def connect_for(cfgs: Sequence[Config], address: str | None = None) -> None:
         metrics=any(c.ray.metrics for c in cfgs),
         dashboard=any(c.ray.dashboard for c in cfgs),
     )
+
+
+@contextlib.contextmanager
+def _own_signal_handlers() -> Iterator[None]:
+    """Keep the Python handlers of SIGTERM and SIGINT across ``ray.init``: Ray's core installs
+    its own failure handler for SIGTERM, which aborts the process with a C++ stack dump
+    (measured: ``ray job stop`` or ``kill`` of a study on Ray ended with exit 134), where
+    psfm's CLI handler ends the command with one line and exit 130, its checkpoints kept."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if callable(handler):  # Ray replaced it below Python, where getsignal cannot see
+                signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

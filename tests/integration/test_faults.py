@@ -1,6 +1,7 @@
-"""The embedded Ray losing its raylet mid-run: the run ends within seconds with one line that
-names the resume command (it used to wait for a restart that could not come), and the resumed
-run finishes from the newest checkpoint."""
+"""Faults of a run on the embedded Ray: its raylet killed mid-run ends the run within seconds
+with one line that names the resume command (it used to wait for a restart that could not
+come), and the resumed run finishes from the newest checkpoint; SIGTERM (``ray job stop``)
+ends it with the same one line and exit 130 (Ray's own handler used to abort it, exit 134)."""
 
 from __future__ import annotations
 
@@ -36,18 +37,41 @@ def _raylet_of(pid: int) -> int | None:
     return None
 
 
-def test_a_killed_raylet_ends_the_run_in_one_line_and_resume_finishes_it(data, tmp_path):
-    run = tmp_path / "run"
-    # FM at 16-row batches: each day takes seconds on Ray, so the kill lands mid-run
+def _start(data, run) -> subprocess.Popen:
+    """``psfm train`` on the embedded Ray, returned once its day-1 checkpoint is written."""
+    # FM at 16-row batches: each day takes seconds on Ray, so what follows lands mid-run
     cmd = [sys.executable, "-m", "psfm.cli", "train", "--data", str(data), "--run-dir", str(run),
            "--shards", "1", "--workers", "1", "--set", 'model.kind="fm"',
            "--set", "model.ranks=[4]", "--set", "data.batch_size=16"]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (run / "checkpoints" / "day=1" / "MANIFEST.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no day-1 checkpoint: {proc.communicate()[1]}")
+        time.sleep(0.1)
+    return proc
+
+
+def test_sigterm_on_ray_ends_the_run_in_one_line_with_exit_130(data, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(data, run)
     try:
-        deadline = time.monotonic() + 180
-        while not (run / "checkpoints" / "day=1" / "MANIFEST.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "no day-1 checkpoint"
-            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("psfm: interrupted.") and f"--run-dir {run} --resume" in last, err
+    assert "SIGTERM received" not in err and "Traceback" not in err
+
+
+def test_a_killed_raylet_ends_the_run_in_one_line_and_resume_finishes_it(data, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(data, run)
+    try:
         raylet = _raylet_of(proc.pid)
         assert raylet is not None
         killed = time.monotonic()
