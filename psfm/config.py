@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("lr", "fm", "difacto", "rafm")
+# more shards than any cluster has CPUs for; 100,000 in-process shards took minutes to build
+MAX_SHARDS = 1024
 ACCUMULATE_RULES = ("sum_of_squares", "square_of_sum", "count_scaled")
 # the losses the metrics (AUC, logloss) support: the classification ones
 _LOSS_CHOICES = tuple(name for name, f in LOSSES.items() if f.classification)
@@ -294,6 +296,8 @@ class PsConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.shards, int) or self.shards < 1:
             _fail("PsConfig", "shards", "an int >= 1", self.shards)
+        if self.shards > MAX_SHARDS:
+            _fail("PsConfig", "shards", f"an int in 1..{MAX_SHARDS}", self.shards)
         if not isinstance(self.warmup_units, int) or self.warmup_units < 0:
             _fail("PsConfig", "warmup_units", "an int >= 0", self.warmup_units)
         if not isinstance(self.local_steps, int) or self.local_steps < 0:

@@ -185,6 +185,12 @@ def resolve_schema(
                 num.append(f.name)
             elif _is_int(f.type) or _is_str(f.type):
                 cat.append(f.name)
+            elif pa.types.is_nested(f.type):  # ids per row: not silently left out
+                raise DataError(
+                    f"File '{file}': column '{f.name}' has type {f.type}, which is no feature "
+                    "type (categorical: int or string; numeric: float; a list of keys: the "
+                    "hashed layout). Name it in data.ignore to leave it out."
+                )
     for c in cat:
         need(c, _is_int(typ(c)) or _is_str(typ(c)), "a categorical column must be int or string")
     for c in num:

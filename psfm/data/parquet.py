@@ -125,7 +125,10 @@ def _select(days: Sequence[str], spec: str, what: str) -> list[str]:
     chosen: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
-            continue
+            raise DataError(
+                f"The {what} SPEC {spec!r} has an empty item: a SPEC is a comma list of days "
+                "and/or inclusive ranges a..b, e.g. '1..7' or '1,2,3'."
+            )
         if ".." in part:
             lo, hi = (s.strip() for s in part.split("..", 1))
             for d in (lo, hi):
