@@ -1,6 +1,7 @@
 """The Ray actors: ``ShardActor = ray.remote(MeteredShard)`` (a :class:`ParameterShard` with its
 transport and checkpoint files, :mod:`psfm.ray_backend.server`, whose day end reports its keys
-and bytes for the driver's gauges) and a worker actor over :class:`WorkerRunner`, a plain class
+and bytes for the driver's gauges; defined in :mod:`psfm.ray_backend.shard_actor`, which a shard
+process imports without torch) and a worker actor over :class:`WorkerRunner`, a plain class
 that owns a :class:`Worker` and a :class:`RayClient`. A worker reports each unit (or its slice
 of a unit in synchronous steps) as the run loop's :class:`~psfm.runloop.UnitReport`, made by
 the same :func:`~psfm.local_backend.report_unit` as in-process, and adds its rows and bytes to
@@ -27,27 +28,12 @@ from psfm.local_backend import pipeline_of, report_unit
 from psfm.metrics import MetricAccumulator
 from psfm.ray_backend.client import RayClient
 from psfm.ray_backend.metrics import WorkerMetrics
-from psfm.ray_backend.server import ShardServer
+from psfm.ray_backend.shard_actor import MeteredShard, ShardActor
 from psfm.worker import Worker
 
 __all__ = ["ShardActor", "MeteredShard", "WorkerActor", "WorkerRunner"]
 
 log = logging.getLogger(__name__)
-
-
-class MeteredShard(ShardServer):
-    """A :class:`ShardServer` whose day end also reports ``ps_bytes``, the bytes its arrays
-    hold (``ShardStats.ps_bytes`` without the O(model) non-zero counts of ``stats()``), for
-    the driver's ``psfm_shard_ps_bytes`` gauge."""
-
-    def end_day(self, day: int) -> dict[str, int]:
-        out = super().end_day(day)
-        sketch = self.shard.sketch
-        out["ps_bytes"] = self.shard.store.nbytes + (sketch.nbytes if sketch is not None else 0)
-        return out
-
-
-ShardActor = ray.remote(MeteredShard)
 
 
 class WorkerRunner:
