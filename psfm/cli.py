@@ -19,6 +19,7 @@ from psfm.cli_options import (
     dashboard_sets,
     knobs_epilog,
     option_sets,
+    set_option,
     train_options,
 )
 from psfm.config import Config, apply_overrides, config_from_dict, load_config, to_dict
@@ -272,7 +273,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dir", default="psfm-quickstart", help="where data and run go")
     p.add_argument("--days", type=int, default=4)
     p.add_argument("--rows-per-day", type=int, default=200_000)
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    set_option(p)
     p.add_argument("--address", help="Ray cluster to join instead of a local Ray")
     dashboard_option(p)
     p.add_argument("--in-process", action="store_true", help="no Ray")

@@ -13,21 +13,28 @@ __all__ = [
     "build_config",
     "option_sets",
     "train_options",
+    "set_option",
     "dashboard_option",
     "dashboard_sets",
     "knobs_epilog",
 ]
 
 
-def train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config file (jobs/configs/*.toml)")
+def set_option(p: argparse.ArgumentParser, what: str = "one config value") -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable): the override every command that builds a
+    config takes (train, quickstart, study)."""
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable)",
+        help=f"override {what} (repeatable)",
     )
+
+
+def train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (jobs/configs/*.toml)")
+    set_option(p)
     p.add_argument("--data", help="data root with day=... partitions (data.root)")
     p.add_argument("--model", choices=["lr", "fm", "difacto", "rafm"], help="model.kind")
     p.add_argument("--ranks", help="comma list of ranks, e.g. 1,2,4,8 (model.ranks)")

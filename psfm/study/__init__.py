@@ -64,7 +64,7 @@ def main_report(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register ``study`` (and ``study report``) on an ``argparse`` subparsers object."""
-    from psfm.cli_options import dashboard_option
+    from psfm.cli_options import dashboard_option, set_option
 
     p = subparsers.add_parser(
         "study",
@@ -79,13 +79,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--config", help="study config (TOML): base run config, [grid], [[models]]")
     p.add_argument("--out", help="STUDY_DIR: runs/, results and plots go here")
     p.add_argument("--data", help="data root with day=... partitions (data.root of the base)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one key of the base run config (repeatable)",
-    )
+    set_option(p, "one key of the base run config")
     p.add_argument(
         "--address",
         help="Ray cluster to join ('auto', host:port); default: RAY_ADDRESS, else a local Ray",
