@@ -153,7 +153,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from psfm.data.parquet import list_days, select_days, work_units
     from psfm.errors import DataError
-    from psfm.export import Predictor, read_model_meta
+    from psfm.export import Predictor
     from psfm.metrics import MetricAccumulator
     from psfm.scoring import Progress
 
@@ -164,7 +164,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"--keep {', '.join(clash)}: the output already has a column of that name "
             f"(it has {', '.join(_PREDICT_COLUMNS)})."
         )
-    read_model_meta(args.model)  # one line for a file that is no Parquet model, not a traceback
     pred = Predictor(args.model)
     all_days = list_days(args.data)
     days = select_days(all_days, args.days) if args.days else all_days

@@ -280,13 +280,10 @@ class Predictor:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        meta = read_model_meta(path)  # a file that is not a psfm model: one line, not a traceback
         fs, p = resolve(path)
         with fs.open_input_file(p) as f:
             table = pq.read_table(f)
-        raw = (table.schema.metadata or {}).get(_META)
-        if raw is None:
-            raise DataError(f"'{path}' is not a psfm model (no psfm metadata).")
-        meta = json.loads(raw)
         model = _model_config(meta)
         self.kind, self.ranks = model.kind, model.ranks
         self.loss = loss_by_name(model.loss)
