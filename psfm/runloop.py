@@ -186,13 +186,19 @@ class _Run:
         (``data.batch_size = 0``: :func:`psfm.steps.auto_batch_size` of one pass)."""
         from psfm.data.batch import resolve_layout
         from psfm.data.parquet import day_files
-        from psfm.data.schemas import check_files, schema_record
+        from psfm.data.schemas import check_files, left_out, schema_record
 
         days = self.train_days + self.test_days
         first = day_files(self.root, days[0])[0] if days else ""
         data = resolve_layout(cfg.data, first) if days else cfg.data
         # the features as keys are made of them: in every manifest, in the exported model
         self.schema = schema_record(data, first) if days else None
+        if self.schema is not None and (skipped := left_out(data, first, self.schema)):
+            log.warning(
+                "column(s) %s of the training files have no feature type and are left out "
+                "(name them in data.ignore to say so, or convert them to int, string or float)",
+                ", ".join(skipped),
+            )
         if self.schema is not None:  # and every file of the run has them, before any training
             every = [*self.train_days, *self.valid_days, *self.test_days]
             check_files(data, [f for d in every for f in day_files(self.root, d)], self.schema)

@@ -20,7 +20,7 @@ from psfm.data.batch import resolve_schema
 from psfm.data.parquet import open_parquet
 from psfm.errors import DataError
 
-__all__ = ["schema_record", "check_files", "value_kind"]
+__all__ = ["schema_record", "check_files", "left_out", "value_kind"]
 
 
 def value_kind(t: pa.DataType) -> str:
@@ -54,6 +54,17 @@ def schema_record(data: DataConfig, file: str) -> dict[str, Any]:
         "numeric": list(fs.numeric),
         "numeric_transform": fs.numeric_transform,
     }
+
+
+def left_out(data: DataConfig, file: str, record: dict[str, Any]) -> list[str]:
+    """Columns of ``file`` that a run with inferred features leaves out because their type is
+    no feature type (timestamps, binary, decimal, ...), as ``'name' (type)``; none when the
+    features are named (``data.categorical`` / ``data.numeric``) or the layout is hashed.
+    Columns in ``data.ignore``, the label and the weight are left out on purpose."""
+    if record.get("layout") != "columns" or data.categorical or data.numeric:
+        return []
+    used = {*record["categorical"], *record["numeric"], data.label, data.weight, *data.ignore}
+    return [f"{f.name!r} ({f.type})" for f in open_parquet(file).schema_arrow if f.name not in used]
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:

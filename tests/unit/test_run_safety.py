@@ -6,6 +6,7 @@ would train or test the wrong rows are refused (in process; the Ray path shares 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -348,3 +349,37 @@ def test_checkpoints_within_a_day_resume_after_the_units_done(data, tmp_path):
     assert resumed["test"] == rep["test"]
     day2 = resumed["train"]["per_day"][1]
     assert day2["resumed_at_unit"] == 1 and day2["rows"] == 8_000 - 4096
+
+
+def test_columns_of_no_feature_type_are_named_once_and_training_goes_on(tmp_path, caplog):
+    """A timestamp or binary column among inferred features is left out, and said so once."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 400
+    for day in (1, 2):
+        (tmp_path / f"day={day}").mkdir()
+        ts = [datetime.datetime(2026, 1, day) + datetime.timedelta(seconds=i) for i in range(n)]
+        pq.write_table(
+            pa.table(
+                {
+                    "label": rng.integers(0, 2, n).astype(np.int8),
+                    "C1": rng.integers(0, 20, n),
+                    "I1": rng.random(n),
+                    "ts": pa.array(ts, pa.timestamp("s")),
+                    "blob": pa.array([b"x"] * n, pa.binary()),
+                }
+            ),
+            tmp_path / f"day={day}" / "part-0.parquet",
+        )
+    caplog.set_level(logging.WARNING)
+    rep = _train(tmp_path, 'model.kind="lr"')
+    said = [r.getMessage() for r in caplog.records if "no feature type" in r.getMessage()]
+    assert len(said) == 1 and "'ts' (timestamp" in said[0] and "'blob' (binary)" in said[0]
+    assert rep["train"]["rows"] == n
+    caplog.clear()
+    _train(tmp_path, 'model.kind="lr"', 'data.ignore=["ts", "blob"]')
+    assert not [r for r in caplog.records if "no feature type" in r.getMessage()]
