@@ -8,6 +8,7 @@
 #
 #   cluster/local_cluster.sh start [--workers N] [--cpus-per-node C] [--head-cpus C]
 #                                  [--object-store-mb M] [--port P] [--timeout S] [--dir DIR]
+#   cluster/local_cluster.sh add-node [--cpus-per-node C] [--dir DIR] # one more worker node
 #   cluster/local_cluster.sh stop    [--purge] [--dir DIR]
 #   cluster/local_cluster.sh status  [--dir DIR]
 #   cluster/local_cluster.sh address [--dir DIR]     # GCS address, e.g. 127.0.0.1:41234
@@ -44,7 +45,7 @@ die() { echo "local_cluster.sh: error: $*" >&2; exit 1; }
 log() { echo "local_cluster.sh: $*" >&2; }
 
 usage() {
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 cmd=${1:-}
@@ -408,8 +409,35 @@ do_env() {
         "$DASHBOARD_URL"
 }
 
+do_add_node() { # one more worker node joined to the running head (e.g. to replace a lost one)
+    load_state || die "no cluster in $DIR (run: $0 start --dir $DIR)"
+    [ -n "$(cluster_pids leaders "$(node_sids)" "$RAY_TMP_ROOT")" ] \
+        || die "the cluster in $DIR is not running"
+    local i=1
+    while [ -e "$PID_DIR/node$i.pid" ]; do i=$((i + 1)); done
+    start_node "$i" --address="$GCS_ADDRESS" --num-cpus="$CPUS" \
+        --resources='{"psfm_shard": 1, "psfm_worker": 1}'
+    # alive in the GCS: the node whose raylet socket is under its own temp dir
+    ray_env "$PYTHON" - "$GCS_ADDRESS" "$RAY_TMP_ROOT/n$i/" "$TIMEOUT" "$PID_DIR/node$i.pid" \
+        <<'PY' || { tail_logs; die "node $i did not join"; }
+import os, sys, time
+import ray
+
+addr, where, timeout, pid_file = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+deadline = time.monotonic() + timeout
+ray.init(address=addr, logging_level="ERROR", log_to_driver=False)
+while not any(n["Alive"] and where in n.get("RayletSocketName", "") for n in ray.nodes()):
+    os.kill(int(open(pid_file).read()), 0)  # the node's process exited: ProcessLookupError
+    if time.monotonic() > deadline:
+        sys.exit(f"not alive after {timeout:.0f}s")
+    time.sleep(0.5)
+PY
+    log "node $i joined $GCS_ADDRESS"
+}
+
 case $cmd in
     start) do_start ;;
+    add-node) do_add_node ;;
     stop) load_state || true; do_stop ;;
     status) do_status ;;
     address) load_state || die "no cluster in $DIR"; echo "$GCS_ADDRESS" ;;

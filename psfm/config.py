@@ -71,6 +71,9 @@ def _check_positive(section: str, name: str, value: Any, *, allow_zero: bool = F
         _fail(section, name, "a number >= 0" if allow_zero else "a number > 0", value)
 
 
+MAX_BATCH = 1 << 20  # rows per FTRL step: a step's rows are decoded and held at once
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how rows become features.
@@ -124,8 +127,13 @@ class DataConfig:
             "DataConfig", "numeric_transform", self.numeric_transform, ("log_bucket", "raw")
         )
         _check_choice("DataConfig", "bad_rows", self.bad_rows, ("fail", "skip"))
-        if not isinstance(self.batch_size, int) or self.batch_size < 0:
-            _fail("DataConfig", "batch_size", "an int >= 0 (0 = auto)", self.batch_size)
+        if not isinstance(self.batch_size, int) or not 0 <= self.batch_size <= MAX_BATCH:
+            _fail(
+                "DataConfig",
+                "batch_size",
+                f"an int in [0, {MAX_BATCH}] (0 = auto; a step decodes its rows at once)",
+                self.batch_size,
+            )
         if not isinstance(self.rows_per_unit, int) or self.rows_per_unit < 1:
             _fail("DataConfig", "rows_per_unit", "an int >= 1", self.rows_per_unit)
         if not isinstance(self.max_row_keys, int) or self.max_row_keys < 1:

@@ -141,8 +141,18 @@ class _Run:
         log.debug("config: %s", json.dumps(to_dict(self.cfg)))  # also RUN_DIR/config.json
         run_dir = self.cfg.train.run_dir
         self.run = RunDir(run_dir) if run_dir else None
-        if resume and (self.run is None or resume_checkpoint(self.run.path) is None):
-            raise CheckpointError(f"--resume: no complete checkpoint in '{run_dir}'.")
+        if resume and self.run is None:
+            raise CheckpointError("--resume needs a run directory (train.run_dir).")
+        restart = False  # resumed before the run's first checkpoint: nothing trained to keep
+        if resume and self.run is not None and resume_checkpoint(self.run.path) is None:
+            if self.run.existing_run():  # checkpoints none of which verifies, or a report
+                raise CheckpointError(f"--resume: no complete checkpoint in '{run_dir}'.")
+            log.warning(
+                "--resume: '%s' has no checkpoint yet (the run stopped before its first one): "
+                "starting the run from the beginning",
+                run_dir,
+            )
+            resume, restart = False, True
         self.day_base = 0  # the day index the shards had reached before this run's first day
         self.warm_from = ""  # the warm start's source, once started from it (no warm-up unit)
         self.init: InitSource | None = None
@@ -160,7 +170,7 @@ class _Run:
                 self.run.keep_metrics()
             else:
                 there = self.run.existing_run()
-                if there and not cfg.train.overwrite:
+                if there and not cfg.train.overwrite and not restart:
                     raise CheckpointError(
                         f"Run directory '{run_dir}' already holds a run ({', '.join(there)}). "
                         "Continue it with --resume, choose another --run-dir, or start it over "

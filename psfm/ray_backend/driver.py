@@ -434,20 +434,26 @@ class RayCluster:
         free, later passes replay where the batches are."""
         queue = UnitQueue(units, self.home, len(self.workers))
         pending: dict = {}
-        for w, actor in enumerate(self.workers):
+
+        def send(w: int) -> None:
             u = queue.take(w)
             if u is not None:
-                pending[getattr(actor, method).remote(u, *args)] = w
+                # one line a unit (-v): where each unit went, and when (the fault tests key
+                # their kills to these lines)
+                log.debug("%s %s -> worker %d", method, u.uid, w)
+                pending[getattr(self.workers[w], method).remote(u, *args)] = w
+
+        for w in range(len(self.workers)):
+            send(w)
         while pending:
             done, _ = wait(list(pending), num_returns=1)
             w = pending.pop(done[0])
             on_result(ray.get(done[0]))
-            u = queue.take(w)
-            if u is not None:
-                pending[getattr(self.workers[w], method).remote(u, *args)] = w
+            send(w)
 
     def sync_unit(self, unit: WorkUnit, reuse: bool) -> list[UnitReport]:
         """Barrier steps over one unit: all workers step, then all shards apply."""
+        log.debug("sync %s -> %d workers", unit.uid, len(self.workers))
         get([w.begin_sync.remote(unit, reuse) for w in self.workers])
         while True:
             more = get([w.sync_step.remote() for w in self.workers])

@@ -131,7 +131,11 @@ CASES = {
     ),
     "negative batch size": (
         ["train", "--in-process", "--data", "{root}/good", "--set", "data.batch_size=-1"],
-        ["'batch_size'", "an int >= 0", "-1"],
+        ["'batch_size'", "an int in [0, 1048576]", "-1"],
+    ),
+    "an absurd batch size": (
+        [*_TRAIN, "--set", "data.batch_size=10000000000000"],
+        ["'batch_size'", "an int in [0, 1048576]", "10000000000000"],
     ),
     "negative learning rate": (
         ["train", "--in-process", "--data", "{root}/good", "--set", "ftrl.linear.alpha=-1"],

@@ -76,6 +76,29 @@ def test_resume_uses_the_directory_given_not_the_stored_one(data, full, tmp_path
     assert stored["data"]["root"].startswith("/") and stored["train"]["run_dir"] == str(copy)
 
 
+def test_resume_before_the_first_checkpoint_starts_the_run_over(data, full, tmp_path, caplog):
+    """A run killed before its first checkpoint (in the statistics pass, say) has its
+    config.json and nothing trained: --resume runs it from the start, not an error; with
+    checkpoints of which none verifies it still refuses (and deletes nothing)."""
+    src, rep = full
+    run = tmp_path / "early"
+    run.mkdir()
+    shutil.copy(src / "config.json", run / "config.json")
+    caplog.set_level(logging.WARNING, logger="psfm.runloop")
+    assert main(["train", "--run-dir", str(run), "--resume", "--in-process"]) == 0
+    assert "has no checkpoint yet" in caplog.text
+    _same(_final_model(src), _final_model(run))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(src, damaged)
+    (damaged / "report.json").unlink()
+    for m in (damaged / "checkpoints").glob(f"*/{MANIFEST}"):
+        m.write_text("{")
+    (damaged / JOURNAL).unlink()
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        _train(data, *LR, run_dir=damaged, resume=True)
+    assert len(list((damaged / "checkpoints").iterdir())) == 3
+
+
 def test_resume_applies_the_options_given_and_extends_a_run_by_days(data, tmp_path, capsys):
     run = tmp_path / "run"
     base = ["train", "--data", str(data), "--model", "lr", "--run-dir", str(run), "--in-process"]
