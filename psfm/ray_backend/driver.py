@@ -55,6 +55,7 @@ from psfm.ray_backend.actors import ShardActor, WorkerActor
 from psfm.ray_backend.liveness import check_local_ray, get, wait
 from psfm.ray_backend.metrics import RunMetrics, new_run_tag, run_tag
 from psfm.ray_backend.placement import bundles, check_placement
+from psfm.ray_backend.reaper import start_reaper
 from psfm.runloop import run
 
 __all__ = [
@@ -179,6 +180,7 @@ def connect(
                 },
             )
         private_token()
+        start_reaper(ray._private.worker._global_node)  # its processes go when this one goes
         if dashboard:
             log.info(
                 "Ray dashboard: http://%s (this machine only; it asks for the Ray token, "

@@ -1,7 +1,8 @@
 """Faults of a run on the embedded Ray: its raylet killed mid-run ends the run within seconds
 with one line that names the resume command (it used to wait for a restart that could not
 come), and the resumed run finishes from the newest checkpoint; SIGTERM (``ray job stop``)
-ends it with the same one line and exit 130 (Ray's own handler used to abort it, exit 134)."""
+ends it with the same one line and exit 130 (Ray's own handler used to abort it, exit 134); a
+driver killed with SIGKILL takes every process of its local Ray along within seconds."""
 
 from __future__ import annotations
 
@@ -90,3 +91,45 @@ def test_a_killed_raylet_ends_the_run_in_one_line_and_resume_finishes_it(data, t
     report = json.loads((run / "report.json").read_text())
     assert [d["day"] for d in report["train"]["per_day"]] == ["1", "2", "3"]
     assert report["test"]["auc"] > 0.6
+
+
+def _of_raylet(raylet: int) -> list[int]:
+    """Live processes that belong to the raylet (``RAY_RAYLET_PID`` in their environment)."""
+    want, out = f"RAY_RAYLET_PID={raylet}".encode(), []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{d}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except OSError:
+            continue
+        if want in env and not zombie:
+            out.append(int(d))
+    return out
+
+
+def test_a_driver_killed_with_sigkill_takes_its_local_ray_along(data, tmp_path):
+    """kill -9 of the driver alone (not its process group): Ray's GCS and raylet die with it,
+    and the raylet's children (agents, actors) follow within seconds (psfm's reaper; without
+    it the agents stayed 40-60 s)."""
+    proc = _start(data, tmp_path / "run")
+    raylet = _raylet_of(proc.pid)
+    assert raylet is not None
+    left = _of_raylet(raylet)
+    assert len(left) >= 2, left  # the shard and the worker at least (and the agents)
+    proc.kill()
+    proc.communicate()
+    t0 = time.monotonic()
+    while (_of_raylet(raylet) or _raylet_of_alive(raylet)) and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    assert not _raylet_of_alive(raylet)
+    assert not _of_raylet(raylet), f"still there {time.monotonic() - t0:.0f} s after the driver"
+
+
+def _raylet_of_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
