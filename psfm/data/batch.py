@@ -475,18 +475,19 @@ def _hashed_matrix(
         shown[row_of[odd[::-1]]] = vflat[odd[::-1]]
         bad.check(nonfinite, "values", shown, "feature values must be finite")
     width = 1 + (int(lengths.max()) if n else 0)
+    # a row's keys fill its columns 1..length in order: the mask is a comparison, and the
+    # keys go in with one boolean assignment in row-major order (a scatter by (row, col)
+    # took 15x as long: 0.63 µs a row of 38 keys)
+    mask = np.empty((n, width), dtype=bool)
+    mask[:, 0] = True
+    np.less_equal(np.arange(1, width)[None, :], lengths[:, None], out=mask[:, 1:])
     keys = np.zeros((n, width), dtype=np.uint64)
-    mask = np.zeros((n, width), dtype=bool)
-    keys[:, 0], mask[:, 0] = BIAS_KEY, True
-    row = np.repeat(np.arange(n), lengths)
-    starts = np.cumsum(lengths) - lengths
-    col = 1 + np.arange(flat.size) - np.repeat(starts, lengths)
-    keys[row, col] = flat
-    mask[row, col] = True
+    keys[:, 0] = BIAS_KEY
+    keys[:, 1:][mask[:, 1:]] = flat
     if not has_values:
         return keys, mask, None
     values = np.ones((n, width), dtype=np.float32)
-    values[row, col] = vflat
+    values[:, 1:][mask[:, 1:]] = vflat
     return keys, mask, values
 
 

@@ -241,6 +241,27 @@ def test_raw_numeric_and_hashed_layout():
     assert b.occ_value.tolist() == [1.0, 1.0, 0.5, 2.0, 1.0, 3.0]
 
 
+def test_a_hashed_log_of_a_columns_logs_keys_gives_the_same_batch():
+    """The hashed layout holding the keys the columns layout computes (rows of different
+    lengths: missing cells; an empty row) decodes to the same occurrences, unique keys,
+    inverse and counts."""
+    t = _table(200, seed=4)
+    c = build_batch(t, _schema(t), "logistic", "fail", "f")
+    rows = [c.keys[i, 1:][c.mask[i, 1:]].tolist() for i in range(t.num_rows)]
+    rows[7] = []  # a row with no feature but the bias
+    keep = np.ones_like(c.mask)
+    keep[7, 1:] = False
+    h = pa.table({"label": t["label"], "keys": pa.array(rows, pa.list_(pa.uint64()))})
+    b = build_batch(h, _schema(h, layout="hashed"), "logistic", "fail", "f")
+    assert b.mask.sum(1).tolist() == (c.mask & keep).sum(1).tolist()
+    assert np.array_equal(b.keys[b.mask], c.keys[c.mask & keep])
+    flat = c.keys[c.mask & keep]
+    uniq, counts = np.unique(flat, return_counts=True)
+    assert np.array_equal(b.uniq, uniq) and np.array_equal(b.counts, counts)
+    assert np.array_equal(b.uniq[b.occ_uniq], flat)
+    assert np.array_equal(b.labels, c.labels)
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
