@@ -81,6 +81,8 @@ def _cmd_gen(args: argparse.Namespace) -> int:
     from psfm.datasets.gen import GenSpec, generate
 
     spec = GenSpec.small() if args.small else GenSpec()
+    if args.interaction != spec.interaction:
+        spec = dataclasses.replace(spec, interaction=args.interaction)
     t0 = time.perf_counter()
     paths = generate(
         args.out, days=args.days, rows_per_day=args.rows_per_day, seed=args.seed, spec=spec
@@ -284,6 +286,13 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--rows-per-day", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="10 fields, small vocabularies")
+    p.add_argument(
+        "--interaction",
+        choices=("prefix", "rank_aware"),
+        default="prefix",
+        help="the true model's pairs: one vector per value, cut to the smaller dim (prefix, "
+        "DiFacto's form) or a vector per value and dim (rank_aware, RaFM's form)",
+    )
     p.set_defaults(func=_cmd_gen)
 
     p = sub.add_parser(

@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -241,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             cases[name] = measure(root, models, args.rows, args.reps)
     res = {
-        "command": "python tools/bench_cardinality.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python tools/bench_cardinality.py "
+        + " ".join(
+            a for a in shlex.split(" ".join(argv or sys.argv[1:])) if a != args.data_dir
+        ).replace("--data-dir", "--data-dir DIR"),
         "machine": {k: v for k, v in machine_info().items() if k != "load_average"},
         "batch_rows": 4096,
         "models": models,

@@ -79,6 +79,10 @@ class FieldParams:
     alpha: float = 1.0
     scale: float = 1.0
     rank_of_bucket: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    # interaction = "rank_aware": per rank_dims entry D_p, a (head + 1, D_p) table (zero for
+    # ranks whose dim is below D_p) and its rows' squared norms
+    levels: tuple[np.ndarray, ...] = ()
+    level_sqnorm: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,6 +155,16 @@ def _build_field(
         if n_k:
             p = probs[:n_k]
             factors[:n_k, k] -= (p @ factors[:n_k, k]) / p.sum()
+    levels = []
+    if spec.interaction == "rank_aware":  # drawn after the prefix model's: its RNG unchanged
+        for d in spec.rank_dims:
+            t = np.zeros((head + 1, d), dtype=np.float64)
+            n_d = int(np.count_nonzero(dims >= d))  # the ranks of dim >= d (a rank prefix)
+            t[:n_d] = h * rng.standard_normal((n_d, d))
+            if n_d:
+                p = probs[:n_d]
+                t[:n_d] -= (p @ t[:n_d]) / p.sum()  # centred, as the prefix factors
+            levels.append(t.astype(np.float32))
     return FieldParams(
         name=name,
         numeric=numeric,
@@ -162,17 +176,27 @@ def _build_field(
         sqnorm=np.square(factors).sum(axis=1).astype(np.float32),
         dims=dims,
         probs=probs[:head],
+        levels=tuple(levels),
+        level_sqnorm=tuple(
+            np.square(t.astype(np.float64)).sum(axis=1).astype(np.float32) for t in levels
+        ),
         **extra,
     )
 
 
 def _scaled(fp: FieldParams, lin: float, fac: float) -> FieldParams:
+    def sq(t: np.ndarray) -> np.ndarray:
+        return np.square(t.astype(np.float64)).sum(axis=1).astype(np.float32)
+
     factors = fp.factors * np.float32(fac)
+    levels = tuple(t * np.float32(fac) for t in fp.levels)
     return dataclasses.replace(
         fp,
         linear=fp.linear * np.float32(lin),
         factors=factors,
-        sqnorm=np.square(factors.astype(np.float64)).sum(axis=1).astype(np.float32),
+        sqnorm=sq(factors),
+        levels=levels,
+        level_sqnorm=tuple(sq(t) for t in levels),
     )
 
 
@@ -243,6 +267,14 @@ def _block(model: TrueModel, rng: np.random.Generator, n: int, day: int, values:
     lin = np.zeros(n, dtype=np.float32)
     ssum = np.zeros((n, dmax), dtype=np.float32)
     qsum = np.zeros(n, dtype=np.float32)
+    aware = spec.interaction == "rank_aware"
+    dims_l = spec.rank_dims if aware else ()
+    # rank-aware: per level p, the sums over the row's values of dim >= D_p (A) and of dim
+    # > D_p (B) of their level-p vectors, with the sums of squared norms (QA, QB)
+    a_sum = [np.zeros((n, d), np.float32) for d in dims_l]
+    b_sum = [np.zeros((n, d), np.float32) for d in dims_l]
+    qa = [np.zeros(n, np.float32) for _ in dims_l]
+    qb = [np.zeros(n, np.float32) for _ in dims_l]
     num_cols: list[pa.Array] = []
     cat_cols: list[pa.Array] = []
     bucket_of_x = _bucket_of_x()
@@ -272,10 +304,21 @@ def _block(model: TrueModel, rng: np.random.Generator, n: int, day: int, values:
         if miss is not None:
             np.putmask(rank, miss, -1)  # -1 -> the trailing zero entry of every table
         lin += np.take(fp.linear, rank)
-        if fp.head:
+        if fp.head and not aware:
             fidx = np.minimum(rank, fp.head)
             ssum += np.take(fp.factors, fidx, axis=0)
             qsum += np.take(fp.sqnorm, fidx)
+        elif fp.head:
+            fidx = np.minimum(rank, fp.head)
+            dim_of = np.take(np.append(fp.dims, 0), fidx)  # missing and factorless: 0
+            for p, d in enumerate(dims_l):
+                v = np.take(fp.levels[p], fidx, axis=0)
+                q = np.take(fp.level_sqnorm[p], fidx)
+                a_sum[p] += v
+                qa[p] += q
+                above = dim_of > d
+                b_sum[p] += v * above[:, None]
+                qb[p] += q * above
         if not values:
             continue
         if fp.numeric:
@@ -287,9 +330,16 @@ def _block(model: TrueModel, rng: np.random.Generator, n: int, day: int, values:
                 moved &= rank >= fp.head
                 ids = np.where(moved, rank + fp.size * day, rank)
             cat_cols.append(_nullable(ids, miss, pa.int64()))
-    pair = np.einsum("ij,ij->i", ssum, ssum)
-    pair -= qsum
-    pair *= 0.5
+    if aware:  # pairs whose smaller dim is D_p: those among dim >= D_p, less those among > D_p
+        pair = np.zeros(n, np.float32)
+        for p in range(len(dims_l)):
+            pair += np.einsum("ij,ij->i", a_sum[p], a_sum[p]) - qa[p]
+            pair -= np.einsum("ij,ij->i", b_sum[p], b_sum[p]) - qb[p]
+        pair *= 0.5
+    else:
+        pair = np.einsum("ij,ij->i", ssum, ssum)
+        pair -= qsum
+        pair *= 0.5
     cols: list[pa.Array] = []
     if values:
         z = lin + np.float32(model.bias)

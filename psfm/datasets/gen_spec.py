@@ -61,7 +61,10 @@ class GenSpec:
     top-popularity values of each field have a dimension ``>= rank_dims[k]`` (non-increasing).
     Values ranked ``>= tier_counts[0]`` have no factors (linear only) and form the tail that
     ``drift`` acts on. ``vocab_sizes=None`` spreads the categorical vocabularies log-uniformly
-    between 10 and 10^6 (see :meth:`vocab`).
+    between 10 and 10^6 (see :meth:`vocab`). ``interaction``: ``"prefix"`` (a pair interacts
+    through the first ``min(dim_f, dim_g)`` coordinates of one vector per value: DiFacto's
+    form) or ``"rank_aware"`` (through a separate vector per value and dimension, the one of
+    dimension ``min(dim_f, dim_g)``: RaFM's form; :mod:`psfm.datasets.gen`).
     """
 
     n_numeric: int = 13
@@ -75,6 +78,7 @@ class GenSpec:
     drift: float = 0.05
     rank_dims: tuple[int, ...] = (1, 2, 4, 8)
     tier_counts: tuple[int, ...] = (1000, 200, 50, 10)
+    interaction: str = "prefix"
 
     def __post_init__(self) -> None:
         for name in ("vocab_sizes", "rank_dims", "tier_counts"):
@@ -101,6 +105,8 @@ class GenSpec:
                 f"None or a tuple of n_categorical={self.n_categorical} ints in [1, {_MAX_VOCAB}]",
                 vs,
             )
+        if self.interaction not in ("prefix", "rank_aware"):
+            raise _bad("interaction", "'prefix' or 'rank_aware'", self.interaction)
         if not _is_real(self.zipf_s) or not self.zipf_s > 1.0:
             raise _bad("zipf_s", "a float > 1", self.zipf_s)
         if not _is_real(self.base_ctr) or not 0.0 < self.base_ctr < 1.0:

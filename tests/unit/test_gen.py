@@ -116,6 +116,40 @@ def test_true_model_is_shared_by_all_days_and_matches_p_true() -> None:
         np.testing.assert_allclose(pair2, pair, atol=1e-4)
 
 
+def test_rank_aware_truth_uses_the_vector_of_the_pairs_smaller_dim() -> None:
+    """interaction = "rank_aware": recompute the pairwise term with an explicit loop over field
+    pairs, each pair through its values' own vectors of dimension min(dim_f, dim_g)."""
+    spec = dataclasses.replace(SMALL, interaction="rank_aware")
+    model = true_model(spec, seed=3)
+    _, pair, _ = logit_terms(spec, 2, 2_000, 3)
+    t = generate_day(spec, day=2, rows=2_000, seed=3)
+    vocab = spec.vocab()
+    ranks = []
+    for fp in model.fields:
+        col = t.column(fp.name)
+        miss = col.is_null().to_numpy(zero_copy_only=False)
+        vals = col.fill_null(0).to_numpy()
+        if fp.numeric:
+            rank = fp.rank_of_bucket[criteo_bucket(vals)]
+        else:
+            rank = vals % vocab[int(fp.name[1:]) - 1]
+        ranks.append(np.where(miss, -1, rank))
+    want = np.zeros(t.num_rows)
+    for i, fi in enumerate(model.fields):
+        for j in range(i + 1, len(model.fields)):
+            fj = model.fields[j]
+            for r in range(t.num_rows):
+                a, b = ranks[i][r], ranks[j][r]
+                if not (0 <= a < fi.head and 0 <= b < fj.head):
+                    continue
+                d = min(fi.dims[a], fj.dims[b])
+                p = spec.rank_dims.index(d)
+                want[r] += float(fi.levels[p][a].astype(np.float64) @ fj.levels[p][b])
+    np.testing.assert_allclose(pair, want, atol=2e-4)
+    assert 0.3 < pair.var() / (pair.var() + logit_terms(spec, 2, 2_000, 3)[0].var()) < 0.8
+    assert all(not f.levels for f in true_model(SMALL, seed=3).fields)  # prefix: none drawn
+
+
 # ------------------------------------------------------------------------------ schema, stats
 
 
@@ -299,6 +333,7 @@ def test_frequent_values_get_higher_rank_factors() -> None:
         ("tier_counts", (10, 5)),
         ("interaction_scale", -1.0),
         ("linear_scale", float("nan")),
+        ("interaction", "rafm"),
     ],
 )
 def test_spec_validation(param: str, value: object) -> None:
