@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 from typing import Any
 
@@ -49,6 +50,10 @@ class RunDir:
     def __init__(self, path: str) -> None:
         self.path = str(path)
         self._metrics: list[str] = []
+        if "://" not in self.path and not os.path.exists(self.path):
+            # a new local run directory is its owner's alone (checkpoints are the model);
+            # one that exists keeps the permissions its owner gave it
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def file(self, *parts: str) -> str:
         return posixpath.join(self.path, *parts)

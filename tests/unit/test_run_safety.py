@@ -60,6 +60,17 @@ def test_a_new_run_refuses_a_directory_that_holds_a_run_and_keeps_it(data, full,
     assert json.loads((run / "report.json").read_text())["model"]["kind"] == "fm"
 
 
+def test_a_new_run_directory_is_its_owners_alone(data, full, tmp_path):
+    import stat
+
+    assert stat.S_IMODE(full[0].stat().st_mode) == 0o700
+    mine = tmp_path / "shared"
+    mine.mkdir(mode=0o755)
+    mine.chmod(0o755)
+    _train(data, *LR, "train.passes=1", run_dir=mine)
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o755  # made by its owner: left as it is
+
+
 def test_resume_uses_the_directory_given_not_the_stored_one(data, full, tmp_path):
     src, rep = full
     copy = tmp_path / "copy"
