@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -33,11 +32,10 @@ import pytest
 
 from psfm.datasets.gen import GenSpec, generate
 from psfm.export import restore_model
+from tests.integration.local_cluster import SCRIPT, cluster_env, local_cluster
 
 pytestmark = pytest.mark.faults
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "cluster" / "local_cluster.sh"
 DEADLINE_S = 240  # a case that has not ended by then hangs: it fails
 NTH_UNIT = 3  # the kill comes as the phase's 3rd unit (of 10 a day) is handed out
 
@@ -95,37 +93,14 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("cluster")
-    start = subprocess.run(
-        [str(SCRIPT), "start", "--workers", "3", "--dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert start.returncode == 0, start.stderr[-3000:]
-    try:
+    with local_cluster(state, workers=3):
         yield _Cluster(state)
-    finally:
-        subprocess.run([str(SCRIPT), "stop", "--dir", str(state)], capture_output=True, timeout=120)
 
 
 class _Cluster:
     def __init__(self, state: Path) -> None:
         self.state = state
-        out = subprocess.run(
-            [str(SCRIPT), "env", "--dir", str(state)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        for line in out.splitlines():
-            if line.startswith("export "):
-                k, _, v = line[len("export ") :].partition("=")
-                self.env[k] = shlex.split(v)[0] if v else ""
-            elif line.startswith("unset "):
-                for k in line.split()[1:]:
-                    self.env.pop(k, None)
+        self.env = cluster_env(state)
         self.address = self.env.pop("RAY_ADDRESS")
 
     def raylets(self) -> set[int]:

@@ -5,46 +5,17 @@ report beats the best possible logistic regression of the generator's true model
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import subprocess
-from pathlib import Path
 
 from psfm.datasets.gen import GenSpec, generate
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "cluster" / "local_cluster.sh"
-
-
-def _env_from_script(state: Path) -> dict[str, str]:
-    out = subprocess.run(
-        [str(SCRIPT), "env", "--dir", str(state)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    env = dict(os.environ)
-    for line in out.splitlines():
-        if line.startswith("export "):
-            k, _, v = line[len("export ") :].partition("=")
-            env[k] = shlex.split(v)[0] if v else ""
-    return env
+from tests.integration.local_cluster import REPO, local_cluster
 
 
 def test_ray_job_submit_trains_on_a_head_and_two_worker_nodes(tmp_path):
     data, run, state = tmp_path / "logs", tmp_path / "run", tmp_path / "cluster"
     generate(data, days=3, rows_per_day=50_000, spec=GenSpec.small(), seed=11)
     gen = json.loads((data / "_gen.json").read_text())
-    start = subprocess.run(
-        [str(SCRIPT), "start", "--workers", "2", "--dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert start.returncode == 0, start.stderr[-3000:]
-    try:
-        env = _env_from_script(state)
+    with local_cluster(state, workers=2) as env:
         cmd = [
             "ray",
             "job",
@@ -74,8 +45,6 @@ def test_ray_job_submit_trains_on_a_head_and_two_worker_nodes(tmp_path):
         assert job.returncode == 0, out[-4000:]
         assert "succeeded" in out.lower(), out[-4000:]
         assert "test AUC" in out
-    finally:
-        subprocess.run([str(SCRIPT), "stop", "--dir", str(state)], capture_output=True, timeout=120)
     report = json.loads((run / "report.json").read_text())
     floor = gen["per_day"][-1]["linear_auc"] + 0.05  # better than any LR on the true model
     assert report["test"]["auc"] > floor, (report["test"]["auc"], floor)

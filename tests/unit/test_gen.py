@@ -77,6 +77,19 @@ def test_day_alone_equals_day_of_multi_day_run(tmp_path: Path) -> None:
     assert [md0.row_group(i).num_rows for i in range(md0.num_row_groups)] == [10_000] * 3
 
 
+def _ranks(fp, t: pa.Table, vocab: tuple[int, ...]) -> np.ndarray:
+    """The popularity ranks of field ``fp``'s written values (-1: missing): ids map back to
+    ranks (id mod vocab), numeric counts through the Criteo bucket."""
+    col = t.column(fp.name)
+    miss = col.is_null().to_numpy(zero_copy_only=False)
+    vals = col.fill_null(0).to_numpy()
+    if fp.numeric:
+        rank = fp.rank_of_bucket[criteo_bucket(vals)]
+    else:
+        rank = vals % vocab[int(fp.name[1:]) - 1]
+    return np.where(miss, -1, rank)
+
+
 def test_true_model_is_shared_by_all_days_and_matches_p_true() -> None:
     """Recompute p_true from the written columns with the explicit prefix-interaction formula
     (a loop over field pairs): ids map back to ranks (id mod vocab), numeric counts through the
@@ -89,14 +102,8 @@ def test_true_model_is_shared_by_all_days_and_matches_p_true() -> None:
         lin = np.zeros(n)
         vecs, dims = [], []
         for fp in model.fields:
-            col = t.column(fp.name)
-            miss = col.is_null().to_numpy(zero_copy_only=False)
-            vals = col.fill_null(0).to_numpy()
-            if fp.numeric:
-                rank = fp.rank_of_bucket[criteo_bucket(vals)]
-            else:
-                rank = vals % vocab[int(fp.name[1:]) - 1]
-            rank = np.where(miss, -1, rank)
+            rank = _ranks(fp, t, vocab)
+            miss = rank < 0
             lin += np.where(miss, 0.0, fp.linear[rank])
             has = (rank >= 0) & (rank < fp.head)
             r = np.where(has, rank, 0)
@@ -124,16 +131,7 @@ def test_rank_aware_truth_uses_the_vector_of_the_pairs_smaller_dim() -> None:
     _, pair, _ = logit_terms(spec, 2, 2_000, 3)
     t = generate_day(spec, day=2, rows=2_000, seed=3)
     vocab = spec.vocab()
-    ranks = []
-    for fp in model.fields:
-        col = t.column(fp.name)
-        miss = col.is_null().to_numpy(zero_copy_only=False)
-        vals = col.fill_null(0).to_numpy()
-        if fp.numeric:
-            rank = fp.rank_of_bucket[criteo_bucket(vals)]
-        else:
-            rank = vals % vocab[int(fp.name[1:]) - 1]
-        ranks.append(np.where(miss, -1, rank))
+    ranks = [_ranks(fp, t, vocab) for fp in model.fields]
     want = np.zeros(t.num_rows)
     for i, fi in enumerate(model.fields):
         for j in range(i + 1, len(model.fields)):
