@@ -405,6 +405,9 @@ def end_to_end(root: str, reps: int = 1) -> dict[str, Any]:
                 out[name][key] = rep["train"]["samples_per_s"]
                 out[name][f"{key}_bytes_per_sample"] = rep["train"]["bytes_per_sample"]
                 out[name][f"{key}_auc"] = rep["test"]["auc"]
+                out[name][f"{key}_cpu_us"] = {
+                    who: rep["train"].get(f"{who}_cpu_us_per_sample") for who in ("worker", "shard")
+                }
                 out[name][f"{key}_runs"] = [r["train"]["samples_per_s"] for r in runs]
         out["defaults"] = {}
         for name in (FM, RAFM):
@@ -479,7 +482,10 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
                 ray.get(actor.__ray_call__.remote(lambda self: 0))
 
         calls()  # warm: the shared-memory file has grown to its size
+        moved = client.bytes_pulled + client.bytes_pushed
         out[transport] = timed(actor, calls)
+        moved = client.bytes_pulled + client.bytes_pushed - moved
+        out["call_bytes"] = moved / (reps * (len(batches) - 1))  # pulled + pushed, a call
         if transport == "ray":
             out["bare"] = timed(actor, bare)
             nbytes = [g.nbytes for g in grads]
@@ -496,6 +502,53 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
             shard.push_pull(grads[t], batches[t + 1].uniq, True)
         work.append(1e3 * (time.process_time() - t0) / (len(batches) - 1))
     out["shard_work_ms"] = statistics.median(work)
+    return out
+
+
+SIZING_GRID = ((4, 1), (8, 2), (16, 4), (32, 8), (64, 16), (128, 32))
+SIZING_NODE = {"node_cpus": 16, "link_gbps": 10.0}
+CHECK_JSON = Path(__file__).resolve().parents[1] / "tools" / "scaling_check.json"
+
+
+def sizing(e2e: dict[str, Any]) -> dict[str, Any]:
+    """:mod:`psfm.sizing`'s samples/s for ``SIZING_GRID`` (workers, shards) on nodes of
+    ``SIZING_NODE``, from each model's Ray 1 + 1 run (its workers' and shard's CPU per
+    sample, bytes per sample) and the measured extra cost of a message between nodes; and
+    the last local-cluster check (``tools/scaling_check.py``), when there is one."""
+    from psfm.sizing import Costs, layouts, predict
+
+    m = e2e["messages"]
+    call = m["call_bytes"]
+    remote = {
+        f"remote_{side}_ns_per_byte": max(
+            0.0, (m["ray"][f"{who}_cpu_ms"] - m["auto"][f"{who}_cpu_ms"]) * 1e6 / call
+        )
+        for side, who in (("worker", "caller"), ("shard", "shard"))
+    }
+    out: dict[str, Any] = {"node": SIZING_NODE, "remote": remote, "models": {}}
+    for name in MODELS:
+        cpu = e2e[name].get("ray_1x1_cpu_us") or {}
+        if cpu.get("worker") is None or cpu.get("shard") is None:
+            continue
+        costs = Costs(cpu["worker"], cpu["shard"], e2e[name]["ray_1x1_bytes_per_sample"], **remote)
+        rows = []
+        for w, s in SIZING_GRID:
+            for separate in (False, True):
+                lay = layouts(w, s, SIZING_NODE["node_cpus"], separate, SIZING_NODE["link_gbps"])
+                p = predict(costs, lay)
+                rows.append(
+                    {
+                        "workers": w,
+                        "shards": s,
+                        "separate": separate,
+                        "nodes": lay.worker_nodes + lay.shard_nodes,
+                        "samples_per_s": p.samples_per_s,
+                        "bound": p.bound,
+                    }
+                )
+        out["models"][name] = {"costs": asdict(costs), "rows": rows}
+    if CHECK_JSON.exists():
+        out["check"] = json.loads(CHECK_JSON.read_text())
     return out
 
 
@@ -861,6 +914,7 @@ def run_bench(sz: Sizes, data_dir: str | None = None, command: str = "") -> dict
         res["batch_scaling"] = batch_scaling(root, sz)
         res["end_to_end"] = end_to_end(root, sz.e2e_reps)
     res["memory"] = ps_memory(res["end_to_end"])
+    res["sizing"] = sizing(res["end_to_end"])
     res["targets"] = targets(res)
     res["machine"]["load_end"] = list(os.getloadavg())
     res["seconds"] = time.perf_counter() - t0
@@ -1184,6 +1238,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         "two cores. The rest is parsing and hashing, the unique sort, FTRL arithmetic, "
         "the hash-table probes and Ray's messages (sections 1 and 2).\n",
     ]
+    md += sizing_markdown(res)
     md.append("## 7. GPU\n")
     if "gpu" in res:
         rows = [[n, f"{res['gpu'][n]:.3f}", f"{us[n]['forward/backward']:.3f}"] for n in names]
@@ -1202,6 +1257,76 @@ def render_markdown(res: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(md)
+
+
+def sizing_markdown(res: dict[str, Any]) -> list[str]:
+    """Section 6b: the sizing model's predictions and the local-cluster check."""
+    sz = res.get("sizing") or {}
+    if not sz.get("models"):
+        return []
+    node, rem = sz["node"], sz["remote"]
+    names = list(sz["models"])
+    md = [
+        "\n## 6b. Sizing a cluster (`psfm.sizing`, `psfm sizing RUN_DIR`)\n",
+        "Predicted samples/s on nodes of "
+        f"{node['node_cpus']} cores and {node['link_gbps']:g} Gb/s, one core an actor, from "
+        "each model's Ray 1 shard + 1 worker run of section 2 (batch 4096, one step a "
+        "message): its workers' and shard's CPU per sample and its bytes per sample, plus "
+        f"the extra CPU of a message between nodes ({rem['remote_worker_ns_per_byte']:.2f} ns "
+        f"a byte on the worker, {rem['remote_shard_ns_per_byte']:.2f} on the shard: section "
+        "2's message cost, Ray's messages minus shared memory). *packed*: shards on the "
+        "workers' nodes; *own nodes*: shards on nodes of their own. The bound named is the "
+        "tightest (module `psfm.sizing`).\n",
+    ]
+    rows = []
+    grid = [(r["workers"], r["shards"], r["separate"]) for r in sz["models"][names[0]]["rows"]]
+    for i, (w, s, sep) in enumerate(grid):
+        cells = [str(w), str(s), "own nodes" if sep else "packed"]
+        cells.append(str(sz["models"][names[0]]["rows"][i]["nodes"]))
+        for n in names:
+            r = sz["models"][n]["rows"][i]
+            cells.append(f"{r['samples_per_s']:,.0f} ({r['bound']})")
+        rows.append(cells)
+    md.append(_table(["workers", "shards", "shards on", "nodes", *names], rows))
+    chk = sz.get("check")
+    if chk:
+        md.append(
+            "\nChecked on the local multi-node cluster (`cluster/local_cluster.sh`, a node "
+            "per actor, every message between nodes, all nodes sharing this machine's "
+            f"{chk['machine']['cpus']} cores) by `{chk['command']}` ({chk['date']}): "
+            "calibrated on the embedded Ray with 1 shard + 1 worker (second training day), "
+            "then 1 shard + N workers; samples/s of the second training day, median of "
+            "the runs:\n"
+        )
+        rows = []
+        for model, m in chk["models"].items():
+            for r in m["runs"]:
+                rows.append(
+                    [
+                        model,
+                        r["workers"],
+                        f"{r['measured']:,.0f}",
+                        f"{r['predicted']:,.0f}",
+                        f"{100 * r['error']:+.1f}%",
+                        r["bound"],
+                        f"{r['measured_machine_us']:.2f}",
+                    ]
+                )
+        md.append(
+            _table(
+                [
+                    "model",
+                    "workers",
+                    "measured",
+                    "predicted",
+                    "error",
+                    "bound",
+                    "machine CPU µs/sample",
+                ],
+                rows,
+            )
+        )
+    return md + [""]
 
 
 def _options(p: argparse.ArgumentParser) -> None:

@@ -27,7 +27,9 @@ class UnitReport:
     ``acc_state`` / ``acc_low_state``: :meth:`MetricAccumulator.state` of the unit's
     predictions (progressive when training) and of the RaFM-low output ``b + Σ w x + B_{1,1}``;
     None where not measured. ``predictions``: (3, rows) = (probs, probs_low, labels), only
-    when the caller asked for them (the exact test AUC)."""
+    when the caller asked for them (the exact test AUC). ``cpu_seconds``: CPU time of the
+    process that ran the unit, all its threads, while it ran (a Ray worker: its own; in
+    process: the whole process, shards included)."""
 
     unit: str
     rows: int
@@ -40,6 +42,7 @@ class UnitReport:
     bytes_pushed: int = 0
     predictions: np.ndarray | None = None
     cached: bool = False  # replayed from the worker's pass cache, not read from the file
+    cpu_seconds: float = 0.0
 
 
 OnUnit = Callable[[UnitReport], None]
@@ -107,3 +110,9 @@ class Backend(Protocol):
     def snapshot(self) -> States: ...
 
     def stats(self) -> ShardStats: ...
+
+    def train_cpu(self) -> float | None:
+        """CPU seconds the shard processes spent during :meth:`train` calls so far, summed
+        over shards (what sizing a cluster needs: :mod:`psfm.sizing`); None where the shards
+        share the workers' process (their time is in the units' ``cpu_seconds``)."""
+        ...

@@ -337,6 +337,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
     _study.add_cli(sub)  # psfm study --config STUDY.toml --out DIR | psfm study report DIR
 
+    from psfm import sizing as _sizing  # numbers only: no heavy import
+
+    _sizing.add_cli(sub)  # psfm sizing RUN_DIR --workers 1,2,4 --shards 1,2
+
     p = sub.add_parser(
         "bench",
         help="run the benchmark suite (benchmarks/bench.py of a source checkout)",

@@ -8,6 +8,7 @@ the Ray worker actor calls it too, so both backends report a unit the same way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +52,7 @@ def report_unit(
     """Train on (or score) ``unit`` with ``worker`` against ``client``; the unit's metrics,
     bytes and (when kept) predictions as one :class:`UnitReport`."""
     acc, acc_low = MetricAccumulator(), MetricAccumulator()
-    p0, q0 = client.bytes_pulled, client.bytes_pushed
+    p0, q0, cpu0 = client.bytes_pulled, client.bytes_pushed, time.process_time()
     res = worker.run_unit(
         unit, client, train, acc, acc_low, keep_predictions, pipeline=pipeline, reuse=reuse
     )
@@ -67,6 +68,7 @@ def report_unit(
         bytes_pushed=client.bytes_pushed - q0,
         predictions=np.concatenate(res.predictions, axis=1) if res.predictions else None,
         cached=res.cached,
+        cpu_seconds=time.process_time() - cpu0,
     )
 
 
@@ -160,3 +162,6 @@ class LocalBackend:
 
     def stats(self) -> ShardStats:
         return self._pair()[1].stats()
+
+    def train_cpu(self) -> float | None:
+        return None

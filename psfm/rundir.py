@@ -214,10 +214,24 @@ def build_report(
             "passes": passes,
             "best_pass": passes if best_pass is None else best_pass,
             "early_stopped": early_stopped,
+            **cpu_per_sample(per_day),
         },
         "valid": list(valid or []),
         "config": to_dict(cfg),
     }
+
+
+def cpu_per_sample(per_day: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The training days' CPU µs per sample of the workers, the shards and the driver (None
+    when not measured: in process the shards' and the driver's time is in the workers'), over
+    the days that recorded it: what :mod:`psfm.sizing` scales a cluster from."""
+    out: dict[str, float | None] = {}
+    for who in ("worker", "shard", "driver"):
+        days = [d for d in per_day if d.get(f"{who}_cpu_seconds") is not None]
+        rows = sum(d["rows"] for d in days)
+        cpu = sum(d[f"{who}_cpu_seconds"] for d in days)
+        out[f"{who}_cpu_us_per_sample"] = cpu * 1e6 / rows if rows else None
+    return out
 
 
 def summary(report: dict[str, Any]) -> str:

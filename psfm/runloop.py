@@ -513,11 +513,12 @@ class _Run:
         start = prog.units_done
         what = f"day {day}" + (f" of pass {step.pass_no}" if step.pass_no > 1 else "")
         tally = Tally(what, sum(u.rows for u in units[start:]), self.cfg.train.log_every_s, True)
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         first = step.seq == 0 and not self.warm_from and start == 0
         warmup = self.cfg.ps.warmup_units if first else 0
         reuse = step.pass_no < self.cfg.train.passes
         every = self.cfg.train.checkpoint_every_rows if self.run else 0
+        shard_cpu0, driver_cpu0 = backend.train_cpu(), time.process_time()
         for lo, hi in unit_groups([u.rows for u in units], start, every):
             backend.train(units[lo:hi], warmup, tally.add, reuse=reuse)
             warmup = 0
@@ -534,6 +535,13 @@ class _Run:
             time.perf_counter() - t0,
             cached_rows=tally.cached_rows,
         )
+        # CPU per sample of the workers and of the shards: what psfm.sizing scales from
+        shard_cpu = backend.train_cpu()
+        rec["started"] = started  # Unix time: lines the day up with outside measurements
+        rec["worker_cpu_seconds"] = tally.cpu
+        rec["shard_cpu_seconds"] = None if shard_cpu is None else shard_cpu - (shard_cpu0 or 0.0)
+        # this process's (None in process: it is the worker's, already counted)
+        rec["driver_cpu_seconds"] = None if shard_cpu is None else time.process_time() - driver_cpu0
         if start:
             rec["resumed_at_unit"] = start  # the rows and metrics are those after it
         kept = backend.end_day(self.day_base + step.seq + 1)

@@ -33,6 +33,7 @@ class Tally:
             what, total_rows, every_s, "samples", self._metrics if show_metrics else None
         )
         self.rows = self.skipped = self.bytes = self.cached_rows = 0
+        self.cpu = 0.0  # the units' CPU seconds (UnitReport.cpu_seconds)
         self.acc, self.acc_low = MetricAccumulator(), MetricAccumulator()
         self.predictions: list[np.ndarray] = []
 
@@ -40,6 +41,7 @@ class Tally:
         self.skipped += r.skipped
         self.bytes += r.bytes_pulled + r.bytes_pushed
         self.cached_rows += r.rows if r.cached else 0
+        self.cpu += r.cpu_seconds
         if r.acc_state is not None:
             self.acc.merge(MetricAccumulator.from_state(r.acc_state))
         if r.acc_low_state is not None:

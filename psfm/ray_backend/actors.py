@@ -105,6 +105,7 @@ class WorkerRunner:
             "loss": 0.0,
             "p0": self.client.bytes_pulled,
             "q0": self.client.bytes_pushed,
+            "cpu0": time.process_time(),
         }
 
     def sync_step(self) -> bool:
@@ -134,6 +135,7 @@ class WorkerRunner:
             acc_state=st["acc"].state(),
             bytes_pulled=self.client.bytes_pulled - st["p0"],
             bytes_pushed=self.client.bytes_pushed - st["q0"],
+            cpu_seconds=time.process_time() - st["cpu0"],
         )
 
     def ping(self) -> int:

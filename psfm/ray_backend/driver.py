@@ -477,6 +477,7 @@ class RayBackend:
         self.cluster: RayCluster | None = None
         self.run = run_tag(cfg.train.run_dir) or new_run_tag()
         self.metrics: RunMetrics | None = None
+        self._train_cpu = 0.0  # the shards' CPU seconds in train() calls, over restarts
 
     def start(self) -> None:
         connect_for([self.cfg], self.address)
@@ -552,16 +553,19 @@ class RayBackend:
             on_unit(r)
             gauges.train_unit(r)
 
+        cpu0 = sum(c.on_shards("cpu_seconds"))
         if self.cfg.ps.mode == "sync" and len(c.workers) > 1:
             for u in units:
                 for r in c.sync_unit(u, reuse):
                     heard(r)
-            return
-        units = list(units)
-        w = min(warmup, len(units) - 1) if len(c.workers) > 1 else 0
-        if w > 0:
-            c.dispatch(units[:w], "run_unit", (True, False, reuse), heard)
-        c.dispatch(split_tail(units[w:], len(c.workers)), "run_unit", (True, False, reuse), heard)
+        else:
+            units = list(units)
+            w = min(warmup, len(units) - 1) if len(c.workers) > 1 else 0
+            if w > 0:
+                c.dispatch(units[:w], "run_unit", (True, False, reuse), heard)
+            tail = split_tail(units[w:], len(c.workers))
+            c.dispatch(tail, "run_unit", (True, False, reuse), heard)
+        self._train_cpu += sum(c.on_shards("cpu_seconds")) - cpu0
 
     def evaluate(
         self,
@@ -605,6 +609,9 @@ class RayBackend:
         directory keeps the best pass's model in memory this way; with one, it stays in the
         checkpoint the shards wrote)."""
         return self._live().on_shards("snapshot")
+
+    def train_cpu(self) -> float | None:
+        return self._train_cpu
 
     def stats(self) -> ShardStats:
         return ShardStats.merge(self._live().on_shards("stats"))

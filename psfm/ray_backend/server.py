@@ -15,6 +15,7 @@ A plain class: it imports no Ray (the unit tests call it in-process).
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -151,6 +152,10 @@ class ShardServer:
 
     def end_day(self, day: int) -> dict[str, int]:
         return self.shard.end_day(day)
+
+    def cpu_seconds(self) -> float:
+        """This process's CPU time so far, all threads."""
+        return time.process_time()
 
     def snapshot(self) -> dict[str, np.ndarray]:
         return self.shard.snapshot()

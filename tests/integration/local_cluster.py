@@ -36,11 +36,12 @@ def cluster_env(state: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_cluster(state: Path, workers: int) -> Iterator[dict[str, str]]:
-    """A running head + ``workers`` worker nodes with their state in ``state``; yields
-    :func:`cluster_env`; stopped on the way out."""
+def local_cluster(state: Path, workers: int, cpus_per_node: int = 2) -> Iterator[dict[str, str]]:
+    """A running head + ``workers`` worker nodes of ``cpus_per_node`` CPUs with their state in
+    ``state``; yields :func:`cluster_env`; stopped on the way out."""
     start = subprocess.run(
-        [str(SCRIPT), "start", "--workers", str(workers), "--dir", str(state)],
+        [str(SCRIPT), "start", "--workers", str(workers), "--dir", str(state)]
+        + ["--cpus-per-node", str(cpus_per_node)],
         capture_output=True,
         text=True,
         timeout=180,

@@ -26,6 +26,7 @@ def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_p
         "## 4. Parameter-server bytes",
         "## 5. Scaling",
         "## 6. Memory-bandwidth ceiling",
+        "## 6b. Sizing a cluster",
         "## Targets",
     ):
         assert head in md, head
@@ -42,5 +43,12 @@ def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_p
     # the shared-memory link takes the payload off Ray: the caller's CPU per call drops
     assert msg["auto"]["caller_cpu_ms"] < msg["ray"]["caller_cpu_ms"]
     assert msg["bare"]["caller_cpu_ms"] < msg["auto"]["caller_cpu_ms"]
+    # the sizing model, from each model's 1 + 1 run: no shape is predicted faster than its
+    # workers' measured CPU allows
+    for name in ("LR", "FM(8)", "RaFM({1,2,4,8})"):
+        costs = res["sizing"]["models"][name]["costs"]
+        assert costs["worker_us"] > 0 and costs["shard_us"] > 0, name
+        rows = [r for r in res["sizing"]["models"][name]["rows"] if not r["separate"]]
+        assert all(r["samples_per_s"] <= r["workers"] * 1e6 / costs["worker_us"] for r in rows)
     assert {t["result"] for t in res["targets"]} <= {"PASS", "FAIL", "n/a"}
     assert len(res["targets"]) == 11

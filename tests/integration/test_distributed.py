@@ -101,6 +101,17 @@ def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tm
 
     run = tmp_path / "run"
     rep = _train(data, run, "ps.shards=2", "train.workers=2")
+    # the CPU psfm.sizing scales from, per day: both kinds of actor measured, and no more
+    # than this machine's cores could give in the day's seconds
+    days = rep["train"]["per_day"]
+    for d in days:
+        assert d["worker_cpu_seconds"] > 0 and d["shard_cpu_seconds"] > 0, d
+        assert d["driver_cpu_seconds"] > 0, d
+        spent = d["worker_cpu_seconds"] + d["shard_cpu_seconds"] + d["driver_cpu_seconds"]
+        assert spent <= (os.cpu_count() or 1) * d["seconds"] * 1.02 + 0.05, d
+    worker_us = 1e6 * sum(d["worker_cpu_seconds"] for d in days) / rep["train"]["rows"]
+    assert rep["train"]["worker_cpu_us_per_sample"] == pytest.approx(worker_us)
+    assert rep["train"]["shard_cpu_us_per_sample"] > 0
     ckpt_keys = restore_model(str(run))[1]["keys"].size
     assert rep["model"]["keys"] == ckpt_keys  # the test pass ran after the checkpoint
     model = tmp_path / "model.parquet"

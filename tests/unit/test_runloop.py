@@ -133,6 +133,9 @@ class ScriptedBackend:
         self.calls.append(("restore", int(states[0]["rows"][0])))
         self.rows = int(states[0]["rows"][0])
 
+    def train_cpu(self):
+        return None
+
     def stats(self):
         return ShardStats(
             keys=7,
@@ -192,6 +195,9 @@ def test_report_metrics_lines_and_checkpoints(data, tmp_path):
         "passes",
         "best_pass",
         "early_stopped",
+        "worker_cpu_us_per_sample",
+        "shard_cpu_us_per_sample",
+        "driver_cpu_us_per_sample",
     } == set(rep["train"])
     assert rep["valid"] == [] and rep["train"]["passes"] == rep["train"]["best_pass"] == 1
     assert rep["model"]["nonzero_params"] == 14 and rep["train"]["bytes_per_sample"] > 0
