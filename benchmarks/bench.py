@@ -1294,16 +1294,16 @@ def sizing_markdown(res: dict[str, Any]) -> list[str]:
             "\nChecked on the local multi-node cluster (`cluster/local_cluster.sh`, a node "
             "per actor, every message between nodes, all nodes sharing this machine's "
             f"{chk['machine']['cpus']} cores) by `{chk['command']}` ({chk['date']}): "
-            "calibrated on the embedded Ray with 1 shard + 1 worker (second training day), "
-            "then 1 shard + N workers; samples/s of the second training day, median of "
-            "the runs:\n"
+            "in each of its rounds, calibrated on the embedded Ray with 1 shard + 1 worker "
+            "(a one-machine probe run), then 1 shard + N workers on the cluster; samples/s "
+            "of the second training day (the defaults), medians over the rounds:\n"
         )
         rows = []
         for model, m in chk["models"].items():
             for r in m["runs"]:
                 rows.append(
                     [
-                        model,
+                        {"fm": FM, "lr": "LR"}.get(model, model),
                         r["workers"],
                         f"{r['measured']:,.0f}",
                         f"{r['predicted']:,.0f}",
@@ -1339,11 +1339,21 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-md", default="BENCHMARKS.md", help="markdown report")
     p.add_argument("--out-json", default="bench.json", help="the same numbers as JSON")
     p.add_argument("--data-dir", help="where the temporary data goes (default: system temp)")
+    p.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: write the markdown of a saved bench.json again, its derived "
+        "sections (the sizing model) recomputed from its measurements",
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    command = shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
-    res = run_bench(sizes(args.quick, args.rows), args.data_dir, command)
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        res["sizing"] = sizing(res["end_to_end"])
+    else:
+        command = shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
+        res = run_bench(sizes(args.quick, args.rows), args.data_dir, command)
     md = render_markdown(res)
     for out in (args.out_md, args.out_json):
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ moves between them (``train.bytes_per_sample``). Those three numbers and the clu
 bound the samples per second:
 
 - a worker is one process on one core: ``workers / worker_us`` samples/µs;
-- a shard applies one message at a time: ``shards / shard_us``;
+- a shard applies one message at a time: ``shards / shard_us`` ("shards' CPU");
 - a node's cores are shared by the actors on it, and on one machine (``machine_cpus``: a
   local multi-node cluster) by every actor of the run;
 - a node's link carries its actors' messages to other nodes, the larger direction (pushes,
@@ -120,7 +120,7 @@ def predict(c: Costs, lay: Layout) -> Prediction:
     s = c.shard_us + remote_bytes * c.remote_shard_ns_per_byte / 1e3
     b: dict[str, float] = {
         "workers' CPU": lay.workers * 1e6 / w,
-        "shards (one message at a time each)": lay.shards * 1e6 / s,
+        "shards' CPU": lay.shards * 1e6 / s,
     }
     wpn = math.ceil(lay.workers / lay.worker_nodes)  # workers on the busiest node
     spn = 0 if lay.shard_nodes else math.ceil(lay.shards / lay.worker_nodes)

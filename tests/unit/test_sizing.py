@@ -26,18 +26,18 @@ def test_messages_between_nodes_add_their_cpu_per_byte_on_both_sides():
     p = predict(C, Layout(1, 1, shard_nodes=1))
     assert p.remote_share == 1.0
     assert p.bounds["workers' CPU"] == pytest.approx(1e6 / (8.0 + 0.8))
-    assert p.bounds["shards (one message at a time each)"] == pytest.approx(1e6 / (2.0 + 0.4))
+    assert p.bounds["shards' CPU"] == pytest.approx(1e6 / (2.0 + 0.4))
 
 
 def test_workers_scale_until_the_shards_bind_and_more_shards_lift_it():
     packed = [predict(C, layouts(w, 1, 16, False, 100.0)) for w in (1, 2, 4, 8, 16)]
     rates = [p.samples_per_s for p in packed]
     assert rates[:4] == sorted(rates[:4])  # one node: faster with each worker ...
-    assert packed[3].bound == "shards (one message at a time each)"
+    assert packed[3].bound == "shards' CPU"
     assert rates[4] < rates[3]  # ... a second node: the shard now pays for remote messages
     # 16 workers + 1 shard on 2 nodes of 16: half the bytes cross nodes
     assert packed[-1].remote_share == pytest.approx(0.5)
-    assert packed[-1].bound == "shards (one message at a time each)"
+    assert packed[-1].bound == "shards' CPU"
     assert packed[-1].samples_per_s == pytest.approx(1e6 / (2.0 + 0.5 * 800 * 0.5e-3))
     four = predict(C, layouts(16, 4, 16, False, 100.0))
     assert four.samples_per_s > 3 * packed[-1].samples_per_s

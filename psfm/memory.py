@@ -1,0 +1,97 @@
+"""What a run's processes hold in memory, for the report.
+
+Two figures per process: its peak resident set (``getrusage``: what the kernel's OOM killer
+and a container limit see at the worst moment) and its proportional set size now (PSS,
+``/proc/PID/smaps_rollup``: a page shared by k processes, such as torch's libraries or Ray's
+object store, counts 1/k in each, so PSS adds up over processes to what the machine holds).
+Linux only for PSS (None elsewhere); nothing here imports Ray or torch.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["process_memory", "pss", "memory_report", "memory_line"]
+
+
+def pss(pid: int | str = "self") -> int | None:
+    """The proportional set size of process ``pid`` in bytes, or None (gone, not Linux, not
+    readable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_memory() -> dict[str, int | None]:
+    """This process's ``peak_rss`` and ``pss`` in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "peak_rss": int(peak) * (1 if sys.platform == "darwin" else 1024),  # bytes vs KiB
+        "pss": pss(),
+    }
+
+
+def pss_sum(pids: Iterable[int]) -> int | None:
+    """The summed PSS of ``pids`` (those gone count 0), or None when none could be read."""
+    vals = [v for v in (pss(p) for p in set(pids)) if v is not None]
+    return sum(vals) if vals else None
+
+
+def memory_report(
+    driver: Mapping[str, Any],
+    workers: Sequence[Mapping[str, Any]] = (),
+    shards: Sequence[Mapping[str, Any]] = (),
+    ray_pss: int | None = None,
+) -> dict[str, Any]:
+    """The report's ``memory`` section from each process's :func:`process_memory` (in
+    process: the driver alone holds everything) and the PSS of Ray's own processes."""
+    groups = {"driver": [driver], "workers": list(workers), "shards": list(shards)}
+
+    def total(key: str, items: list) -> int | None:
+        vals = [m.get(key) for m in items if m.get(key) is not None]
+        return sum(vals) if vals else None
+
+    pss_bytes: dict[str, int | None] = {k: total("pss", v) for k, v in groups.items()}
+    pss_bytes["ray"] = ray_pss
+    known = [v for v in pss_bytes.values() if v is not None]
+    return {
+        "processes": {k: len(v) for k, v in groups.items()},
+        "pss_bytes": pss_bytes,
+        "total_pss_bytes": sum(known) if known else None,
+        # the largest single process of each kind: what one node's limit must allow
+        "peak_rss_bytes": {
+            k: max((m["peak_rss"] for m in v if m.get("peak_rss") is not None), default=None)
+            for k, v in groups.items()
+            if v
+        },
+    }
+
+
+def memory_line(mem: Mapping[str, Any]) -> str:
+    """One line of the human summary."""
+    mib = 2**20
+    p, n = mem["pss_bytes"], mem["processes"]
+    parts = [f"driver {p['driver'] / mib:,.0f}"] if p.get("driver") is not None else []
+    for kind in ("workers", "shards"):
+        if n.get(kind) and p.get(kind) is not None:
+            parts.append(f"{n[kind]} {kind[:-1]}(s) {p[kind] / mib:,.0f}")
+    if p.get("ray") is not None:
+        parts.append(f"Ray's own processes {p['ray'] / mib:,.0f}")
+    peak = ", ".join(
+        f"{k.rstrip('s')} {v / mib:,.0f}" for k, v in mem["peak_rss_bytes"].items() if v
+    )
+    total = mem.get("total_pss_bytes")
+    if total is None:
+        return f"memory     peak resident MiB: {peak}"
+    return (
+        f"memory     {total / mib:,.0f} MiB held at the end ({', '.join(parts)}; "
+        f"proportional set size); peak resident MiB: {peak}"
+    )
