@@ -111,6 +111,11 @@ class Backend(Protocol):
 
     def stats(self) -> ShardStats: ...
 
+    def memory(self) -> dict[str, Any] | None:
+        """The report's ``memory`` section (:func:`psfm.memory.memory_report`) of the live
+        processes, or None when it could not be measured."""
+        ...
+
     def train_cpu(self) -> float | None:
         """CPU seconds the shard processes spent during :meth:`train` calls so far, summed
         over shards (what sizing a cluster needs: :mod:`psfm.sizing`); None where the shards

@@ -19,6 +19,7 @@ from psfm.backend import OnUnit, UnitReport
 from psfm.checkpoint import save_checkpoint
 from psfm.config import Config
 from psfm.data.parquet import WorkUnit
+from psfm.memory import memory_report, process_memory
 from psfm.metrics import MetricAccumulator
 from psfm.ps.client import LocalClient, PsClient
 from psfm.ps.messages import ShardStats
@@ -165,3 +166,6 @@ class LocalBackend:
 
     def train_cpu(self) -> float | None:
         return None
+
+    def memory(self) -> dict[str, Any] | None:
+        return memory_report(process_memory())  # one process holds it all

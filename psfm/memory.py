@@ -9,6 +9,7 @@ Linux only for PSS (None elsewhere); nothing here imports Ray or torch.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,9 +32,10 @@ def pss(pid: int | str = "self") -> int | None:
 
 
 def process_memory() -> dict[str, int | None]:
-    """This process's ``peak_rss`` and ``pss`` in bytes."""
+    """This process's ``pid`` and its ``peak_rss`` and ``pss`` in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
+        "pid": os.getpid(),
         "peak_rss": int(peak) * (1 if sys.platform == "darwin" else 1024),  # bytes vs KiB
         "pss": pss(),
     }
@@ -70,7 +72,6 @@ def memory_report(
         "peak_rss_bytes": {
             k: max((m["peak_rss"] for m in v if m.get("peak_rss") is not None), default=None)
             for k, v in groups.items()
-            if v
         },
     }
 

@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 from psfm.checkpoint import JOURNAL, list_checkpoints, read_bytes, resolve, write_bytes
 from psfm.config import Config, config_from_dict, to_dict
 from psfm.errors import CheckpointError
+from psfm.memory import memory_line
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
 
@@ -261,6 +262,8 @@ def summary(report: dict[str, Any]) -> str:
         f"factor rows per level {m['factor_rows_per_level']}), {m['ps_bytes'] / 2**20:.1f} MiB "
         "on the parameter servers"
     )
+    if report.get("memory"):
+        lines.append(memory_line(report["memory"]))
     return "\n".join(lines + test_lines(t))
 
 

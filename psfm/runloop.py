@@ -268,6 +268,7 @@ class _Run:
             test = self._retrying(backend, "the test pass", test_pass)
             t_tested = time.perf_counter()
             model = model_report(self.cfg, backend.stats())
+            memory = backend.memory()
         finally:
             backend.close()
         report = build_report(
@@ -288,6 +289,7 @@ class _Run:
             "seconds_before_training": t_train - t_start,
             "test_seconds": t_tested - t_test,
         }
+        report["memory"] = memory
         if self.run:
             self.run.metric({"event": "test", **test})
             self.run.write_report(report)

@@ -25,6 +25,7 @@ from psfm.backend import UnitReport
 from psfm.config import config_from_dict
 from psfm.data.parquet import WorkUnit
 from psfm.local_backend import pipeline_of, report_unit
+from psfm.memory import process_memory
 from psfm.metrics import MetricAccumulator
 from psfm.ray_backend.client import RayClient
 from psfm.ray_backend.metrics import WorkerMetrics
@@ -140,6 +141,9 @@ class WorkerRunner:
 
     def ping(self) -> int:
         return self.worker_id
+
+    def memory(self) -> dict[str, int | None]:
+        return process_memory()
 
     def close(self) -> None:
         """Drop the pass cache (its disk files are unlinked already: a killed worker frees

@@ -49,13 +49,14 @@ from psfm.checkpoint import read_bytes, resolve, write_bytes, write_manifest
 from psfm.config import Config, to_dict
 from psfm.data.parquet import UnitQueue, WorkUnit, split_tail
 from psfm.errors import ConfigError, PsfmError
+from psfm.memory import memory_report, process_memory
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
 from psfm.ray_backend.actors import ShardActor, WorkerActor
 from psfm.ray_backend.liveness import check_local_ray, get, wait
 from psfm.ray_backend.metrics import RunMetrics, new_run_tag, run_tag
 from psfm.ray_backend.placement import bundles, check_placement
-from psfm.ray_backend.reaper import start_reaper
+from psfm.ray_backend.reaper import ray_own_pss, start_reaper
 from psfm.runloop import run
 
 __all__ = [
@@ -612,6 +613,17 @@ class RayBackend:
 
     def train_cpu(self) -> float | None:
         return self._train_cpu
+
+    def memory(self) -> dict[str, Any] | None:
+        c = self._live()
+        try:
+            shards = get([s.memory.remote() for s in c.shards])
+            workers = get([w.memory.remote() for w in c.workers])
+        except Exception as e:  # a figure of the report: never the end of a finished run
+            log.warning("the memory of the run's processes was not measured: %s", e)
+            return None
+        actors = {m["pid"] for m in shards + workers}
+        return memory_report(process_memory(), workers, shards, ray_own_pss(actors))
 
     def stats(self) -> ShardStats:
         return ShardStats.merge(self._live().on_shards("stats"))

@@ -24,7 +24,9 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["start_reaper", "main"]
+from psfm.memory import pss_sum
+
+__all__ = ["start_reaper", "ray_own_pss", "main"]
 
 GRACE_S = 1.0  # after the driver is gone: Ray's own shutdown goes first
 _reaper: subprocess.Popen | None = None  # this driver's watcher (its stdin: our pipe end)
@@ -59,12 +61,10 @@ def _children_of(raylet: int) -> list[int]:
     return out
 
 
-def start_reaper(node: Any) -> None:
-    """Watch the local Ray ``node`` (``ray._private.worker._global_node``) started by this
-    process (one watcher a process; Linux only)."""
-    global _reaper
-    if not sys.platform.startswith("linux"):
-        return
+def _node_processes(node: Any) -> tuple[list[list[int]], int | None]:
+    """``([[pid, start time], ...], raylet pid)`` of the processes Ray started for ``node``
+    (``ray._private.worker._global_node``: None, or none, when this process joined a
+    cluster)."""
     procs, raylet = [], None
     for kind, infos in (getattr(node, "all_processes", None) or {}).items():
         for info in infos:
@@ -76,6 +76,28 @@ def start_reaper(node: Any) -> None:
                 procs.append([proc.pid, start])
             if kind == "raylet":
                 raylet = proc.pid
+    return procs, raylet
+
+
+def ray_own_pss(exclude: set[int]) -> int | None:
+    """The summed PSS (:mod:`psfm.memory`) of the local Ray this process started: its node's
+    processes and every process of its raylet (agents, idle workers), without ``exclude``
+    (the run's actors, counted apart); None when this process started no Ray."""
+    import ray
+
+    procs, raylet = _node_processes(getattr(ray._private.worker, "_global_node", None))
+    if raylet is None or not sys.platform.startswith("linux"):
+        return None
+    return pss_sum(({p for p, _ in procs} | set(_children_of(raylet))) - exclude)
+
+
+def start_reaper(node: Any) -> None:
+    """Watch the local Ray ``node`` (``ray._private.worker._global_node``) started by this
+    process (one watcher a process; Linux only)."""
+    global _reaper
+    if not sys.platform.startswith("linux"):
+        return
+    procs, raylet = _node_processes(node)
     if _reaper is None or _reaper.poll() is not None:
         _reaper = subprocess.Popen(
             [sys.executable, "-m", "psfm.ray_backend.reaper"],

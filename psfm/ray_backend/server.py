@@ -23,6 +23,7 @@ import numpy as np
 from psfm.checkpoint import read_bytes, write_bytes, write_shard_state
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
 from psfm.errors import PsfmError
+from psfm.memory import process_memory
 from psfm.ps.messages import PullResult, PushRequest, ShardStats
 from psfm.ps.shard import ParameterShard
 from psfm.ps.shm import MessageFile
@@ -152,6 +153,10 @@ class ShardServer:
 
     def end_day(self, day: int) -> dict[str, int]:
         return self.shard.end_day(day)
+
+    def memory(self) -> dict[str, int | None]:
+        """This process's :func:`psfm.memory.process_memory`."""
+        return process_memory()
 
     def cpu_seconds(self) -> float:
         """This process's CPU time so far, all threads."""

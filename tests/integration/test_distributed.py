@@ -112,6 +112,13 @@ def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tm
     worker_us = 1e6 * sum(d["worker_cpu_seconds"] for d in days) / rep["train"]["rows"]
     assert rep["train"]["worker_cpu_us_per_sample"] == pytest.approx(worker_us)
     assert rep["train"]["shard_cpu_us_per_sample"] > 0
+    # what the run's processes hold: every one counted, Ray's own beside them
+    mem = rep["memory"]
+    assert mem["processes"] == {"driver": 1, "workers": 2, "shards": 2}
+    parts = mem["pss_bytes"]
+    assert all(parts[k] > 10 * 2**20 for k in ("driver", "workers", "shards", "ray")), parts
+    assert mem["total_pss_bytes"] == sum(parts.values())
+    assert parts["workers"] / 2 <= mem["peak_rss_bytes"]["workers"]
     ckpt_keys = restore_model(str(run))[1]["keys"].size
     assert rep["model"]["keys"] == ckpt_keys  # the test pass ran after the checkpoint
     model = tmp_path / "model.parquet"

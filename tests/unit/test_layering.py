@@ -18,7 +18,7 @@ PKG = Path(psfm.__file__).resolve().parent
 
 # lowest first; a module may import its own layer and the layers before it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("psfm.errors", "psfm.hashing", "psfm.progress")),
+    ("base", ("psfm.errors", "psfm.hashing", "psfm.progress", "psfm.memory")),
     ("math", ("psfm.optim", "psfm.models", "psfm.metrics")),
     ("config", ("psfm.config", "psfm.steps", "psfm.checkpoint")),
     ("data", ("psfm.data",)),

@@ -82,6 +82,7 @@ def _strip(report):
     out.pop("seconds", None)
     out.pop("config")  # the cache settings and the run directory differ
     out.pop("timing")
+    out.pop("memory")  # what the process holds: not the model's
     for sec in ("train", "test"):
         for k in [k for k in out.get(sec, {}) if _timed(k)]:
             out[sec].pop(k)

@@ -136,6 +136,9 @@ class ScriptedBackend:
     def train_cpu(self):
         return None
 
+    def memory(self):
+        return None
+
     def stats(self):
         return ShardStats(
             keys=7,
@@ -182,7 +185,7 @@ def test_units_follow_rows_per_unit_and_only_day_one_warms_up(data):
 def test_report_metrics_lines_and_checkpoints(data, tmp_path):
     run_dir = tmp_path / "run"
     rep, b = _run(_cfg(data, "train.eval_next_day=true", run_dir=run_dir))
-    assert set(rep) == {"test", "model", "train", "valid", "timing", "config"}
+    assert set(rep) == {"test", "model", "train", "valid", "timing", "memory", "config"}
     t = rep["timing"]  # start-up, statistics pass or restore, test pass
     assert 0 <= t["startup_seconds"] <= t["seconds_before_training"] and t["test_seconds"] > 0
     assert {

@@ -94,8 +94,14 @@ def test_report_run_dir_and_checkpoints(small_data, tmp_path):
         "train.keep_checkpoints=0",
         run_dir=run,
     )
-    assert set(rep) == {"test", "model", "train", "valid", "timing", "config"}
+    assert set(rep) == {"test", "model", "train", "valid", "timing", "memory", "config"}
     assert {"auc", "logloss", "ne", "calibration", "rows", "auc_low"} <= set(rep["test"])
+    # in process one process holds everything: what it holds now, never above its peak
+    mem = rep["memory"]
+    assert mem["processes"] == {"driver": 1, "workers": 0, "shards": 0}
+    held = mem["pss_bytes"]["driver"]
+    assert 10 * 2**20 < held <= mem["peak_rss_bytes"]["driver"]
+    assert mem["total_pss_bytes"] == held and mem["pss_bytes"]["ray"] is None
     assert {
         "kind",
         "ranks",
