@@ -364,13 +364,31 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(runs, key=lambda r: r["train"]["samples_per_s"])[(len(runs) - 1) // 2]
 
 
+def start_local_ray() -> None:
+    """The bench's local Ray, unless one is up: 4 logical CPUs on this machine's cores, with
+    psfm's actor environment and system config (4 MB messages inline)."""
+    import ray
+
+    from psfm.ray_backend.driver import ACTOR_ENV, LOCAL_SYSTEM_CONFIG
+
+    if not ray.is_initialized():
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=ACTOR_ENV,
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        )
+
+
 def end_to_end(root: str, reps: int = 1) -> dict[str, Any]:
     """One training day, ``reps`` times each: in-process (1 shard), then local Ray 1+1, 1+2
     and 2+2 (async, defaults); the median run's figures, every run's samples/s. Then the
     cost of one worker-shard message on Ray's transport and on shared memory."""
     import ray
 
-    from psfm.ray_backend.driver import ACTOR_ENV, LOCAL_SYSTEM_CONFIG, train_ray
+    from psfm.ray_backend.driver import train_ray
 
     out: dict[str, Any] = {}
     for name in MODELS:
@@ -384,15 +402,7 @@ def end_to_end(root: str, reps: int = 1) -> dict[str, Any]:
             "test_auc": rep["test"]["auc"],
             "local_runs": [r["train"]["samples_per_s"] for r in runs],
         }
-    if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env=ACTOR_ENV,
-            _system_config=LOCAL_SYSTEM_CONFIG,
-        )
+    start_local_ray()
     try:
         for s, w in LAYOUTS:
             for name in MODELS:
@@ -505,6 +515,19 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
     return out
 
 
+def remote_byte_costs(m: dict[str, Any]) -> dict[str, float]:
+    """From :func:`message_cost`'s figures, the extra CPU in ns per message byte when a worker
+    and its shard are on different nodes, on the ``worker`` and on the ``shard``: a call on
+    Ray's messages minus one on shared memory, over the bytes of a call. A difference of two
+    noisy figures, so below 0 is noise and counts 0 (Ray's messages never cost less)."""
+    return {
+        side: max(
+            0.0, (m["ray"][f"{who}_cpu_ms"] - m["auto"][f"{who}_cpu_ms"]) * 1e6 / m["call_bytes"]
+        )
+        for side, who in (("worker", "caller"), ("shard", "shard"))
+    }
+
+
 SIZING_GRID = ((4, 1), (8, 2), (16, 4), (32, 8), (64, 16), (128, 32))
 SIZING_NODE = {"node_cpus": 16, "link_gbps": 10.0}
 CHECK_JSON = Path(__file__).resolve().parents[1] / "tools" / "scaling_check.json"
@@ -517,14 +540,7 @@ def sizing(e2e: dict[str, Any]) -> dict[str, Any]:
     the last local-cluster check (``tools/scaling_check.py``), when there is one."""
     from psfm.sizing import Costs, layouts, predict
 
-    m = e2e["messages"]
-    call = m["call_bytes"]
-    remote = {
-        f"remote_{side}_ns_per_byte": max(
-            0.0, (m["ray"][f"{who}_cpu_ms"] - m["auto"][f"{who}_cpu_ms"]) * 1e6 / call
-        )
-        for side, who in (("worker", "caller"), ("shard", "shard"))
-    }
+    remote = {f"remote_{k}_ns_per_byte": v for k, v in remote_byte_costs(e2e["messages"]).items()}
     out: dict[str, Any] = {"node": SIZING_NODE, "remote": remote, "models": {}}
     for name in MODELS:
         cpu = e2e[name].get("ray_1x1_cpu_us") or {}

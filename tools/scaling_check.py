@@ -137,33 +137,19 @@ def _remote_byte_costs(data: str) -> dict:
     push_pull on Ray's messages minus on shared memory, over the bytes of a call)."""
     import ray
 
-    from benchmarks.bench import message_cost
-    from psfm.ray_backend.driver import ACTOR_ENV, LOCAL_SYSTEM_CONFIG
+    from benchmarks.bench import message_cost, remote_byte_costs, start_local_ray
 
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env=ACTOR_ENV,
-        _system_config=LOCAL_SYSTEM_CONFIG,
-    )
+    start_local_ray()
     try:
         time.sleep(5)  # Ray's start-up work done
         background = MachineCpu.idle_cores()
         m = message_cost(data)
     finally:
         ray.shutdown()
-    call = m["call_bytes"]
-    per_byte = {
-        side: (m["ray"][f"{who}_cpu_ms"] - m["auto"][f"{who}_cpu_ms"]) * 1e6 / call
-        for side, who in (("worker", "caller"), ("shard", "shard"))
-    }
-    # a difference of two noisy figures: below 0 is noise (Ray's messages never cost less)
     return {
         "message": m,
         "background_cores": background,
-        **{f"{k}_ns_per_byte": max(v, 0.0) for k, v in per_byte.items()},
+        **{f"{k}_ns_per_byte": v for k, v in remote_byte_costs(m).items()},
     }
 
 
