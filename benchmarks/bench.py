@@ -455,7 +455,7 @@ def message_cost(root: str, n_batches: int = 32, reps: int = 3) -> dict[str, Any
     rng = np.random.default_rng(0)
 
     def cpu(actor) -> float:
-        return ray.get(actor.__ray_call__.remote(lambda self: time.process_time()))
+        return ray.get(actor.cpu_seconds.remote())
 
     def timed(actor, fn) -> dict[str, float]:
         runs = []

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["process_memory", "pss", "memory_report", "memory_line"]
+__all__ = ["process_memory", "pss", "pss_sum", "memory_report", "memory_line"]
 
 
 def pss(pid: int | str = "self") -> int | None:

@@ -616,13 +616,13 @@ class RayBackend:
 
     def memory(self) -> dict[str, Any] | None:
         c = self._live()
-        try:
-            shards = get([s.memory.remote() for s in c.shards])
-            workers = get([w.memory.remote() for w in c.workers])
+        try:  # one wait for every actor's answer
+            every = get([a.memory.remote() for a in c.shards + c.workers])
         except Exception as e:  # a figure of the report: never the end of a finished run
             log.warning("the memory of the run's processes was not measured: %s", e)
             return None
-        actors = {m["pid"] for m in shards + workers}
+        shards, workers = every[: len(c.shards)], every[len(c.shards) :]
+        actors = {m["pid"] for m in every}
         return memory_report(process_memory(), workers, shards, ray_own_pss(actors))
 
     def stats(self) -> ShardStats:
