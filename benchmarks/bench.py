@@ -369,17 +369,17 @@ def start_local_ray() -> None:
     psfm's actor environment and system config (4 MB messages inline)."""
     import ray
 
-    from psfm.ray_backend.driver import ACTOR_ENV, LOCAL_SYSTEM_CONFIG
+    from psfm.ray_backend.driver import LOCAL_SYSTEM_CONFIG, actor_environment
 
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env=ACTOR_ENV,
-            _system_config=LOCAL_SYSTEM_CONFIG,
-        )
+        with actor_environment():
+            ray.init(
+                address="local",
+                num_cpus=4,
+                include_dashboard=False,
+                log_to_driver=False,
+                _system_config=LOCAL_SYSTEM_CONFIG,
+            )
 
 
 def end_to_end(root: str, reps: int = 1) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def run_training(cfg: Config, resume: bool, address: str | None, in_process: boo
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from psfm.trainer import load_run_config
+    from psfm.rundir import load_run_config
 
     if args.resume:
         if not args.run_dir:

@@ -263,11 +263,12 @@ def render_run(report: dict[str, Any], title: str, pngs: dict[str, str] | None =
     sections.append(
         "<h2>Time</h2>"
         + _table(
-            ["start-up s", "before training s", "training samples/s", "test s"],
+            ["start-up s", "before training s", "to first batch s", "training samples/s", "test s"],
             [
                 [
                     timing.get("startup_seconds"),
                     timing.get("seconds_before_training"),
+                    timing.get("seconds_to_first_batch"),
                     tr.get("samples_per_s"),
                     timing.get("test_seconds"),
                 ]

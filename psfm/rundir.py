@@ -262,9 +262,25 @@ def summary(report: dict[str, Any]) -> str:
         f"factor rows per level {m['factor_rows_per_level']}), {m['ps_bytes'] / 2**20:.1f} MiB "
         "on the parameter servers"
     )
+    if timing := report.get("timing"):
+        lines.append(timing_line(timing))
     if report.get("memory"):
         lines.append(memory_line(report["memory"]))
     return "\n".join(lines + test_lines(t))
+
+
+def timing_line(timing: dict[str, Any]) -> str:
+    """The summary's line on the time outside the training days."""
+    first = timing.get("seconds_to_first_batch")
+    start = (
+        f"first batch {first:.1f}s after the process started"
+        if first is not None
+        else f"first batch {timing['seconds_before_training']:.1f}s after the run started"
+    )
+    return (
+        f"time       {start} (Ray and actors {timing['startup_seconds']:.1f}s), "
+        f"testing {timing['test_seconds']:.1f}s"
+    )
 
 
 def test_lines(t: dict[str, Any]) -> list[str]:

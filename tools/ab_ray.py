@@ -38,14 +38,14 @@ def _one(root: str) -> dict:
 
     from psfm.config import load_config
 
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env=driver.ACTOR_ENV,
-        _system_config=driver.LOCAL_SYSTEM_CONFIG,
-    )
+    with driver.actor_environment():
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config=driver.LOCAL_SYSTEM_CONFIG,
+        )
     out = {}
     for name, sets in MODELS.items():
         cfg = load_config(

@@ -204,14 +204,14 @@ def main() -> None:
             *a.set,
         ],
     )
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env=drv.ACTOR_ENV,
-        _system_config=drv.LOCAL_SYSTEM_CONFIG,
-    )
+    with drv.actor_environment():
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config=drv.LOCAL_SYSTEM_CONFIG,
+        )
     results = []
     try:
         for i in range(a.runs):

@@ -16,21 +16,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-import torch
 
 from psfm.backend import UnitReport
 from psfm.config import config_from_dict
 from psfm.data.parquet import WorkUnit
-from psfm.local_backend import pipeline_of, report_unit
 from psfm.memory import process_memory
 from psfm.metrics import MetricAccumulator
 from psfm.ray_backend.client import RayClient
 from psfm.ray_backend.metrics import WorkerMetrics
 from psfm.ray_backend.shard_actor import MeteredShard, ShardActor
-from psfm.worker import Worker
+
+if TYPE_CHECKING:
+    from psfm.worker import Worker
 
 __all__ = ["ShardActor", "MeteredShard", "WorkerActor", "WorkerRunner"]
 
@@ -48,6 +48,12 @@ class WorkerRunner:
         n_workers: int,
         run: str = "",
     ) -> None:
+        # torch here, not at the top: the driver imports this module for the actor classes
+        # and never computes (its import of torch cost 1.7 s before Ray could start)
+        import torch
+
+        from psfm.worker import Worker
+
         self.cfg = config_from_dict(config)
         if self.cfg.train.torch_threads:
             torch.set_num_threads(self.cfg.train.torch_threads)
@@ -56,7 +62,7 @@ class WorkerRunner:
         # data.batch_size rows per update: in sync mode the workers take slices of one global
         # batch; in async mode each worker's push is an update, so each reads batch_size rows
         # (W async workers of b rows train about like one worker of b rows, only faster).
-        self.worker = Worker(self.cfg)
+        self.worker: Worker = Worker(self.cfg)
         if self.sync_steps:
             # Send float64 partial sums: the shards add them and round once, so a step's
             # gradient equals the one-worker gradient up to that single rounding.
@@ -87,6 +93,8 @@ class WorkerRunner:
     def run_unit(
         self, unit: WorkUnit, train: bool, keep_predictions: bool = False, reuse: bool = False
     ) -> UnitReport:
+        from psfm.local_backend import pipeline_of, report_unit
+
         p0, q0 = self.client.bytes_pulled, self.client.bytes_pushed
         rep = report_unit(
             self.worker, self.client, unit, train, keep_predictions, pipeline_of(self.cfg), reuse

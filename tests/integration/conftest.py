@@ -11,12 +11,11 @@ NUM_CPUS = 6  # logical: 3 shards + 2 workers + driver-side tasks on this 2-core
 def ray_local():
     import ray
 
+    from psfm.ray_backend.driver import actor_environment
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(
-        num_cpus=NUM_CPUS,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-    )
+    with actor_environment():  # one thread per actor, as psfm's own local Ray
+        ray.init(num_cpus=NUM_CPUS, include_dashboard=False)
     yield ray
     ray.shutdown()

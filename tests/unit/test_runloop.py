@@ -188,6 +188,8 @@ def test_report_metrics_lines_and_checkpoints(data, tmp_path):
     assert set(rep) == {"test", "model", "train", "valid", "timing", "memory", "config"}
     t = rep["timing"]  # start-up, statistics pass or restore, test pass
     assert 0 <= t["startup_seconds"] <= t["seconds_before_training"] and t["test_seconds"] > 0
+    # from this process's start (the test session's): more than the run's own time
+    assert t["seconds_to_first_batch"] > t["seconds_before_training"]
     assert {
         "days",
         "rows",
