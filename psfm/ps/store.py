@@ -23,7 +23,7 @@ from psfm.models.layout import FactorLayout
 from psfm.ps.links import DenseLinks, Links, RankLinks
 from psfm.ps.table import KeyTable
 
-__all__ = ["FactorRows", "KeyStore", "grow", "set_rows"]
+__all__ = ["GROWTH_SLACK", "FactorRows", "KeyStore", "grow", "set_rows"]
 
 # (level-p keys as a mask over the slots being raised, table p) -> the rows' initial z
 RowInit = Callable[[np.ndarray, int], np.ndarray]
@@ -110,6 +110,9 @@ def set_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     flat = table.reshape(table.shape[0], -1)
     src = np.ascontiguousarray(values, dtype=table.dtype).reshape(rows.size, -1)
     flat.view(row).reshape(-1)[rows] = src.view(row).reshape(-1)
+
+
+GROWTH_SLACK = 1.125  # room kept for keys to come at a day end: capacity / stored
 
 
 def grow(a: np.ndarray, cap: int) -> np.ndarray:
@@ -235,15 +238,17 @@ class KeyStore:
             self.fac[0].keep(old)
         return n - old.size
 
-    def trim(self, slack: float = 1.125) -> None:
-        """Give back growth slack: capacity ~ ``slack`` x what is stored."""
+    def trim(self, slack: float = GROWTH_SLACK, index_slack: float | None = None) -> None:
+        """Give back growth slack: capacity ~ ``slack`` x what is stored, the key index
+        sized for ``index_slack`` x the keys (``slack`` unless given: its load sets the
+        speed of every lookup)."""
         n = len(self.table)
         cap = max(1024, int(n * slack))
         if self.cap > cap * 1.05:
             for name in self.per_key:
                 setattr(self, name, getattr(self, name)[:cap].copy())
             self.cap = cap
-        self.table.trim(slack)
+        self.table.trim(slack, index_slack)
         for p, f in enumerate(self.fac, start=1):
             f.trim(self.cap if p == 1 and self.slot1 else max(16, int(f.n * slack)))
 

@@ -376,13 +376,14 @@ class KeyTable:
         self._rebuild_index(check_duplicates=False)
         return old
 
-    def trim(self, slack: float = 1.125) -> None:
+    def trim(self, slack: float = 1.125, index_slack: float | None = None) -> None:
         """Give back growth room: at most ``slack`` x ``len`` key slots and an index of
-        ``2 x slack x len`` entries (rebuilt when it shrinks; slots do not change)."""
+        ``2 x index_slack x len`` entries (``index_slack``: ``slack`` unless given; rebuilt
+        when it shrinks; slots do not change)."""
         want = max(1, int(self._n * slack))
         if self._keys.size > want * 1.05:
             self._keys = self._keys[:want].copy()
-        cap = _index_capacity_for(want)
+        cap = _index_capacity_for(max(1, int(self._n * (index_slack or slack))))
         if self._index.size > cap * 1.05:
             self._set_index_capacity(cap)
             self._rebuild_index(check_duplicates=False)

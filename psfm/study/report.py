@@ -106,6 +106,7 @@ _FAMILIES = {  # plot style per model family
     "difacto": ("DiFacto", "tab:green", "^"),
     "rafm": ("RaFM", "tab:red", "D"),
 }
+ZOOM_AUC = 0.01  # the plot's second panel: configurations this close to the best AUC
 
 
 # ----------------------------------------------------------------------------- Pareto front
@@ -435,7 +436,9 @@ class MissingDependency(PsfmError):
 def plot_auc_vs_size(summary: list[dict[str, Any]], title: str = "") -> bytes | None:
     """A PNG of mean test AUC against mean non-zero parameters (log x), one marker set per
     model family joined in order of size, the std over seeds as error bars, the Pareto front
-    as a dashed step line with ringed points. None when no configuration has finished."""
+    as a dashed step line with ringed points; where some configurations are far below the
+    best (LR beside factorization models), a second panel shows those within ``ZOOM_AUC`` of
+    it at their own scale. None when no configuration has finished."""
     pts = [s for s in summary if s["test_auc_mean"] is not None and s["nonzero_params_mean"]]
     if not pts:
         return None
@@ -449,7 +452,27 @@ def plot_auc_vs_size(summary: list[dict[str, Any]], title: str = "") -> bytes | 
             "auc_vs_size.png needs matplotlib, which is not installed: pip install "
             "'psfm[plot]' (or pip install matplotlib), then psfm study report STUDY_DIR."
         ) from e
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    best = max(s["test_auc_mean"] for s in pts)
+    near = [s for s in pts if s["test_auc_mean"] >= best - ZOOM_AUC]
+    zoom = len(near) >= 2 and len(near) < len(pts)
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(14, 5.5) if zoom else (8, 5.5))
+    panels = [(axes[0], pts, title), (axes[1], near, "")] if zoom else [(axes, pts, title)]
+    for ax, shown, head in panels:
+        _draw(ax, shown)
+        if ax is not panels[0][0]:
+            head = f"within {ZOOM_AUC:g} AUC of the best"
+        if head:
+            ax.set_title(head, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _draw(ax: Any, pts: list[dict[str, Any]]) -> None:
+    """One panel of :func:`plot_auc_vs_size`: the families and the Pareto front of ``pts``
+    (the front as computed over the whole study)."""
     kinds = sorted({s["model"] for s in pts}, key=lambda k: list(_FAMILIES).index(k))
     for kind in kinds:
         name, color, marker = _FAMILIES[kind]
@@ -506,13 +529,6 @@ def plot_auc_vs_size(summary: list[dict[str, Any]], title: str = "") -> bytes | 
     ax.set_ylabel("test AUC (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def format_summary(summary: list[dict[str, Any]]) -> str:

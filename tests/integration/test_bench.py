@@ -22,6 +22,7 @@ def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_p
         "## 1. Stage costs",
         "## 2. End-to-end",
         "### Worker-shard message cost",
+        "### Start-up",
         "## 3. Bytes per sample",
         "## 4. Parameter-server bytes",
         "## 5. Scaling",
@@ -50,5 +51,9 @@ def test_bench_measures_every_section_and_shared_memory_beats_ray_messages(tmp_p
         assert costs["worker_us"] > 0 and costs["shard_us"] > 0, name
         rows = [r for r in res["sizing"]["models"][name]["rows"] if not r["separate"]]
         assert all(r["samples_per_s"] <= r["workers"] * 1e6 / costs["worker_us"] for r in rows)
+    # start-up, from the process's start: its imports and plan come before Ray's start
+    for r in res["startup"]["runs"]:
+        assert r["seconds_to_first_batch"] > r["startup_seconds"] > 0 and r["total_pss_bytes"] > 0
+    assert res["startup"]["help_seconds"] > 0
     assert {t["result"] for t in res["targets"]} <= {"PASS", "FAIL", "n/a"}
-    assert len(res["targets"]) == 11
+    assert len(res["targets"]) == 13

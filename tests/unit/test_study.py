@@ -18,7 +18,7 @@ import pytest
 from psfm.cli import main
 from psfm.datasets.gen import GenSpec, generate
 from psfm.errors import ConfigError
-from psfm.study.report import pareto_front, write_outputs
+from psfm.study.report import pareto_front, plot_auc_vs_size, write_outputs
 from psfm.study.runner import run_study
 from psfm.study.spec import load_study, study_from_dict
 
@@ -136,6 +136,31 @@ def test_the_png_is_written_when_matplotlib_is_there(done):
     pytest.importorskip("matplotlib")
     assert res["plot_error"] is None and "auc_vs_size.png" in res["files"]
     assert (out / "auc_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_model_far_below_the_rest_adds_a_panel_at_the_others_scale():
+    pytest.importorskip("matplotlib")
+
+    def point(model, auc, nz):
+        return {
+            "model": model,
+            "title": model,
+            "ranks": "",
+            "test_auc_mean": auc,
+            "test_auc_std": 0.001,
+            "nonzero_params_mean": nz,
+            "nonzero_params_std": 0.0,
+            "pareto": False,
+        }
+
+    def width(png):  # the PNG header's IHDR width
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        return int.from_bytes(png[16:20], "big")
+
+    close = [point("fm", 0.762, 1.6e7), point("difacto", 0.763, 3e6), point("rafm", 0.762, 3.7e6)]
+    one = width(plot_auc_vs_size(close))
+    two = width(plot_auc_vs_size([point("lr", 0.684, 4e5), *close]))  # LR: 0.08 below
+    assert two > 1.5 * one
 
 
 def test_without_matplotlib_the_tables_are_written_and_the_extra_named(done, tmp_path, monkeypatch):
