@@ -624,7 +624,9 @@ def start_up(data_dir: str, reps: int = 3) -> dict[str, Any]:
     argv += ["--train-days", "1", "--test-days", "2", "--shards", "1", "--workers", "2"]
     for i in range(reps):
         run_dir = os.path.join(data_dir, f"startup_run{i}")
-        subprocess.run([*argv, "--run-dir", run_dir], check=True, capture_output=True)
+        p = subprocess.run([*argv, "--run-dir", run_dir], capture_output=True, text=True)
+        if p.returncode:
+            raise RuntimeError(f"start-up run {i} exited {p.returncode}: {p.stderr[-2000:]}")
         rep = json.loads(Path(run_dir, "report.json").read_text())
         runs.append({**rep["timing"], "total_pss_bytes": rep["memory"]["total_pss_bytes"]})
     helps = []

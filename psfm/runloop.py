@@ -32,6 +32,7 @@ the final model (DESIGN §8); anything else (bad input, a bug) fails the run at 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ from psfm.passes import (
     unit_groups,
     valid_record,
 )
+from psfm.ps.levels import counted_first
 from psfm.ps.snapshot import resplit
 from psfm.rundir import (
     RunDir,
@@ -80,13 +82,12 @@ __all__ = ["run", "needs_stats_pass", "process_age"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_RUNS = itertools.count()  # runs started in this process (seconds_to_first_batch: the first's)
 
 
 def needs_stats_pass(cfg: Config) -> bool:
     """Static RaFM/DiFacto levels need counts before training; so does static admission."""
-    return cfg.levels.policy == "static" and (
-        cfg.model.levels >= 2 or cfg.levels.admit_min_count > 1
-    )
+    return counted_first(cfg.levels.policy, cfg.model.levels, cfg.levels.admit_min_count)
 
 
 def run(
@@ -224,7 +225,9 @@ class _Run:
         return resolve_steps(dataclasses.replace(cfg, data=data), rows)
 
     def go(self, make_backend: Callable[[Config], Backend]) -> dict[str, Any]:
-        t_start, age = time.perf_counter(), process_age()
+        # the process's age says what its user waited for its first run alone (a study's
+        # later runs, a notebook's, would count those before them)
+        t_start, age = time.perf_counter(), process_age() if next(_RUNS) == 0 else None
         backend = make_backend(self.cfg)
         try:
             backend.start()
@@ -285,7 +288,7 @@ class _Run:
         # where the time outside the training days goes: starting Ray and its actors, then
         # the statistics pass or the restore, before the first batch; the test pass. And
         # what a user waits for the first batch, from the start of the process (its imports,
-        # the plan of the run) where the system says when that was
+        # the plan of the run) where the system says when that was, for its first run
         report["timing"] = {
             "startup_seconds": t_started - t_start,
             "seconds_before_training": t_train - t_start,

@@ -18,7 +18,13 @@ import numpy as np
 
 from psfm.hashing import mix64
 
-__all__ = ["level_thresholds", "levels_from_counts", "init_factors"]
+__all__ = ["counted_first", "level_thresholds", "levels_from_counts", "init_factors"]
+
+
+def counted_first(policy: str, levels: int, admit_min_count: float) -> bool:
+    """Whether a run counts its keys in a statistics pass before training: static levels of
+    a model with two or more, or static admission (every key is then stored by that pass)."""
+    return policy == "static" and (levels >= 2 or admit_min_count > 1)
 
 
 def level_thresholds(

@@ -26,7 +26,7 @@ from psfm.hashing import BIAS_KEY
 from psfm.models.layout import FactorLayout
 from psfm.ps import snapshot as snapshot_format
 from psfm.ps.admission import CountMinSketch
-from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts
+from psfm.ps.levels import counted_first, init_factors, level_thresholds, levels_from_counts
 from psfm.ps.messages import PullResult, PushRequest, ShardStats
 from psfm.ps.store import GROWTH_SLACK, FactorRows, KeyStore
 from psfm.ps.sync import PushBuffer
@@ -74,10 +74,10 @@ class ParameterShard:
             self.layout, slot1, counting=levels.policy == "online", last_day=bool(levels.ttl_days)
         )
         # Static levels (and admission) store every key of the training days in the statistics
-        # pass (runloop.needs_stats_pass): nothing grows after it, so the arrays keep no growth
-        # room; the key index keeps its (its load sets the speed of every lookup).
-        counted = levels.policy == "static" and (self.m >= 2 or levels.admit_min_count > 1)
-        self._slack = 1.0 if counted else GROWTH_SLACK
+        # pass: after it the arrays keep no growth room while no key comes in (keys evicted and
+        # seen again, days added to a run do: such a day ends with room again); the key index
+        # keeps its room (its load sets the speed of every lookup)
+        self._counted = counted_first(levels.policy, self.m, levels.admit_min_count)
         self.day = 0
         self.sketch: CountMinSketch | None = None
         self._buffer = PushBuffer(self.layout)
@@ -178,7 +178,7 @@ class ParameterShard:
         self._promote(np.arange(n))
         if self.levels.policy != "online":  # static levels: nothing reads counts any more
             self.store.drop_array("count")
-        self.store.trim(self._slack, GROWTH_SLACK)  # the pass grew them by halves
+        self.store.trim(1.0 if self._counted else GROWTH_SLACK, GROWTH_SLACK)  # grew by halves
         return {"keys": n, "not_admitted": dropped}
 
     def _admit(self, keys: np.ndarray, counts: np.ndarray) -> None:
@@ -316,7 +316,8 @@ class ParameterShard:
             keep |= self.table.keys == BIAS_KEY
             evicted = self._retain(keep)
         self.store.compact_rows()
-        self.store.trim(self._slack, GROWTH_SLACK)
+        settled = self._counted and not self.store.inserted
+        self.store.trim(1.0 if settled else GROWTH_SLACK, GROWTH_SLACK)
         self.day = day
         return {"evicted": evicted, "keys": len(self.table)}
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from psfm.models.layout import FactorLayout
 from psfm.ps.links import DenseLinks, Links, RankLinks
-from psfm.ps.table import KeyTable
+from psfm.ps.table import GROWTH_SLACK, KeyTable
 
 __all__ = ["GROWTH_SLACK", "FactorRows", "KeyStore", "grow", "set_rows"]
 
@@ -112,9 +112,6 @@ def set_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     flat.view(row).reshape(-1)[rows] = src.view(row).reshape(-1)
 
 
-GROWTH_SLACK = 1.125  # room kept for keys to come at a day end: capacity / stored
-
-
 def grow(a: np.ndarray, cap: int) -> np.ndarray:
     """``a`` with room for ``cap`` rows; the new rows are uninitialised (every user sets a
     row before it reads it: :meth:`KeyStore.init_slots`, :meth:`FactorRows.reset`)."""
@@ -162,6 +159,7 @@ class KeyStore:
         """Start over with the keys of ``table`` and no state arrays (capacity 0, no rows)."""
         self.table = table
         self.cap = 0
+        self.inserted = 0  # keys inserted since the last trim
         for name, (dtype, _) in self.per_key.items():
             setattr(self, name, np.zeros(0, dtype))
         # level-1 rows are every stored key's and few of them have a level-2 row: a bit per
@@ -210,6 +208,7 @@ class KeyStore:
         after = len(self.table)
         if after == before:
             return slots, np.arange(0)
+        self.inserted += after - before
         self.ensure_capacity(after)
         new = np.arange(before, after)
         self.init_slots(new, day)
@@ -249,6 +248,7 @@ class KeyStore:
                 setattr(self, name, getattr(self, name)[:cap].copy())
             self.cap = cap
         self.table.trim(slack, index_slack)
+        self.inserted = 0
         for p, f in enumerate(self.fac, start=1):
             f.trim(self.cap if p == 1 and self.slot1 else max(16, int(f.n * slack)))
 

@@ -62,6 +62,7 @@ _FIB: Final = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd
 _EMPTY: Final = -1
 _MIN_INDEX_CAPACITY: Final = 8
 _MAX_KEYS: Final = 2**31 - 1  # slots are stored as int32 in the index
+GROWTH_SLACK: Final = 1.125  # room kept at a day end for keys to come: capacity / stored
 _REHASH_CHUNK: Final = 1 << 20  # keys per chunk when rebuilding the index (bounds temporaries)
 _HI: Final = np.uint64(32)
 
@@ -376,14 +377,16 @@ class KeyTable:
         self._rebuild_index(check_duplicates=False)
         return old
 
-    def trim(self, slack: float = 1.125, index_slack: float | None = None) -> None:
+    def trim(self, slack: float = GROWTH_SLACK, index_slack: float | None = None) -> None:
         """Give back growth room: at most ``slack`` x ``len`` key slots and an index of
         ``2 x index_slack x len`` entries (``index_slack``: ``slack`` unless given; rebuilt
         when it shrinks; slots do not change)."""
         want = max(1, int(self._n * slack))
         if self._keys.size > want * 1.05:
             self._keys = self._keys[:want].copy()
-        cap = _index_capacity_for(max(1, int(self._n * (index_slack or slack))))
+        if index_slack is None:
+            index_slack = slack
+        cap = _index_capacity_for(max(1, int(self._n * index_slack)))
         if self._index.size > cap * 1.05:
             self._set_index_capacity(cap)
             self._rebuild_index(check_duplicates=False)

@@ -214,7 +214,8 @@ def connect_for(cfgs: Sequence[Config], address: str | None = None) -> None:
 def actor_environment() -> Iterator[None]:
     """:data:`ACTOR_ENV_VARS` in this process's environment while a local Ray starts: its
     raylet, and every worker process it starts, inherit them; this process's own environment
-    is as it was afterwards (an in-process scoring pass after a run keeps its threads)."""
+    is as it was afterwards (an in-process scoring pass after a run keeps its threads; a
+    process another thread starts meanwhile inherits them too)."""
     saved = {k: os.environ.get(k) for k in ACTOR_ENV_VARS}
     os.environ.update(ACTOR_ENV_VARS)
     try:
@@ -234,8 +235,10 @@ def _lean_head(lean: bool) -> Iterator[None]:
     ``include_dashboard=False``, for the job and state APIs an embedded run never calls, and
     waits for it: 1.8 s of a 4.8 s start, measured) and without the autoscaler's monitor (a
     one-node Ray psfm sized has nothing to scale); each is a Python process that imports Ray
-    on the cores the run's actors start on. Ray's node starts them in two methods, made
-    no-ops for the duration of the start; a Ray without them starts as it would."""
+    on the cores the run's actors start on (without the monitor, ``ray status`` on it has no
+    autoscaler state to show; psfm checks placement itself). Ray's node starts them in two
+    methods, made no-ops for the duration of the start; a Ray without them starts as it
+    would."""
     from ray._private import node
 
     names = ("start_api_server", "start_monitor")
@@ -244,7 +247,7 @@ def _lean_head(lean: bool) -> Iterator[None]:
         yield
         return
 
-    def skip(self: Any, **kwargs: Any) -> None:
+    def skip(*args: Any, **kwargs: Any) -> None:
         return None
 
     for n in names:
@@ -280,8 +283,9 @@ def _loopback_node(required: bool) -> Iterator[None]:
     dashboard's and autoscaler's own metrics servers listen on 0.0.0.0 and serve without the
     token; with node IP 127.0.0.1 they, the agents and the gRPC servers bind 127.0.0.1 only
     (measured with ``ss -ltnp``; the same wrap as ``cluster/ray_node.py``, for the duration of
-    the start). Done for every embedded Ray: without it Ray's autoscaler and dashboard serve
-    their own metrics on 0.0.0.0 (measured: ports 44217 and 44227). Where this Ray has no such
+    the start). Done for every embedded Ray: without it Ray's autoscaler and dashboard (when
+    they run: :func:`_lean_head`) serve their own metrics on 0.0.0.0 (measured: ports 44217
+    and 44227). Where this Ray has no such
     function a run without metrics or dashboard goes on (its token still guards the gRPC
     servers) and one with them (``required``) is refused."""
     from ray._private import services

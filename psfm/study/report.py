@@ -454,13 +454,14 @@ def plot_auc_vs_size(summary: list[dict[str, Any]], title: str = "") -> bytes | 
         ) from e
     best = max(s["test_auc_mean"] for s in pts)
     near = [s for s in pts if s["test_auc_mean"] >= best - ZOOM_AUC]
-    zoom = len(near) >= 2 and len(near) < len(pts)
+    far = any(s["test_auc_mean"] < best - 2 * ZOOM_AUC for s in pts)  # else one panel shows all
+    zoom = len(near) >= 2 and far
     fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(14, 5.5) if zoom else (8, 5.5))
-    panels = [(axes[0], pts, title), (axes[1], near, "")] if zoom else [(axes, pts, title)]
+    panels = [(axes, pts, title)]
+    if zoom:
+        panels = [(axes[0], pts, title), (axes[1], near, f"within {ZOOM_AUC:g} AUC of the best")]
     for ax, shown, head in panels:
         _draw(ax, shown)
-        if ax is not panels[0][0]:
-            head = f"within {ZOOM_AUC:g} AUC of the best"
         if head:
             ax.set_title(head, fontsize=10)
     fig.tight_layout()

@@ -45,8 +45,8 @@ def test_the_embedded_ray_refuses_clients_without_its_token():
         connect(num_cpus=1)
         token = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
         assert os.stat(token).st_mode & 0o777 == 0o600  # the owner's alone
-        # every server of the embedded Ray (GCS, raylet, agents, the autoscaler's and the
-        # dashboard's metrics) on 127.0.0.1 alone, even with metrics and dashboard off
+        # every server of the embedded Ray (GCS, raylet, agents) on 127.0.0.1 alone, with
+        # metrics and dashboard off (test_ray_metrics: the dashboard's and exporter's, on)
         if shutil.which("ss"):
             assert_loopback_only(listening())
         gcs = ray.get_runtime_context().gcs_address

@@ -4,6 +4,7 @@ pass, checkpoints and metrics lines, and the failure policy's per-day retries.""
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import logging
 import re
@@ -21,7 +22,7 @@ from psfm.failure import Decision, FailurePolicy
 from psfm.local_backend import LocalBackend
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
-from psfm.runloop import run
+from psfm.runloop import process_age, run
 
 ROWS_PER_DAY = 5000
 
@@ -182,14 +183,21 @@ def test_units_follow_rows_per_unit_and_only_day_one_warms_up(data):
     assert [c[2] for c in _trained(b)] == [[ROWS_PER_DAY]] * 2
 
 
-def test_report_metrics_lines_and_checkpoints(data, tmp_path):
+def test_report_metrics_lines_and_checkpoints(data, tmp_path, monkeypatch):
+    import psfm.runloop
+
+    monkeypatch.setattr(psfm.runloop, "_RUNS", itertools.count())  # this process's first run
     run_dir = tmp_path / "run"
     rep, b = _run(_cfg(data, "train.eval_next_day=true", run_dir=run_dir))
+    age = process_age()
     assert set(rep) == {"test", "model", "train", "valid", "timing", "memory", "config"}
     t = rep["timing"]  # start-up, statistics pass or restore, test pass
     assert 0 <= t["startup_seconds"] <= t["seconds_before_training"] and t["test_seconds"] > 0
-    # from this process's start (the test session's): more than the run's own time
-    assert t["seconds_to_first_batch"] > t["seconds_before_training"]
+    # the first run of a process counts from its start (the test session's here); later
+    # runs of the same process say nothing
+    assert t["seconds_before_training"] < t["seconds_to_first_batch"] < age
+    later = _run(_cfg(data, run_dir=tmp_path / "again"))[0]["timing"]["seconds_to_first_batch"]
+    assert later is None
     assert {
         "days",
         "rows",
