@@ -12,6 +12,7 @@ Each round trains, in fresh processes, the old tree then this one: one generated
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -38,13 +39,16 @@ def _one(root: str) -> dict:
 
     from psfm.config import load_config
 
-    with driver.actor_environment():
+    # trees before actor_environment gave the actors their threads in a runtime env
+    env = getattr(driver, "actor_environment", None)
+    with env() if env else contextlib.nullcontext():
         ray.init(
             address="local",
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,
             _system_config=driver.LOCAL_SYSTEM_CONFIG,
+            **({} if env else {"runtime_env": driver.ACTOR_ENV}),
         )
     out = {}
     for name, sets in MODELS.items():

@@ -17,6 +17,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -204,14 +205,10 @@ def main() -> None:
             *a.set,
         ],
     )
-    with drv.actor_environment():
-        ray.init(
-            address="local",
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            _system_config=drv.LOCAL_SYSTEM_CONFIG,
-        )
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.bench import start_local_ray
+
+    start_local_ray()  # the bench's: 4 CPUs, psfm's actor environment and system config
     results = []
     try:
         for i in range(a.runs):
