@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.bench import (  # noqa: E402
     _config,
     _model_stages,
+    _prepared_client,
     _timed,
     machine_info,
     read_batches,
@@ -79,6 +80,40 @@ def floor_ns_per_key(batches: list) -> float:
 
     t, _, _ = _timed(run, 3)
     return t / n * 1e9
+
+
+MESSAGE_BATCHES = 4  # 4 x 4096 rows: about a default message (15 steps of 1,024 rows)
+
+
+def message_path(cfg: Any, batches: list, reps: int) -> dict[str, float]:
+    """The shard's side of a message at the defaults (worker-local steps): a state pull of
+    the union of ``MESSAGE_BATCHES`` batches' keys, then its delta push (the push reuses the
+    pull's slots, as in training), on one in-process shard that has seen the log once; ns per
+    unique key of a message, and the unique keys of a message."""
+    from psfm.ps.local import LocalSteps
+
+    client = _prepared_client(cfg, batches)
+    shard = client.shards[0]
+    for b in batches:  # every key created, as after a first pass
+        shard.pull(b.uniq, create=True)
+    msgs = []
+    for lo in range(0, len(batches) - MESSAGE_BATCHES + 1, MESSAGE_BATCHES):
+        part = batches[lo : lo + MESSAGE_BATCHES]
+        keys = np.unique(np.concatenate([b.uniq for b in part]))
+        msgs.append((keys, np.ones(keys.size, np.float32)))
+    # the deltas of no steps: the same shapes and the same additions as real ones
+    deltas = [
+        LocalSteps(k, shard.pull(k, create=True, state=True), shard.rule).delta(c) for k, c in msgs
+    ]
+
+    def run() -> None:
+        for (k, _), d in zip(msgs, deltas):
+            shard.pull(k, create=True, state=True)
+            shard.push(d)
+
+    t, _, _ = _timed(run, reps)
+    n = sum(k.size for k, _ in msgs)
+    return {"ns_per_unique_key": t / n * 1e9, "unique_per_message": n / len(msgs)}
 
 
 def write_hashed(batches: list, out: str) -> None:
@@ -132,6 +167,9 @@ def measure(root: str, models: list[str], rows: int, reps: int) -> dict[str, Any
             for k, v in us.items()
             if not k.startswith("pickle")
         }
+        out.setdefault("message_path", {})[m] = message_path(
+            _config(root, MODEL_KEYS[m]), batches, reps
+        )
         gc.collect()
     return out
 
@@ -215,6 +253,23 @@ def render(res: dict[str, Any]) -> str:
             f"{m}: {per_key:.0f} ns per unique key in all stages against a gather + scatter "
             f"floor of {floor:.1f} ns ({per_key / floor:.1f}x); {per_occ:.1f} ns per occurrence."
         )
+        if all("message_path" in c for c in cases.values()):
+            lines += [
+                "",
+                f"{m}: the shard's side of a message at the defaults (a state pull of the "
+                f"keys of {MESSAGE_BATCHES} batches, then its delta push), ns per unique key "
+                "of the message, against the floor of the same log:",
+                "",
+                "| log | unique keys / message | shard ns / key | floor ns / key | x floor |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for name, c in cases.items():
+                mp, fl = c["message_path"][m], c["floor_ns_per_unique_key"]
+                lines.append(
+                    f"| {name} | {mp['unique_per_message']:,.0f} | "
+                    f"{mp['ns_per_unique_key']:.1f} | {fl:.1f} | "
+                    f"{mp['ns_per_unique_key'] / fl:.2f}x |"
+                )
     return "\n".join(lines)
 
 
