@@ -1,10 +1,12 @@
-"""What a run's processes hold in memory, for the report.
+"""What a run's processes hold in memory, for the report, and when a process started.
 
 Two figures per process: its peak resident set (``getrusage``: what the kernel's OOM killer
 and a container limit see at the worst moment) and its proportional set size now (PSS,
 ``/proc/PID/smaps_rollup``: a page shared by k processes, such as torch's libraries or Ray's
 object store, counts 1/k in each, so PSS adds up over processes to what the machine holds).
-Linux only for PSS (None elsewhere); nothing here imports Ray or torch.
+And a process's start (``/proc/PID/stat``): the reaper tells a process from a later one with
+its pid by it, the report counts the seconds to its first batch from it. Linux only for these
+(None elsewhere); nothing here imports Ray or torch.
 """
 
 from __future__ import annotations
@@ -12,10 +14,40 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["process_memory", "pss", "pss_sum", "memory_report", "memory_line"]
+__all__ = [
+    "process_memory",
+    "pss",
+    "pss_sum",
+    "memory_report",
+    "memory_line",
+    "start_time",
+    "process_age",
+]
+
+
+def start_time(pid: int | str = "self") -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
+    None when it is gone, a zombie, or there is no such file."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (:func:`start_time` against the boot clock), or
+    None where the system keeps no such record."""
+    started = start_time()
+    if started is None or not hasattr(time, "CLOCK_BOOTTIME"):
+        return None
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started / os.sysconf("SC_CLK_TCK")
 
 
 def pss(pid: int | str = "self") -> int | None:

@@ -53,6 +53,7 @@ from psfm.config import Config, to_dict
 from psfm.data.parquet import WorkUnit, day_roles, list_days, work_units
 from psfm.errors import CheckpointError, ConfigError
 from psfm.failure import Decision, FailurePolicy
+from psfm.memory import process_age
 from psfm.passes import (
     EarlyStopping,
     Step,
@@ -77,7 +78,7 @@ from psfm.scoring import Progress, Tally, evaluate_days
 from psfm.steps import resolve_steps
 from psfm.warmstart import InitSource, check_init_config, load_init_states, open_init
 
-__all__ = ["run", "needs_stats_pass", "process_age"]
+__all__ = ["run", "needs_stats_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -629,14 +630,3 @@ class _Run:
             states = prog.best_states
         backend.restore(states)
         return int(best["pass"])
-
-
-def process_age() -> float | None:
-    """Seconds since this process started, from the system's record of its start (Linux:
-    ``/proc/self/stat`` against the boot clock); None where there is no such record."""
-    try:
-        with open("/proc/self/stat") as f:
-            started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - started / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None

@@ -24,24 +24,12 @@ import sys
 import time
 from typing import Any
 
-from psfm.memory import pss_sum
+from psfm.memory import pss_sum, start_time
 
 __all__ = ["start_reaper", "ray_own_pss", "main"]
 
 GRACE_S = 1.0  # after the driver is gone: Ray's own shutdown goes first
 _reaper: subprocess.Popen | None = None  # this driver's watcher (its stdin: our pipe end)
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
-    None when it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] == "Z" else int(fields[19])
 
 
 def _children_of(raylet: int) -> list[int]:
@@ -71,7 +59,7 @@ def _node_processes(node: Any) -> tuple[list[list[int]], int | None]:
             proc = getattr(info, "process", None)
             if proc is None:
                 continue
-            start = _start_time(proc.pid)
+            start = start_time(proc.pid)
             if start is not None:
                 procs.append([proc.pid, start])
             if kind == "raylet":
@@ -117,7 +105,7 @@ def main() -> None:
     time.sleep(GRACE_S)
     victims: set[int] = set()
     for order in orders:
-        victims.update(pid for pid, start in order["procs"] if _start_time(pid) == start)
+        victims.update(pid for pid, start in order["procs"] if start_time(pid) == start)
         if order["raylet"]:
             victims.update(_children_of(int(order["raylet"])))
     victims.discard(os.getpid())

@@ -20,9 +20,10 @@ from psfm.datasets.gen import GenSpec, generate
 from psfm.errors import DataError
 from psfm.failure import Decision, FailurePolicy
 from psfm.local_backend import LocalBackend
+from psfm.memory import process_age
 from psfm.metrics import MetricAccumulator
 from psfm.ps.messages import ShardStats
-from psfm.runloop import process_age, run
+from psfm.runloop import run
 
 ROWS_PER_DAY = 5000
 
