@@ -48,7 +48,7 @@ def test_an_embedded_run_imports_no_torch_in_its_driver_and_times_its_first_batc
     assert "time       first batch" in p.stdout  # the summary's line
 
 
-def test_the_embedded_ray_starts_lean_and_its_actors_inherit_one_thread():
+def test_the_embedded_ray_starts_lean_and_its_actors_inherit_one_thread(monkeypatch):
     import ray
     from ray._private import ray_constants
 
@@ -56,9 +56,8 @@ def test_the_embedded_ray_starts_lean_and_its_actors_inherit_one_thread():
 
     if ray.is_initialized():
         ray.shutdown()
-    saved = {k: os.environ.get(k) for k in ACTOR_ENV_VARS}
-    os.environ["OMP_NUM_THREADS"] = "3"  # the driver's own, kept
-    os.environ.pop("MKL_NUM_THREADS", None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the driver's own, kept
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     try:
         connect(num_cpus=2)
         started = ray._private.worker._global_node.all_processes
@@ -75,8 +74,3 @@ def test_the_embedded_ray_starts_lean_and_its_actors_inherit_one_thread():
         assert ray.get(Probe.remote().env.remote()) == ACTOR_ENV_VARS
     finally:
         ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
