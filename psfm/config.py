@@ -282,7 +282,9 @@ class PsConfig:
     ``"overlap"`` reads batch t+1 while pull t is in flight and pulls t+1 after pushing t;
     ``"prefetch"`` pulls t+1 before computing t (staler by one batch); ``"none"``.
     ``warmup_units`` (async, several workers): on the first training day of a fresh run, one
-    worker trains this many work units alone before the others join. FTRL's first steps from
+    worker trains this many work units alone, in order, before the others join (a day of
+    fewer units than workers is cut into row groups first: its warm-up is a row group and the
+    workers share the rest). FTRL's first steps from
     an empty model are large, and several workers taking them on stale weights made the test
     AUC depend on timing (0.759-0.779 over runs on the benchmark's log; with one warm-up unit
     the same to 1e-4). ``transport``: ``"auto"`` passes a worker's messages to a shard on

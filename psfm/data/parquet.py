@@ -284,10 +284,12 @@ def split_tail(units: list[WorkUnit], parts: int) -> list[WorkUnit]:
     """Guided scheduling: ``parts`` units (the final round over ``parts`` workers) split into
     units of one row group each and handed out last, so that workers handed units as they free
     up finish within about a row group of each other instead of one worker training the last
-    whole unit alone. The units split are the last ``parts`` in file order, whatever the order
-    given (a pass's shuffle): every pass splits the same units, so a unit's batches are the
-    same in every pass and a worker's pass cache holds them (:mod:`psfm.data.cache`)."""
-    if parts <= 1 or len(units) <= 1:
+    whole unit alone; a day of fewer units than workers (a small day: one unit) is all cut, so
+    every worker has some of it. The units split are the last ``parts`` in file order,
+    whatever the order given (a pass's shuffle): every pass splits the same units, so a unit's
+    batches are the same in every pass and a worker's pass cache holds them
+    (:mod:`psfm.data.cache`)."""
+    if parts <= 1:
         return list(units)
     by_file = sorted(range(len(units)), key=lambda i: (units[i].file, units[i].rg_start))
     last = set(by_file[-parts:])

@@ -5,8 +5,9 @@ and worker actors on Ray.
 embedded default — or ``--address``/``RAY_ADDRESS``) when the backend starts, which creates
 ``ps.shards`` shard actors (SPREAD) and ``train.workers`` worker actors. The backend hands work
 units out from a queue (a slow worker never holds the day: whoever is free takes the next unit;
-the last round is cut into single row groups, :func:`~psfm.data.parquet.split_tail`), lets one
-worker train the first-day warm-up units alone, and checkpoints with each shard writing its
+the last round, and a day of fewer units than workers, is cut into single row groups,
+:func:`~psfm.data.parquet.split_tail`), lets one worker train the first-day warm-up units
+alone, and checkpoints with each shard writing its
 own file and the driver the manifest. ``ps.mode = "sync"`` with several workers runs barrier
 steps: every worker takes its slice of the same global batch, the shards sum the workers'
 gradients in worker order and apply one FTRL update.
@@ -487,12 +488,19 @@ class RayCluster:
         return get([getattr(s, method).remote(*args) for s in self.shards])
 
     def dispatch(
-        self, units: Sequence[WorkUnit], method: str, args: tuple, on_result: Callable[[Any], None]
+        self,
+        units: Sequence[WorkUnit],
+        method: str,
+        args: tuple,
+        on_result: Callable[[Any], None],
+        workers: int | None = None,
     ) -> None:
         """Hand units to whichever worker is free, one ``ray.wait`` at a time. A free worker
         takes the next unit it read before (its pass cache may hold it), else the next unit
         nobody read, else the next one left: the first pass goes in order to whoever is
-        free, later passes replay where the batches are."""
+        free, later passes replay where the batches are. ``workers``: only the first this
+        many take units (one: a warm-up, in order)."""
+        n = len(self.workers) if workers is None else min(workers, len(self.workers))
         queue = UnitQueue(units, self.home, len(self.workers))
         pending: dict = {}
 
@@ -504,7 +512,7 @@ class RayCluster:
                 log.debug("%s %s -> worker %d", method, u.uid, w)
                 pending[getattr(self.workers[w], method).remote(u, *args)] = w
 
-        for w in range(len(self.workers)):
+        for w in range(n):
             send(w)
         while pending:
             done, _ = wait(list(pending), num_returns=1)
@@ -618,12 +626,13 @@ class RayBackend:
                 for r in c.sync_unit(u, reuse):
                     heard(r)
         else:
-            units = list(units)
+            # cut first, then warm up: a small day (one unit) is cut into row groups, so its
+            # warm-up is one row group and the workers share the rest
+            units = split_tail(list(units), len(c.workers))
             w = min(warmup, len(units) - 1) if len(c.workers) > 1 else 0
-            if w > 0:
-                c.dispatch(units[:w], "run_unit", (True, False, reuse), heard)
-            tail = split_tail(units[w:], len(c.workers))
-            c.dispatch(tail, "run_unit", (True, False, reuse), heard)
+            if w > 0:  # one worker, in order
+                c.dispatch(units[:w], "run_unit", (True, False, reuse), heard, workers=1)
+            c.dispatch(units[w:], "run_unit", (True, False, reuse), heard)
         self._train_cpu += sum(c.on_shards("cpu_seconds")) - cpu0
 
     def evaluate(

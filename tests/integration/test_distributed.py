@@ -92,6 +92,33 @@ def test_async_auc_is_within_0_005_of_sync(ray_local, data_big, tmp_path):
     assert asyn["test"]["auc"] > 0.80
 
 
+def test_a_small_day_is_shared_after_a_one_worker_warm_up(ray_local, data, tmp_path, caplog):
+    """A day of one work unit (25k rows, 4 row groups) is cut into row groups: the warm-up's
+    ``ps.warmup_units`` of them go to one worker, in order, and the rest and the next day to
+    both (before, the lone unit went whole to one worker and the other had nothing to do)."""
+    import re
+
+    caplog.set_level("DEBUG", logger="psfm.ray_backend.driver")
+    rep = _train(
+        data,
+        tmp_path / "run",
+        'data.train_days="1..2"',
+        'data.test_days="3"',
+        "train.workers=2",
+        "ps.warmup_units=2",
+    )
+    sent = [
+        (uid.split(":")[0], int(a), int(w))
+        for uid, a, w in re.findall(r"run_unit (\S+):(\d+)-\d+ -> worker (\d+)", caplog.text)
+    ]
+    day1 = [(a, w) for d, a, w in sent if d == "1"]
+    assert day1[:2] == [(0, 0), (1, 0)], sent  # the warm-up: one worker, in order
+    assert sorted(a for a, _ in day1) == [0, 1, 2, 3], sent  # every row group once
+    assert {w for d, _, w in sent if d == "2"} == {0, 1}, sent
+    assert {w for d, _, w in sent if d == "3"} == {0, 1}, sent  # the test day too
+    assert rep["train"]["rows"] == 50_000 and rep["test"]["rows"] == 25_000
+
+
 def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tmp_path):
     from psfm.checkpoint import latest_checkpoint, load_checkpoint
     from psfm.data.parquet import work_units

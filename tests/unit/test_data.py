@@ -210,6 +210,9 @@ def test_split_tail_cuts_the_last_round_into_row_groups(tmp_path):
         (14, 20)
     ]  # every row once, same rows in all
     assert sum(u.rows for u in out) == 1000 and split_tail(units, 1) == units
+    # a day of one unit (a small day) is cut whole: every worker gets some of it
+    lone = split_tail(units[:1], 2)
+    assert [(u.rg_start, u.rg_end, u.rows) for u in lone] == [(i, i + 1, 70) for i in range(4)]
     t = [tb.num_rows for u in out for tb, _, _ in read_unit(u, 1000)]
     assert t == [u.rows for u in out]
 
