@@ -171,6 +171,19 @@ class Worker:
             return self.cache.record(key, read)
         return read
 
+    def prefetch(self, unit: WorkUnit) -> int:
+        """Read and decode a whole unit into the pass cache, training nothing: its
+        :meth:`batches` then replay it (a worker idle while another trains the warm-up
+        prepares its first unit). Rows kept; 0 when the cache is off, already holds the
+        unit, or the unit does not fit."""
+        key = self._cache_key(unit)
+        if not self.cache.enabled or key in self.cache:
+            return 0
+        rows = sum(
+            b.size + b.skipped for b, _ in self.cache.record(key, self._read(unit, None, 0, 1))
+        )
+        return rows if key in self.cache else 0
+
     def _cache_key(self, unit: WorkUnit, part: int = 0, parts: int = 1) -> tuple:
         return (unit.uid, self.batch_rows, part, parts)
 

@@ -90,6 +90,16 @@ class WorkerRunner:
         self._publish(rows, "count", p0, q0)
         return rows
 
+    def prefetch(self, unit: WorkUnit) -> int:
+        """Decode ``unit`` into the pass cache for a later :meth:`run_unit` (rows kept). The
+        driver does not wait for it: a bad row is not raised here (nobody would hear it) but
+        by the :meth:`run_unit` of the same unit, which reads it again."""
+        try:
+            return self.worker.prefetch(unit)
+        except Exception as e:  # the unit's run_unit raises it where the driver hears it
+            log.debug("prefetch of %s stopped: %s", unit.uid, e)
+            return 0
+
     def run_unit(
         self, unit: WorkUnit, train: bool, keep_predictions: bool = False, reuse: bool = False
     ) -> UnitReport:

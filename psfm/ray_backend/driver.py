@@ -520,6 +520,20 @@ class RayCluster:
             on_result(ray.get(done[0]))
             send(w)
 
+    def prefetch(self, units: Sequence[WorkUnit]) -> None:
+        """While worker 0 trains the warm-up alone, every other worker decodes into its pass
+        cache the unit it will take first (the next units nobody read, in order) and is made
+        its home, so :meth:`dispatch` hands it there: the warm-up's idle cores read and hash
+        ahead, and the model is the same (the same batches in the same order). Not waited
+        for: a worker takes its next call when its prefetch ends; a failure surfaces there."""
+        if not (self.cfg.data.cache_mb or self.cfg.data.cache_disk_mb):
+            return
+        fresh = [u for u in units if u.uid not in self.home]
+        for k, u in zip(range(1, len(self.workers)), fresh):
+            log.debug("prefetch %s -> worker %d", u.uid, k)
+            self.home[u.uid] = k
+            self.workers[k].prefetch.remote(u)
+
     def sync_unit(self, unit: WorkUnit, reuse: bool) -> list[UnitReport]:
         """Barrier steps over one unit: all workers step, then all shards apply."""
         log.debug("sync %s -> %d workers", unit.uid, len(self.workers))
@@ -630,7 +644,8 @@ class RayBackend:
             # warm-up is one row group and the workers share the rest
             units = split_tail(list(units), len(c.workers))
             w = min(warmup, len(units) - 1) if len(c.workers) > 1 else 0
-            if w > 0:  # one worker, in order
+            if w > 0:  # one worker, in order; the others meanwhile decode their first unit
+                c.prefetch(units[w:])
                 c.dispatch(units[:w], "run_unit", (True, False, reuse), heard, workers=1)
             c.dispatch(units[w:], "run_unit", (True, False, reuse), heard)
         self._train_cpu += sum(c.on_shards("cpu_seconds")) - cpu0

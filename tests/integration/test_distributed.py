@@ -94,8 +94,9 @@ def test_async_auc_is_within_0_005_of_sync(ray_local, data_big, tmp_path):
 
 def test_a_small_day_is_shared_after_a_one_worker_warm_up(ray_local, data, tmp_path, caplog):
     """A day of one work unit (25k rows, 4 row groups) is cut into row groups: the warm-up's
-    ``ps.warmup_units`` of them go to one worker, in order, and the rest and the next day to
-    both (before, the lone unit went whole to one worker and the other had nothing to do)."""
+    ``ps.warmup_units`` of them go to one worker, in order, while the other decodes the unit
+    it takes next (prefetch), and the rest and the next day go to both (before, the lone unit
+    went whole to one worker and the other had nothing to do)."""
     import re
 
     caplog.set_level("DEBUG", logger="psfm.ray_backend.driver")
@@ -106,6 +107,8 @@ def test_a_small_day_is_shared_after_a_one_worker_warm_up(ray_local, data, tmp_p
         'data.test_days="3"',
         "train.workers=2",
         "ps.warmup_units=2",
+        'model.kind="fm"',  # no statistics pass: nobody has read day 1 before its training
+        "model.ranks=[4]",
     )
     sent = [
         (uid.split(":")[0], int(a), int(w))
@@ -117,6 +120,11 @@ def test_a_small_day_is_shared_after_a_one_worker_warm_up(ray_local, data, tmp_p
     assert {w for d, _, w in sent if d == "2"} == {0, 1}, sent
     assert {w for d, _, w in sent if d == "3"} == {0, 1}, sent  # the test day too
     assert rep["train"]["rows"] == 50_000 and rep["test"]["rows"] == 25_000
+    # meanwhile the other worker decoded the first unit it then took: replayed, not read
+    assert "prefetch 1:" in caplog.text and re.search(
+        r"prefetch 1:\S+:2-3 -> worker 1", caplog.text
+    )
+    assert rep["train"]["per_day"][0]["cached_rows"] == 8192
 
 
 def test_evaluation_creates_no_keys_and_export_predict_agree(ray_local, data, tmp_path):

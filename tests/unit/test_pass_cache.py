@@ -72,6 +72,25 @@ def test_a_replayed_batch_equals_the_read_one_in_value_and_dtype(data, transform
         assert "occ_value" not in c or transform == "raw"
 
 
+def test_a_prefetched_unit_is_replayed_as_read_and_dropped_after_its_last_read(data):
+    """Worker.prefetch decodes a unit into the cache, training nothing; the unit's next read
+    replays the same batches and cursors, and a last read drops it. With the cache off, or
+    the unit already kept, prefetch keeps nothing."""
+    cfg = _cfg(data)
+    unit = work_units(str(data), "1", cfg.data.rows_per_unit)[1]
+    read = list(Worker(cfg).batches(unit))
+    worker = Worker(cfg)
+    assert worker.prefetch(unit) == unit.rows == 2000
+    assert worker.prefetch(unit) == 0  # already kept
+    replayed = list(worker.batches(unit))  # a last read (reuse=False)
+    assert len(replayed) == len(read) and (unit.uid, 256, 0, 1) not in worker.cache
+    for (b, c), (r, d) in zip(read, replayed):
+        assert c == d and np.array_equal(b.uniq, r.uniq) and np.array_equal(b.labels, r.labels)
+        assert np.array_equal(b.occ_uniq, r.occ_uniq)
+    off = Worker(_cfg(data, "data.cache_mb=0", "data.cache_disk_mb=0"))
+    assert off.prefetch(unit) == 0 and not off.cache.stored
+
+
 def _timed(key: str) -> bool:
     return "second" in key or key.endswith("_per_s") or "_cpu_" in key
 
