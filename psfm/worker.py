@@ -179,9 +179,7 @@ class Worker:
         key = self._cache_key(unit)
         if not self.cache.enabled or key in self.cache:
             return 0
-        rows = sum(
-            b.size + b.skipped for b, _ in self.cache.record(key, self._read(unit, None, 0, 1))
-        )
+        rows = sum(b.size + b.skipped for b, _ in self.batches(unit, reuse=True))  # recorded
         return rows if key in self.cache else 0
 
     def _cache_key(self, unit: WorkUnit, part: int = 0, parts: int = 1) -> tuple:
