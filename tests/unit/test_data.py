@@ -376,11 +376,17 @@ def test_unique_inverse_counts_equals_numpy():
     twins = mixed.copy()
     twins[:40] = (twins[:40] & np.uint64(0xFFFFFFFF00000000)) | np.uint64(3)  # top-bit twins
     twins[40:80] = twins[:40] ^ np.uint64(1)
+    # few values in the top 16 bits: the radix sort's second digit decides most pairs
+    digits = (rng.integers(0, 3, 5000, dtype=np.uint64) << np.uint64(48)) | (
+        rng.integers(0, 2**48, 5000, dtype=np.uint64)
+    )
     for x in (
         rng.integers(0, 50, 1000).astype(np.uint64),
         mixed,
         np.repeat(mixed[:300], 7),
         twins,
+        digits,
+        np.repeat(digits[::-1], 3),
         np.zeros(0, np.uint64),
         np.array([7], np.uint64),
     ):

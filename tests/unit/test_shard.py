@@ -12,6 +12,7 @@ from psfm.optim.ftrl import FtrlParams, ftrl_init_z, ftrl_update, ftrl_weight
 from psfm.ps.client import LocalClient
 from psfm.ps.levels import init_factors, level_thresholds, levels_from_counts
 from psfm.ps.messages import PushRequest
+from psfm.ps.routing import route, shard_of
 from psfm.ps.shard import ParameterShard
 
 # A batch as one FTRL step (n += g^2 of the summed gradient): the tests below check the shard's
@@ -612,3 +613,20 @@ def test_accumulation_rules_grow_n_by_their_increment(rule, kind):
         z, n = ftrl_update(before[f"z{p}"][rows], before[f"n{p}"][rows], g, ftrl.factor, inc)
         np.testing.assert_allclose(after[f"n{p}"][rows], n, rtol=1e-6)
         np.testing.assert_allclose(after[f"z{p}"][rows], z, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_shards", [2, 3, 7, 70_000])
+def test_route_gives_every_key_to_its_shard_in_key_order(n_shards):
+    """Each shard's index lists exactly the positions of its keys (high 32 bits modulo the
+    shard count), ascending; 16-bit shard ids take numpy's radix argsort, more shards the
+    general one."""
+    rng = np.random.default_rng(n_shards)
+    keys = np.unique(rng.integers(0, 2**64, 20_000, dtype=np.uint64))
+    r = route(keys, n_shards)
+    want = (keys >> np.uint64(32)) % np.uint64(n_shards)
+    assert np.array_equal(shard_of(keys, n_shards), want.astype(np.int64))
+    assert r.n_keys == keys.size and len(r.index) == n_shards
+    assert np.array_equal(np.sort(np.concatenate(r.index)), np.arange(keys.size))
+    for s, idx in enumerate(r.index):
+        assert np.all(np.diff(idx) > 0)
+        assert np.array_equal(idx, np.flatnonzero(want == s))
