@@ -80,9 +80,10 @@ def push_request(batch: Batch, level: np.ndarray, out: FamilyOutput) -> PushRequ
 
 def union_keys(uniqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The sorted union of several sorted unique key arrays and, for their concatenation,
-    each key's position in it. A stable sort merges the sorted runs: on a 15-batch message
-    0.6-0.7 ms, against 0.9-1.0 ms for the batch builder's general
-    :func:`~psfm.data.batch.unique_inverse_counts`, which cannot use the runs."""
+    each key's position in it. A stable sort merges the sorted runs (numpy's timsort finds
+    them): on 12-batch messages of 512 rows as fast as the batch builder's radix
+    :func:`~psfm.data.batch.key_order` on the benchmark's log (1.4 ms) and 15% faster on the
+    high-cardinality log (2.6 against 3.0 ms), where the runs are long."""
     cat = np.concatenate(uniqs)
     order = np.argsort(cat, kind="stable")
     srt = cat[order]
