@@ -19,7 +19,7 @@ from psfm.backend import OnUnit, UnitReport
 from psfm.checkpoint import save_checkpoint
 from psfm.config import Config
 from psfm.data.parquet import WorkUnit
-from psfm.memory import memory_report, process_memory
+from psfm.memory import keep_freed_memory, memory_report, process_memory
 from psfm.metrics import MetricAccumulator
 from psfm.ps.client import LocalClient, PsClient
 from psfm.ps.messages import ShardStats
@@ -92,6 +92,7 @@ class LocalBackend:
         self.pipeline = pipeline_of(cfg)
 
     def start(self) -> None:
+        keep_freed_memory()
         if self.cfg.train.torch_threads:
             torch.set_num_threads(self.cfg.train.torch_threads)
         self.worker = self.worker or Worker(self.cfg)

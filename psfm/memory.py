@@ -7,10 +7,13 @@ object store, counts 1/k in each, so PSS adds up over processes to what the mach
 And a process's start (``/proc/PID/stat``): the reaper tells a process from a later one with
 its pid by it, the report counts the seconds to its first batch from it. Linux only for these
 (None elsewhere); nothing here imports Ray or torch.
+
+And how a training process's allocator keeps memory (:func:`keep_freed_memory`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import sys
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "keep_freed_memory",
     "process_memory",
     "pss",
     "pss_sum",
@@ -27,6 +31,34 @@ __all__ = [
     "start_time",
     "process_age",
 ]
+
+# glibc's mallopt parameters (malloc.h) and the values a training process sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit: bigger arrays (the tables) are mapped
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next allocation instead of handing it
+    back to the kernel: a worker and a shard allocate and free arrays of a few MB for every
+    message (gathered rows, gradients, sort orders), and memory handed back comes again as
+    fresh pages, one page fault each (on a virtual machine several µs a page). Arrays up to
+    ``MMAP_THRESHOLD`` come from the heap, and the heap's free top is kept up to
+    ``TRIM_THRESHOLD``; larger arrays (the shard's tables) are still mapped and unmapped on
+    their own. Measured in-process on an 800k-row high-cardinality day (FM(8), 3 alternated
+    pairs): page faults 214-223k -> 152-164k, process CPU 22.4-25.5 -> 18.3-21.2 s, the same
+    peak resident set. Once per process; True where it was set (glibc), False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    )
 
 
 def start_time(pid: int | str = "self") -> int | None:

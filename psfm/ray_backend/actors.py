@@ -52,8 +52,10 @@ class WorkerRunner:
         # and never computes (its import of torch cost 1.7 s before Ray could start)
         import torch
 
+        from psfm.memory import keep_freed_memory
         from psfm.worker import Worker
 
+        keep_freed_memory()
         self.cfg = config_from_dict(config)
         if self.cfg.train.torch_threads:
             torch.set_num_threads(self.cfg.train.torch_threads)

@@ -23,7 +23,7 @@ import numpy as np
 from psfm.checkpoint import read_bytes, write_bytes, write_shard_state
 from psfm.config import FtrlConfig, LevelConfig, ModelConfig
 from psfm.errors import PsfmError
-from psfm.memory import process_memory
+from psfm.memory import keep_freed_memory, process_memory
 from psfm.ps.messages import PullResult, PushRequest, ShardStats
 from psfm.ps.shard import ParameterShard
 from psfm.ps.shm import MessageFile
@@ -49,6 +49,7 @@ class ShardServer:
         shard_id: int = 0,
         n_shards: int = 1,
     ) -> None:
+        keep_freed_memory()
         self.shard = ParameterShard(model, ftrl, levels, seed, shard_id, n_shards)
         self._files: dict[str, MessageFile] = {}  # workers' message files on this node
 
