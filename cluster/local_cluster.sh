@@ -207,11 +207,19 @@ do_stop() {
         pid=$(cat "$f")
         [[ $leaders == *" $pid "* ]] && kill -TERM "$pid" 2>/dev/null || true
     done
-    # 2. Wait for the sessions to drain, then SIGKILL whatever is left.
-    local deadline=$((SECONDS + GRACE))
+    # 2. Wait for the sessions to drain, then SIGKILL whatever is left. Drained means empty at
+    #    two looks 0.5 s apart: a process shutting down can still fork one (the dashboard's
+    #    multiprocessing forkserver) after a look that found nothing.
+    local deadline=$((SECONDS + GRACE)) empty=0
     while :; do
         pids=$(cluster_pids all "$sids" "$root")
-        [ -z "$pids" ] && break
+        if [ -z "$pids" ]; then
+            empty=$((empty + 1))
+            [ "$empty" -ge 2 ] && break
+            sleep 0.5
+            continue
+        fi
+        empty=0
         if [ $SECONDS -ge $deadline ]; then
             local -a leftover
             mapfile -t leftover <<<"$pids"
