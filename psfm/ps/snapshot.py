@@ -27,7 +27,7 @@ import numpy as np
 
 from psfm.errors import CheckpointError
 from psfm.ps.admission import CountMinSketch
-from psfm.ps.routing import shard_of
+from psfm.ps.routing import route
 from psfm.ps.store import KeyStore
 from psfm.ps.table import KeyTable
 
@@ -165,12 +165,8 @@ def resplit(
         rows = [r[keep] for r in rows]
     day = max(int(st["meta"][3]) for st in states)
     sketch = _summed_sketch(states)
-    sid = shard_of(keys, n_shards)
-    order = np.argsort(sid, kind="stable")
-    bounds = np.searchsorted(sid[order], np.arange(n_shards + 1))
     out = []
-    for s in range(n_shards):
-        idx = order[bounds[s] : bounds[s + 1]]
+    for s, idx in enumerate(route(keys, n_shards).index):  # stable: slot order kept
         st = {"table.keys": keys[idx]}
         st.update({k: v[idx] for k, v in per_key.items()})
         for p in range(1, m + 1):
